@@ -1,0 +1,3 @@
+"""alignbench: compare LLM alignment methods (PPO, DPO, IPO, KTO, SimPO) fairly."""
+
+__version__ = "0.1.0"
