@@ -1,0 +1,111 @@
+"""`alignbench {train,sweep,report,bench} [hydra overrides]` — a thin shell over plain functions.
+
+Each subcommand is a Hydra app over conf/ (so `--help`, `--cfg job` and overrides behave as in
+any Hydra app); the work is done by `train.train`, `sweep.run_sweep`, `report.build_report`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from alignbench.config import CONF_DIR, ConfigError, check_overrides, validate
+
+USAGE = """usage: alignbench {train,sweep,report,bench} [hydra overrides]
+
+  train   one run, tracked in MLflow          alignbench train method=ipo method.tau=0.3
+  sweep   Optuna studies across methods       alignbench sweep sweep=smoke
+  report  comparison report of a sweep        alignbench report report.sweep=smoke
+  bench   speed benchmark vs TRL (bench.json) alignbench bench
+
+Add --help after a subcommand for its config groups and options."""
+
+
+def _fail(message: str, code: int = 2):
+    print(f"alignbench: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM ends a run like Ctrl-C: records finalised as KILLED, nothing left RUNNING."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, handler)
+
+
+def train_command(cfg: DictConfig) -> None:
+    from alignbench import tracking
+    from alignbench.data import DataError
+    from alignbench.train import NullTracker, train
+
+    try:
+        validate(cfg)
+        if cfg.tracking.enabled:
+            with tracking.tracked_run(cfg.tracking.experiment, cfg.tracking.run_name, tags={"method": cfg.method.name},
+                                      async_logging=cfg.tracking.async_logging, uri=cfg.tracking.uri) as tracker:
+                result = train(cfg, tracker)
+                run_id = tracker.run_id
+        else:
+            result, run_id = train(cfg, NullTracker()), None
+    except (ConfigError, DataError) as exc:
+        _fail(str(exc))
+    m = result.metrics
+    print(f"method={cfg.method.name} win_rate={m['eval/win_rate']:.3f} "
+          f"95% CI [{m['eval/win_rate_ci_low']:.3f}, {m['eval/win_rate_ci_high']:.3f}] "
+          f"KL={m['eval/kl']:.2f} nats/seq ({m['eval/kl_per_token']:.3f}/token)"
+          + (f" gold={m['eval/gold_reward']:.3f} (ref {m['eval/reference_gold_reward']:.3f})" if "eval/gold_reward" in m else "")
+          + (f" mlflow_run={run_id}" if run_id else ""))
+
+
+def sweep_command(cfg: DictConfig) -> None:
+    from alignbench.sweep import run_sweep
+
+    try:
+        run_sweep(cfg)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def report_command(cfg: DictConfig) -> None:
+    from alignbench.report import build_report
+
+    try:
+        build_report(cfg)
+    except (ConfigError, LookupError) as exc:
+        _fail(str(exc))
+
+
+COMMANDS = {"train": train_command, "sweep": sweep_command, "report": report_command}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command == "bench":
+        from alignbench.bench import main as bench_main
+
+        return bench_main(rest)
+    if command not in COMMANDS:
+        _fail(f"unknown command {command!r}\n{USAGE}")
+    try:
+        check_overrides([a for a in rest if not a.startswith("-")])
+    except ConfigError as exc:
+        _fail(str(exc))
+    if command == "sweep" and not any(a.startswith("sweep=") for a in rest):
+        rest = ["sweep=default", *rest]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _interrupt_on_sigterm()
+    app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)(COMMANDS[command])
+    sys.argv = [f"alignbench {command}", *rest]
+    app()
+
+
+if __name__ == "__main__":
+    main()

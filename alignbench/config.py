@@ -1,0 +1,107 @@
+"""Config composition (Hydra's compose API) and validation with one-line errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+METHODS = ("ppo", "dpo", "ipo", "kto", "simpo")
+GROUPS = ("method", "model", "data", "judge", "sweep")
+
+
+class ConfigError(ValueError):
+    """A bad config value, reported as one line naming the key before any work starts."""
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Catch `group=unknown` before Hydra does, so the user gets one line, not a traceback."""
+    for item in overrides:
+        key, _, value = item.lstrip("+~").partition("=")
+        if key in GROUPS and value and value != "null" and value not in group_options(key):
+            what = "method" if key == "method" else f"{key} preset"
+            raise ConfigError(f"{key}={value}: unknown {what} (choose from {', '.join(group_options(key))})")
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """The resolved run config for `overrides`, exactly as the CLI would build it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = list(overrides or [])
+    check_overrides(overrides)
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = hydra_compose(config_name=config_name, overrides=overrides)
+    return cfg
+
+
+def _positive(cfg, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{key}={value}: must be > 0")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first bad value."""
+    name = OmegaConf.select(cfg, "method.name")
+    if name not in METHODS:
+        raise ConfigError(f"method.name={name}: unknown method (choose from {', '.join(METHODS)})")
+    _positive(cfg, "method.lr")
+    if name in ("dpo", "kto", "simpo"):
+        _positive(cfg, "method.beta")
+    if name == "ipo":
+        _positive(cfg, "method.tau")
+    if name == "dpo" and not 0 <= cfg.method.label_smoothing < 0.5:
+        raise ConfigError(f"method.label_smoothing={cfg.method.label_smoothing}: must be in [0, 0.5)")
+    if name == "simpo":
+        if cfg.method.gamma_beta_ratio < 0:
+            raise ConfigError(f"method.gamma_beta_ratio={cfg.method.gamma_beta_ratio}: must be >= 0")
+        if cfg.method.gamma_convention not in ("ratio", "absolute"):
+            raise ConfigError(f"method.gamma_convention={cfg.method.gamma_convention}: must be ratio or absolute")
+    if name == "kto":
+        _positive(cfg, "method.desirable_weight")
+        _positive(cfg, "method.undesirable_weight")
+    if name == "ppo":
+        if not 0 < cfg.method.clip_ratio < 1:
+            raise ConfigError(f"method.clip_ratio={cfg.method.clip_ratio}: must be in (0, 1)")
+        if cfg.method.kl_coef < 0:
+            raise ConfigError(f"method.kl_coef={cfg.method.kl_coef}: must be >= 0")
+        if cfg.method.reward not in ("model", "gold"):
+            raise ConfigError(f"method.reward={cfg.method.reward}: must be model or gold")
+        if cfg.method.reward == "gold" and cfg.data.source != "builtin":
+            raise ConfigError("method.reward=gold: the gold reward exists only on data=builtin")
+        for key in ("rollout_batch_size", "ppo_epochs", "n_minibatches"):
+            _positive(cfg, f"method.{key}")
+    for key in ("train.batch_size", "train.max_steps", "train.max_length", "train.max_prompt_length",
+                "eval.n_prompts", "eval.max_new_tokens", "eval.temperature", "eval.batch_size"):
+        _positive(cfg, key)
+    if cfg.train.max_prompt_length >= cfg.train.max_length:
+        raise ConfigError(f"train.max_prompt_length={cfg.train.max_prompt_length}: must be < train.max_length={cfg.train.max_length}")
+    if cfg.data.source not in ("builtin", "hub", "local"):
+        raise ConfigError(f"data.source={cfg.data.source}: must be builtin, hub or local")
+    if cfg.data.source == "local":
+        path = OmegaConf.select(cfg, "data.path", throw_on_missing=False, default=None)
+        if path is None or OmegaConf.is_missing(cfg.data, "path"):
+            raise ConfigError("data.path: required for data=local (data.path=/path/to/file.jsonl)")
+        if not Path(path).exists():
+            raise ConfigError(f"data.path={path}: file not found")
+    if cfg.model.source not in ("builtin", "hub"):
+        raise ConfigError(f"model.source={cfg.model.source}: must be builtin or hub")
+    if cfg.judge.name == "gold" and cfg.data.source != "builtin":
+        raise ConfigError(f"judge=gold: the gold reward exists only on data=builtin (data={cfg.data.name}); use judge=reward_model")
+    if cfg.judge.name == "reward_model":
+        path = str(cfg.judge.path)
+        if path != "trained" and path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
+            raise ConfigError(f"judge.path={path}: not found")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device={cfg.device}: must be auto, cpu or cuda")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"precision={cfg.precision}: must be auto, fp32 or bf16")

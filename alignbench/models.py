@@ -1,0 +1,209 @@
+"""Policy, reference and tokenizer: the built-in tiny model (SFT stage cached) or a hub model.
+
+Hub models load through `from_pretrained` with safetensors only and `trust_remote_code` off
+unless the config asks for it; LoRA adapters through peft, in which case the reference is the
+same base model with the adapters disabled (no second copy in memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from alignbench import cache
+from alignbench.logps import sequence_logps
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = {"pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}
+
+
+@dataclass
+class Models:
+    policy: torch.nn.Module
+    reference: torch.nn.Module | None  # None when LoRA: the reference is the policy with adapters off
+    tokenizer: object
+    key: str  # content key of the reference model: every cache of reference outputs uses it
+    device: torch.device
+
+    @contextlib.contextmanager
+    def reference_model(self):
+        """The frozen reference, in eval mode, without gradients."""
+        if self.reference is not None:
+            with torch.no_grad():
+                yield self.reference
+            return
+        was_training = self.policy.training
+        self.policy.eval()
+        with torch.no_grad(), self.policy.disable_adapter():
+            yield self.policy
+        self.policy.train(was_training)
+
+
+def pick_device(cfg) -> torch.device:
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but CUDA is not available")
+    return torch.device("cuda")
+
+
+def pick_dtype(cfg, device: torch.device) -> torch.dtype:
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained on `texts`: encodes any text, needs no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+# --------------------------------------------------------------------------- built-in model
+
+def build_tiny_model(model_cfg, tokenizer, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=model_cfg.hidden_size,
+        intermediate_size=model_cfg.intermediate_size,
+        num_hidden_layers=model_cfg.num_layers,
+        num_attention_heads=model_cfg.num_heads,
+        num_key_value_heads=model_cfg.num_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def sft_train(model, tokenizer, examples: list[tuple[str, str]], sft_cfg, max_length: int,
+              device: torch.device, seed: int) -> dict:
+    """Supervised fine-tuning on (prompt, response) pairs, loss on response tokens only."""
+    from alignbench.data import build_sequences
+
+    rng = random.Random(seed)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=sft_cfg.lr)
+    prompt_tok = tokenizer([p for p, _ in examples], add_special_tokens=False)["input_ids"]
+    resp_tok = tokenizer([r for _, r in examples], add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    prompt_tok = [bos + p for p in prompt_tok]
+    resp_tok = [r + [tokenizer.eos_token_id] for r in resp_tok]
+    t0, losses = time.time(), []
+    order: list[int] = []
+    for step in range(sft_cfg.steps):
+        if len(order) < sft_cfg.batch_size:
+            order += rng.sample(range(len(examples)), len(examples))
+        idx, order = order[: sft_cfg.batch_size], order[sft_cfg.batch_size:]
+        ids, attn, resp = build_sequences([prompt_tok[i] for i in idx], [resp_tok[i] for i in idx],
+                                          tokenizer.pad_token_id, max_length)
+        lr_scale = min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / sft_cfg.steps))
+        for group in optimizer.param_groups:
+            group["lr"] = sft_cfg.lr * lr_scale
+        logp_sum, n_tok = sequence_logps(model, ids.to(device), attn.to(device), resp.to(device))
+        loss = -(logp_sum.sum() / n_tok.sum())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return {"sft/final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "sft/seconds": time.time() - t0,
+            "sft/steps": sft_cfg.steps}
+
+
+def load_builtin(cfg, sft_examples: list[tuple[str, str]], corpus_id: str, device: torch.device):
+    """The built-in model: tokenizer + SFT, cached under a key of everything that determines them."""
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    key = cache.content_key("tiny-sft-v1", cfg.model, corpus_id, cfg.seed, cfg.train.max_length)
+
+    def write(path: Path):
+        log.info("SFT stage: training the built-in model (cached afterwards under %s)", key)
+        texts = [p + r for p, r in sft_examples]
+        tokenizer = train_tokenizer(texts, cfg.model.vocab_size)
+        model = build_tiny_model(cfg.model, tokenizer, cfg.seed)
+        stats = sft_train(model, tokenizer, sft_examples, cfg.model.sft, cfg.train.max_length, device, cfg.seed)
+        log.info("SFT done: loss %.3f in %.1fs", stats["sft/final_loss"], stats["sft/seconds"])
+        model.save_pretrained(path, safe_serialization=True)
+        tokenizer.save_pretrained(path)
+        (path / "sft_stats.json").write_text(__import__("json").dumps(stats))
+
+    path, hit = cache.cached(cfg.cache_dir, "sft", key, write)
+    if hit:
+        log.info("SFT stage: cache hit %s", path)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+    return model, tokenizer, key, path
+
+
+# --------------------------------------------------------------------------- hub models
+
+def load_hub(cfg, device, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    trust = bool(cfg.model.get("trust_remote_code", False))
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=trust)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.model.path, dtype=dtype, use_safetensors=True, trust_remote_code=trust)
+    key = cache.content_key("hub-v1", cfg.model.path, str(dtype), cfg.model.get("revision"))
+    return model, tokenizer, key
+
+
+def load_models(cfg, sft_examples: list[tuple[str, str]] | None = None, corpus_id: str = "") -> Models:
+    """Policy + reference + tokenizer on the configured device (before any preference training)."""
+    device = pick_device(cfg)
+    dtype = pick_dtype(cfg, device)
+    if cfg.model.source == "builtin":
+        base, tokenizer, key, _ = load_builtin(cfg, sft_examples or [], corpus_id, device)
+    else:
+        base, tokenizer, key = load_hub(cfg, device, dtype)
+        if cfg.model.sft.enabled and sft_examples:
+            key = cache.content_key("hub-sft-v1", key, corpus_id, cfg.model.sft, cfg.seed)
+            sft_train(base, tokenizer, sft_examples, cfg.model.sft, cfg.train.max_length, device, cfg.seed)
+    base.to(device)
+    if cfg.model.get("lora"):
+        from peft import LoraConfig, get_peft_model
+
+        lora = cfg.model.lora
+        policy = get_peft_model(base, LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+        reference = None
+    else:
+        reference = copy.deepcopy(base).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+        policy = base
+    policy.train()
+    return Models(policy=policy, reference=reference, tokenizer=tokenizer, key=key, device=device)

@@ -1,0 +1,147 @@
+"""MLflow at the edge: one run per training, nested under a sweep's parent run.
+
+A run's status tells the truth: FINISHED only when training and evaluation completed,
+FAILED with the reason as a tag when it raised, KILLED when interrupted (Ctrl-C, SIGTERM).
+Metrics are logged asynchronously in batches (off the training hot path) and flushed
+before the run is terminated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.time import get_current_time_millis
+
+import alignbench
+
+log = logging.getLogger(__name__)
+MAX_PARAM_LEN = 6000
+
+
+def set_uri(uri: str | None) -> None:
+    """None keeps MLflow's own default (sqlite:///mlflow.db in the working directory)."""
+    if uri:
+        mlflow.set_tracking_uri(uri)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:  # another worker created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
+class MlflowTracker:
+    """Logs into one MLflow run by id (no global active-run state, so nested runs are explicit)."""
+
+    def __init__(self, client: MlflowClient, run_id: str, async_logging: bool = True):
+        self.client, self.run_id, self.async_logging = client, run_id, async_logging
+        self._pending = []
+
+    def log_params(self, params: dict) -> None:
+        items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+        for s in range(0, len(items), 100):  # MLflow's per-batch param limit
+            self.client.log_batch(self.run_id, params=items[s:s + 100], synchronous=True)
+
+    def set_tags(self, tags: dict) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        now = get_current_time_millis()
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        op = self.client.log_batch(self.run_id, metrics=batch, synchronous=not self.async_logging)
+        if op is not None:
+            self._pending.append(op)
+
+    def flush(self) -> None:
+        for op in self._pending:
+            op.wait()
+        self._pending.clear()
+
+    def log_dict(self, obj, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, obj, artifact_file)
+
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        import pandas as pd
+
+        self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
+
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, local_dir, artifact_path)
+
+
+def standard_tags(extra: dict | None = None) -> dict:
+    tags = {"alignbench.version": alignbench.__version__}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags | (extra or {})
+
+
+@contextlib.contextmanager
+def tracked_run(experiment: str, run_name: str | None = None, parent_run_id: str | None = None,
+                tags: dict | None = None, async_logging: bool = True, uri: str | None = None):
+    """An MLflow run whose final status is the truth about how the block ended."""
+    set_uri(uri)
+    client = MlflowClient()
+    run_tags = standard_tags(tags)
+    if parent_run_id:
+        run_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=run_tags)
+    tracker = MlflowTracker(client, run.info.run_id, async_logging)
+    try:
+        yield tracker
+    except (KeyboardInterrupt, SystemExit) as exc:
+        finish(tracker, "KILLED", f"interrupted: {type(exc).__name__}")
+        raise
+    except BaseException as exc:
+        # An exception may say how the run ended (a sweep marks pruned trials KILLED + tag).
+        status = getattr(exc, "alignbench_status", "FAILED")
+        finish(tracker, status, f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        finish(tracker, "FINISHED")
+
+
+def finish(tracker: MlflowTracker, status: str, reason: str | None = None) -> None:
+    try:
+        tracker.flush()
+        if reason:
+            tracker.set_tags({"failure_reason": reason[:5000]})
+    finally:
+        tracker.client.set_terminated(tracker.run_id, status)
+
+
+def mark_killed(run_id: str, reason: str, uri: str | None = None) -> None:
+    """End a run left RUNNING by a killed process."""
+    set_uri(uri)
+    client = MlflowClient()
+    client.set_tag(run_id, "failure_reason", reason)
+    client.set_terminated(run_id, "KILLED")
+
+
+def log_json_artifact(tracker: MlflowTracker, obj, name: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(obj, indent=2, default=str))
+        tracker.client.log_artifact(tracker.run_id, str(path))

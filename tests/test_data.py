@@ -1,0 +1,483 @@
+"""alignbench.data: reading, parsing, dropping, splitting and tokenising preference data."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+
+import pandas as pd
+import pytest
+import torch
+
+from alignbench.data import (
+    DataError,
+    build_sequences,
+    detect_format,
+    filter_records,
+    load_preference_data,
+    log_drops,
+    parse_rows,
+    prompt_ids,
+    read_rows,
+    read_split,
+    require_enough,
+    split_records,
+    to_unpaired,
+    tokenize_pairs,
+    tokenize_unpaired,
+)
+from alignbench.records import PreferenceRecord, UnpairedRecord
+
+PAIRS = [
+    {"prompt": "Review the film:", "chosen": " It was great.", "rejected": " It was bad."},
+    {"prompt": "Review the food:", "chosen": " Lovely soup.", "rejected": " Cold soup."},
+    {"prompt": "Review the book:", "chosen": " A fun story.", "rejected": " A sad story."},
+]
+
+HH_PROMPT = ("\n\nHuman: What is a good book to read?\n\nAssistant: What kind of books do you like?"
+             "\n\nHuman: Happy stories with a good ending.\n\nAssistant:")
+HH_ROW = {
+    "chosen": HH_PROMPT + " Try The Hobbit, it is a fun story with a happy ending.",
+    "rejected": HH_PROMPT + " Books are boring.",
+}
+
+SIMPLE_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+# ------------------------------------------------------------------------------ reading
+
+def _write(path, rows):
+    suffix = path.suffix
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif suffix == ".parquet":
+        pd.DataFrame(rows).to_parquet(path)
+    elif suffix == ".csv":
+        pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet", ".csv"])
+def test_read_local_file_types(tmp_path, suffix):
+    path = _write(tmp_path / f"prefs{suffix}", PAIRS)
+    rows = read_rows({"source": "local", "path": str(path)})
+    assert rows == PAIRS
+    assert all(type(r) is dict for r in rows)
+    assert read_rows({"source": "local", "path": str(path), "max_rows": 2}) == PAIRS[:2]
+
+
+def test_read_json_lines_in_dot_json_and_blank_lines(tmp_path):
+    path = tmp_path / "prefs.json"
+    path.write_text(json.dumps(PAIRS[0]) + "\n\n" + json.dumps(PAIRS[1]) + "\n")
+    assert read_rows({"source": "local", "path": str(path)}) == PAIRS[:2]
+
+
+def test_read_parquet_keeps_message_lists_plain(tmp_path):
+    row = {"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+           "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "go away"}]}
+    path = _write(tmp_path / "chat.parquet", [row])
+    rows = read_rows({"source": "local", "path": str(path)})
+    assert rows == [row]
+    assert type(rows[0]["chosen"]) is list
+
+
+def test_read_csv_labels_and_empty_cells(tmp_path):
+    path = _write(tmp_path / "kto.csv", [{"prompt": "Q", "completion": "", "label": True},
+                                         {"prompt": "Q", "completion": "NA", "label": False}])
+    rows = read_rows({"source": "local", "path": str(path)})
+    assert rows == [{"prompt": "Q", "completion": "", "label": "True"},
+                    {"prompt": "Q", "completion": "NA", "label": "False"}]  # "NA" stays text
+    records, drops = parse_rows(rows)
+    assert records == [UnpairedRecord("Q", "NA", False)]
+    assert drops == Counter(empty_response=1)
+
+
+def test_read_local_errors(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(DataError, match="not found.*nope.jsonl"):
+        read_rows({"source": "local", "path": str(missing)})
+    txt = tmp_path / "prefs.txt"
+    txt.write_text("hello")
+    with pytest.raises(DataError, match=r"unknown data file type '\.txt'"):
+        read_rows({"source": "local", "path": str(txt)})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(PAIRS[0]) + "\n{not json\n")
+    with pytest.raises(DataError, match="bad.jsonl:2: invalid JSON"):
+        read_rows({"source": "local", "path": str(bad)})
+    with pytest.raises(DataError, match="data.source"):
+        read_rows({"source": "ftp", "path": str(bad)})
+    with pytest.raises(DataError, match="data.path is required"):
+        read_rows({"source": "local", "path": None})
+
+
+def test_read_missing_mandatory_path_from_omegaconf():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"source": "local", "path": "???"})
+    with pytest.raises(DataError, match="data.path is required"):
+        read_rows(cfg)
+
+
+def test_read_hub_code_path_on_local_dataset_dir(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    ds_dir = tmp_path / "my_dataset"
+    ds_dir.mkdir()
+    _write(ds_dir / "train.jsonl", PAIRS)
+    _write(ds_dir / "test.jsonl", PAIRS[:1])
+    cfg = {"source": "hub", "path": str(ds_dir), "subset": None, "split": "train", "max_rows": 2}
+    assert read_rows(cfg) == PAIRS[:2]
+    assert read_split(cfg, "test") == PAIRS[:1]
+    with pytest.raises(DataError, match="could not load dataset .*split 'validation'"):
+        read_split(cfg, "validation")
+
+
+# ------------------------------------------------------------------------------ formats
+
+def test_detect_format():
+    assert detect_format(PAIRS[0]) == "pairs"
+    assert detect_format(HH_ROW) == "hh"
+    assert detect_format({"prompt": "x", "chosen": [{"role": "assistant", "content": "a"}],
+                          "rejected": [{"role": "assistant", "content": "b"}]}) == "chat"
+    assert detect_format({"chosen": [], "rejected": []}) == "chat"
+    assert detect_format({"prompt": "x", "completion": "y", "label": True}) == "unpaired"
+    with pytest.raises(DataError, match="cannot detect the data format from columns \\['answer', 'question'\\]"):
+        detect_format({"question": "q", "answer": "a"})
+
+
+def test_parse_pairs_counts_every_drop_reason():
+    rows = PAIRS + [
+        {"chosen": "a", "rejected": "b"},                             # missing_field (no prompt)
+        {"prompt": "p", "chosen": None, "rejected": "b"},             # missing_field
+        {"prompt": "  ", "chosen": "a", "rejected": "b"},             # missing_field (empty prompt)
+        {"prompt": "p", "chosen": "   ", "rejected": "b"},            # empty_response
+        {"prompt": "p", "chosen": "a", "rejected": ""},               # empty_response
+        {"prompt": "p", "chosen": " same", "rejected": "same "},      # chosen_equals_rejected
+        {"prompt": "p", "chosen": 3, "rejected": "b"},                # bad_format
+    ]
+    records, drops = parse_rows(rows)  # auto: the majority of rows are pairs
+    assert records == [PreferenceRecord(**r) for r in PAIRS]
+    assert drops == Counter(missing_field=3, empty_response=2, chosen_equals_rejected=1, bad_format=1)
+
+
+def test_parse_rows_rejects_unknown_format_and_handles_empty():
+    with pytest.raises(DataError, match="data.format"):
+        parse_rows(PAIRS, fmt="sharegpt")
+    assert parse_rows([]) == ([], Counter())
+
+
+def test_parse_hh_two_turn_transcript():
+    records, drops = parse_rows([HH_ROW])
+    assert drops == Counter()
+    (r,) = records
+    assert r.prompt == HH_PROMPT
+    assert r.prompt.endswith("\n\nAssistant:")
+    assert "What kind of books do you like?" in r.prompt  # the first assistant turn is context
+    assert r.chosen == " Try The Hobbit, it is a fun story with a happy ending."
+    assert r.rejected == " Books are boring."
+
+
+def test_parse_hh_bad_rows():
+    rows = [
+        HH_ROW,
+        # the dialogues differ before the final assistant turn
+        {"chosen": HH_PROMPT + " Yes.", "rejected": HH_PROMPT.replace("Happy", "Sad") + " No."},
+        # no assistant turn at all
+        {"chosen": "\n\nHuman: hi there", "rejected": "\n\nHuman: hello"},
+        # rejected has an extra turn, so its last assistant turn is elsewhere
+        {"chosen": HH_PROMPT + " Yes.", "rejected": HH_PROMPT + " No.\n\nHuman: why?\n\nAssistant: Because."},
+        # nothing after the last marker
+        {"chosen": HH_PROMPT + " Yes.", "rejected": HH_PROMPT + "  "},
+        {"chosen": HH_ROW["chosen"], "rejected": HH_ROW["chosen"]},
+        {"chosen": HH_ROW["chosen"]},
+    ]
+    records, drops = parse_rows(rows, fmt="hh")
+    assert len(records) == 1
+    assert drops == Counter(bad_format=3, empty_response=1, chosen_equals_rejected=1, missing_field=1)
+
+
+def _conv(user, reply, system=None):
+    msgs = [{"role": "system", "content": system}] if system else []
+    return msgs + [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+
+
+def test_parse_chat_fallback_rendering_without_template(tiny_tokenizer):
+    assert not tiny_tokenizer.chat_template
+    row = {"prompt": "How was the film?",  # UltraFeedback: prompt string + whole conversations
+           "chosen": _conv("How was the film?", "Great acting.", system="Be kind."),
+           "rejected": _conv("How was the film?", "Bad.", system="Be kind.")}
+    records, drops = parse_rows([row], tokenizer=tiny_tokenizer)
+    assert drops == Counter()
+    assert records == [PreferenceRecord("System: Be kind.\n\nUser: How was the film?\n\nAssistant:",
+                                        " Great acting.", " Bad.")]
+    # no tokenizer at all renders the same way
+    assert parse_rows([row])[0] == records
+
+
+def test_parse_chat_with_chat_template(tiny_tokenizer):
+    tiny_tokenizer.chat_template = SIMPLE_TEMPLATE
+    multi_turn = _conv("hi", "hello") + [{"role": "user", "content": "a joke?"}]
+    rows = [
+        {"chosen": multi_turn + [{"role": "assistant", "content": "Knock knock."}],
+         "rejected": multi_turn + [{"role": "assistant", "content": "No."}]},
+        # TRL explicit prompt: prompt messages + reply-only lists
+        {"prompt": [{"role": "user", "content": "hi"}],
+         "chosen": [{"role": "assistant", "content": "hello"}],
+         "rejected": [{"role": "assistant", "content": "go away"}]},
+        # prompt string + reply-only lists: the prompt is the user turn
+        {"prompt": "hi", "chosen": [{"role": "assistant", "content": "hello"}],
+         "rejected": [{"role": "assistant", "content": "bye"}]},
+    ]
+    records, drops = parse_rows(rows, tokenizer=tiny_tokenizer)
+    assert drops == Counter()
+    assert records[0] == PreferenceRecord(
+        "<|user|>hi\n<|assistant|>hello\n<|user|>a joke?\n<|assistant|>", "Knock knock.", "No.")
+    assert records[1] == PreferenceRecord("<|user|>hi\n<|assistant|>", "hello", "go away")
+    assert records[2] == PreferenceRecord("<|user|>hi\n<|assistant|>", "hello", "bye")
+
+
+def test_parse_chat_bad_rows(tiny_tokenizer):
+    good = {"chosen": _conv("hi", "hello"), "rejected": _conv("hi", "bye")}
+    rows = [
+        good,
+        {"chosen": _conv("hi", "hello"), "rejected": _conv("hey", "bye")},            # bad_format
+        {"chosen": _conv("hi", "hello")[:1], "rejected": _conv("hi", "bye")[:1]},     # bad_format (user last)
+        {"chosen": [{"role": "user"}], "rejected": _conv("hi", "bye")},               # bad_format
+        {"chosen": [{"role": "assistant", "content": "a"}],
+         "rejected": [{"role": "assistant", "content": "b"}]},                        # missing_field (no prompt)
+        {"chosen": _conv("hi", " "), "rejected": _conv("hi", "bye")},                 # empty_response
+        {"chosen": _conv("hi", "same"), "rejected": _conv("hi", "same")},             # chosen_equals_rejected
+        {"chosen": None, "rejected": _conv("hi", "bye")},                             # missing_field
+    ]
+    records, drops = parse_rows(rows, tokenizer=tiny_tokenizer)
+    assert records == [PreferenceRecord("User: hi\n\nAssistant:", " hello", " bye")]
+    assert drops == Counter(bad_format=3, missing_field=2, empty_response=1, chosen_equals_rejected=1)
+
+
+def test_chat_template_errors_drop_the_row(tiny_tokenizer):
+    tiny_tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}{{ m['content'] }}{% endfor %}")
+    rows = [{"chosen": _conv("hi", "a", system="s"), "rejected": _conv("hi", "b", system="s")}]
+    assert parse_rows(rows, tokenizer=tiny_tokenizer) == ([], Counter(bad_format=1))
+
+
+def test_parse_unpaired():
+    rows = [
+        {"prompt": "p1", "completion": "good", "label": True},
+        {"prompt": "p1", "completion": "bad", "label": False},
+        {"prompt": "p2", "completion": "ok", "label": 1},
+        {"prompt": "p2", "completion": "fine", "label": "false"},
+        {"prompt": "p3", "completion": "?", "label": "maybe"},      # bad_format
+        {"prompt": "p3", "completion": "", "label": True},          # empty_response
+        {"prompt": "p3", "completion": None, "label": True},        # missing_field
+        {"prompt": "p3", "completion": "x", "label": None},         # missing_field
+        {"prompt": [{"role": "user", "content": "hi"}],             # conversational KTO row
+         "completion": [{"role": "assistant", "content": "hello"}], "label": True},
+    ]
+    records, drops = parse_rows(rows)
+    assert records == [
+        UnpairedRecord("p1", "good", True), UnpairedRecord("p1", "bad", False),
+        UnpairedRecord("p2", "ok", True), UnpairedRecord("p2", "fine", False),
+        UnpairedRecord("User: hi\n\nAssistant:", " hello", True),
+    ]
+    assert drops == Counter(bad_format=1, empty_response=1, missing_field=2)
+
+
+# ------------------------------------------------------------------------------ filtering, splitting
+
+def test_filter_records_drops_prompts_that_do_not_fit(tiny_tokenizer):
+    short = PreferenceRecord("Review the film:", " It was great.", " It was bad.")
+    long = PreferenceRecord("Review the film: " * 10, " It was great.", " It was bad.")
+    n_short = len(ids(tiny_tokenizer, short.prompt)) + 1  # + BOS
+    kept, drops = filter_records([short, long], tiny_tokenizer, max_length=64, max_prompt_length=n_short)
+    assert kept == [short]
+    assert drops == Counter(prompt_too_long=1)
+    # max_length leaves no response token
+    kept, drops = filter_records([short], tiny_tokenizer, max_length=n_short, max_prompt_length=64)
+    assert kept == [] and drops == Counter(prompt_too_long=1)
+    # one response token left: " It" for both, so the pair would carry no signal
+    kept, drops = filter_records([short], tiny_tokenizer, max_length=n_short + 1, max_prompt_length=64)
+    assert kept == [] and drops == Counter(chosen_equals_rejected=1)
+    # unpaired records are filtered on the prompt only
+    unpaired = to_unpaired([short, long])
+    kept, drops = filter_records(unpaired, tiny_tokenizer, max_length=64, max_prompt_length=n_short)
+    assert kept == unpaired[:2] and drops == Counter(prompt_too_long=2)
+
+
+def test_to_unpaired_counts_and_order():
+    pairs = [PreferenceRecord(**r) for r in PAIRS]
+    unpaired = to_unpaired(pairs)
+    assert len(unpaired) == 2 * len(pairs)
+    assert sum(u.desirable for u in unpaired) == len(pairs)
+    for i, p in enumerate(pairs):
+        assert unpaired[2 * i] == UnpairedRecord(p.prompt, p.chosen, True)
+        assert unpaired[2 * i + 1] == UnpairedRecord(p.prompt, p.rejected, False)
+
+
+def test_split_records_seeded_and_disjoint():
+    records = [PreferenceRecord(f"prompt {i}", "a", "b") for i in range(100)]
+    train, held_out = split_records(records, 0.1, seed=0)
+    assert (len(train), len(held_out)) == (90, 10)
+    assert split_records(records, 0.1, seed=0) == (train, held_out)
+    assert split_records(records, 0.1, seed=1)[1] != held_out
+    assert {r.prompt for r in train}.isdisjoint({r.prompt for r in held_out})
+    assert sorted(train + held_out, key=lambda r: int(r.prompt.split()[1])) == records
+    # at least one eval record, at least one train record
+    assert [len(s) for s in split_records(records[:3], 0.01, seed=0)] == [2, 1]
+    assert [len(s) for s in split_records(records[:3], 0.99, seed=0)] == [1, 2]
+    assert split_records(records[:3], 0.0, seed=0) == (records[:3], [])
+
+
+def test_split_keeps_a_prompts_unpaired_examples_together():
+    unpaired = to_unpaired([PreferenceRecord(f"p{i}", "a", "b") for i in range(20)])
+    train, held_out = split_records(unpaired, 0.25, seed=3)
+    assert (len(train), len(held_out)) == (30, 10)
+    assert {r.prompt for r in train}.isdisjoint({r.prompt for r in held_out})
+
+
+def test_log_drops_and_require_enough(capsys, caplog):
+    drops = Counter(empty_response=3, bad_format=1)
+    metrics = log_drops(drops, 100)
+    assert metrics == {"data/total": 100, "data/kept": 96, "data/dropped/bad_format": 1,
+                       "data/dropped/empty_response": 3}
+    assert "kept 96 of 100 rows; dropped: bad_format=1, empty_response=3" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO):
+        log_drops(Counter(), 5, logging.getLogger("test"), prefix="data/eval")
+    assert "data/eval: kept 5 of 5 rows; dropped: none" in caplog.text
+
+    records = [PreferenceRecord("p", "a", "b")] * 5
+    require_enough(records, 5, drops)
+    with pytest.raises(DataError) as err:
+        require_enough(records, 8, drops)
+    assert str(err.value).startswith("only 5 usable rows of 9 after dropping: empty_response=3, bad_format=1")
+
+
+# ------------------------------------------------------------------------------ end to end
+
+def test_load_preference_data_local(tmp_path, tiny_tokenizer):
+    rows = [{"prompt": f"Review {i}:", "chosen": " good", "rejected": " bad"} for i in range(20)]
+    rows += [{"prompt": "Review x:", "chosen": "", "rejected": " bad"}, {"prompt": "p" * 300, "chosen": "a", "rejected": "b"}]
+    path = _write(tmp_path / "prefs.jsonl", rows)
+    cfg = {"source": "local", "path": str(path), "format": "auto", "eval_fraction": 0.1, "eval_split": None}
+    data = load_preference_data(cfg, tiny_tokenizer, max_length=32, max_prompt_length=16, seed=0)
+    assert data.format == "pairs" and data.paired
+    assert (len(data.train), len(data.eval)) == (18, 2)
+    assert data.drops == Counter(empty_response=1, prompt_too_long=1)
+    assert data.metrics["data/kept"] == 20 and data.metrics["data/dropped/prompt_too_long"] == 1
+    again = load_preference_data(cfg, tiny_tokenizer, max_length=32, max_prompt_length=16, seed=0)
+    assert again.eval == data.eval
+
+    with pytest.raises(DataError, match="only 20 usable rows of 22 after dropping"):
+        load_preference_data(cfg, tiny_tokenizer, max_length=32, max_prompt_length=16, seed=0, min_records=21)
+
+
+def test_too_few_rows_after_dropping(tmp_path, tiny_tokenizer):
+    rows = [{"prompt": "p", "chosen": "", "rejected": "b"}] * 6 + PAIRS
+    path = _write(tmp_path / "prefs.csv", rows)
+    with pytest.raises(DataError) as err:
+        load_preference_data({"source": "local", "path": str(path)}, tiny_tokenizer,
+                             max_length=64, max_prompt_length=32, seed=0)
+    assert "only 3 usable rows of 9 after dropping: empty_response=6" in str(err.value)
+
+
+# ------------------------------------------------------------------------------ tensors
+
+def test_tokenize_pairs_masks(tiny_tokenizer):
+    tok = tiny_tokenizer
+    records = [PreferenceRecord(**r) for r in PAIRS]
+    out = tokenize_pairs(records, tok, max_length=64, max_prompt_length=32)
+    bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    n = len(records)
+    for side in ("chosen", "rejected"):
+        input_ids = out[f"{side}_input_ids"]
+        attn, resp = out[f"{side}_attention_mask"], out[f"{side}_response_mask"]
+        assert input_ids.shape == attn.shape == resp.shape == out["chosen_input_ids"].shape
+        assert input_ids.dtype == torch.long and input_ids.shape[0] == n
+        for i, r in enumerate(records):
+            p, y = ids(tok, r.prompt), ids(tok, getattr(r, side))
+            assert resp[i].sum().item() == len(y) + 1  # response tokens + EOS
+            assert attn[i].sum().item() == 1 + len(p) + len(y) + 1
+            length = attn[i].sum().item()
+            assert input_ids[i, :length].tolist() == [bos] + p + y + [eos]
+            assert input_ids[i, length:].eq(pad).all()
+            assert resp[i, : 1 + len(p)].eq(0).all() and resp[i, length:].eq(0).all()
+            assert out["prompt_lengths"][i].item() == 1 + len(p)
+
+
+def test_tokenize_pairs_truncation_keeps_prompt(tiny_tokenizer):
+    tok = tiny_tokenizer
+    r = PreferenceRecord("Review the film:", " It was great and the acting was fun." * 3, " Bad.")
+    p = [tok.bos_token_id] + ids(tok, r.prompt)
+    max_length = len(p) + 5
+    out = tokenize_pairs([r], tok, max_length=max_length, max_prompt_length=len(p))
+    chosen = out["chosen_input_ids"][0]
+    assert out["chosen_attention_mask"][0].sum().item() == max_length
+    assert chosen[: len(p)].tolist() == p  # the prompt is intact
+    assert chosen[len(p):].tolist() == ids(tok, r.chosen)[:5]  # the response is cut (EOS with it)
+    assert out["chosen_response_mask"][0].sum().item() == 5
+    assert out["rejected_response_mask"][0].sum().item() == len(ids(tok, " Bad.")) + 1
+    with pytest.raises(DataError, match="max_prompt_length"):
+        tokenize_pairs([r], tok, max_length=64, max_prompt_length=len(p) - 1)
+
+
+def test_tokenize_does_not_double_bos_from_chat_template(tiny_tokenizer):
+    tiny_tokenizer.chat_template = "<|bos|>" + SIMPLE_TEMPLATE
+    (record,), _ = parse_rows([{"chosen": _conv("hi", "hello"), "rejected": _conv("hi", "bye")}],
+                              tokenizer=tiny_tokenizer)
+    out = tokenize_pairs([record], tiny_tokenizer, 64, 32)
+    row = out["chosen_input_ids"][0].tolist()
+    assert row[0] == tiny_tokenizer.bos_token_id and row[1] != tiny_tokenizer.bos_token_id
+
+
+def test_tokenize_unpaired_and_mismatched_sequences(tiny_tokenizer):
+    tok = tiny_tokenizer
+    records = to_unpaired([PreferenceRecord(**r) for r in PAIRS])
+    out = tokenize_unpaired(records, tok, max_length=64, max_prompt_length=32)
+    assert out["desirable"].tolist() == [True, False] * 3
+    assert out["desirable"].dtype == torch.bool
+    assert out["input_ids"].shape == out["attention_mask"].shape == out["response_mask"].shape
+    for i, r in enumerate(records):
+        assert out["prompt_tokens"][i] == [tok.bos_token_id] + ids(tok, r.prompt)
+        assert out["completion_tokens"][i] == ids(tok, r.completion) + [tok.eos_token_id]
+        assert out["response_mask"][i].sum().item() == len(out["completion_tokens"][i])
+        assert out["prompt_lengths"][i].item() == len(out["prompt_tokens"][i])
+    # KTO's KL estimate: prompt i with completion i+1 (shifted), from the same token lists
+    shifted = out["completion_tokens"][1:] + out["completion_tokens"][:1]
+    input_ids, attn, resp = build_sequences(out["prompt_tokens"], shifted, tok.pad_token_id, 64)
+    assert input_ids[0, : attn[0].sum()].tolist() == out["prompt_tokens"][0] + shifted[0]
+    assert resp[0].sum().item() == len(shifted[0])
+
+
+def test_build_sequences_errors_when_no_room():
+    with pytest.raises(DataError, match="no response token"):
+        build_sequences([[1, 2, 3]], [[4, 5]], pad_id=0, max_length=3)
+    input_ids, attn, resp = build_sequences([[1, 2]], [[4, 5]], pad_id=0, max_length=3)
+    assert input_ids.tolist() == [[1, 2, 4]] and resp.tolist() == [[0, 0, 1]] and attn.tolist() == [[1, 1, 1]]
+
+
+def test_prompt_ids_left_padded(tiny_tokenizer):
+    tok = tiny_tokenizer
+    prompts = ["Review the film:", "Hi"]
+    input_ids, attn = prompt_ids(prompts, tok, max_prompt_length=32)
+    a, b = [tok.bos_token_id] + ids(tok, prompts[0]), [tok.bos_token_id] + ids(tok, prompts[1])
+    width = len(a)
+    assert input_ids.shape == attn.shape == (2, width)
+    assert input_ids[0].tolist() == a and attn[0].eq(1).all()
+    assert input_ids[1, width - len(b):].tolist() == b
+    assert input_ids[1, : width - len(b)].eq(tok.pad_token_id).all()
+    assert attn[1].tolist() == [0] * (width - len(b)) + [1] * len(b)
+    # too long: BOS and the last tokens are kept
+    input_ids, _ = prompt_ids(prompts[:1], tok, max_prompt_length=3)
+    assert input_ids[0].tolist() == [tok.bos_token_id] + a[-2:]
