@@ -37,6 +37,16 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def quiet_libraries() -> None:
+    """No per-load progress bars from transformers/datasets in our logs."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    datasets.utils.logging.disable_progress_bar()
+
+
 def train_command(cfg: DictConfig) -> None:
     from alignbench import tracking
     from alignbench.data import DataError
@@ -101,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     if command == "sweep" and not any(a.startswith("sweep=") for a in rest):
         rest = ["sweep=default", *rest]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
     _interrupt_on_sigterm()
     app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)(COMMANDS[command])
     sys.argv = [f"alignbench {command}", *rest]

@@ -1,8 +1,12 @@
-"""Shared test fixtures."""
+"""Shared test fixtures: a tiny tokenizer, fast run overrides, a shared cache."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+from alignbench.models import train_tokenizer
 
 _SENTENCES = [
     "Human: What is a good book to read?",
@@ -12,27 +16,35 @@ _SENTENCES = [
     "A short review of a long movie with a happy ending and a sad middle.",
 ]
 
+# A run small enough for the default test suite (seconds, not minutes) on the built-in task.
+FAST = [
+    "model.sft.steps=60", "model.sft.n_examples=1000", "model.sft.batch_size=32",
+    "data.n_train_prompts=160", "data.n_eval_prompts=64",
+    "train.max_steps=6", "train.batch_size=8", "train.warmup_steps=2", "train.log_every=2",
+    "eval.n_prompts=24", "eval.every_n_steps=3", "eval.max_new_tokens=16", "eval.n_pref_pairs=16",
+]
+
 
 def make_tiny_tokenizer(vocab_size: int = 400):
-    """A byte-level BPE tokenizer trained on a few sentences (no download) with
-    <|pad|>, <|bos|>, <|eos|> specials, wrapped in PreTrainedTokenizerFast."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|pad|>", "<|bos|>", "<|eos|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_SENTENCES * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|eos|>")
+    """The project's byte-level BPE tokenizer trained on a few sentences (no download)."""
+    return train_tokenizer(_SENTENCES * 4, vocab_size)
 
 
 @pytest.fixture
 def tiny_tokenizer():
     return make_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One cache for the session: the tiny SFT model is trained once, then every test reuses it."""
+    path = tmp_path_factory.mktemp("alignbench_cache")
+    os.environ["ALIGNBENCH_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, shared_cache):
+    """Run in a fresh directory (its own mlflow.db) with the shared cache."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
