@@ -1,0 +1,24 @@
+# Two entry points (see README): `make run` and `make test`. Both create .venv and install first.
+# torch==2.13.0 is installed on its own first: on a CPU-only machine whose pip finds the CPU
+# wheel this avoids pulling several GB of CUDA wheels; on a GPU machine the PyPI wheel is CUDA.
+PY ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+$(BIN)/alignbench: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/alignbench
+
+run: install
+	HF_HUB_OFFLINE=1 $(BIN)/alignbench train
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+
+.PHONY: install run test

@@ -1,0 +1,91 @@
+"""End-to-end runs on the built-in task (FAST-sized): metrics reach MLflow, failures end FAILED."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import yaml
+
+from alignbench import tracking
+from alignbench.config import compose
+from alignbench.train import NonFiniteLoss, NullTracker, train
+from conftest import FAST
+
+REQUIRED = ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl", "train/loss")
+
+
+def tracked_train(overrides, experiment="test"):
+    cfg = compose([*FAST, *overrides])
+    with tracking.tracked_run(experiment, tags={"method": cfg.method.name}) as tracker:
+        result = train(cfg, tracker)
+    return result, tracker.run_id
+
+
+def test_dpo_run_lands_in_mlflow(workdir):
+    result, run_id = tracked_train(["method=dpo"])
+    runs = mlflow.search_runs(experiment_names=["test"])
+    assert len(runs) == 1 and runs.loc[0, "run_id"] == run_id
+    assert runs.loc[0, "status"] == "FINISHED"
+    assert runs.loc[0, "tags.method"] == "dpo"
+    for key in REQUIRED:
+        assert math.isfinite(runs.loc[0, f"metrics.{key}"])
+    assert runs.loc[0, "metrics.eval/win_rate"] == pytest.approx(result.metrics["eval/win_rate"])
+    assert runs.loc[0, "params.method.beta"] == "0.1"
+    assert runs.loc[0, "params.eval.kl_estimator"].startswith("k1")
+    # eval at steps 3 and 6 (every_n_steps=3, max_steps=6)
+    history = mlflow.MlflowClient().get_metric_history(run_id, "eval/win_rate")
+    assert [m.step for m in history] == [3, 6]
+    assert len(mlflow.MlflowClient().get_metric_history(run_id, "train/loss")) == 4  # steps 1, 2, 4, 6
+    table = json.loads(open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="eval_samples.json")).read())
+    assert len(table["data"]) == 24
+    assert {"prompt", "policy_response", "reference_response", "policy_score", "reference_score", "winner"} <= set(table["columns"])
+    config = yaml.safe_load(open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml")))
+    assert config["method"]["name"] == "dpo"
+
+
+@pytest.mark.parametrize("method", ["ipo", "kto", "simpo"])
+def test_other_offline_methods_run(workdir, method):
+    result = train(compose([*FAST, f"method={method}"]), NullTracker())
+    for key in REQUIRED:
+        assert math.isfinite(result.metrics[key]) if key != "train/loss" else True
+    assert 0.0 <= result.metrics["eval/win_rate_ci_low"] <= result.metrics["eval/win_rate"] <= result.metrics["eval/win_rate_ci_high"] <= 1.0
+    assert result.metrics["train/tokens"] > 0
+
+
+def test_ipo_convention_and_simpo_gamma_are_logged(workdir):
+    tracker = NullTracker()
+    train(compose([*FAST, "method=ipo", "method.length_normalize=false"]), tracker)
+    assert tracker.params["method.convention"] == "sum over tokens (IPO paper)"
+    tracker = NullTracker()
+    train(compose([*FAST, "method=simpo", "method.beta=4", "method.gamma_beta_ratio=0.25"]), tracker)
+    assert tracker.params["method.gamma"] == 1.0
+
+
+def test_a_crash_ends_failed_with_the_reason(workdir):
+    with pytest.raises(RuntimeError, match="simulated"):
+        tracked_train(["fault.raise_at_step=2"])
+    run = mlflow.search_runs(experiment_names=["test"]).iloc[0]
+    assert run["status"] == "FAILED"
+    assert "out of memory" in run["tags.failure_reason"]
+
+
+def test_nan_loss_fails_instead_of_training_on_garbage(workdir):
+    with pytest.raises(NonFiniteLoss, match="loss is nan at step 2"):
+        tracked_train(["fault.nan_loss_at_step=2"])
+    assert mlflow.search_runs(experiment_names=["test"]).iloc[0]["status"] == "FAILED"
+
+
+def test_cli_train_prints_win_rate_and_is_searchable(workdir):
+    out = subprocess.run([sys.executable, "-m", "alignbench.cli", "train", *FAST], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = [l for l in out.stdout.splitlines() if l.startswith("method=dpo win_rate=")]
+    assert line and "95% CI [" in line[0] and "KL=" in line[0]
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert len(runs) == 1 and runs.loc[0, "status"] == "FINISHED"
+    assert line[0].endswith(runs.loc[0, "run_id"])
