@@ -35,11 +35,13 @@ def test_gold_reward_parts_by_hand():
 def test_gold_reward_is_several_sided():
     good = "the room was great and the staff was wonderful and the view was lovely."
     spam = "great great great wonderful wonderful wonderful lovely lovely lovely amazing amazing."
-    off_topic = "the pizza was great and the chef was wonderful and the sauce was very lovely."
+    off_topic = "the pizza was great and the chef was wonderful and the sauce was lovely."
     negative = "the room was awful and the staff was rude and the view was very poor."
     scores = {name: task.gold_reward(HOTEL, text) for name, text in
               [("good", good), ("spam", spam), ("off_topic", off_topic), ("negative", negative)]}
-    assert scores["good"] > scores["off_topic"] > scores["negative"]
+    # Positive but off topic loses as much as on topic but negative: each side counts.
+    assert scores["good"] - scores["off_topic"] == pytest.approx(2 * math.tanh(2.1))
+    assert scores["good"] - scores["negative"] > 1.8
     assert scores["good"] - scores["spam"] > 2.5  # repetition and no topic: spamming doesn't pay
     assert task.gold_reward(HOTEL, "") == -3.5
 
