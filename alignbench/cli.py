@@ -84,9 +84,10 @@ def report_command(cfg: DictConfig) -> None:
     from alignbench.report import build_report
 
     try:
-        build_report(cfg)
+        path = build_report(cfg)
     except (ConfigError, LookupError) as exc:
         _fail(str(exc))
+    print(f"report: {path}")
 
 
 COMMANDS = {"train": train_command, "sweep": sweep_command, "report": report_command}

@@ -1,0 +1,200 @@
+"""Fabricate a finished sweep — MLflow runs and the matching Optuna studies — in seconds.
+
+Follows the tracking contract in docs/ARCHITECTURE.md ("Tracking layout") exactly, so report
+tests need no training: experiment `sweep-<name>`, a parent run (tag `alignbench.role=sweep`,
+`sweep.name`; params `sweep.storage_url`, `sweep.study_names`), one nested child run per
+Optuna trial with the contract's tags, params (dotted config keys), metric histories and
+artifacts (`config.yaml`, `eval_samples.json` logged with `MlflowClient.log_table`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from alignbench.stats import win_rate_ci
+
+HOSTILE = "<script>alert(1)</script>"
+
+# Per method: the swept params (Optuna distributions over dotted config keys) and fixed ones.
+SPACES = {
+    "dpo": {"method.beta": optuna.distributions.FloatDistribution(0.01, 0.5, log=True),
+            "method.lr": optuna.distributions.FloatDistribution(1e-4, 1e-3, log=True)},
+    "ipo": {"method.tau": optuna.distributions.FloatDistribution(0.01, 1.0, log=True),
+            "method.lr": optuna.distributions.FloatDistribution(1e-4, 1e-3, log=True)},
+    "simpo": {"method.beta": optuna.distributions.FloatDistribution(1.0, 10.0),
+              "method.gamma_beta_ratio": optuna.distributions.CategoricalDistribution([0.3, 0.5, 0.8])},
+}
+TOPICS = ["pizza", "a film", "the beach", "a novel", "a phone", "a concert", "a cafe", "a bike"]
+
+
+@dataclass
+class FakeSweep:
+    uri: str
+    name: str
+    experiment_id: str
+    parent_run_id: str
+    storage_url: str
+    study_names: dict[str, str]                                 # method -> study name
+    runs: dict[str, list[dict]] = field(default_factory=dict)   # method -> [{run_id, state, metrics, params}]
+    prompts: list[str] = field(default_factory=list)
+
+
+def _samples(rng: random.Random, prompts, ref, quality: float, builtin: bool, hostile_at: int | None):
+    rows = []
+    for i, prompt in enumerate(prompts):
+        r_resp, r_score, r_len = ref[i]
+        p_len = max(1, int(r_len + rng.gauss(4 * quality, 3)))
+        p_score = round(r_score + rng.gauss(quality, 0.5) + 0.02 * (p_len - r_len), 4)
+        if rng.random() < 0.1:
+            p_score = r_score  # a few ties
+        p_resp = HOSTILE if hostile_at == i else f"I loved {TOPICS[i % len(TOPICS)]}, " + "really " * (p_len // 4)
+        row = {"prompt": prompt, "policy_response": p_resp, "reference_response": r_resp,
+               "policy_score": p_score, "reference_score": r_score,
+               "policy_length": p_len, "reference_length": r_len,
+               "kl": max(0.0, rng.gauss(2 * quality + 0.5, 0.4)),
+               "winner": "policy" if p_score > r_score else "reference" if r_score > p_score else "tie"}
+        if builtin:
+            row["policy_gold"], row["reference_gold"] = p_score, r_score
+        rows.append(row)
+    return rows
+
+
+def _final_metrics(rows, builtin: bool, steps: int, batch: int, rng: random.Random) -> dict:
+    n = len(rows)
+    wins = sum(r["winner"] == "policy" for r in rows)
+    ties = sum(r["winner"] == "tie" for r in rows)
+    rate, low, high = win_rate_ci(wins, ties, n)
+    kl = sum(r["kl"] for r in rows) / n
+    plen = sum(r["policy_length"] for r in rows) / n
+    m = {"eval/win_rate": rate, "eval/win_rate_ci_low": low, "eval/win_rate_ci_high": high,
+         "eval/wins": float(wins), "eval/ties": float(ties), "eval/n": float(n),
+         "eval/kl": kl, "eval/kl_per_token": kl / plen,
+         "eval/policy_reward": sum(r["policy_score"] for r in rows) / n,
+         "eval/reference_reward": sum(r["reference_score"] for r in rows) / n,
+         "eval/policy_length": plen,
+         "eval/reference_length": sum(r["reference_length"] for r in rows) / n}
+    if builtin:
+        m["eval/gold_reward"] = sum(r["policy_gold"] for r in rows) / n
+        m["eval/reference_gold_reward"] = sum(r["reference_gold"] for r in rows) / n
+    m["train/tokens"] = float(steps * batch * 2 * rng.randint(40, 60))
+    return m
+
+
+def fabricate_sweep(root: Path, name: str = "fake", methods=("dpo", "ipo"), n_trials: int = 4,
+                    states: dict[str, list[str]] | None = None, builtin: bool = True, hostile: bool = False,
+                    n_prompts: int = 24, seed: int = 0, max_steps: int = 6, eval_every: int = 3,
+                    study_params: str = "explicit", objective: str = "win_rate") -> FakeSweep:
+    """A finished sweep under `root`: MLflow sqlite store `root/mlflow.db` (shared by several fabricated
+    sweeps; each its own experiment), Optuna journal `root/<name>.journal`.
+
+    `states`: per method, the trial states in order (COMPLETE | PRUNED | FAIL); default all COMPLETE.
+    `hostile`: one policy generation of the first method is `<script>alert(1)</script>` and one prompt
+    carries HTML. `study_params`: how the parent run points at the studies — "explicit" (params
+    `sweep.storage_url`, `sweep.study_names`), "sweep_py" (as alignbench/sweep.py logs it: param and
+    tag `sweep.storage` = `journal:///abs/path`, studies named `<experiment>/<method>`), or "none".
+    `objective`: "win_rate" (one direction) or "pareto" (studies maximise win rate, minimise KL).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment(f"sweep-{name}", artifact_location=(root / "artifacts" / name).as_uri())
+    journal = root / f"{name}.journal"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study_names = {m: (f"sweep-{name}/{m}" if study_params == "sweep_py" else f"{name}-{m}") for m in methods}
+
+    prompts = [f"Write a review of {TOPICS[i % len(TOPICS)]} (#{i})." for i in range(n_prompts)]
+    if hostile:
+        prompts[1] = "Review <b>this</b> & \"that\" </td></table>"
+    ref = [(f"It was {TOPICS[i % len(TOPICS)]}.", round(rng.gauss(0, 1), 4), rng.randint(8, 20))
+           for i in range(n_prompts)]
+
+    t = int(time.time() * 1000)
+    parent = client.create_run(exp_id, run_name=f"sweep-{name}", start_time=t, tags={
+        "alignbench.role": "sweep", "sweep.name": name, "alignbench.version": "0.1.0",
+        "mlflow.source.git.commit": "0123456789abcdef0123456789abcdef01234567",
+        "alignbench.hardware": "2 CPU cores (fake)", "sweep.objective": objective}
+        | ({"sweep.storage": f"journal://{journal}"} if study_params == "sweep_py" else {}))
+    pid = parent.info.run_id
+    params = {"sweep.name": name, "sweep.methods": ",".join(methods), "sweep.n_trials": n_trials,
+              "sweep.objective": objective, "seed": seed, "model.name": "tiny", "data.name": "builtin" if builtin else "local"}
+    if study_params == "explicit":
+        params |= {"sweep.storage_url": str(journal), "sweep.study_names": ",".join(study_names.values())}
+    elif study_params == "sweep_py":
+        params |= {"sweep.storage": f"journal://{journal}"}
+    client.log_batch(pid, params=[Param(k, str(v)) for k, v in params.items()], synchronous=True)
+
+    fake = FakeSweep(uri=uri, name=name, experiment_id=exp_id, parent_run_id=pid, storage_url=str(journal),
+                     study_names=study_names, prompts=prompts)
+    for mi, method in enumerate(methods):
+        directions = ["maximize", "minimize"] if objective == "pareto" else ["maximize"]
+        study = optuna.create_study(study_name=study_names[method], storage=storage, directions=directions,
+                                    sampler=optuna.samplers.RandomSampler(seed=seed + mi))
+        if study_params != "sweep_py":
+            study.set_user_attr("method", method)
+        method_states = (states or {}).get(method, ["COMPLETE"] * n_trials)
+        fake.runs[method] = []
+        for ti, state in enumerate(method_states):
+            trial = study.ask(SPACES[method])
+            quality = -0.1 + 0.8 * rng.random() + 0.2 * mi
+            rows = _samples(rng, prompts, ref, quality, builtin, 3 if hostile and mi == 0 else None)
+            final = _final_metrics(rows, builtin, max_steps, 8, rng)
+            cfg_params = {"method.name": method, "seed": seed, "model.name": "tiny",
+                          "data.name": "builtin" if builtin else "local", "judge.name": "gold" if builtin else "reward_model",
+                          "train.max_steps": max_steps, "train.batch_size": 8, "device": "cpu"} | trial.params
+            status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[state]
+            tags = {"alignbench.role": "trial", "mlflow.parentRunId": pid, "method": method,
+                    "optuna.study": study.study_name, "optuna.trial_number": str(trial.number),
+                    "optuna.trial_state": state, "alignbench.version": "0.1.0",
+                    "mlflow.source.git.commit": "0123456789abcdef0123456789abcdef01234567"}
+            if state == "FAIL":
+                tags["failure_reason"] = "FloatingPointError: loss is NaN at step 2"
+            run = client.create_run(exp_id, run_name=f"{method}-{trial.number}", tags=tags, start_time=t)
+            rid = run.info.run_id
+            client.log_batch(rid, params=[Param(k, str(v)) for k, v in cfg_params.items()], synchronous=True)
+            metrics = []
+            last_step = {"COMPLETE": max_steps, "PRUNED": eval_every, "FAIL": 2}[state]
+            for step in range(2, last_step + 1, 2):
+                loss = math.log(2) * math.exp(-0.15 * quality * step) if state != "FAIL" else float("nan")
+                metrics.append(Metric("train/loss", loss, t + step, step))
+            for step in range(eval_every, last_step + 1, eval_every):
+                frac = step / max_steps
+                if step == max_steps:
+                    evm = {k: v for k, v in final.items() if k.startswith("eval/")}
+                else:
+                    w = 0.5 + (final["eval/win_rate"] - 0.5) * frac * (0.6 if state == "PRUNED" else 1.0)
+                    _, lo, hi = win_rate_ci(w * n_prompts, 0, n_prompts)
+                    evm = {"eval/win_rate": w, "eval/win_rate_ci_low": lo, "eval/win_rate_ci_high": hi,
+                           "eval/kl": final["eval/kl"] * frac}
+                metrics += [Metric(k, float(v), t + step, step) for k, v in evm.items()]
+                if objective != "pareto":
+                    trial.report(evm["eval/win_rate"], step)
+            seconds = 3.0 + rng.random()
+            if state == "COMPLETE":
+                metrics += [Metric("train/tokens", final["train/tokens"], t + max_steps, max_steps),
+                            Metric("time/total_seconds", seconds, t + max_steps, max_steps),
+                            Metric("time/train_seconds", seconds * 0.7, t + max_steps, max_steps)]
+            client.log_batch(rid, metrics=metrics, synchronous=True)
+            if state == "COMPLETE":
+                client.log_dict(rid, cfg_params, "config.yaml")
+                client.log_table(rid, data=pd.DataFrame(rows), artifact_file="eval_samples.json")
+                study.tell(trial, [final["eval/win_rate"], final["eval/kl"]][:len(directions)])
+            else:
+                study.tell(trial, state=getattr(optuna.trial.TrialState, state))
+            client.set_terminated(rid, status, end_time=t + int(seconds * 1000))
+            t += 10_000
+            logged = client.get_run(rid).data.metrics
+            fake.runs[method].append({"run_id": rid, "state": state, "metrics": logged, "params": cfg_params,
+                                      "trial_number": trial.number, "rows": rows if state == "COMPLETE" else None})
+    client.set_terminated(pid, "FINISHED", end_time=t)
+    return fake

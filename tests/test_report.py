@@ -1,0 +1,221 @@
+"""`alignbench report` on fabricated sweeps (tests/fake_sweep.py): no training, seconds not minutes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+
+from alignbench.report import build_report, fmt, load_studies
+from fake_sweep import HOSTILE, fabricate_sweep
+
+N_PROMPTS = 24
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One MLflow store with four sweeps (creating the sqlite schema is the slow part)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    sweeps = {
+        "main": fabricate_sweep(root, "main", methods=("dpo", "ipo"), n_trials=3, hostile=True, n_prompts=N_PROMPTS),
+        "faulty": fabricate_sweep(root, "faulty", methods=("dpo", "ipo"), seed=1, n_prompts=N_PROMPTS, study_params="sweep_py",
+                                  states={"dpo": ["COMPLETE", "PRUNED", "FAIL"], "ipo": ["FAIL", "PRUNED"]}),
+        "single": fabricate_sweep(root, "single", methods=("simpo",), n_trials=3, builtin=False, study_params="none",
+                                  n_prompts=N_PROMPTS),
+        "latest": fabricate_sweep(root, "latest", methods=("dpo",), n_trials=3, n_prompts=8, objective="pareto"),
+    }
+    return root, sweeps
+
+
+def _cfg(uri, sweep, out):
+    return OmegaConf.create({"tracking": {"uri": uri}, "report": {"sweep": sweep, "out_dir": str(out)}, "seed": 0})
+
+
+@pytest.fixture(scope="module")
+def main_report(store, tmp_path_factory):
+    root, sweeps = store
+    fake = sweeps["main"]
+    out = build_report(_cfg(fake.uri, "main", tmp_path_factory.mktemp("reports")))
+    return fake, out, json.loads((out / "summary.json").read_text()), (out / "report.html").read_text()
+
+
+def test_report_writes_every_output(main_report):
+    fake, out, summary, html = main_report
+    assert out.name == "main"
+    for name in ("report.html", "report.md", "runs.csv", "summary.json"):
+        assert (out / name).stat().st_size > 0
+    figs = {p.name for p in (out / "figures").glob("*.png")}
+    assert {"winrate_vs_kl.png", "gold_vs_kl.png", "training_curves.png", "sensitivity_dpo.png",
+            "sensitivity_ipo.png", "importance_dpo.png", "history_dpo.png", "importance_ipo.png",
+            "history_ipo.png"} <= figs
+    with open(out / "runs.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["run_id"] for r in rows} == {r["run_id"] for runs in fake.runs.values() for r in runs}
+    assert {"metrics.eval/win_rate", "params.method.beta", "state"} <= set(rows[0])
+    # one <img> per figure file, all embedded
+    assert len(re.findall(r"<img ", html)) == len(figs)
+
+
+def test_headline_numbers_equal_mlflow_metrics_of_the_runs_named(main_report):
+    fake, out, summary, html = main_report
+    client = MlflowClient(tracking_uri=fake.uri)
+    headline = {r["method"]: r for r in summary["headline"]}
+    assert set(headline) == {"dpo", "ipo"}
+    table = html.split('id="headline-table"')[1].split("</table>")[0]
+    for method, row in headline.items():
+        complete = [r for r in fake.runs[method] if r["state"] == "COMPLETE"]
+        expected = max(complete, key=lambda r: r["metrics"]["eval/win_rate"])
+        assert row["run_id"] == expected["run_id"]
+        logged = client.get_run(row["run_id"]).data.metrics
+        for key in ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl", "eval/kl_per_token",
+                    "eval/policy_reward", "eval/gold_reward", "eval/policy_length", "time/total_seconds",
+                    "train/tokens"):
+            assert row[key] == logged[key], key
+        for key in ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl", "eval/policy_reward"):
+            assert fmt(logged[key]) in table
+        assert row["run_id"] in table
+        assert row["hyperparameters"].keys() == set(expected["params"]) & {"method.beta", "method.tau", "method.lr"}
+        assert (row["n_complete"], row["n_pruned"], row["n_fail"]) == (3, 0, 0)
+
+
+def test_html_is_self_contained(main_report):
+    _, out, _, html = main_report
+    lower = html.lower()
+    for bad in ("http://", "https://", "//cdn", "<script", "<link", "@import", "url("):
+        assert bad not in lower, bad
+    srcs = re.findall(r'src="([^"]*)"', html)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+
+
+def test_hostile_generation_is_escaped(main_report):
+    _, out, _, html = main_report
+    assert HOSTILE not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<b>this</b>" not in html and "&lt;b&gt;this&lt;/b&gt;" in html
+    md = (out / "report.md").read_text()
+    assert HOSTILE not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
+
+
+def test_statistics_pair_the_best_trials(main_report):
+    fake, _, summary, html = main_report
+    (cmp,) = summary["comparisons"]
+    headline = {r["method"]: r for r in summary["headline"]}
+    assert (cmp["method_a"], cmp["method_b"], cmp["n"]) == ("dpo", "ipo", N_PROMPTS)
+    # the fabricated metrics come from the same samples table, so the paired data reproduce them
+    assert cmp["win_rate_a"] == pytest.approx(headline["dpo"]["eval/win_rate"])
+    assert cmp["win_rate_b"] == pytest.approx(headline["ipo"]["eval/win_rate"])
+    assert cmp["diff"] == pytest.approx(cmp["win_rate_a"] - cmp["win_rate_b"])
+    assert cmp["p_sign_holm"] == pytest.approx(cmp["p_sign"])  # one pair: Holm changes nothing
+    lc = summary["length_controlled"]
+    assert set(lc) == {"dpo", "ipo"} and all(0 <= v["lc_win_rate"] <= 1 for v in lc.values())
+    assert 'id="comparisons"' in html and 'id="lc"' in html
+
+
+def test_importances_are_optunas(main_report):
+    fake, _, summary, _ = main_report
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(fake.storage_url))
+    for row in summary["headline"]:
+        study = optuna.load_study(study_name=fake.study_names[row["method"]], storage=storage)
+        assert row["importances"] == pytest.approx(optuna.importance.get_param_importances(study))
+
+
+def test_parent_run_has_the_report(main_report):
+    fake, _, _, _ = main_report
+    client = MlflowClient(tracking_uri=fake.uri)
+    names = {a.path for a in client.list_artifacts(fake.parent_run_id, "report")}
+    assert {"report/report.html", "report/report.md", "report/runs.csv", "report/figures"} <= names
+    figs = {a.path for a in client.list_artifacts(fake.parent_run_id, "report/figures")}
+    assert "report/figures/winrate_vs_kl.png" in figs
+
+
+def test_sweep_with_failed_and_pruned_trials(store, tmp_path):
+    _, sweeps = store
+    fake = sweeps["faulty"]
+    out = build_report(_cfg(fake.uri, "faulty", tmp_path))
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {r["method"]: r for r in summary["headline"]}
+    assert (rows["dpo"]["n_complete"], rows["dpo"]["n_pruned"], rows["dpo"]["n_fail"]) == (1, 1, 1)
+    assert (rows["ipo"]["n_complete"], rows["ipo"]["n_pruned"], rows["ipo"]["n_fail"]) == (0, 1, 1)
+    assert "run_id" not in rows["ipo"]
+    assert rows["dpo"]["run_id"] == next(r["run_id"] for r in fake.runs["dpo"] if r["state"] == "COMPLETE")
+    html = (out / "report.html").read_text()
+    assert "no complete trial" in html
+    assert any("importances skipped" in n for n in summary["notes"]["optuna"])  # 1 complete trial < 2
+    # studies found as sweep.py records them (param sweep.storage = journal:///..., `<experiment>/<method>`)
+    assert (out / "figures" / "history_dpo.png").exists()
+    assert not (out / "figures" / "history_ipo.png").exists()  # no complete trial
+    with open(out / "runs.csv") as fh:
+        states = sorted(r["state"] for r in csv.DictReader(fh))
+    assert states == ["COMPLETE", "FAIL", "FAIL", "PRUNED", "PRUNED"]
+
+
+def test_single_method_sweep_without_study_params(store, tmp_path):
+    _, sweeps = store
+    fake = sweeps["single"]
+    out = build_report(_cfg(fake.uri, "single", tmp_path))
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["method"] for r in summary["headline"]] == ["simpo"]
+    assert summary["comparisons"] == []
+    assert any("sweep.storage" in n for n in summary["notes"]["optuna"])
+    assert not (out / "figures" / "gold_vs_kl.png").exists()  # not the built-in task
+    assert (out / "figures" / "sensitivity_simpo.png").exists()
+    html = (out / "report.html").read_text()
+    assert "skipped" in html and "https://" not in html
+
+
+def test_latest_sweep_by_default_and_unknown_sweep(store, tmp_path):
+    _, sweeps = store
+    fake = sweeps["latest"]
+    out = build_report(_cfg(fake.uri, None, tmp_path))
+    assert out.name == "latest"
+    # a multi-objective (Pareto) sweep: Optuna's analysis reads the win-rate objective
+    assert {"history_dpo.png", "importance_dpo.png"} <= {p.name for p in (out / "figures").glob("*.png")}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["objective"] == "pareto" and any("Pareto" in n for n in summary["notes"]["headline"])
+    with pytest.raises(LookupError, match="nope"):
+        build_report(_cfg(fake.uri, "nope", tmp_path))
+    # the experiment name works too
+    assert build_report(_cfg(fake.uri, "sweep-latest", tmp_path)).name == "latest"
+
+
+def test_load_studies_reads_parent_params(store):
+    _, sweeps = store
+    fake = sweeps["main"]
+    parent = MlflowClient(tracking_uri=fake.uri).get_run(fake.parent_run_id)
+    studies = load_studies(parent)
+    assert sorted(studies) == ["dpo", "ipo"]
+    assert studies["dpo"].study_name == fake.study_names["dpo"]
+    assert len(studies["ipo"].trials) == 3
+
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
+def test_html_renders_offline_in_headless_chromium(main_report, tmp_path):
+    import numpy as np
+    from matplotlib.image import imread
+
+    _, out, _, _ = main_report
+    shot = tmp_path / "shot.png"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
+           "--disable-background-networking", "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,4000", f"--screenshot={shot}",
+           (out / "report.html").as_uri()]
+    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0:
+        cmd = ["unshare", "-rn", *cmd]  # no network at all
+    subprocess.run(cmd, capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 50_000
+    img = imread(shot)
+    assert img.shape[:2] == (4000, 1280)
+    rows_with_content = (img[..., :3].std(axis=(1, 2)) > 0.02).mean()
+    assert rows_with_content > 0.3  # not a blank page: text and figures fill much of it
+    assert len(np.unique((img[::8, ::8, :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
