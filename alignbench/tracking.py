@@ -100,15 +100,25 @@ def standard_tags(extra: dict | None = None) -> dict:
 
 @contextlib.contextmanager
 def tracked_run(experiment: str, run_name: str | None = None, parent_run_id: str | None = None,
-                tags: dict | None = None, async_logging: bool = True, uri: str | None = None):
-    """An MLflow run whose final status is the truth about how the block ended."""
+                tags: dict | None = None, async_logging: bool = True, uri: str | None = None,
+                run_id: str | None = None):
+    """An MLflow run whose final status is the truth about how the block ended.
+
+    `run_id` reopens an existing run (a resumed sweep's parent) instead of creating one.
+    """
     set_uri(uri)
     client = MlflowClient()
     run_tags = standard_tags(tags)
     if parent_run_id:
         run_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=run_tags)
-    tracker = MlflowTracker(client, run.info.run_id, async_logging)
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        if "failure_reason" in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, "failure_reason")
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()], synchronous=True)
+    else:
+        run_id = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=run_tags).info.run_id
+    tracker = MlflowTracker(client, run_id, async_logging)
     try:
         yield tracker
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -138,6 +148,28 @@ def mark_killed(run_id: str, reason: str, uri: str | None = None) -> None:
     client = MlflowClient()
     client.set_tag(run_id, "failure_reason", reason)
     client.set_terminated(run_id, "KILLED")
+
+
+def search_runs(experiment: str, filter_string: str = "", uri: str | None = None) -> list:
+    """Runs of `experiment` matching an MLflow filter string, oldest first ([] if no such experiment)."""
+    set_uri(uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], filter_string, max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time ASC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def set_run_tags(run_id: str, tags: dict, uri: str | None = None) -> None:
+    set_uri(uri)
+    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
 
 def log_json_artifact(tracker: MlflowTracker, obj, name: str) -> None:

@@ -1,0 +1,330 @@
+"""Sweeps end to end on tiny budgets: Optuna trials ↔ MLflow child runs, resume, pruning, failures.
+
+Each test runs in its own directory (its own mlflow.db and sweeps.journal) with the shared
+SFT cache; the smoke sweep's per-trial overrides are FAST-sized, and the tests shrink them further.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from alignbench import sweep as sweep_mod
+from alignbench import train as train_mod
+from alignbench.config import ConfigError, compose
+
+# Smaller than the smoke sweep's own overrides: 4 steps, evals at 2 and 4.
+TINY = ["train.max_steps=4", "eval.every_n_steps=2", "eval.n_prompts=12", "eval.max_new_tokens=12"]
+STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
+
+
+def sweep(*sweep_overrides: str, user: tuple[str, ...] = (), live=False):
+    """Run the smoke sweep with `sweep.*` overrides and the user's trial overrides (as the CLI would)."""
+    cfg = compose(["sweep=smoke", *sweep_overrides, *TINY, *user])
+    return sweep_mod.run_sweep(cfg, overrides=[*TINY, *user], live=live)
+
+
+def plan(*sweep_overrides: str):
+    return sweep_mod.plan_sweep(compose(["sweep=smoke", *sweep_overrides, *TINY]), overrides=list(TINY))
+
+
+def studies(experiment="sweep-smoke", journal="sweeps.journal"):
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(Path(journal).resolve())))
+    return {s.study_name.split("/")[-1]: optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(experiment + "/")}
+
+
+def child_runs(experiment="sweep-smoke"):
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("alignbench.role") == "trial"]
+
+
+def parent_runs(experiment="sweep-smoke"):
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("alignbench.role") == "sweep"]
+
+
+def assert_consistent(experiment="sweep-smoke", journal="sweeps.journal"):
+    """One MLflow child run per (non-discarded) Optuna trial; params equal; states agree; none RUNNING."""
+    by_key = {(r.data.tags["optuna.study"], int(r.data.tags["optuna.trial_number"])): r
+              for r in child_runs(experiment)}
+    assert len(by_key) == len(child_runs(experiment)), "duplicated child runs"
+    trials = [(study, t) for study in studies(experiment, journal).values() for t in study.trials
+              if not t.user_attrs.get("alignbench.discarded")]
+    assert len(trials) == len(by_key)
+    parent_id = parent_runs(experiment)[0].info.run_id
+    for study, t in trials:
+        run = by_key[(study.study_name, t.number)]
+        assert run.data.tags["mlflow.parentRunId"] == parent_id
+        assert run.data.tags["method"] == study.study_name.split("/")[-1]
+        assert t.user_attrs.get("mlflow_run_id") in (None, run.info.run_id)
+        assert run.info.status != "RUNNING"
+        assert run.data.tags["optuna.trial_state"] == t.state.name
+        if t.state == TrialState.FAIL and t.user_attrs.get("failure_kind") in ("interrupted", "stale"):
+            assert run.info.status == "KILLED"
+        else:
+            assert run.info.status == STATUS[t.state.name], (t.number, t.state, run.info.status)
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs["failure_reason"]
+            assert run.data.tags["failure_reason"]
+        for k, v in t.params.items():
+            assert run.data.params[k] == repr(v), k
+    return trials
+
+
+# --------------------------------------------------------------------------- end to end
+
+def test_smoke_sweep_end_to_end(workdir):
+    summary = sweep("sweep.methods=[dpo,ipo]", "sweep.n_trials=2")
+    trials = assert_consistent()
+    assert len(trials) == 4
+    for m in ("dpo", "ipo"):
+        s = studies()[m]
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in s.trials) == 2
+        assert s.trials[0].state == TrialState.COMPLETE  # the pruner needs one complete trial first
+        e = summary["methods"][m]
+        assert e["status"] == "done" and e["best"]["params"] and 0 <= e["best"]["win_rate"] <= 1
+        assert e["best"]["win_rate_ci"][0] <= e["best"]["win_rate"] <= e["best"]["win_rate_ci"][1]
+    (parent,) = parent_runs()
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["sweep.storage"] == f"journal://{Path('sweeps.journal').resolve()}"
+    assert parent.data.params["sweep.study_names"] == "sweep-smoke/dpo,sweep-smoke/ipo"
+    art = mlflow.MlflowClient().list_artifacts(parent.info.run_id)
+    assert "sweep_summary.json" in [a.path for a in art]
+    complete = [r for r in child_runs() if r.data.tags["optuna.trial_state"] == "COMPLETE"]
+    for r in complete:
+        for key in ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl", "train/loss"):
+            assert key in r.data.metrics
+        assert r.data.params["train.max_steps"] == "4"  # the user's override reached the trial
+
+    # The same command again: budget reached, nothing reruns, the same parent run is reused.
+    sweep("sweep.methods=[dpo,ipo]", "sweep.n_trials=2")
+    assert len(assert_consistent()) == 4
+    assert len(parent_runs()) == 1
+
+
+def test_resume_after_failure_and_budget_counts_complete_only(workdir):
+    # 1st invocation: every trial raises; the method stops at max_failures.
+    summary = sweep("sweep.methods=[dpo]", "sweep.n_trials=1", "sweep.max_failures=1", user=("fault.raise_at_step=1",))
+    assert summary["methods"]["dpo"]["status"] == "failures"
+    (t0,) = studies()["dpo"].trials
+    assert t0.state == TrialState.FAIL and "out of memory" in t0.user_attrs["failure_reason"]
+    assert_consistent()
+    # 2nd: no fault; the failed trial does not use the budget: one new trial runs.
+    summary = sweep("sweep.methods=[dpo]", "sweep.n_trials=1", "sweep.max_failures=1")
+    assert summary["methods"]["dpo"]["status"] == "done"
+    assert [t.state for t in studies()["dpo"].trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    # 3rd: the same command: the complete trial is not rerun.
+    sweep("sweep.methods=[dpo]", "sweep.n_trials=1", "sweep.max_failures=1")
+    assert len(studies()["dpo"].trials) == 2
+    assert_consistent()
+    assert parent_runs()[0].info.status == "FINISHED"
+
+
+def test_nan_loss_fails_the_trial_and_the_sweep_goes_on(workdir):
+    summary = sweep("sweep.methods=[dpo,simpo]", "sweep.n_trials=1", "sweep.max_failures=1",
+                    user=("fault.nan_loss_at_step=1",))
+    for m in ("dpo", "simpo"):  # simpo ran although dpo failed
+        (t,) = studies()[m].trials
+        assert t.state == TrialState.FAIL and "NonFiniteLoss" in t.user_attrs["failure_reason"]
+        assert summary["methods"][m]["status"] == "failures"
+    assert_consistent()
+
+
+def test_a_bad_trial_is_pruned(workdir):
+    # A finished trial that reached win rate 1.0 at every eval: the median pruner stops anything below.
+    p = plan("sweep.methods=[dpo]", "sweep.n_trials=2")
+    study = sweep_mod.load_study(p, "dpo", sweep_mod.make_storage(p))
+    study.add_trial(optuna.trial.create_trial(
+        params={"method.beta": 0.1, "method.lr": 5e-4}, value=1.0, intermediate_values={2: 1.0, 4: 1.0},
+        distributions={"method.beta": optuna.distributions.FloatDistribution(0.01, 0.5, log=True),
+                       "method.lr": optuna.distributions.FloatDistribution(1.7e-4, 1.5e-3, log=True)}))
+    sweep("sweep.methods=[dpo]", "sweep.n_trials=2")
+    t = studies()["dpo"].trials[1]
+    assert t.state == TrialState.PRUNED and list(t.intermediate_values) == [2]
+    (run,) = child_runs()
+    assert run.info.status == "KILLED" and run.data.tags["optuna.trial_state"] == "PRUNED"
+    assert "eval/win_rate" in run.data.metrics
+
+
+def test_interrupt_finalises_both_records(workdir, monkeypatch):
+    real = train_mod.inject_faults
+
+    def interrupt_at_2(cfg, loss, step):
+        if step == 2:
+            raise KeyboardInterrupt("simulated Ctrl-C")
+        return real(cfg, loss, step)
+
+    monkeypatch.setattr(train_mod, "inject_faults", interrupt_at_2)
+    with pytest.raises(SystemExit) as exc:
+        sweep("sweep.methods=[dpo]", "sweep.n_trials=1")
+    assert exc.value.code == 130
+    (t,) = studies()["dpo"].trials
+    assert t.state == TrialState.FAIL and t.user_attrs["failure_kind"] == "interrupted"
+    (run,) = child_runs()
+    assert run.info.status == "KILLED" and "interrupted" in run.data.tags["failure_reason"]
+    assert parent_runs()[0].info.status == "KILLED"
+
+
+def test_stale_running_trial_is_failed_and_its_run_killed(workdir):
+    p = plan("sweep.methods=[dpo]", "sweep.n_trials=1")
+    study = sweep_mod.load_study(p, "dpo", sweep_mod.make_storage(p))
+    trial = study.ask()
+    trial.suggest_float("method.beta", 0.01, 0.5, log=True)
+    trial.suggest_float("method.lr", 1.7e-4, 1.5e-3, log=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    trial.set_user_attr("alignbench.worker", {"host": sweep_mod.HOST, "pid": dead.pid, "start": 1.0})
+    client = mlflow.MlflowClient()
+    exp = client.create_experiment("sweep-smoke")
+    run = client.create_run(exp, tags={"alignbench.role": "trial", "optuna.study": study.study_name,
+                                       "optuna.trial_number": "0", "method": "dpo"})
+    trial.set_user_attr("mlflow_run_id", run.info.run_id)
+
+    sweep("sweep.methods=[dpo]", "sweep.n_trials=1")
+    t0, t1 = studies()["dpo"].trials
+    assert t0.state == TrialState.FAIL and t0.user_attrs["failure_kind"] == "stale"
+    assert t1.state == TrialState.COMPLETE
+    stale = client.get_run(run.info.run_id)
+    assert stale.info.status == "KILLED" and stale.data.tags["optuna.trial_state"] == "FAIL"
+
+
+# --------------------------------------------------------------------------- config errors
+
+@pytest.mark.parametrize("overrides, message", [
+    (("sweep.methods=[dpo,foo]",), "sweep.methods: foo: unknown method"),
+    (("sweep.methods=[dpo]", "method.beta=-1"), "method.beta=-1"),
+    (("sweep.methods=[dpo]", "sweep.objective=best"), "sweep.objective=best"),
+    (("sweep.methods=[ipo]", "method.beta=0.2"), "method.beta"),   # ipo has no beta
+    (("sweep.methods=[dpo]", "+sweep.search_space.dpo=[method.nope]"), "method.nope"),
+])
+def test_config_error_fails_before_any_trial(workdir, overrides, message):
+    sweep_keys = [o for o in overrides if o.lstrip("+").startswith("sweep")]
+    user = tuple(o for o in overrides if not o.lstrip("+").startswith("sweep"))
+    with pytest.raises(ConfigError) as exc:
+        sweep(*sweep_keys, user=user)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+    assert not Path("sweeps.journal").exists() and not Path("mlflow.db").exists()
+
+
+def test_cli_config_error_is_one_line(workdir):
+    out = subprocess.run([sys.executable, "-m", "alignbench.cli", "sweep", "sweep=smoke", "sweep.methods=[dpo,foo]"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["alignbench: error: sweep.methods: foo: unknown method "
+                                               "(choose from ppo, dpo, ipo, kto, simpo)"]
+
+
+# --------------------------------------------------------------------------- pieces
+
+def test_search_spaces_cover_every_method_and_are_valid():
+    for m in ("dpo", "ipo", "kto", "simpo", "ppo"):
+        space = sweep_mod.load_space(m)
+        assert "method.lr" in space
+        cfg = compose([f"method={m}"])
+        default_lr = cfg.method.lr
+        assert space["method.lr"]["low"] <= default_lr <= space["method.lr"]["high"]
+    assert sweep_mod.load_space("dpo")["method.beta"] == {"low": 0.01, "high": 0.5, "log": True}
+
+
+def test_sampler_is_seeded_per_trial_count():
+    p = plan("sweep.methods=[dpo]")
+    a = [sweep_mod.make_sampler(p, "dpo", 0, k) for k in (0, 0, 1)]
+    draws = []
+    for s in a:
+        study = optuna.create_study(sampler=s, direction="maximize")
+        draws.append(study.ask().suggest_float("x", 0, 1))
+    assert draws[0] == draws[1] != draws[2]
+
+
+def test_over_budget_trials_are_detected(tmp_path):
+    p = plan("sweep.methods=[dpo]", "sweep.n_trials=2", f"sweep.storage=journal://{tmp_path}/j.journal")
+    study = sweep_mod.load_study(p, "dpo", sweep_mod.make_storage(p))
+    t0, t1, t2 = study.ask(), study.ask(), study.ask()   # three workers asked for the last two slots
+    assert not sweep_mod.over_budget(p, study, t0)
+    assert not sweep_mod.over_budget(p, study, t1)
+    assert sweep_mod.over_budget(p, study, t2)
+    study.tell(t1, state=TrialState.FAIL)                 # a failure frees a slot
+    assert not sweep_mod.over_budget(p, study, t2)
+
+
+def test_storage_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert sweep_mod.storage_url(None) == f"journal://{tmp_path}/sweeps.journal"
+    assert sweep_mod.storage_url("journal:///x/y.journal") == "journal:///x/y.journal"
+    assert sweep_mod.storage_url("my.journal") == f"journal://{tmp_path}/my.journal"
+    assert sweep_mod.storage_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_user_overrides_drop_sweep_and_method_keys():
+    assert sweep_mod.user_overrides(["sweep=smoke", "sweep.n_trials=3", "method=ipo", "seed=3",
+                                     "train.max_steps=4"]) == ["seed=3", "train.max_steps=4"]
+
+
+# --------------------------------------------------------------------------- slow: kill -9, workers
+
+def _cli(*args, cwd):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return [sys.executable, "-m", "alignbench.cli", "sweep", *args], dict(cwd=cwd, env=env)
+
+
+def _wait_for_running_child(timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(1)
+        if not Path("mlflow.db").exists():
+            continue
+        try:
+            runs = child_runs()
+        except Exception:
+            continue
+        if any(r.info.status == "RUNNING" for r in runs):
+            return
+    raise AssertionError("no trial started")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_trial_then_resume(workdir):
+    args = ["sweep=smoke", "sweep.methods=[dpo,ipo]", "sweep.n_trials=2", *TINY, "fault.sleep_per_step=1.5"]
+    cmd, kw = _cli(*args, cwd=workdir)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    try:
+        _wait_for_running_child()
+        time.sleep(2)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert any(r.info.status == "RUNNING" for r in child_runs())
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, **kw)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = assert_consistent()
+    for m in ("dpo", "ipo"):
+        s = studies()[m]
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in s.trials) == 2
+        assert len({t.number for t in s.trials}) == len(s.trials)
+    assert any(t.user_attrs.get("failure_kind") == "stale" for _, t in trials)
+    assert all(r.info.status != "RUNNING" for r in child_runs() + parent_runs())
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_budget(workdir):
+    summary = sweep("sweep.methods=[dpo,ipo]", "sweep.n_trials=3", "sweep.n_workers=2")
+    trials = assert_consistent()
+    for m in ("dpo", "ipo"):
+        s = studies()[m]
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in s.trials) == 3
+        assert summary["methods"][m]["status"] == "done"
+    workers = {t.user_attrs["alignbench.worker"]["pid"] for _, t in trials}
+    assert len(workers) == 2
