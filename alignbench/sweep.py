@@ -130,10 +130,14 @@ def storage_url(storage: str | None) -> str:
 
 
 def load_space(method: str, keys=None) -> dict:
+    """The method's search space: conf/search_space/<method>.yaml, narrowed to `keys` (a list), or
+    replaced by an inline space (a dict, e.g. a grid of `choices` in a sweep file)."""
     path = CONF_DIR / "search_space" / f"{method}.yaml"
     if not path.exists():
         raise ConfigError(f"search_space/{method}.yaml: not found (every swept method needs one)")
     space = yaml.safe_load(path.read_text()) or {}
+    if isinstance(keys, dict):
+        space, keys = keys, None
     if keys is not None:
         unknown = [k for k in keys if k not in space]
         if unknown:
@@ -141,8 +145,10 @@ def load_space(method: str, keys=None) -> dict:
                               f"(choose from {', '.join(space)})")
         space = {k: space[k] for k in keys}
     for key, spec in space.items():
+        if isinstance(spec, dict) and isinstance(spec.get("choices"), list) and spec["choices"]:
+            continue  # a categorical / grid dimension
         if not isinstance(spec, dict) or "low" not in spec or "high" not in spec:
-            raise ConfigError(f"search_space/{method}.yaml: {key} needs low and high")
+            raise ConfigError(f"search_space/{method}.yaml: {key} needs low and high (or a list of choices)")
         if not spec["low"] < spec["high"]:
             raise ConfigError(f"search_space/{method}.yaml: {key} low={spec['low']} must be < high={spec['high']}")
         if spec.get("log") and spec["low"] <= 0:
@@ -205,8 +211,10 @@ def plan_sweep(cfg, overrides: list[str] | None = None) -> Plan:
                 raise ConfigError(f"search_space/{m}.yaml: {key} is not a key of the method={m} config")
         validate(trial_cfg)
         # The sampled extremes must be valid configs too (e.g. a range reaching beta <= 0).
-        for corner in ("low", "high"):
-            validate(_compose(trial_overrides[m] + [f"{k}={_fmt(v[corner])}" for k, v in spaces[m].items()]))
+        for corner in (0, -1):
+            values = {k: v["choices"][corner] if "choices" in v else v["low" if corner == 0 else "high"]
+                      for k, v in spaces[m].items()}
+            validate(_compose(trial_overrides[m] + [f"{k}={_fmt(x)}" for k, x in values.items()]))
         max_steps[m] = int(trial_cfg.train.max_steps)
     track = cfg.tracking
     return Plan(name=name, experiment=experiment, methods=methods, n_trials=int(get("n_trials")),
@@ -296,9 +304,22 @@ def load_study(plan: Plan, method: str, storage) -> optuna.Study:
     return study
 
 
+class _GridSampler(optuna.samplers.GridSampler):
+    """GridSampler whose after_trial does not call Study.stop() when the grid is used up: that only
+    works inside study.optimize(), and the sweep's own budget (n_trials = grid size) stops it."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 def make_sampler(plan: Plan, method: str, worker: int, n_existing: int):
     """A fresh seeded sampler per ask: the params of trial k depend only on (seed, method, worker, k)."""
     seed = zlib.crc32(f"{plan.seed}/{method}/{worker}/{n_existing}".encode())
+    if plan.sampler.get("type") == "grid":  # every combination of the `choices` once (e.g. a beta grid)
+        grid = {k: spec["choices"] for k, spec in plan.spaces[method].items()}
+        # One seed per method, not per ask: the seed shuffles the grid, and grid ids must mean
+        # the same point for every sampler instance.
+        return _GridSampler(grid, seed=zlib.crc32(f"{plan.seed}/{method}".encode()))
     if plan.objective == "pareto":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=int(plan.sampler.get("population_size", 8)))
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(plan.sampler.get("n_startup_trials", 4)),
@@ -425,7 +446,9 @@ def over_budget(plan: Plan, study, trial) -> bool:
 def sample_params(trial, space: dict) -> dict:
     params = {}
     for key, spec in space.items():
-        if spec.get("type", "float") == "int":
+        if "choices" in spec:
+            params[key] = trial.suggest_categorical(key, list(spec["choices"]))
+        elif spec.get("type", "float") == "int":
             params[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
         else:
             params[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
@@ -738,6 +761,15 @@ def print_summary(plan: Plan, storage, summary: dict) -> None:
                   _fmt_wr(best), _fmt_kl(best), _fmt_params(best))
     console = Console(width=max(120, Console().width))
     console.print(t)
+    if plan.sampler.get("type") == "grid":  # a grid is read point by point (e.g. KL against beta)
+        g = Table(title=f"sweep {plan.name}: every grid point")
+        for col in ("method", "params", "win rate [95% CI]", "KL (nats/seq)", "state"):
+            g.add_column(col)
+        for m in plan.methods:
+            study = optuna.load_study(study_name=plan.study_name(m), storage=storage)
+            for trial in sorted(study.get_trials(deepcopy=False), key=lambda tr: sorted(tr.params.items())):
+                g.add_row(m, _fmt_params(trial), _fmt_wr(trial), _fmt_kl(trial), trial.state.name)
+        console.print(g)
     stopped = [m for m, e in summary["methods"].items() if e["status"] == "failures"]
     if stopped:
         console.print(f"[bold red]stopped by failures:[/] {', '.join(stopped)} (re-run to retry)")
