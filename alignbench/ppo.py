@@ -1,0 +1,224 @@
+"""PPO for RLHF, one loop read top to bottom (in the style of cleanrl's ppo.py).
+
+    reward model (cached stage) -> repeat until cfg.train.max_steps optimiser steps:
+        1. rollout:   sample `rollout_batch_size` responses from the policy (temperature 1)
+        2. score:     reward-model score (method.reward=model) or gold reward (=gold, PPO-GT)
+        3. old stats: policy log-probs and values, reference log-probs (no gradient)
+        4. rewards:   per-token -kl_coef * (log pi - log pi_ref), + score on the last token
+        5. GAE:       advantages and returns (gamma, lam); advantages whitened
+        6. optimise:  `ppo_epochs` x `n_minibatches` clipped-surrogate + vf_coef * clipped value loss
+        7. adapt:     optional adaptive KL coefficient; optional target-KL early stop of the epochs
+
+The pieces (GAE, the clipped losses, the KL penalty, the adaptive controller) are pure tensor
+functions in `alignbench.losses.ppo`; this file only wires them up. Every trick is a named flag
+in conf/method/ppo.yaml.
+
+Value function: a small Linear head on the policy's own last hidden state (a shared trunk, as
+cleanrl's Atari agent and TRL's old `AutoModelForCausalLMWithValueHead`), not a separate value
+model: on a 2-core CPU a second network would double the cost of every step. The value loss
+therefore also shapes the policy's backbone, weighted by `vf_coef`.
+
+Budget: each minibatch update is one optimiser step and the run stops after cfg.train.max_steps
+of them, so PPO gets the same number of AdamW steps (same optimiser, schedule, clipping) as the
+offline methods. Its minibatch (rollout_batch_size / n_minibatches sequences) equals
+train.batch_size by default.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from alignbench import task
+from alignbench.generation import Samples, response_token_logps, sample
+from alignbench.logps import position_ids_from_mask, token_logps
+from alignbench.losses.ppo import (AdaptiveKLController, clipped_policy_loss, clipped_value_loss,
+                                   entropy_from_logits, gae_advantages, kl_penalty_rewards, masked_mean, whiten)
+from alignbench.train import RunResult, check_finite, inject_faults, make_optimizer, run_evaluation
+
+log = logging.getLogger(__name__)
+
+
+def policy_forward(policy, value_head, input_ids, attention_mask, prompt_width: int):
+    """One forward of the policy over prompt + response.
+
+    Returns, over the response columns [B, R]: log-probs of the sampled tokens, values
+    (value head on the last hidden state at the position that *predicts* each token, i.e. the
+    state before the token is chosen) and the logits that produced them [B, R, V].
+    """
+    out = policy(input_ids=input_ids, attention_mask=attention_mask,
+                 position_ids=position_ids_from_mask(attention_mask), use_cache=False, output_hidden_states=True)
+    logps = token_logps(out.logits, input_ids)[:, prompt_width - 1:]
+    hidden = out.hidden_states[-1][:, prompt_width - 1:-1]
+    values = value_head(hidden).squeeze(-1).float()
+    return logps, values, out.logits[:, prompt_width - 1:-1]
+
+
+def _prompt_stream(prompts: list[str], batch_size: int, seed: int):
+    """Endless shuffled passes over the training prompts, `batch_size` at a time."""
+    gen = torch.Generator().manual_seed(seed)
+    queue: list[str] = []
+    while True:
+        while len(queue) < batch_size:
+            queue += [prompts[i] for i in torch.randperm(len(prompts), generator=gen).tolist()]
+        yield queue[:batch_size]
+        queue = queue[batch_size:]
+
+
+def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
+    models, m = prepared.models, cfg.method
+    device, tokenizer, policy = models.device, models.tokenizer, models.policy
+    t_setup = time.time()
+
+    # ---- 0. the reward: a learned Bradley-Terry reward model (cached stage) or the gold reward
+    judge = prepared.evaluator.judge
+    reward_model = None
+    if hasattr(judge, "score_tokens"):  # judge=reward_model judge.path=trained: the very same RM
+        reward_model = judge
+    elif m.reward == "model":
+        from alignbench.reward_model import load_or_train_reward_model
+
+        reward_model = load_or_train_reward_model(cfg, models, prepared.train_records)
+    if reward_model is not None:
+        tracker.log_metrics(reward_model.stats, 0)
+    # "ref_seconds" is the stage before the loop, as for the offline methods: here the reward model.
+    timings = dict(prepared.timings, ref_seconds=time.time() - t_setup)
+
+    # ---- the value head and the optimiser (policy + value head, one AdamW, the shared schedule)
+    torch.manual_seed(cfg.seed)
+    hidden_size = policy.config.hidden_size
+    dtype = next(policy.parameters()).dtype
+    value_head = torch.nn.Linear(hidden_size, 1).to(device=device, dtype=dtype)
+    torch.nn.init.zeros_(value_head.weight)  # V = 0 at the start: the first advantages are the raw returns
+    torch.nn.init.zeros_(value_head.bias)
+    params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
+    optimizer, scheduler = make_optimizer(cfg, params, m.lr)
+    kl_ctl = AdaptiveKLController(m.kl_coef, m.adaptive_kl_target, m.adaptive_kl_horizon) if m.adaptive_kl else None
+    kl_coef = float(m.kl_coef)
+    policy.train()
+
+    prompts = list(dict.fromkeys(r.prompt for r in prepared.train_records))
+    stream = _prompt_stream(prompts, m.rollout_batch_size, cfg.seed)
+    mb_size = max(1, m.rollout_batch_size // m.n_minibatches)
+    perm_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    history: list = []
+    result = None
+    train_time = eval_time = 0.0
+    tokens_seen, step, n_rollouts, n_early_stops = 0, 0, 0, 0
+    max_steps, every = cfg.train.max_steps, cfg.eval.every_n_steps
+
+    while step < max_steps:
+        t_rollout = time.time()
+        # ---- 1. rollout: one sampled response per prompt, temperature 1 (so the KL estimate is valid)
+        samples: Samples = sample(policy, tokenizer, next(stream), max_new_tokens=m.max_new_tokens, temperature=1.0,
+                                  max_prompt_length=cfg.train.max_prompt_length, batch_size=m.rollout_batch_size,
+                                  seed=cfg.seed * 100_003 + n_rollouts, device=device)
+        n_rollouts += 1
+        pw = samples.prompt_width
+        mask = samples.response_mask[:, pw:].to(device)
+        ids, attn = samples.input_ids.to(device), samples.attention_mask.to(device)
+
+        # ---- 2. score each response once, at its last token
+        gold = None
+        if prepared.builtin_task:
+            gold = torch.tensor([task.gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses)])
+        rm_scores = reward_model.score_tokens(samples.input_ids, samples.attention_mask) if reward_model else None
+        scores = gold if m.reward == "gold" else rm_scores
+
+        # ---- 3. what the rollout policy, its value head and the reference say about the samples
+        with torch.no_grad():
+            old_logps, old_values, _ = policy_forward(policy, value_head, ids, attn, pw)
+            old_logps, old_values = old_logps * mask, old_values * mask
+        with models.reference_model() as ref:
+            ref_logps = response_token_logps(ref, samples, m.rollout_batch_size, device)
+
+        # ---- 4. per-token rewards: KL penalty on every token, the score on the last one
+        rewards, kl = kl_penalty_rewards(old_logps, ref_logps, scores.to(device), mask, kl_coef)
+        if m.whiten_rewards:  # TRL option: rescale (keep the mean) so the step size ignores the reward scale
+            rewards = whiten(rewards, mask, shift_mean=False)
+        seq_kl = kl.sum(-1)
+
+        # ---- 5. GAE (gamma, lam) with the value head; whitened advantages
+        advantages, returns = gae_advantages(rewards, old_values, mask, m.gamma, m.lam)
+        if m.whiten_advantages:
+            advantages = whiten(advantages, mask)
+        rollout_stats = {
+            "ppo/kl": seq_kl.mean().item(),
+            "ppo/kl_per_token": (seq_kl.sum() / mask.sum().clamp(min=1)).item(),
+            "ppo/kl_coef": kl_coef,
+            "ppo/score": scores.mean().item(),
+            "ppo/response_length": samples.lengths.float().mean().item(),
+            "ppo/return": returns[:, 0].mean().item(),
+        }
+        if rm_scores is not None:
+            rollout_stats["ppo/rm_score"] = rm_scores.mean().item()
+        if gold is not None:
+            rollout_stats["ppo/gold_reward"] = gold.mean().item()
+        train_time += time.time() - t_rollout
+
+        # ---- 6. ppo_epochs x n_minibatches clipped updates on this batch
+        for epoch in range(m.ppo_epochs):
+            epoch_approx_kl = []
+            order = torch.randperm(len(samples.prompts), generator=perm_gen)
+            for start in range(0, len(order), mb_size):
+                if step >= max_steps:
+                    break
+                t_step = time.time()
+                idx = order[start:start + mb_size].to(device)
+                mb_mask = mask[idx]
+                logps, values, logits = policy_forward(policy, value_head, ids[idx], attn[idx], pw)
+                pg_loss, clipfrac, approx_kl = clipped_policy_loss(logps, old_logps[idx], advantages[idx], mb_mask,
+                                                                   m.clip_ratio)
+                vf_loss, vf_clipfrac = clipped_value_loss(values, old_values[idx], returns[idx], mb_mask, m.value_clip)
+                loss = pg_loss + m.vf_coef * vf_loss
+                step += 1
+                loss = inject_faults(cfg, loss, step)
+                check_finite(loss, step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                tokens_seen += int(attn[idx].sum())
+                epoch_approx_kl.append(approx_kl.item())
+                train_time += time.time() - t_step
+
+                if step % cfg.train.log_every == 0 or step == 1:
+                    metrics = dict(rollout_stats)
+                    metrics.update({
+                        "train/loss": loss.item(), "train/grad_norm": float(grad_norm),
+                        "train/lr": scheduler.get_last_lr()[0],
+                        "ppo/policy_loss": pg_loss.item(), "ppo/value_loss": vf_loss.item(),
+                        "ppo/clipfrac": clipfrac.item(), "ppo/vf_clipfrac": vf_clipfrac.item(),
+                        "ppo/approx_kl": approx_kl.item(),
+                        "ppo/entropy": entropy_from_logits(logits.detach(), mb_mask).item(),
+                        "ppo/value_mean": masked_mean(values.detach(), mb_mask).item(),
+                        "ppo/epoch": float(epoch), "ppo/rollouts": float(n_rollouts),
+                        "ppo/early_stops": float(n_early_stops),
+                    })
+                    tracker.log_metrics(metrics, step)
+
+                if step == max_steps or (every and step % every == 0):
+                    t_eval = time.time()
+                    result = run_evaluation(prepared, policy, step, tracker, on_eval, history)
+                    eval_time += time.time() - t_eval
+            # target-KL early stop (cleanrl `target_kl`): the policy moved too far from the rollout
+            # policy in this epoch; skip the remaining epochs and sample a fresh batch.
+            if m.target_kl is not None and epoch_approx_kl and sum(epoch_approx_kl) / len(epoch_approx_kl) > m.target_kl:
+                n_early_stops += 1
+                break
+        # ---- 7. adaptive KL coefficient (Ziegler et al. 2019), from this batch's sequence KL
+        if kl_ctl is not None:
+            kl_coef = kl_ctl.update(seq_kl.mean().item(), len(samples.prompts))
+
+    timings.update(train_seconds=train_time, eval_seconds=eval_time)
+    summary = dict(result.metrics)
+    summary.update({"train/seconds": train_time, "train/tokens": float(tokens_seen),
+                    "ppo/rollouts": float(n_rollouts), "ppo/early_stops": float(n_early_stops),
+                    "ppo/final_kl_coef": kl_coef,
+                    "train/samples_per_second": n_rollouts * m.rollout_batch_size / max(train_time, 1e-9)})
+    if reward_model is not None:
+        summary.update(reward_model.stats)
+    return RunResult(metrics=summary, history=history, rows=result.rows, timings=timings)

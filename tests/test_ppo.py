@@ -1,0 +1,102 @@
+"""PPO / RLHF on the built-in task: the reward-model stage and the PPO loop (FAST budgets)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from alignbench import reward_model as rm_module
+from alignbench import task
+from alignbench.config import compose
+from alignbench.generation import response_token_logps, sample
+from alignbench.train import NonFiniteLoss, NullTracker, prepare, train
+from conftest import FAST
+
+PPO_FAST = ["method=ppo", *FAST, "method.reward_model.steps=10", "method.rollout_batch_size=8"]
+REQUIRED = ["train/loss", "ppo/kl", "ppo/clipfrac", "ppo/approx_kl", "ppo/value_loss", "ppo/entropy",
+            "ppo/kl_coef", "ppo/rm_score", "ppo/gold_reward"]
+
+
+@pytest.fixture(scope="module")
+def prepared_fast(shared_cache):
+    cfg = compose(["method=ppo", *FAST, "method.reward_model.steps=40"])
+    return cfg, prepare(cfg)
+
+
+def _logged(tracker: NullTracker, key: str) -> list[float]:
+    return [m[key] for _, m in tracker.metrics if key in m]
+
+
+def test_reward_model_learns_and_is_cached(prepared_fast):
+    cfg, prepared = prepared_fast
+    rm = rm_module.load_or_train_reward_model(cfg, prepared.models, prepared.train_records)
+    stats = rm.stats
+    assert {"rm/pair_accuracy", "rm/train_loss"} <= set(stats)
+    assert stats["rm/train_loss"] < math.log(2)  # below the loss of a constant reward
+    assert stats["rm/pair_accuracy"] > 0.5  # held-out slice of the training pairs
+    # Its ordering agrees with the noise-free gold reward well above chance.
+    pairs = prepared.train_records + prepared.eval_records
+    r_c = rm.score([p.prompt for p in pairs], [p.chosen for p in pairs])
+    r_r = rm.score([p.prompt for p in pairs], [p.rejected for p in pairs])
+    gold = [task.gold_reward(p.prompt, p.chosen) > task.gold_reward(p.prompt, p.rejected) for p in pairs]
+    agree = sum((a > b) == g for a, b, g in zip(r_c, r_r, gold)) / len(pairs)
+    assert agree > 0.6, agree
+    assert rm.name == "reward_model" and len(r_c) == len(pairs)
+
+    trained = rm_module.TRAININGS["count"]
+    again = rm_module.load_or_train_reward_model(cfg, prepared.models, prepared.train_records)
+    assert again.path == rm.path
+    assert rm_module.TRAININGS["count"] == trained  # the second call trained nothing
+    assert again.score(["Describe the hotel.\n"], ["the room was great."]) == \
+        rm.score(["Describe the hotel.\n"], ["the room was great."])
+
+
+def test_policy_forward_matches_generation_logps(prepared_fast):
+    """The loop's own forward scores exactly the sampled response tokens (column alignment)."""
+    from alignbench.ppo import policy_forward
+
+    cfg, prepared = prepared_fast
+    models = prepared.models
+    samples = sample(models.policy, models.tokenizer, prepared.eval_prompts[:6], max_new_tokens=10,
+                     temperature=1.0, max_prompt_length=cfg.train.max_prompt_length, batch_size=6, seed=1,
+                     device=models.device)
+    head = torch.nn.Linear(models.policy.config.hidden_size, 1)
+    with torch.no_grad():
+        logps, values, logits = policy_forward(models.policy, head, samples.input_ids, samples.attention_mask,
+                                               samples.prompt_width)
+    expected = response_token_logps(models.policy, samples, 6, models.device)
+    mask = samples.response_mask[:, samples.prompt_width:]
+    assert logps.shape == values.shape == mask.shape == expected.shape
+    assert torch.allclose(logps * mask, expected, atol=1e-5)
+
+
+def test_ppo_end_to_end_fast(workdir):
+    tracker = NullTracker()
+    result = train(compose(PPO_FAST), tracker)
+    for key in REQUIRED:
+        values = _logged(tracker, key)
+        assert values, f"{key} never logged"
+        assert all(math.isfinite(v) for v in values), (key, values)
+    assert {"rm/pair_accuracy", "rm/train_loss"} <= {k for _, m in tracker.metrics for k in m}
+    for key in ("eval/win_rate", "eval/win_rate_ci_low", "eval/kl", "train/seconds", "train/tokens"):
+        assert math.isfinite(result.metrics[key]), key
+    assert {"setup_seconds", "ref_seconds", "train_seconds", "eval_seconds"} <= set(result.timings)
+    assert [s for s, _ in result.history] == [3, 6]
+
+
+def test_ppo_gold_reward_and_adaptive_kl(workdir):
+    """PPO-GT optimises the gold reward itself; the adaptive controller moves kl_coef."""
+    tracker = NullTracker()
+    train(compose([*PPO_FAST, "method.reward=gold", "method.adaptive_kl=true", "method.adaptive_kl_target=0.01",
+                   "method.adaptive_kl_horizon=10"]), tracker)
+    assert not _logged(tracker, "ppo/rm_score")  # no reward model was needed
+    assert _logged(tracker, "ppo/gold_reward") == _logged(tracker, "ppo/score")
+    coefs = _logged(tracker, "ppo/kl_coef")
+    assert coefs[0] == 0.05 and len(set(coefs)) > 1, coefs
+
+
+def test_ppo_nan_loss_fails_the_run(workdir):
+    with pytest.raises(NonFiniteLoss):
+        train(compose([*PPO_FAST, "fault.nan_loss_at_step=2"]))
