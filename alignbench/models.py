@@ -148,10 +148,11 @@ def load_builtin(cfg, sft_examples: list[tuple[str, str]], corpus_id: str, devic
 
     def write(path: Path):
         log.info("SFT stage: training the built-in model (cached afterwards under %s)", key)
-        texts = [p + r for p, r in sft_examples]
+        examples = sft_examples() if callable(sft_examples) else sft_examples  # built only on a miss
+        texts = [p + r for p, r in examples]
         tokenizer = train_tokenizer(texts, cfg.model.vocab_size)
         model = build_tiny_model(cfg.model, tokenizer, cfg.seed)
-        stats = sft_train(model, tokenizer, sft_examples, cfg.model.sft, cfg.train.max_length, device, cfg.seed)
+        stats = sft_train(model, tokenizer, examples, cfg.model.sft, cfg.train.max_length, device, cfg.seed)
         log.info("SFT done: loss %.3f in %.1fs", stats["sft/final_loss"], stats["sft/seconds"])
         model.save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
@@ -160,9 +161,15 @@ def load_builtin(cfg, sft_examples: list[tuple[str, str]], corpus_id: str, devic
     path, hit = cache.cached(cfg.cache_dir, "sft", key, write)
     if hit:
         log.info("SFT stage: cache hit %s", path)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
-    return model, tokenizer, key, path
+    if _LOADED.get("key") != key:  # a sweep worker reads the SFT model from disk once, then copies it
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+        _LOADED.clear()
+        _LOADED.update(key=key, model=model.eval(), tokenizer=tokenizer)
+    return copy.deepcopy(_LOADED["model"]), copy.deepcopy(_LOADED["tokenizer"]), key, path
+
+
+_LOADED: dict = {}  # the last built-in SFT model loaded in this process (~1 MB): key, model, tokenizer
 
 
 # --------------------------------------------------------------------------- hub models
@@ -180,9 +187,14 @@ def load_hub(cfg, device, dtype):
     return model, tokenizer, key
 
 
-def load_models(cfg, sft_examples: list[tuple[str, str]] | None = None, corpus_id: str = "") -> Models:
-    """Policy + reference + tokenizer on the configured device (before any preference training)."""
+def load_models(cfg, sft_examples=None, corpus_id: str = "") -> Models:
+    """Policy + reference + tokenizer on the configured device (before any preference training).
+
+    `sft_examples`: (prompt, response) pairs, or a callable returning them (called only when the
+    SFT stage actually runs, so a cache hit does not build the corpus)."""
     device = pick_device(cfg)
+    if callable(sft_examples) and cfg.model.source != "builtin":
+        sft_examples = sft_examples()
     dtype = pick_dtype(cfg, device)
     if cfg.model.source == "builtin":
         base, tokenizer, key, _ = load_builtin(cfg, sft_examples or [], corpus_id, device)

@@ -10,6 +10,9 @@ PPO has its own loop in `alignbench.ppo` built from the same parts.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import random
 import time
@@ -131,7 +134,7 @@ def prepare(cfg) -> Prepared:
         torch.set_num_threads(int(cfg.threads))
     builtin_task = cfg.data.source == "builtin"
     if builtin_task:
-        sft_examples = task.sft_corpus(cfg.model.sft.n_examples, cfg.seed)
+        sft_examples = lambda: task.sft_corpus(cfg.model.sft.n_examples, cfg.seed)  # noqa: E731 (built on a miss only)
         models = load_models(cfg, sft_examples, corpus_id=cache.content_key("task-sft-corpus-v1", cfg.model.sft.n_examples, cfg.seed))
         records, drops = builtin_pairs(cfg, models), {}
         eval_prompts = task.make_prompts(cfg.data.n_eval_prompts, cfg.seed + 1)[: cfg.eval.n_prompts]
@@ -160,7 +163,7 @@ def prepare(cfg) -> Prepared:
     pref_eval = None
     paired_eval = [r for r in eval_records if isinstance(r, PreferenceRecord)][: cfg.eval.n_pref_pairs]
     if paired_eval:
-        tokens = data.tokenize_pairs(paired_eval, models.tokenizer, cfg.train.max_length, cfg.train.max_prompt_length)
+        tokens = cached_tokenize_pairs(cfg, paired_eval, models.tokenizer, models.key)
         pref_eval = (tokens, reference_pair_logps(cfg, models, tokens))
     judge = make_judge(cfg, models, train_records)
     evaluator = Evaluator(cfg, models, judge, eval_prompts, pref_eval, builtin_task)
@@ -201,6 +204,29 @@ def unpaired_logps(model, tokens: dict, batch_size: int, device, prefix: str = "
             ids, attn, resp = _trim(*(tokens[f"{prefix}{k}"][sl] for k in ("input_ids", "attention_mask", "response_mask")))
             out.append(sequence_logps(model, ids.to(device), attn.to(device), resp.to(device))[0].float().cpu())
     return torch.cat(out)
+
+
+def records_digest(records) -> str:
+    """A hash of the records' text (the data a tokenisation read)."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps(dataclasses.astuple(r)).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_tokenize_pairs(cfg, records: list[PreferenceRecord], tokenizer, model_key: str) -> dict[str, torch.Tensor]:
+    """`data.tokenize_pairs`, cached on disk under the tokenizer (the model key), the records and the lengths."""
+    from safetensors.torch import load_file, save_file
+
+    t = cfg.train
+    key = cache.content_key("tokens-pairs-v1", model_key, records_digest(records), t.max_length, t.max_prompt_length)
+
+    def write(path):
+        tokens = data.tokenize_pairs(records, tokenizer, t.max_length, t.max_prompt_length)
+        save_file({k: v.contiguous() for k, v in tokens.items()}, str(path / "tokens.safetensors"))
+
+    path, _ = cache.cached(cfg.cache_dir, "tokens", key, write)
+    return load_file(str(path / "tokens.safetensors"))
 
 
 REFERENCE_FORWARDS = {"count": 0}  # reference forward passes actually run (tests assert the cache skips them)
@@ -246,9 +272,10 @@ def paired_loss(method_cfg, policy, batch: dict, ref: dict | None, device):
     def cat(k):
         a, b = batch[f"chosen_{k}"], batch[f"rejected_{k}"]
         pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=0)
-        return torch.cat([pad(a), pad(b)]).to(device)
+        return torch.cat([pad(a), pad(b)])
 
-    ids, attn, resp = _trim(cat("input_ids"), cat("attention_mask"), cat("response_mask"))
+    # trim on the host, then move: no device sync for the width on GPU
+    ids, attn, resp = (t.to(device) for t in _trim(cat("input_ids"), cat("attention_mask"), cat("response_mask")))
     logps, n_tok = sequence_logps(policy, ids, attn, resp)
     pc, pr, nc, nr = logps[:n], logps[n:], n_tok[:n], n_tok[n:]
     name = method_cfg.name
@@ -346,7 +373,7 @@ def offline_loop(cfg, prepared: Prepared, tracker, on_eval=None) -> RunResult:
         ref = reference_unpaired_logps(cfg, models, tokens)
         n_examples, per_step = len(records), 2 * cfg.train.batch_size  # same pairs per step as the others
     else:
-        tokens = data.tokenize_pairs(prepared.train_records, tokenizer, cfg.train.max_length, cfg.train.max_prompt_length)
+        tokens = cached_tokenize_pairs(cfg, prepared.train_records, tokenizer, models.key)
         ref = None if method.name == "simpo" else reference_pair_logps(cfg, models, tokens)
         n_examples, per_step = len(prepared.train_records), cfg.train.batch_size
     timings = dict(prepared.timings, ref_seconds=time.time() - t_setup)

@@ -1,0 +1,46 @@
+"""`alignbench bench --quick` writes bench.json with every key a finite number."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from alignbench.cli import main
+
+KEYS = ("dpo_throughput_vs_trl", "sweep_speedup_vs_trl", "dpo_step_vs_forward_backward", "overhead_share",
+        "peak_rss_mb", "ours_pairs_per_second", "trl_pairs_per_second", "sweep_ours_seconds",
+        "sweep_trl_seconds", "ours_step_seconds", "bare_step_seconds")
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_bench_json(workdir, capsys):
+    main(["bench", "--quick"])
+    result = json.loads((workdir / "bench.json").read_text())
+    for key in KEYS:
+        assert isinstance(result[key], (int, float)) and math.isfinite(result[key]), key
+    assert 0 <= result["overhead_share"] <= 1
+    assert result["peak_rss_mb"] > 10
+    machine = result["machine"]
+    assert machine["cpu_count"] >= 1 and machine["torch_threads"] >= 1 and machine["torch_version"]
+    out = capsys.readouterr().out
+    assert "DPO throughput vs TRL" in out and "wrote bench.json" in out
+
+
+def test_metrics_are_logged_async_and_flushed_before_the_run_ends(workdir):
+    """train/* metrics go through MLflow's async queue (no wait on the hot path) and are all
+    in the store once the run has ended (tracking.finish flushes before set_terminated)."""
+    import mlflow
+
+    from alignbench import tracking
+
+    with tracking.tracked_run("async-check", async_logging=True) as tracker:
+        for step in range(1, 51):
+            tracker.log_metrics({"train/loss": 1.0 / step, "train/lr": 1e-3}, step)
+        assert tracker._pending, "log_metrics waited for the store instead of queueing"
+        run_id = tracker.run_id
+    assert not tracker._pending
+    history = mlflow.MlflowClient().get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(1, 51))
+    assert mlflow.get_run(run_id).info.status == "FINISHED"
