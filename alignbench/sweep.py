@@ -255,9 +255,21 @@ def make_storage(plan: Plan):
     if plan.heartbeat_interval:
         kwargs = dict(heartbeat_interval=int(plan.heartbeat_interval), grace_period=plan.grace_period,
                       heartbeat_stale_trial_callback=_heartbeat_stale(plan))
-    with warnings.catch_warnings():  # heartbeat_interval is "experimental"
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(plan.storage, **kwargs)
+    import random
+
+    import sqlalchemy.exc
+
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():  # heartbeat_interval is "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(plan.storage, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Workers started together on a fresh database race to create Optuna's tables (and its
+            # alembic_version): one wins, the others see a duplicate; after a pause the schema exists.
+            if attempt == 5:
+                raise
+            time.sleep(0.5 + random.random())
 
 
 def _heartbeat_stale(plan: Plan):
@@ -482,7 +494,7 @@ def run_trial(plan: Plan, method: str, study, trial, parent_run_id: str, progres
                                   tags=tags, async_logging=plan.tracking["async_logging"],
                                   uri=plan.tracking["uri"]) as tracker:
             trial.set_user_attr("mlflow_run_id", tracker.run_id)
-            tracker.log_params(params)  # now, so a run killed during set-up still shows its params
+            tracker.log_params(params, synchronous=True)  # now, so a run killed during set-up still shows its params
             try:
                 trial_cfg = _compose(plan.trial_overrides[method] + [f"{k}={_fmt(v)}" for k, v in params.items()])
                 result = train(trial_cfg, tracker, on_eval)

@@ -9,6 +9,7 @@ before the run is terminated.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import subprocess
@@ -32,6 +33,7 @@ def set_uri(uri: str | None) -> None:
         mlflow.set_tracking_uri(uri)
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -58,20 +60,24 @@ class MlflowTracker:
         self.client, self.run_id, self.async_logging = client, run_id, async_logging
         self._pending = []
 
-    def log_params(self, params: dict) -> None:
+    def _log_batch(self, synchronous: bool | None, **batch) -> None:
+        """Asynchronous unless asked (or async logging is off); `flush` waits for all of it."""
+        sync = (not self.async_logging) if synchronous is None else synchronous
+        op = self.client.log_batch(self.run_id, synchronous=sync, **batch)
+        if op is not None:
+            self._pending.append(op)
+
+    def log_params(self, params: dict, synchronous: bool | None = None) -> None:
         items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
         for s in range(0, len(items), 100):  # MLflow's per-batch param limit
-            self.client.log_batch(self.run_id, params=items[s:s + 100], synchronous=True)
+            self._log_batch(synchronous, params=items[s:s + 100])
 
-    def set_tags(self, tags: dict) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+    def set_tags(self, tags: dict, synchronous: bool | None = None) -> None:
+        self._log_batch(synchronous, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         now = get_current_time_millis()
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        op = self.client.log_batch(self.run_id, metrics=batch, synchronous=not self.async_logging)
-        if op is not None:
-            self._pending.append(op)
+        self._log_batch(None, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def flush(self) -> None:
         for op in self._pending:
@@ -108,7 +114,7 @@ def tracked_run(experiment: str, run_name: str | None = None, parent_run_id: str
     """
     set_uri(uri)
     client = MlflowClient()
-    run_tags = standard_tags(tags)
+    run_tags = {k: str(v) for k, v in standard_tags(tags).items()}  # the REST store (http:// URI) takes strings only
     if parent_run_id:
         run_tags["mlflow.parentRunId"] = parent_run_id
     if run_id:
@@ -135,9 +141,9 @@ def tracked_run(experiment: str, run_name: str | None = None, parent_run_id: str
 
 def finish(tracker: MlflowTracker, status: str, reason: str | None = None) -> None:
     try:
-        tracker.flush()
         if reason:
             tracker.set_tags({"failure_reason": reason[:5000]})
+        tracker.flush()
     finally:
         tracker.client.set_terminated(tracker.run_id, status)
 
