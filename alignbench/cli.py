@@ -52,9 +52,12 @@ def train_command(cfg: DictConfig) -> None:
     from alignbench.data import DataError
     from alignbench.train import NullTracker, train
 
+    from accelerate import PartialState
+
     try:
         validate(cfg)
-        if cfg.tracking.enabled:
+        # Under `accelerate launch` every process trains; only the main one records the run.
+        if cfg.tracking.enabled and PartialState().is_main_process:
             with tracking.tracked_run(cfg.tracking.experiment, cfg.tracking.run_name, tags={"method": cfg.method.name},
                                       async_logging=cfg.tracking.async_logging, uri=cfg.tracking.uri) as tracker:
                 result = train(cfg, tracker)

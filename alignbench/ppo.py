@@ -36,7 +36,8 @@ from alignbench.generation import Samples, response_token_logps, sample
 from alignbench.logps import position_ids_from_mask, token_logps
 from alignbench.losses.ppo import (AdaptiveKLController, clipped_policy_loss, clipped_value_loss,
                                    entropy_from_logits, gae_advantages, kl_penalty_rewards, masked_mean, whiten)
-from alignbench.train import RunResult, check_finite, inject_faults, make_optimizer, run_evaluation
+from alignbench.train import (RunResult, check_finite, inject_faults, make_accelerator, make_optimizer,
+                             run_evaluation, shard)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
     torch.nn.init.zeros_(value_head.bias)
     params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
     optimizer, scheduler = make_optimizer(cfg, params, m.lr)
+    accelerator = make_accelerator(cfg, device)
+    policy, value_head, optimizer = accelerator.prepare(policy, value_head, optimizer)
+    unwrapped = accelerator.unwrap_model(policy)  # for sampling and evaluation (generate is not DDP's)
     kl_ctl = AdaptiveKLController(m.kl_coef, m.adaptive_kl_target, m.adaptive_kl_horizon) if m.adaptive_kl else None
     kl_coef = float(m.kl_coef)
     policy.train()
@@ -112,7 +116,7 @@ def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
     while step < max_steps:
         t_rollout = time.time()
         # ---- 1. rollout: one sampled response per prompt, temperature 1 (so the KL estimate is valid)
-        samples: Samples = sample(policy, tokenizer, next(stream), max_new_tokens=m.max_new_tokens, temperature=1.0,
+        samples: Samples = sample(unwrapped, tokenizer, next(stream), max_new_tokens=m.max_new_tokens, temperature=1.0,
                                   max_prompt_length=cfg.train.max_prompt_length, batch_size=m.rollout_batch_size,
                                   seed=cfg.seed * 100_003 + n_rollouts, device=device)
         n_rollouts += 1
@@ -166,7 +170,7 @@ def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
                 if step >= max_steps:
                     break
                 t_step = time.time()
-                idx = order[start:start + mb_size].to(device)
+                idx = shard(accelerator, order[start:start + mb_size]).to(device)
                 mb_mask = mask[idx]
                 logps, values, logits = policy_forward(policy, value_head, ids[idx], attn[idx], pw)
                 pg_loss, clipfrac, approx_kl = clipped_policy_loss(logps, old_logps[idx], advantages[idx], mb_mask,
@@ -177,8 +181,8 @@ def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
                 loss = inject_faults(cfg, loss, step)
                 check_finite(loss, step)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+                accelerator.backward(loss)
+                grad_norm = accelerator.clip_grad_norm_(params, cfg.train.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 tokens_seen += int(attn[idx].sum())
@@ -202,7 +206,7 @@ def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
 
                 if step == max_steps or (every and step % every == 0):
                     t_eval = time.time()
-                    result = run_evaluation(prepared, policy, step, tracker, on_eval, history)
+                    result = run_evaluation(prepared, unwrapped, step, tracker, on_eval, history)
                     eval_time += time.time() - t_eval
             # target-KL early stop (cleanrl `target_kl`): the policy moved too far from the rollout
             # policy in this epoch; skip the remaining epochs and sample a fresh batch.

@@ -144,7 +144,8 @@ def prepare(cfg) -> Prepared:
         if cfg.model.source == "builtin":
             # The built-in model learns its tokenizer and SFT from the data's preferred responses
             # (the DPO paper's recipe), so read the rows first; chat rows use the plain rendering.
-            records, _ = data.parse_rows(data.read_rows(cfg.data), cfg.data.format)
+            records, parse_drops = data.parse_rows(data.read_rows(cfg.data), cfg.data.format)
+            data.require_enough(records, 8, parse_drops)  # a file with nothing usable: a clear error before SFT
             sft_examples = [(r.prompt, r.chosen) if isinstance(r, PreferenceRecord) else (r.prompt, r.completion)
                             for r in records if getattr(r, "desirable", True)][: cfg.model.sft.n_examples]
             models = load_models(cfg, sft_examples, corpus_id=cache.content_key("data-sft-corpus-v1", sft_examples))
@@ -325,6 +326,23 @@ def kto_tokens(records: list[UnpairedRecord], tokenizer, cfg) -> dict:
 
 # --------------------------------------------------------------------------- the loop
 
+def make_accelerator(cfg, device: torch.device):
+    """accelerate places the model, applies mixed precision (bf16 autocast on CUDA) and, under
+    `accelerate launch` on several GPUs, wraps the policy in DDP: the same loop serves 1 CPU,
+    1 GPU or many. Each process takes its slice of every global batch (`shard`)."""
+    from accelerate import Accelerator
+
+    from alignbench.models import pick_dtype
+
+    mixed = "bf16" if pick_dtype(cfg, device) == torch.bfloat16 else "no"
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+
+
+def shard(accelerator, idx: torch.Tensor) -> torch.Tensor:
+    """This process's part of a global batch (DDP averages the gradients across processes)."""
+    return idx[accelerator.process_index::accelerator.num_processes]
+
+
 def make_optimizer(cfg, params, lr: float):
     optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.train.adam_betas),
                                   weight_decay=cfg.train.weight_decay)
@@ -381,6 +399,8 @@ def offline_loop(cfg, prepared: Prepared, tracker, on_eval=None) -> RunResult:
     policy = models.policy
     policy.train()
     optimizer, scheduler = make_optimizer(cfg, [p for p in policy.parameters() if p.requires_grad], method.lr)
+    accelerator = make_accelerator(cfg, device)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
     rng = torch.Generator().manual_seed(cfg.seed)
     order = torch.empty(0, dtype=torch.long)
     history: list = []
@@ -392,6 +412,7 @@ def offline_loop(cfg, prepared: Prepared, tracker, on_eval=None) -> RunResult:
         if len(order) < per_step:
             order = torch.cat([order, torch.randperm(n_examples, generator=rng)])
         idx, order = order[:per_step], order[per_step:]
+        idx = shard(accelerator, idx)
         batch = {k: v[idx] for k, v in tokens.items() if torch.is_tensor(v)}
         batch_ref = None if ref is None else {k: v[idx] for k, v in ref.items()}
         if method.name == "kto":
@@ -403,8 +424,8 @@ def offline_loop(cfg, prepared: Prepared, tracker, on_eval=None) -> RunResult:
         loss = inject_faults(cfg, out.losses.mean(), step)
         check_finite(loss, step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm)
         optimizer.step()
         scheduler.step()
         train_time += time.time() - t_step
@@ -424,7 +445,7 @@ def offline_loop(cfg, prepared: Prepared, tracker, on_eval=None) -> RunResult:
         every = cfg.eval.every_n_steps
         if step == cfg.train.max_steps or (every and step % every == 0):
             t_eval = time.time()
-            result = run_evaluation(prepared, policy, step, tracker, on_eval, history)
+            result = run_evaluation(prepared, accelerator.unwrap_model(policy), step, tracker, on_eval, history)
             eval_time += time.time() - t_eval
     timings.update(train_seconds=train_time, eval_seconds=eval_time)
     summary = dict(result.metrics)
