@@ -250,6 +250,7 @@ def make_storage(plan: Plan):
     if plan.storage.startswith("journal://"):
         path = plan.storage[len("journal://"):]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        repair_journal(path)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
     kwargs = {}
     if plan.heartbeat_interval:
@@ -270,6 +271,36 @@ def make_storage(plan: Plan):
             if attempt == 5:
                 raise
             time.sleep(0.5 + random.random())
+
+
+def repair_journal(path: str) -> bool:
+    """Cut a torn last line (a process killed mid-write) off the journal file; True if one was cut.
+
+    Optuna skips a last line without a newline when reading, but the next record it appends is glued
+    onto it and from then on the journal no longer loads. Done under Optuna's own journal lock, so a
+    write in progress in another process is never mistaken for a torn one.
+    """
+    p = Path(path)
+    if not p.exists() or p.stat().st_size == 0:
+        return False
+    with optuna.storages.journal._file.get_lock_file(optuna.storages.journal.JournalFileSymlinkLock(path)):
+        with open(p, "rb+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return False
+            pos, chunk = size, 1 << 16
+            while pos > 0:  # find the last newline, reading backwards
+                start = max(0, pos - chunk)
+                fh.seek(start)
+                i = fh.read(pos - start).rfind(b"\n")
+                if i >= 0:
+                    pos = start + i + 1
+                    break
+                pos = start
+            fh.truncate(pos)
+    log.warning("%s: cut a torn last record (%d bytes) left by a process killed mid-write", path, size - pos)
+    return True
 
 
 def _heartbeat_stale(plan: Plan):

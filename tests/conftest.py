@@ -48,3 +48,16 @@ def workdir(tmp_path, monkeypatch, shared_cache):
     """Run in a fresh directory (its own mlflow.db) with the shared cache."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def fresh_mlflow_uri():
+    """Each test starts on MLflow's default store (its cwd's mlflow.db): a URI set by an earlier
+    test (mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI) must not leak into the next."""
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
