@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import importlib.util
 import logging
 import math
 import multiprocessing
@@ -56,6 +57,8 @@ from optuna.trial import TrialState
 from alignbench import tracking
 from alignbench.config import CONF_DIR, METHODS, ConfigError, compose, validate
 
+# We ask and tell trials ourselves (no Study.optimize) and run the stale-trial check ourselves.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 log = logging.getLogger(__name__)
 
 DEFAULT_JOURNAL = "sweeps.journal"
@@ -126,6 +129,9 @@ def storage_url(storage: str | None) -> str:
         return f"journal://{Path(storage[len('journal://'):]).expanduser().resolve()}"
     if "://" not in storage:
         return f"journal://{Path(storage).expanduser().resolve()}"
+    if storage.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        # SQLAlchemy 2.x reads a bare postgresql:// as psycopg 3; the [postgres] extra installs psycopg2.
+        return "postgresql+psycopg2://" + storage[len("postgresql://"):]
     return storage
 
 
