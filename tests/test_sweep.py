@@ -265,7 +265,10 @@ def test_storage_urls(tmp_path, monkeypatch):
     assert sweep_mod.storage_url(None) == f"journal://{tmp_path}/sweeps.journal"
     assert sweep_mod.storage_url("journal:///x/y.journal") == "journal:///x/y.journal"
     assert sweep_mod.storage_url("my.journal") == f"journal://{tmp_path}/my.journal"
-    assert sweep_mod.storage_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    # psycopg 3 is not a dependency: a bare postgresql:// URL gets the psycopg2 driver we install
+    assert sweep_mod.storage_url("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert sweep_mod.storage_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert sweep_mod.storage_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
 def test_user_overrides_drop_sweep_and_method_keys():
