@@ -43,6 +43,16 @@ def tensor_digest(tensors: dict) -> str:
     return h.hexdigest()[:16]
 
 
+def records_digest(records) -> str:
+    """A hash of a list of dataclass records' fields (the text a cached computation read)."""
+    import dataclasses
+
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps(dataclasses.astuple(r)).encode())
+    return h.hexdigest()[:16]
+
+
 def entry_dir(cache_dir: str | Path, kind: str, key: str) -> Path:
     return Path(cache_dir) / kind / key
 

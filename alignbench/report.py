@@ -557,7 +557,6 @@ def build_report(cfg, studies: dict | None = None) -> Path:
     `studies` ({method: optuna.Study}) overrides the lookup from the parent run's params.
     Returns the report directory (report.html, report.md, runs.csv, summary.json, figures/).
     """
-    import mlflow
     from mlflow import MlflowClient
 
     from alignbench import tracking

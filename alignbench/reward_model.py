@@ -20,7 +20,6 @@ judge.path=trained` — biased in PPO's favour, since PPO optimised against it.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import time
@@ -123,13 +122,6 @@ def build_reward_model(cfg, models) -> RewardModel:
     return RewardModel(backbone, src.config.hidden_size, models.tokenizer, cfg, models.device)
 
 
-def pairs_digest(records) -> str:
-    h = hashlib.sha256()
-    for r in records:
-        h.update(json.dumps([r.prompt, r.chosen, r.rejected]).encode())
-    return h.hexdigest()[:16]
-
-
 # --------------------------------------------------------------------------- training
 
 def _pair_rewards(rm: RewardModel, tokens: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,7 +194,7 @@ def load_or_train_reward_model(cfg, models, train_records) -> RewardModel:
     from safetensors.torch import load_model, save_model
 
     rc = _rm_config(cfg)
-    key = cache.content_key("rm-v1", models.key, pairs_digest(train_records), rc, cfg.seed, cfg.train.max_length)
+    key = cache.content_key("rm-v1", models.key, cache.records_digest(train_records), rc, cfg.seed, cfg.train.max_length)
 
     def write(path):
         rm = train_reward_model(cfg, models, train_records)

@@ -10,8 +10,6 @@ PPO has its own loop in `alignbench.ppo` built from the same parts.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import random
@@ -107,11 +105,9 @@ def builtin_pairs(cfg, models: Models) -> list[PreferenceRecord]:
         for p, ra, rb in zip(prompts, a, b):
             a_wins = task.bradley_terry_label(task.gold_reward(p, ra), task.gold_reward(p, rb), d.bt_temperature, rng)
             rows.append({"prompt": p, "chosen": ra if a_wins else rb, "rejected": rb if a_wins else ra})
-        import json
         (path / "pairs.json").write_text(json.dumps(rows))
 
     path, _ = cache.cached(cfg.cache_dir, "builtin_pairs", key, write)
-    import json
     return [PreferenceRecord(**r) for r in json.loads((path / "pairs.json").read_text())]
 
 
@@ -207,20 +203,12 @@ def unpaired_logps(model, tokens: dict, batch_size: int, device, prefix: str = "
     return torch.cat(out)
 
 
-def records_digest(records) -> str:
-    """A hash of the records' text (the data a tokenisation read)."""
-    h = hashlib.sha256()
-    for r in records:
-        h.update(json.dumps(dataclasses.astuple(r)).encode())
-    return h.hexdigest()[:16]
-
-
 def cached_tokenize_pairs(cfg, records: list[PreferenceRecord], tokenizer, model_key: str) -> dict[str, torch.Tensor]:
     """`data.tokenize_pairs`, cached on disk under the tokenizer (the model key), the records and the lengths."""
     from safetensors.torch import load_file, save_file
 
     t = cfg.train
-    key = cache.content_key("tokens-pairs-v1", model_key, records_digest(records), t.max_length, t.max_prompt_length)
+    key = cache.content_key("tokens-pairs-v1", model_key, cache.records_digest(records), t.max_length, t.max_prompt_length)
 
     def write(path):
         tokens = data.tokenize_pairs(records, tokenizer, t.max_length, t.max_prompt_length)

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from alignbench.models import train_tokenizer
+from pg import mlflow_server, pg_url, postgres  # noqa: F401  (PostgreSQL / MLflow server fixtures)
 
 _SENTENCES = [
     "Human: What is a good book to read?",

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 
 from alignbench.stats import win_rate_ci
 

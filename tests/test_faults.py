@@ -27,7 +27,6 @@ from optuna.trial import TrialState
 
 from alignbench import sweep as sweep_mod
 from alignbench.config import compose
-from pg import mlflow_server, pg_url, postgres  # noqa: F401  (fixtures)
 from test_postgres import alignbench_cmd, check_consistent, mlflow_runs, start_workers, warm_cache
 
 STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}

@@ -23,7 +23,6 @@ from optuna.trial import TrialState
 
 from alignbench import sweep as sweep_mod
 from alignbench.config import compose
-from pg import mlflow_server, pg_url, postgres  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.postgres
 
