@@ -485,7 +485,8 @@ def train(cfg, tracker=None, on_eval=None) -> RunResult:
     else:
         result = offline_loop(cfg, prepared, tracker, on_eval)
     result.timings["total_seconds"] = time.time() - t0
-    tracker.log_metrics({f"time/{k}": v for k, v in result.timings.items()}, cfg.train.max_steps)
+    summary = {k: v for k, v in result.metrics.items() if k.startswith("train/")}  # seconds, tokens, pairs/s
+    tracker.log_metrics(summary | {f"time/{k}": v for k, v in result.timings.items()}, cfg.train.max_steps)
     tracker.log_dict(OmegaConf.to_container(cfg, resolve=True), "config.yaml")
     tracker.log_table(result.rows, "eval_samples.json")
     return result
