@@ -74,16 +74,15 @@ def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, tempera
                    prompt_width=prompt_width)
 
 
-def response_token_logps(model, samples: Samples, batch_size: int, device, grad: bool = False) -> torch.Tensor:
+@torch.no_grad()
+def response_token_logps(model, samples: Samples, batch_size: int, device) -> torch.Tensor:
     """Per-token log-probs of the sampled response tokens, [B, R] (0 outside the response)."""
     out = []
-    ctx = torch.enable_grad() if grad else torch.no_grad()
-    with ctx:
-        for s in range(0, len(samples.prompts), batch_size):
-            ids = samples.input_ids[s:s + batch_size].to(device)
-            mask = samples.attention_mask[s:s + batch_size].to(device)
-            per_token, _ = forward_token_logps(model, ids, mask)
-            resp_mask = samples.response_mask[s:s + batch_size, 1:].to(device)
-            # column t of per_token scores token t+1; response tokens start at prompt_width
-            out.append((per_token * resp_mask)[:, samples.prompt_width - 1:])
+    for s in range(0, len(samples.prompts), batch_size):
+        ids = samples.input_ids[s:s + batch_size].to(device)
+        mask = samples.attention_mask[s:s + batch_size].to(device)
+        per_token, _ = forward_token_logps(model, ids, mask)
+        resp_mask = samples.response_mask[s:s + batch_size, 1:].to(device)
+        # column t of per_token scores token t+1; response tokens start at prompt_width
+        out.append((per_token * resp_mask)[:, samples.prompt_width - 1:])
     return torch.cat(out)
