@@ -26,7 +26,8 @@ Measurements (keys of bench.json):
   trial, which TRL has no counterpart for, so the ratio is conservative for alignbench.
 - ``dpo_step_vs_forward_backward``: our DPO step time (the loop's `train_seconds / max_steps`)
   / a bare forward + cross-entropy + backward + AdamW step of the same policy on the same
-  concatenated (chosen ++ rejected, trimmed) batches. Rounds alternate; best of each side.
+  concatenated (chosen ++ rejected, trimmed) batches, in the same layout (packed rows when
+  `train.padding_free` is on, as by default). Rounds alternate; best of each side.
 - ``overhead_share``: 1 - (train_seconds + eval_seconds) / total_seconds of a smoke-sized trial
   on a warm cache (`RunResult.timings`); ``overhead_share_tracked`` is the same with an MLflow
   run around the trial and the wall time of the whole tracked block as the denominator.
@@ -193,6 +194,7 @@ def run_ours_loop(cfg) -> dict:
 def bare_step_seconds(cfg, steps: int) -> float:
     """A bare LM step (forward, cross-entropy, backward, AdamW) on our loop's concatenated batches."""
     from alignbench import data
+    from alignbench.logps import pack_batch
     from alignbench.train import _trim, make_optimizer, prepare
 
     prepared = prepare(cfg)
@@ -210,13 +212,18 @@ def bare_step_seconds(cfg, steps: int) -> float:
         ids = torch.cat([tokens["chosen_input_ids"][idx], tokens["rejected_input_ids"][idx]])
         attn = torch.cat([tokens["chosen_attention_mask"][idx], tokens["rejected_attention_mask"][idx]])
         ids, attn, _ = _trim(ids, attn, attn)
-        batches.append((ids, attn))
+        if models.padding_free:  # the same packed rows as our loop: the comparison is of the step, not the layout
+            packed = pack_batch(ids, attn, attn)
+            batches.append({"input_ids": packed.input_ids, "position_ids": packed.position_ids})
+        else:
+            batches.append({"input_ids": ids, "attention_mask": attn})
     policy = models.policy
     policy.train()
     optimizer, _ = make_optimizer(cfg, [p for p in policy.parameters() if p.requires_grad], cfg.method.lr)
     t0 = time.perf_counter()
-    for ids, attn in batches:
-        logits = policy(input_ids=ids, attention_mask=attn, use_cache=False).logits
+    for inputs in batches:
+        ids = inputs["input_ids"]
+        logits = policy(**inputs, use_cache=False).logits
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                                  ids[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)

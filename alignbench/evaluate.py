@@ -131,7 +131,7 @@ class Evaluator:
         tokens, ref = self.pref_eval
         was_training = policy.training
         policy.eval()
-        pol = pair_logps(policy, tokens, self.cfg.eval.batch_size, self.models.device)
+        pol = pair_logps(policy, tokens, self.cfg.eval.batch_size, self.models.device, self.models.padding_free)
         policy.train(was_training)
         if self.method == "simpo":  # reference-free: its implicit reward is the average log-prob
             margin = pol["chosen"] / pol["chosen_n"] - pol["rejected"] / pol["rejected_n"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from alignbench import cache
-from alignbench.logps import sequence_logps
+from alignbench.logps import packing_agrees, sequence_logps
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class Models:
     tokenizer: object
     key: str  # content key of the reference model: every cache of reference outputs uses it
     device: torch.device
+    padding_free: bool = False  # score sequences packed several to a row (`logps.packed_sequence_logps`)
 
     @contextlib.contextmanager
     def reference_model(self):
@@ -218,4 +219,11 @@ def load_models(cfg, sft_examples=None, corpus_id: str = "") -> Models:
             p.requires_grad_(False)
         policy = base
     policy.train()
-    return Models(policy=policy, reference=reference, tokenizer=tokenizer, key=key, device=device)
+    models = Models(policy=policy, reference=reference, tokenizer=tokenizer, key=key, device=device)
+    if cfg.train.padding_free:
+        with models.reference_model() as ref:
+            models.padding_free = packing_agrees(ref, len(tokenizer), device)
+        if not models.padding_free:
+            log.warning("model %s scores packed sequences differently from padded ones; training with "
+                        "padded batches (train.padding_free ignored)", cfg.model.name)
+    return models

@@ -830,10 +830,33 @@ def print_summary(plan: Plan, storage, summary: dict) -> None:
 
 # --------------------------------------------------------------------------- entry point
 
-def find_parent_run(plan: Plan) -> str | None:
+def parent_runs(plan: Plan) -> list:
+    """The sweep's parent runs (normally one), oldest first; ties broken by run id so every worker
+    orders them the same way."""
     runs = tracking.search_runs(plan.experiment, f"tags.`alignbench.role` = 'sweep' and "
                                 f"tags.`sweep.name` = '{plan.name}'", plan.tracking["uri"])
-    return runs[0].info.run_id if runs else None
+    return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+
+def open_parent_run(plan: Plan, tags: dict) -> tuple[str, bool]:
+    """The sweep's parent run id, and whether this call created it.
+
+    Workers that start at the same instant on a new sweep can each find no parent and create one.
+    Each creator therefore looks again after creating: all of them adopt the oldest parent and
+    delete their own, before any child run points at it. A worker that looks later finds the
+    survivor. (Across machines "oldest" uses the clients' clocks: keep them NTP-synced.)
+    """
+    runs = parent_runs(plan)
+    if runs:
+        return runs[0].info.run_id, False
+    mine = tracking.create_run(plan.experiment, f"sweep-{plan.name}", tags, plan.tracking["uri"])
+    oldest = parent_runs(plan)[0].info.run_id
+    if oldest != mine:
+        tracking.delete_run(mine, plan.tracking["uri"])
+        log.info("sweep %s: another worker created the parent run at the same time; adopted %s",
+                 plan.name, oldest)
+        return oldest, False
+    return mine, True
 
 
 def run_sweep(cfg, overrides: list[str] | None = None, live: bool | None = None) -> dict:
@@ -850,19 +873,19 @@ def run_sweep(cfg, overrides: list[str] | None = None, live: bool | None = None)
         load_study(plan, m, storage)
     log.info("sweep %s: %d methods x %d trials, storage %s, MLflow experiment %s", plan.name, len(plan.methods),
              plan.n_trials, plan.storage, plan.experiment)
-    parent = find_parent_run(plan)
+    tags = {"alignbench.role": "sweep", "sweep.name": plan.name, "sweep.storage": plan.storage,
+            "sweep.objective": plan.objective}
+    parent, created = open_parent_run(plan, tags)
     stopped: dict = {}
     try:
-        with tracking.tracked_run(plan.experiment, run_name=f"sweep-{plan.name}", run_id=parent,
-                                  tags={"alignbench.role": "sweep", "sweep.name": plan.name,
-                                        "sweep.storage": plan.storage, "sweep.objective": plan.objective},
+        with tracking.tracked_run(plan.experiment, run_name=f"sweep-{plan.name}", run_id=parent, tags=tags,
                                   async_logging=False, uri=plan.tracking["uri"]) as tracker:
             info = {"sweep.name": plan.name, "sweep.methods": ",".join(plan.methods), "sweep.n_trials": plan.n_trials,
                     "sweep.objective": plan.objective, "sweep.seed": plan.seed, "sweep.pruner": plan.pruner,
                     "sweep.storage": plan.storage,
                     "sweep.study_names": ",".join(plan.study_name(m) for m in plan.methods)}
-            if parent is None:  # params are immutable: logged once; the tags follow the last invocation
-                tracker.log_params(info)
+            if created or not tracker.client.get_run(parent).data.params:
+                tracker.log_params(info)  # params are immutable: logged once; the tags follow the last invocation
             tracker.set_tags({k: v for k, v in info.items() if k != "sweep.pruner"})
             parent = tracker.run_id
             with Progress(plan, storage, live) as progress:

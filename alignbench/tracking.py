@@ -173,6 +173,18 @@ def search_runs(experiment: str, filter_string: str = "", uri: str | None = None
             return runs
 
 
+def create_run(experiment: str, run_name: str, tags: dict, uri: str | None = None) -> str:
+    set_uri(uri)
+    client = MlflowClient()
+    tags = {k: str(v) for k, v in standard_tags(tags).items()}
+    return client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags).info.run_id
+
+
+def delete_run(run_id: str, uri: str | None = None) -> None:
+    set_uri(uri)
+    MlflowClient().delete_run(run_id)
+
+
 def set_run_tags(run_id: str, tags: dict, uri: str | None = None) -> None:
     set_uri(uri)
     MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)

@@ -181,25 +181,27 @@ def _trim(ids, attn, resp):
     return ids[:, :width], attn[:, :width], resp[:, :width]
 
 
-def pair_logps(model, tokens: dict, batch_size: int, device) -> dict[str, torch.Tensor]:
+def pair_logps(model, tokens: dict, batch_size: int, device, padding_free: bool = False) -> dict[str, torch.Tensor]:
     """Summed response log-probs and token counts of chosen and rejected, no gradient."""
     out = {k: [] for k in ("chosen", "chosen_n", "rejected", "rejected_n")}
     with torch.no_grad():
         for side in ("chosen", "rejected"):
             for sl in _batches(len(tokens[f"{side}_input_ids"]), batch_size):
                 ids, attn, resp = _trim(*(tokens[f"{side}_{k}"][sl] for k in ("input_ids", "attention_mask", "response_mask")))
-                s, n = sequence_logps(model, ids.to(device), attn.to(device), resp.to(device))
+                s, n = sequence_logps(model, ids.to(device), attn.to(device), resp.to(device), padding_free)
                 out[side].append(s.float().cpu())
                 out[f"{side}_n"].append(n.float().cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def unpaired_logps(model, tokens: dict, batch_size: int, device, prefix: str = "") -> torch.Tensor:
+def unpaired_logps(model, tokens: dict, batch_size: int, device, prefix: str = "",
+                   padding_free: bool = False) -> torch.Tensor:
     out = []
     with torch.no_grad():
         for sl in _batches(len(tokens[f"{prefix}input_ids"]), batch_size):
             ids, attn, resp = _trim(*(tokens[f"{prefix}{k}"][sl] for k in ("input_ids", "attention_mask", "response_mask")))
-            out.append(sequence_logps(model, ids.to(device), attn.to(device), resp.to(device))[0].float().cpu())
+            out.append(sequence_logps(model, ids.to(device), attn.to(device), resp.to(device),
+                                      padding_free)[0].float().cpu())
     return torch.cat(out)
 
 
@@ -225,7 +227,7 @@ def _cached_reference(cfg, models: Models, tokens: dict, kind: str, compute) -> 
     """Reference log-probs of fixed data, cached on disk: trials after the first skip the forward."""
     from safetensors.torch import load_file, save_file
 
-    key = cache.content_key("ref-logps-v1", kind, models.key, cache.tensor_digest(tokens))
+    key = cache.content_key("ref-logps-v1", kind, models.key, cache.tensor_digest(tokens), models.padding_free)
 
     def write(path):
         with models.reference_model() as ref:
@@ -239,21 +241,23 @@ def _cached_reference(cfg, models: Models, tokens: dict, kind: str, compute) -> 
 
 def reference_pair_logps(cfg, models: Models, tokens: dict) -> dict[str, torch.Tensor]:
     return _cached_reference(cfg, models, tokens, "pairs",
-                             lambda ref: pair_logps(ref, tokens, cfg.eval.batch_size, models.device))
+                             lambda ref: pair_logps(ref, tokens, cfg.eval.batch_size, models.device,
+                                                    models.padding_free))
 
 
 def reference_unpaired_logps(cfg, models: Models, tokens: dict) -> dict[str, torch.Tensor]:
     def compute(ref):
-        out = {"logps": unpaired_logps(ref, tokens, cfg.eval.batch_size, models.device)}
+        bs, device, packed = cfg.eval.batch_size, models.device, models.padding_free
+        out = {"logps": unpaired_logps(ref, tokens, bs, device, padding_free=packed)}
         if "kl_input_ids" in tokens:
-            out["kl_logps"] = unpaired_logps(ref, tokens, cfg.eval.batch_size, models.device, prefix="kl_")
+            out["kl_logps"] = unpaired_logps(ref, tokens, bs, device, prefix="kl_", padding_free=packed)
         return out
     return _cached_reference(cfg, models, tokens, "unpaired", compute)
 
 
 # --------------------------------------------------------------------------- objectives
 
-def paired_loss(method_cfg, policy, batch: dict, ref: dict | None, device):
+def paired_loss(method_cfg, policy, batch: dict, ref: dict | None, device, padding_free: bool = False):
     """DPO / IPO / SimPO on one batch: chosen and rejected in a single concatenated forward."""
     n = batch["chosen_input_ids"].shape[0]
     width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
@@ -265,7 +269,7 @@ def paired_loss(method_cfg, policy, batch: dict, ref: dict | None, device):
 
     # trim on the host, then move: no device sync for the width on GPU
     ids, attn, resp = (t.to(device) for t in _trim(cat("input_ids"), cat("attention_mask"), cat("response_mask")))
-    logps, n_tok = sequence_logps(policy, ids, attn, resp)
+    logps, n_tok = sequence_logps(policy, ids, attn, resp, padding_free)
     pc, pr, nc, nr = logps[:n], logps[n:], n_tok[:n], n_tok[n:]
     name = method_cfg.name
     if name == "dpo":
@@ -280,14 +284,14 @@ def paired_loss(method_cfg, policy, batch: dict, ref: dict | None, device):
     raise ValueError(f"not a paired offline method: {name}")
 
 
-def kto_batch_loss(method_cfg, policy, batch: dict, ref: dict, device):
+def kto_batch_loss(method_cfg, policy, batch: dict, ref: dict, device, padding_free: bool = False):
     ids, attn, resp = _trim(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
-    logps, _ = sequence_logps(policy, ids.to(device), attn.to(device), resp.to(device))
+    logps, _ = sequence_logps(policy, ids.to(device), attn.to(device), resp.to(device), padding_free)
     policy_kl = ref_kl = None
     if "kl_input_ids" in batch:
         with torch.no_grad():  # z0 is detached anyway: no graph for the mismatched pairs (as TRL)
             kids, kattn, kresp = _trim(batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_response_mask"])
-            policy_kl, _ = sequence_logps(policy, kids.to(device), kattn.to(device), kresp.to(device))
+            policy_kl, _ = sequence_logps(policy, kids.to(device), kattn.to(device), kresp.to(device), padding_free)
         ref_kl = ref["kl_logps"].to(device)
     return kto_loss(logps, ref["logps"].to(device), batch["desirable"].to(device), policy_kl, ref_kl,
                     beta=method_cfg.beta, desirable_weight=method_cfg.desirable_weight,
@@ -404,10 +408,10 @@ def offline_loop(cfg, prepared: Prepared, tracker, on_eval=None) -> RunResult:
         batch = {k: v[idx] for k, v in tokens.items() if torch.is_tensor(v)}
         batch_ref = None if ref is None else {k: v[idx] for k, v in ref.items()}
         if method.name == "kto":
-            out = kto_batch_loss(method, policy, batch, batch_ref, device)
+            out = kto_batch_loss(method, policy, batch, batch_ref, device, models.padding_free)
             tokens_seen += int(batch["attention_mask"].sum())
         else:
-            out = paired_loss(method, policy, batch, batch_ref, device)
+            out = paired_loss(method, policy, batch, batch_ref, device, models.padding_free)
             tokens_seen += int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
         loss = inject_faults(cfg, out.losses.mean(), step)
         check_finite(loss, step)

@@ -331,3 +331,33 @@ def test_two_workers_share_the_budget(workdir):
         assert summary["methods"][m]["status"] == "done"
     workers = {t.user_attrs["alignbench.worker"]["pid"] for _, t in trials}
     assert len(workers) == 2
+
+
+def test_workers_that_race_on_a_new_sweep_converge_on_one_parent_run(workdir, monkeypatch):
+    """Two workers both find no parent run and both create one: each looks again, adopts the
+    oldest and deletes its own, so every child run points at the same parent."""
+    p = plan()
+    tags = {"alignbench.role": "sweep", "sweep.name": p.name}
+    first, created = sweep_mod.open_parent_run(p, tags)  # the worker that got there first
+    assert created
+    real = sweep_mod.parent_runs
+    calls = []
+
+    def racing(plan_):  # the second worker's first look happens before the first worker's run exists
+        calls.append(1)
+        return [] if len(calls) == 1 else real(plan_)
+
+    monkeypatch.setattr(sweep_mod, "parent_runs", racing)
+    adopted, created = sweep_mod.open_parent_run(p, tags)
+    assert (adopted, created) == (first, False) and len(calls) == 2
+    monkeypatch.setattr(sweep_mod, "parent_runs", real)
+    assert [r.info.run_id for r in parent_runs()] == [first]  # the loser's run is deleted, not left RUNNING
+    deleted = mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name("sweep-smoke").experiment_id],
+                                                run_view_type=mlflow.entities.ViewType.DELETED_ONLY)
+    assert len(deleted) == 1 and deleted[0].info.run_id != first
+    # A sweep run afterwards adopts it too and logs its params there once.
+    sweep("sweep.methods=[dpo]", "sweep.n_trials=1")
+    (parent,) = parent_runs()
+    assert parent.info.run_id == first and parent.info.status == "FINISHED"
+    assert parent.data.params["sweep.n_trials"] == "1"
+    assert {r.data.tags["mlflow.parentRunId"] for r in child_runs()} == {first}

@@ -1,0 +1,102 @@
+"""Padding-free (packed) scoring: the same log-probs and gradients as padded batches."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from alignbench.logps import pack_batch, pack_rows, packed_sequence_logps, packing_agrees, sequence_logps
+
+
+def test_pack_rows_first_fit_decreasing_by_hand():
+    # longest first: 5 -> row 0 (1 left), 4 -> row 1 (2 left), 3 fits nowhere -> row 2, 2 -> row 1 at offset 4
+    assert pack_rows([5, 3, 2, 4], 6) == ([0, 2, 1, 1], [0, 0, 4, 0], 3)
+    assert pack_rows([6, 6], 6) == ([0, 1], [0, 0], 2)
+    assert pack_rows([1, 1, 1], 6) == ([0, 0, 0], [0, 1, 2], 1)
+
+
+def test_pack_batch_layout_by_hand():
+    ids = torch.tensor([[11, 12, 13, 0], [21, 22, 0, 0], [31, 32, 33, 34]])
+    attn = (ids != 0).long()
+    resp = torch.tensor([[0, 1, 1, 0], [0, 1, 0, 0], [0, 0, 1, 1]])
+    p = pack_batch(ids, attn, resp)
+    # lengths 3, 2, 4 into width 4, longest first: 4 fills row 0; 3 opens row 1 (1 left);
+    # 2 fits in neither and opens row 2
+    assert p.input_ids.tolist() == [[31, 32, 33, 34], [11, 12, 13, 0], [21, 22, 0, 0]]
+    assert p.position_ids.tolist() == [[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 0, 0]]
+    assert p.sequence.tolist() == [[2, 2, 2, 2], [0, 0, 0, 0], [1, 1, 0, 0]]
+    assert p.response_mask.tolist() == [[0, 0, 1, 1], [0, 1, 1, 0], [0, 1, 0, 0]]
+    two = pack_batch(ids[1:2].repeat(2, 1), attn[1:2].repeat(2, 1), resp[1:2].repeat(2, 1))
+    assert two.input_ids.tolist() == [[21, 22, 21, 22]] and two.position_ids.tolist() == [[0, 1, 0, 1]]
+
+
+def tiny_llama():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=64))
+
+
+def ragged_batch(left_pad: bool):
+    g = torch.Generator().manual_seed(1)
+    lengths, width = [12, 5, 9, 3, 7, 12], 12
+    ids = torch.randint(1, 50, (len(lengths), width), generator=g)
+    attn = torch.zeros_like(ids)
+    resp = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        cols = slice(width - n, width) if left_pad else slice(0, n)
+        attn[i, cols] = 1
+        resp[i, cols] = 1
+        resp[i, (width - n if left_pad else 0):(width - n if left_pad else 0) + 2] = 0  # a 2-token prompt
+    return ids * attn, attn, resp
+
+
+@pytest.mark.parametrize("left_pad", [False, True])
+def test_packed_logps_and_gradients_equal_padded(left_pad):
+    model = tiny_llama()
+    ids, attn, resp = ragged_batch(left_pad)
+    padded, n_padded = sequence_logps(model, ids, attn, resp)
+    grads_padded = torch.autograd.grad(padded.sum(), list(model.parameters()))
+    packed, n_packed = packed_sequence_logps(model, ids, attn, resp)
+    grads_packed = torch.autograd.grad(packed.sum(), list(model.parameters()))
+    assert torch.equal(n_packed, n_padded) and n_packed.tolist() == [10, 3, 7, 1, 5, 10]
+    assert torch.allclose(packed, padded, atol=1e-5), (packed - padded).abs().max()
+    assert pack_batch(ids, attn, resp).input_ids.shape[0] < ids.shape[0]  # it did pack
+    for a, b in zip(grads_packed, grads_padded):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_packing_is_checked_per_model():
+    assert packing_agrees(tiny_llama(), 50, torch.device("cpu"))
+    torch.manual_seed(0)
+    neox = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, max_position_embeddings=64))
+    assert packing_agrees(neox, 50, torch.device("cpu"))  # Pythia's architecture honours it too
+
+    class IgnoresPositions(torch.nn.Module):
+        """Mixes every earlier token of the row (across packed sequences): must be refused."""
+
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 50)
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+            x = self.emb(input_ids).cumsum(1)
+            return SimpleNamespace(logits=x)
+
+    assert not packing_agrees(IgnoresPositions(), 50, torch.device("cpu"))
+
+
+def test_loaded_model_falls_back_to_padding_when_packing_disagrees(monkeypatch, workdir, caplog):
+    from alignbench import models as models_mod
+    from alignbench.config import compose
+    from alignbench.train import prepare
+    from conftest import FAST
+
+    assert prepare(compose(FAST)).models.padding_free  # the built-in model packs
+    assert not prepare(compose([*FAST, "train.padding_free=false"])).models.padding_free
+    monkeypatch.setattr(models_mod, "packing_agrees", lambda *a, **k: False)
+    assert not prepare(compose(FAST)).models.padding_free
+    assert "train.padding_free ignored" in caplog.text
