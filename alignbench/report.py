@@ -878,8 +878,9 @@ def render_markdown(c: dict) -> str:
             "Logistic regression of the judge's preference on tanh(length difference / sd), read at zero length "
             "difference (as AlpacaEval 2).", ""]
     if c["lc"]:
-        out.append(_md_table(["method", "raw win rate", "length-controlled", "slope (length)", "n"],
-                             [[m, fmt(v["raw_win_rate"]), fmt(v["lc_win_rate"]), fmt(v["slope"]), v["n"]]
+        out.append(_md_table(["method", "raw win rate", "length-controlled", "95% CI (Wald, logit)", "slope (length)", "n"],
+                             [[m, fmt(v["raw_win_rate"]), fmt(v["lc_win_rate"]),
+                               f"[{fmt(v['lc_win_rate_ci'][0])}, {fmt(v['lc_win_rate_ci'][1])}]", fmt(v["slope"]), v["n"]]
                               for m, v in sorted(c["lc"].items())]))
     out += ["", "## Example generations", ""]
     for i, ex in enumerate(c["examples"], 1):

@@ -94,7 +94,10 @@ def length_controlled_win_rate(preferences, length_diffs, l2: float = 1e-3) -> d
     Fits P(policy preferred) = sigmoid(a + b * x), x = tanh(length_diff / std(length_diff)),
     by maximum likelihood on soft labels (win 1, tie 1/2, loss 0) with an L2 penalty `l2`
     on b only, then reads the win rate at zero length difference: sigmoid(a).
-    Returns {"lc_win_rate", "raw_win_rate", "intercept", "slope", "n"}.
+    The 95% interval is a Wald interval on the intercept from the fit's observed information
+    (X^T W X plus the penalty), mapped through the sigmoid: with no length spread it is the
+    usual logit interval of a proportion.
+    Returns {"lc_win_rate", "lc_win_rate_ci", "raw_win_rate", "intercept", "slope", "n"}.
     """
     import numpy as np
     from scipy.optimize import minimize
@@ -103,8 +106,8 @@ def length_controlled_win_rate(preferences, length_diffs, l2: float = 1e-3) -> d
     diff = np.asarray(length_diffs, dtype=float)
     n = len(y)
     if n == 0 or len(diff) != n:
-        return {"lc_win_rate": float("nan"), "raw_win_rate": float("nan"), "intercept": float("nan"),
-                "slope": float("nan"), "n": n}
+        return {"lc_win_rate": float("nan"), "lc_win_rate_ci": (float("nan"), float("nan")),
+                "raw_win_rate": float("nan"), "intercept": float("nan"), "slope": float("nan"), "n": n}
     sd = diff.std()
     x = np.tanh(diff / sd) if sd > 0 else np.zeros(n)
 
@@ -120,5 +123,14 @@ def length_controlled_win_rate(preferences, length_diffs, l2: float = 1e-3) -> d
     res = minimize(loss, np.zeros(2), jac=True, method="L-BFGS-B", bounds=[(-30, 30), (-30, 30)],
                    options={"gtol": 1e-10, "ftol": 1e-15, "maxiter": 1000})
     a, b = (float(v) for v in res.x)
-    return {"lc_win_rate": 1.0 / (1.0 + math.exp(-a)), "raw_win_rate": float(y.mean()),
+    sig = lambda z: 1.0 / (1.0 + math.exp(-z))
+    w = np.array([sig(a + b * xi) for xi in x])
+    w = w * (1.0 - w)
+    info = np.array([[w.sum(), (w * x).sum()], [(w * x).sum(), (w * x * x).sum() + l2]])
+    try:
+        se = math.sqrt(max(float(np.linalg.inv(info)[0, 0]), 0.0))
+        ci = (sig(a - 1.959964 * se), sig(a + 1.959964 * se))
+    except np.linalg.LinAlgError:  # all wins or all losses: no finite interval from the fit
+        ci = (float("nan"), float("nan"))
+    return {"lc_win_rate": sig(a), "lc_win_rate_ci": ci, "raw_win_rate": float(y.mean()),
             "intercept": a, "slope": b, "n": n}

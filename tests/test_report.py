@@ -116,6 +116,7 @@ def test_statistics_pair_the_best_trials(main_report):
     assert cmp["p_sign_holm"] == pytest.approx(cmp["p_sign"])  # one pair: Holm changes nothing
     lc = summary["length_controlled"]
     assert set(lc) == {"dpo", "ipo"} and all(0 <= v["lc_win_rate"] <= 1 for v in lc.values())
+    assert all(v["lc_win_rate_ci"][0] <= v["lc_win_rate"] <= v["lc_win_rate_ci"][1] for v in lc.values())
     assert 'id="comparisons"' in html and 'id="lc"' in html
 
 

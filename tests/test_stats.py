@@ -89,6 +89,18 @@ def test_length_controlled_hand_worked_two_groups():
     assert out["raw_win_rate"] == pytest.approx(4 / 6)
     assert out["lc_win_rate"] == pytest.approx(math.sqrt(3) / (1 + math.sqrt(3)), abs=1e-5)
     assert out["slope"] > 0
+    # Saturated model: a = (logit p1 + logit p2) / 2, so Var(a) = (1/(4*.75*.25) + 1/(2*.5*.5)) / 4 = 5/6;
+    # the interval is sigmoid(ln(3)/2 -+ 1.96 * sqrt(5/6)).
+    half = 1.959964 * math.sqrt(5 / 6)
+    sig = lambda z: 1 / (1 + math.exp(-z))
+    assert out["lc_win_rate_ci"] == pytest.approx((sig(math.log(3) / 2 - half), sig(math.log(3) / 2 + half)), abs=1e-4)
+
+
+def test_length_controlled_ci_without_length_spread_is_the_logit_interval():
+    # 30 wins of 40, no length differences: logit(0.75) -+ 1.96 / sqrt(40 * .75 * .25) -> (0.5946, 0.8599)
+    out = length_controlled_win_rate([1] * 30 + [0] * 10, [0] * 40)
+    assert out["lc_win_rate"] == pytest.approx(0.75, abs=1e-6)
+    assert out["lc_win_rate_ci"] == pytest.approx((0.5946, 0.8599), abs=1e-4)
 
 
 def test_length_controlled_symmetric_length_bias_gives_one_half():
