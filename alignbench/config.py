@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-METHODS = ("ppo", "dpo", "ipo", "kto", "simpo")
+METHODS = ("ppo", "dpo", "ipo", "kto", "simpo", "rloo")
 GROUPS = ("method", "model", "data", "judge", "sweep")
 
 
@@ -69,7 +69,7 @@ def validate(cfg: DictConfig) -> None:
     if name == "kto":
         _positive(cfg, "method.desirable_weight")
         _positive(cfg, "method.undesirable_weight")
-    if name == "ppo":
+    if name in ("ppo", "rloo"):
         if not 0 < cfg.method.clip_ratio < 1:
             raise ConfigError(f"method.clip_ratio={cfg.method.clip_ratio}: must be in (0, 1)")
         if cfg.method.kl_coef < 0:
@@ -80,6 +80,13 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError("method.reward=gold: the gold reward exists only on data=builtin")
         for key in ("rollout_batch_size", "ppo_epochs", "n_minibatches"):
             _positive(cfg, f"method.{key}")
+    if name == "rloo":
+        k = cfg.method.rloo_k
+        if not isinstance(k, int) or k < 2:
+            raise ConfigError(f"method.rloo_k={k}: must be an integer >= 2 (the leave-one-out baseline needs 2 samples)")
+        if cfg.method.rollout_batch_size % k:
+            raise ConfigError(f"method.rollout_batch_size={cfg.method.rollout_batch_size}: must be a multiple of "
+                              f"method.rloo_k={k}")
     for key in ("train.batch_size", "train.max_steps", "train.max_length", "train.max_prompt_length",
                 "eval.n_prompts", "eval.max_new_tokens", "eval.temperature", "eval.batch_size"):
         _positive(cfg, key)

@@ -13,6 +13,12 @@ The pieces (GAE, the clipped losses, the KL penalty, the adaptive controller) ar
 functions in `alignbench.losses.ppo`; this file only wires them up. Every trick is a named flag
 in conf/method/ppo.yaml.
 
+RLOO (method=rloo, conf/method/rloo.yaml) is the same loop without a critic: each prompt is
+sampled `rloo_k` times, each response's reward is its score minus kl_coef x its sequence KL, and
+its advantage is that reward minus the mean of the other k-1 responses' rewards
+(`alignbench.losses.rloo`), given to every token of the response; steps 5 (GAE) and the value
+loss drop out, the clipped surrogate stays (as in TRL's RLOOTrainer).
+
 Value function: a small Linear head on the policy's own last hidden state (a shared trunk, as
 cleanrl's Atari agent and TRL's old `AutoModelForCausalLMWithValueHead`), not a separate value
 model: on a 2-core CPU a second network would double the cost of every step. The value loss
@@ -36,6 +42,7 @@ from alignbench.generation import Samples, response_token_logps, sample
 from alignbench.logps import position_ids_from_mask, token_logps
 from alignbench.losses.ppo import (AdaptiveKLController, clipped_policy_loss, clipped_value_loss,
                                    entropy_from_logits, gae_advantages, kl_penalty_rewards, masked_mean, whiten)
+from alignbench.losses.rloo import rloo_advantages
 from alignbench.train import (RunResult, check_finite, inject_faults, make_accelerator, make_optimizer,
                              run_evaluation, shard)
 
@@ -47,29 +54,35 @@ def policy_forward(policy, value_head, input_ids, attention_mask, prompt_width: 
 
     Returns, over the response columns [B, R]: log-probs of the sampled tokens, values
     (value head on the last hidden state at the position that *predicts* each token, i.e. the
-    state before the token is chosen) and the logits that produced them [B, R, V].
+    state before the token is chosen; None without a value head) and the logits that produced
+    them [B, R, V].
     """
-    out = policy(input_ids=input_ids, attention_mask=attention_mask,
-                 position_ids=position_ids_from_mask(attention_mask), use_cache=False, output_hidden_states=True)
+    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                 use_cache=False, output_hidden_states=value_head is not None)
     logps = token_logps(out.logits, input_ids)[:, prompt_width - 1:]
-    hidden = out.hidden_states[-1][:, prompt_width - 1:-1]
-    values = value_head(hidden).squeeze(-1).float()
+    values = None
+    if value_head is not None:
+        values = value_head(out.hidden_states[-1][:, prompt_width - 1:-1]).squeeze(-1).float()
     return logps, values, out.logits[:, prompt_width - 1:-1]
 
 
-def _prompt_stream(prompts: list[str], batch_size: int, seed: int):
-    """Endless shuffled passes over the training prompts, `batch_size` at a time."""
+def _prompt_stream(prompts: list[str], batch_size: int, seed: int, repeats: int = 1):
+    """Endless shuffled passes over the training prompts, `batch_size` // `repeats` distinct prompts
+    at a time, each repeated `repeats` times in a row (RLOO's k samples of one prompt)."""
     gen = torch.Generator().manual_seed(seed)
+    n = max(1, batch_size // repeats)
     queue: list[str] = []
     while True:
-        while len(queue) < batch_size:
+        while len(queue) < n:
             queue += [prompts[i] for i in torch.randperm(len(prompts), generator=gen).tolist()]
-        yield queue[:batch_size]
-        queue = queue[batch_size:]
+        yield [p for p in queue[:n] for _ in range(repeats)]
+        queue = queue[n:]
 
 
 def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
     models, m = prepared.models, cfg.method
+    critic_free = m.name == "rloo"  # RLOO: leave-one-out baseline instead of a value head and GAE
+    k = m.rloo_k if critic_free else 1
     device, tokenizer, policy = models.device, models.tokenizer, models.policy
     t_setup = time.time()
 
@@ -89,22 +102,27 @@ def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
 
     # ---- the value head and the optimiser (policy + value head, one AdamW, the shared schedule)
     torch.manual_seed(cfg.seed)
-    hidden_size = policy.config.hidden_size
-    dtype = next(policy.parameters()).dtype
-    value_head = torch.nn.Linear(hidden_size, 1).to(device=device, dtype=dtype)
-    torch.nn.init.zeros_(value_head.weight)  # V = 0 at the start: the first advantages are the raw returns
-    torch.nn.init.zeros_(value_head.bias)
-    params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
-    optimizer, scheduler = make_optimizer(cfg, params, m.lr)
+    params = [p for p in policy.parameters() if p.requires_grad]
     accelerator = make_accelerator(cfg, device)
-    policy, value_head, optimizer = accelerator.prepare(policy, value_head, optimizer)
+    value_head = None
+    if not critic_free:
+        dtype = next(policy.parameters()).dtype
+        value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(device=device, dtype=dtype)
+        torch.nn.init.zeros_(value_head.weight)  # V = 0 at the start: the first advantages are the raw returns
+        torch.nn.init.zeros_(value_head.bias)
+        params += list(value_head.parameters())
+    optimizer, scheduler = make_optimizer(cfg, params, m.lr)
+    if value_head is None:
+        policy, optimizer = accelerator.prepare(policy, optimizer)
+    else:
+        policy, value_head, optimizer = accelerator.prepare(policy, value_head, optimizer)
     unwrapped = accelerator.unwrap_model(policy)  # for sampling and evaluation (generate is not DDP's)
     kl_ctl = AdaptiveKLController(m.kl_coef, m.adaptive_kl_target, m.adaptive_kl_horizon) if m.adaptive_kl else None
     kl_coef = float(m.kl_coef)
     policy.train()
 
     prompts = list(dict.fromkeys(r.prompt for r in prepared.train_records))
-    stream = _prompt_stream(prompts, m.rollout_batch_size, cfg.seed)
+    stream = _prompt_stream(prompts, m.rollout_batch_size, cfg.seed, repeats=k)
     mb_size = max(1, m.rollout_batch_size // m.n_minibatches)
     perm_gen = torch.Generator().manual_seed(cfg.seed + 1)
     history: list = []
@@ -115,7 +133,7 @@ def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
 
     while step < max_steps:
         t_rollout = time.time()
-        # ---- 1. rollout: one sampled response per prompt, temperature 1 (so the KL estimate is valid)
+        # ---- 1. rollout: one sampled response per prompt (RLOO: k per prompt), temperature 1 (so the KL estimate is valid)
         samples: Samples = sample(unwrapped, tokenizer, next(stream), max_new_tokens=m.max_new_tokens, temperature=1.0,
                                   max_prompt_length=cfg.train.max_prompt_length, batch_size=m.rollout_batch_size,
                                   seed=cfg.seed * 100_003 + n_rollouts, device=device)
@@ -134,7 +152,8 @@ def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
         # ---- 3. what the rollout policy, its value head and the reference say about the samples
         with torch.no_grad():
             old_logps, old_values, _ = policy_forward(policy, value_head, ids, attn, pw)
-            old_logps, old_values = old_logps * mask, old_values * mask
+            old_logps = old_logps * mask
+            old_values = torch.zeros_like(old_logps) if critic_free else old_values * mask
         with models.reference_model() as ref:
             ref_logps = response_token_logps(ref, samples, m.rollout_batch_size, device)
 
@@ -144,8 +163,13 @@ def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
             rewards = whiten(rewards, mask, shift_mean=False)
         seq_kl = kl.sum(-1)
 
-        # ---- 5. GAE (gamma, lam) with the value head; whitened advantages
-        advantages, returns = gae_advantages(rewards, old_values, mask, m.gamma, m.lam)
+        # ---- 5. GAE (gamma, lam) with the value head; RLOO: leave-one-out advantage of the whole
+        #         sequence's reward, on every response token. Whitened advantages.
+        if critic_free:
+            seq_advantages = rloo_advantages(rewards.sum(-1), k)
+            advantages, returns = seq_advantages[:, None] * mask, rewards.sum(-1, keepdim=True).expand_as(mask)
+        else:
+            advantages, returns = gae_advantages(rewards, old_values, mask, m.gamma, m.lam)
         if m.whiten_advantages:
             advantages = whiten(advantages, mask)
         rollout_stats = {
@@ -175,8 +199,11 @@ def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
                 logps, values, logits = policy_forward(policy, value_head, ids[idx], attn[idx], pw)
                 pg_loss, clipfrac, approx_kl = clipped_policy_loss(logps, old_logps[idx], advantages[idx], mb_mask,
                                                                    m.clip_ratio)
-                vf_loss, vf_clipfrac = clipped_value_loss(values, old_values[idx], returns[idx], mb_mask, m.value_clip)
-                loss = pg_loss + m.vf_coef * vf_loss
+                loss = pg_loss
+                if not critic_free:
+                    vf_loss, vf_clipfrac = clipped_value_loss(values, old_values[idx], returns[idx], mb_mask,
+                                                              m.value_clip)
+                    loss = pg_loss + m.vf_coef * vf_loss
                 step += 1
                 loss = inject_faults(cfg, loss, step)
                 check_finite(loss, step)
@@ -194,14 +221,15 @@ def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
                     metrics.update({
                         "train/loss": loss.item(), "train/grad_norm": float(grad_norm),
                         "train/lr": scheduler.get_last_lr()[0],
-                        "ppo/policy_loss": pg_loss.item(), "ppo/value_loss": vf_loss.item(),
-                        "ppo/clipfrac": clipfrac.item(), "ppo/vf_clipfrac": vf_clipfrac.item(),
+                        "ppo/policy_loss": pg_loss.item(), "ppo/clipfrac": clipfrac.item(),
                         "ppo/approx_kl": approx_kl.item(),
                         "ppo/entropy": entropy_from_logits(logits.detach(), mb_mask).item(),
-                        "ppo/value_mean": masked_mean(values.detach(), mb_mask).item(),
                         "ppo/epoch": float(epoch), "ppo/rollouts": float(n_rollouts),
                         "ppo/early_stops": float(n_early_stops),
                     })
+                    if not critic_free:
+                        metrics.update({"ppo/value_loss": vf_loss.item(), "ppo/vf_clipfrac": vf_clipfrac.item(),
+                                        "ppo/value_mean": masked_mean(values.detach(), mb_mask).item()})
                     tracker.log_metrics(metrics, step)
 
                 if step == max_steps or (every and step % every == 0):

@@ -482,7 +482,7 @@ def train(cfg, tracker=None, on_eval=None) -> RunResult:
     prepared = prepare(cfg)
     tracker.log_params(run_params(cfg, prepared))
     tracker.set_tags({"method": cfg.method.name})
-    if cfg.method.name == "ppo":
+    if cfg.method.name in ("ppo", "rloo"):  # online: sampled rollouts, reward model or gold reward
         from alignbench.ppo import ppo_loop
 
         result = ppo_loop(cfg, prepared, tracker, on_eval)

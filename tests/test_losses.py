@@ -305,3 +305,21 @@ def test_paired_losses_shapes(B):
     idx = mismatched_indices(B)
     kto = kto_loss(pc, rc, torch.rand(B, generator=g) > 0.5, pr[idx], rr[idx], beta=0.1)
     assert kto.losses.shape == (B,) and kto.rewards.shape == (B,) and kto.kl.shape == ()
+
+
+# --------------------------------------------------------------------------- RLOO
+
+def test_rloo_advantages_by_hand():
+    from alignbench.losses.rloo import rloo_advantages
+
+    r = torch.tensor([1.0, 2.0, 3.0, 6.0])
+    # k=2: groups (1, 2), (3, 6); each baseline is the other sample's reward
+    assert rloo_advantages(r, 2).tolist() == [-1.0, 1.0, -3.0, 3.0]
+    # k=4: baseline_i = (12 - r_i) / 3 = 11/3, 10/3, 3, 2
+    assert torch.allclose(rloo_advantages(r, 4), torch.tensor([-8 / 3, -4 / 3, 0.0, 4.0]))
+    # A_i = k/(k-1) * (r_i - group mean): a group's advantages sum to zero
+    assert rloo_advantages(r, 4).sum().abs() < 1e-6
+    with pytest.raises(ValueError, match="k >= 2"):
+        rloo_advantages(r, 1)
+    with pytest.raises(ValueError, match="groups of k=3"):
+        rloo_advantages(r, 3)

@@ -100,3 +100,41 @@ def test_ppo_gold_reward_and_adaptive_kl(workdir):
 def test_ppo_nan_loss_fails_the_run(workdir):
     with pytest.raises(NonFiniteLoss):
         train(compose([*PPO_FAST, "fault.nan_loss_at_step=2"]))
+
+
+# --------------------------------------------------------------------------- RLOO (critic-free, the same loop)
+
+RLOO_FAST = ["method=rloo", *FAST, "method.reward_model.steps=10", "method.rollout_batch_size=8", "method.rloo_k=2"]
+
+
+def test_rloo_end_to_end_fast_has_no_critic(workdir, monkeypatch):
+    from alignbench import ppo as ppo_module
+
+    batches = []
+    real = ppo_module.sample
+
+    def recording_sample(model, tokenizer, prompts, **kw):
+        batches.append(list(prompts))
+        return real(model, tokenizer, prompts, **kw)
+
+    monkeypatch.setattr(ppo_module, "sample", recording_sample)
+    tracker = NullTracker()
+    result = train(compose(RLOO_FAST), tracker)
+    for key in ("train/loss", "ppo/kl", "ppo/clipfrac", "ppo/approx_kl", "ppo/entropy", "ppo/rm_score"):
+        values = _logged(tracker, key)
+        assert values and all(math.isfinite(v) for v in values), key
+    assert not _logged(tracker, "ppo/value_loss")  # no value head, no value loss
+    assert math.isfinite(result.metrics["eval/win_rate"]) and [s for s, _ in result.history] == [3, 6]
+    # every rollout batch: 8 responses = 4 prompts x k=2, each prompt's samples side by side
+    assert batches and all(len(b) == 8 and b[0::2] == b[1::2] and len(set(b)) == 4 for b in batches)
+    # 6 optimiser steps of 2 epochs x 2 minibatches per rollout batch: 2 rollouts (evaluation samples aside)
+    assert result.metrics["ppo/rollouts"] == 2
+
+
+@pytest.mark.parametrize("override, message", [("method.rloo_k=1", "method.rloo_k=1"),
+                                               ("method.rollout_batch_size=6", "multiple of method.rloo_k=4")])
+def test_rloo_config_errors(override, message):
+    from alignbench.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=message):
+        validate(compose(["method=rloo", override]))

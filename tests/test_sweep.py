@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from alignbench import sweep as sweep_mod
 from alignbench import train as train_mod
-from alignbench.config import ConfigError, compose
+from alignbench.config import ConfigError, compose, validate
 
 # Smaller than the smoke sweep's own overrides: 4 steps, evals at 2 and 4.
 TINY = ["train.max_steps=4", "eval.every_n_steps=2", "eval.n_prompts=12", "eval.max_new_tokens=12"]
@@ -230,13 +230,17 @@ def test_cli_config_error_is_one_line(workdir):
 # --------------------------------------------------------------------------- pieces
 
 def test_search_spaces_cover_every_method_and_are_valid():
-    for m in ("dpo", "ipo", "kto", "simpo", "ppo"):
+    from alignbench.config import METHODS
+
+    for m in METHODS:
         space = sweep_mod.load_space(m)
         assert "method.lr" in space
         cfg = compose([f"method={m}"])
         default_lr = cfg.method.lr
         assert space["method.lr"]["low"] <= default_lr <= space["method.lr"]["high"]
     assert sweep_mod.load_space("dpo")["method.beta"] == {"low": 0.01, "high": 0.5, "log": True}
+    for k in sweep_mod.load_space("rloo")["method.rloo_k"]["choices"]:  # every choice is a valid config
+        validate(compose(["method=rloo", f"method.rloo_k={k}"]))
 
 
 def test_sampler_is_seeded_per_trial_count():
