@@ -170,6 +170,7 @@ def load_builtin(cfg, sft_examples: list[tuple[str, str]], corpus_id: str, devic
     return copy.deepcopy(_LOADED["model"]), copy.deepcopy(_LOADED["tokenizer"]), key, path
 
 
+_PACKING_AGREES: dict = {}  # (model key, device type) -> whether packed scoring equals padded
 _LOADED: dict = {}  # the last built-in SFT model loaded in this process (~1 MB): key, model, tokenizer
 
 
@@ -221,8 +222,11 @@ def load_models(cfg, sft_examples=None, corpus_id: str = "") -> Models:
     policy.train()
     models = Models(policy=policy, reference=reference, tokenizer=tokenizer, key=key, device=device)
     if cfg.train.padding_free:
-        with models.reference_model() as ref:
-            models.padding_free = packing_agrees(ref, len(tokenizer), device)
+        check = (key, device.type)
+        if check not in _PACKING_AGREES:  # once per model and process: every trial of a sweep worker loads it
+            with models.reference_model() as ref:
+                _PACKING_AGREES[check] = packing_agrees(ref, len(tokenizer), device)
+        models.padding_free = _PACKING_AGREES[check]
         if not models.padding_free:
             log.warning("model %s scores packed sequences differently from padded ones; training with "
                         "padded batches (train.padding_free ignored)", cfg.model.name)

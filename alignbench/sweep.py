@@ -898,7 +898,7 @@ def run_sweep(cfg, overrides: list[str] | None = None, live: bool | None = None)
                     stopped = {m: ("done" if count(plan, load_study(plan, m, storage)).done >= plan.n_trials
                                    else "incomplete") for m in plan.methods}
             summary = summarize(plan, storage, stopped, parent)
-            tracking.log_json_artifact(tracker, summary, "sweep_summary.json")
+            tracker.log_files(documents={"sweep_summary.json": summary})
             for m, e in summary["methods"].items():
                 if "best" in e and e["best"]["win_rate"] is not None:
                     tracker.log_metrics({f"best/{m}/win_rate": e["best"]["win_rate"]}, 0)

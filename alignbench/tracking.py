@@ -12,8 +12,10 @@ import contextlib
 import functools
 import json
 import logging
+import queue
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import mlflow
@@ -54,46 +56,134 @@ def experiment_id(client: MlflowClient, name: str) -> str:
 
 
 class MlflowTracker:
-    """Logs into one MLflow run by id (no global active-run state, so nested runs are explicit)."""
+    """Logs into one MLflow run by id (no global active-run state, so nested runs are explicit).
+
+    With `async_logging`, params, tags and metrics go onto a queue that one background thread
+    writes with synchronous `log_batch` calls, coalescing queued metrics into batches; `flush`
+    waits for the queue. Not MLflow's own async queue: its writer polls with a 1-second timeout,
+    so shutting it down at every run's end cost ~1 s per trial (most of a smoke trial).
+    """
+
+    _STOP = object()
 
     def __init__(self, client: MlflowClient, run_id: str, async_logging: bool = True):
         self.client, self.run_id, self.async_logging = client, run_id, async_logging
-        self._pending = []
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
-    def _log_batch(self, synchronous: bool | None, **batch) -> None:
-        """Asynchronous unless asked (or async logging is off); `flush` waits for all of it."""
+    # ---- the background writer
+    def _write(self, kind: str, items: list) -> None:
+        if kind == "params":
+            for s in range(0, len(items), 100):  # MLflow's per-batch param limit
+                self.client.log_batch(self.run_id, params=items[s:s + 100], synchronous=True)
+        elif kind == "tags":
+            for s in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, tags=items[s:s + 100], synchronous=True)
+        else:
+            for s in range(0, len(items), 1000):  # the per-batch metric limit
+                self.client.log_batch(self.run_id, metrics=items[s:s + 1000], synchronous=True)
+
+    def _worker(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while True:  # take whatever else is queued: consecutive metrics become one batch
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            metrics: list = []
+            for item in items:
+                if isinstance(item, tuple) and item[0] == "metrics":
+                    metrics.extend(item[1])
+                    continue
+                self._safe_write("metrics", metrics)
+                metrics = []
+                if item is self._STOP:
+                    return
+                if isinstance(item, threading.Event):  # a flush marker: all before it is written
+                    item.set()
+                else:
+                    self._safe_write(*item)
+            self._safe_write("metrics", metrics)
+
+    def _safe_write(self, kind: str, items: list) -> None:
+        if not items or self._error is not None:
+            return
+        try:
+            self._write(kind, items)
+        except BaseException as exc:  # reported by the next flush, on the caller's thread
+            self._error = exc
+
+    def _log(self, kind: str, items: list, synchronous: bool | None) -> None:
         sync = (not self.async_logging) if synchronous is None else synchronous
-        op = self.client.log_batch(self.run_id, synchronous=sync, **batch)
-        if op is not None:
-            self._pending.append(op)
+        if sync:
+            self.flush()  # keep the order of everything logged before
+            self._write(kind, items)
+            return
+        if self._thread is None:
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._worker, name=f"mlflow-log-{self.run_id[:8]}", daemon=True)
+            self._thread.start()
+        self._queue.put((kind, items))
 
+    @property
+    def pending(self) -> int:
+        """Items queued and not yet taken by the writer (0 when logging synchronously)."""
+        return 0 if self._queue is None else self._queue.qsize()
+
+    def flush(self) -> None:
+        """Wait until everything queued is in the store; re-raise a write error from the background."""
+        if self._thread is not None:
+            done = threading.Event()
+            self._queue.put(done)
+            while not done.wait(0.5):
+                if not self._thread.is_alive():
+                    break
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def close(self) -> None:
+        """Flush and stop the background writer."""
+        try:
+            self.flush()
+        finally:
+            if self._thread is not None:
+                self._queue.put(self._STOP)
+                self._thread.join()
+                self._thread = self._queue = None
+
+    # ---- what callers log
     def log_params(self, params: dict, synchronous: bool | None = None) -> None:
-        items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
-        for s in range(0, len(items), 100):  # MLflow's per-batch param limit
-            self._log_batch(synchronous, params=items[s:s + 100])
+        self._log("params", [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()], synchronous)
 
     def set_tags(self, tags: dict, synchronous: bool | None = None) -> None:
-        self._log_batch(synchronous, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._log("tags", [RunTag(k, str(v)) for k, v in tags.items()], synchronous)
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         now = get_current_time_millis()
-        self._log_batch(None, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self._log("metrics", [Metric(k, float(v), now, step) for k, v in metrics.items()], None)
 
-    def flush(self) -> None:
-        for op in self._pending:
-            op.wait()
-        self._pending.clear()
-
-    def log_dict(self, obj, artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, obj, artifact_file)
-
-    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+    def log_files(self, documents: dict | None = None, tables: dict | None = None) -> None:
+        """Write artifacts in one upload: `documents` {name.yaml|name.json: object}, and `tables`
+        {name.json: list of row dicts} in `MlflowClient.log_table`'s format (pandas "split" JSON),
+        tagged `mlflow.loggedArtifacts` so the MLflow UI shows them as tables. One
+        `log_artifacts` call instead of log_dict + log_table, which reads the whole run back."""
         import pandas as pd
+        import yaml
 
-        self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
-
-    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, local_dir, artifact_path)
+        documents, tables = documents or {}, tables or {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, obj in documents.items():
+                text = (yaml.safe_dump(obj, sort_keys=False) if name.endswith((".yaml", ".yml"))
+                        else json.dumps(obj, indent=2, default=str))
+                (Path(tmp) / name).write_text(text)
+            for name, rows in tables.items():
+                pd.DataFrame(rows).to_json(Path(tmp) / name, orient="split", index=False, date_format="iso")
+            self.client.log_artifacts(self.run_id, tmp)
+        if tables:
+            self.set_tags({"mlflow.loggedArtifacts": json.dumps([{"path": n, "type": "table"} for n in tables])})
 
 
 def standard_tags(extra: dict | None = None) -> dict:
@@ -143,7 +233,7 @@ def finish(tracker: MlflowTracker, status: str, reason: str | None = None) -> No
     try:
         if reason:
             tracker.set_tags({"failure_reason": reason[:5000]})
-        tracker.flush()
+        tracker.close()
     finally:
         tracker.client.set_terminated(tracker.run_id, status)
 
@@ -190,8 +280,3 @@ def set_run_tags(run_id: str, tags: dict, uri: str | None = None) -> None:
     MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
 
-def log_json_artifact(tracker: MlflowTracker, obj, name: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        path.write_text(json.dumps(obj, indent=2, default=str))
-        tracker.client.log_artifact(tracker.run_id, str(path))

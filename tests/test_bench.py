@@ -28,19 +28,44 @@ def test_bench_quick_writes_bench_json(workdir, capsys):
     assert "DPO throughput vs TRL" in out and "wrote bench.json" in out
 
 
-def test_metrics_are_logged_async_and_flushed_before_the_run_ends(workdir):
-    """train/* metrics go through MLflow's async queue (no wait on the hot path) and are all
-    in the store once the run has ended (tracking.finish flushes before set_terminated)."""
+def test_metrics_are_logged_async_and_flushed_before_the_run_ends(workdir, monkeypatch):
+    """train/* metrics go onto the tracker's queue (no wait on the hot path) and are all in the
+    store once the run has ended (tracking.finish flushes before set_terminated). The writer is
+    held back until the 50 steps are logged, so nothing here depends on timing."""
+    import threading
+
     import mlflow
 
     from alignbench import tracking
 
+    gate = threading.Event()
+    real_write = tracking.MlflowTracker._write
+
+    def gated_write(self, kind, items):
+        gate.wait()
+        real_write(self, kind, items)
+
+    monkeypatch.setattr(tracking.MlflowTracker, "_write", gated_write)
     with tracking.tracked_run("async-check", async_logging=True) as tracker:
         for step in range(1, 51):
             tracker.log_metrics({"train/loss": 1.0 / step, "train/lr": 1e-3}, step)
-        assert tracker._pending, "log_metrics waited for the store instead of queueing"
         run_id = tracker.run_id
-    assert not tracker._pending
+        assert mlflow.MlflowClient().get_metric_history(run_id, "train/loss") == []  # queued, not written
+        gate.set()
+    assert tracker.pending == 0
     history = mlflow.MlflowClient().get_metric_history(run_id, "train/loss")
     assert sorted(m.step for m in history) == list(range(1, 51))
     assert mlflow.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_write_error_in_the_background_reaches_the_caller(workdir, monkeypatch):
+    from alignbench import tracking
+
+    def failing_write(self, kind, items):
+        raise RuntimeError("store unavailable")
+
+    with pytest.raises(RuntimeError, match="store unavailable"):
+        with tracking.tracked_run("async-error", async_logging=True) as tracker:
+            monkeypatch.setattr(tracking.MlflowTracker, "_write", failing_write)
+            tracker.log_metrics({"train/loss": 1.0}, 1)
+            tracker.flush()

@@ -73,7 +73,7 @@ def test_kill_9_of_one_worker_on_postgres_the_others_carry_on(workdir, pg_url, m
     try:
         running = wait_for(both_running, 600, "both workers in a trial", procs)
         time.sleep(1)
-        (victim, victim_log), (survivor, survivor_log) = procs[1], procs[0]
+        (victim, _), (survivor, survivor_log) = procs[1], procs[0]
         killed_trial = running[victim.pid]
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait()

@@ -98,5 +98,6 @@ def test_loaded_model_falls_back_to_padding_when_packing_disagrees(monkeypatch, 
     assert prepare(compose(FAST)).models.padding_free  # the built-in model packs
     assert not prepare(compose([*FAST, "train.padding_free=false"])).models.padding_free
     monkeypatch.setattr(models_mod, "packing_agrees", lambda *a, **k: False)
+    monkeypatch.setattr(models_mod, "_PACKING_AGREES", {})  # the check is memoised per model and process
     assert not prepare(compose(FAST)).models.padding_free
     assert "train.padding_free ignored" in caplog.text

@@ -10,7 +10,7 @@ from alignbench.train import NullTracker, train
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("method", ["dpo", "ipo", "kto", "simpo", "ppo"])
+@pytest.mark.parametrize("method", ["dpo", "ipo", "kto", "simpo", "ppo", "rloo"])
 def test_default_config_beats_the_sft_reference(workdir, method):
     tracker = NullTracker()
     result = train(compose([f"method={method}"]), tracker)
@@ -18,7 +18,7 @@ def test_default_config_beats_the_sft_reference(workdir, method):
     assert m["eval/win_rate_ci_low"] > 0.5, m
     assert m["eval/gold_reward"] > m["eval/reference_gold_reward"]
     assert m["eval/kl"] > 0
-    if method == "ppo":  # reward-model score and gold reward side by side over training
+    if method in ("ppo", "rloo"):  # reward-model score and gold reward side by side over training
         logged = [metrics for _, metrics in tracker.metrics]
         assert sum("ppo/rm_score" in x and "ppo/gold_reward" in x for x in logged) >= 3
 
