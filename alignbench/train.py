@@ -28,7 +28,7 @@ from alignbench.judges import GoldJudge, RewardModelJudge
 from alignbench.logps import sequence_logps
 from alignbench.losses.dpo import dpo_loss
 from alignbench.losses.ipo import ipo_loss
-from alignbench.losses.kto import kto_loss
+from alignbench.losses.kto import kto_loss, mismatched_indices
 from alignbench.losses.simpo import resolve_simpo_gamma, simpo_loss
 from alignbench.models import Models, load_models
 from alignbench.records import PreferenceRecord, UnpairedRecord
@@ -305,10 +305,9 @@ def kto_tokens(records: list[UnpairedRecord], tokenizer, cfg) -> dict:
     and z0 falls back to 0.
     """
     tokens = data.tokenize_unpaired(records, tokenizer, cfg.train.max_length, cfg.train.max_prompt_length)
-    n = len(records)
-    if n >= 3:
-        # i+2: to_unpaired interleaves each prompt's two completions, so i+1 may share i's prompt.
-        j = [(i + 2) % n for i in range(n)]
+    # offset -2 (j = i+2): to_unpaired interleaves each prompt's two completions, so i+1 may share i's prompt.
+    j = mismatched_indices(len(records), offset=-2).tolist()
+    if j:
         ids, attn, resp = data.build_sequences(tokens["prompt_tokens"], [tokens["completion_tokens"][k] for k in j],
                                                tokenizer.pad_token_id, cfg.train.max_length)
         tokens.update(kl_input_ids=ids, kl_attention_mask=attn, kl_response_mask=resp)

@@ -58,7 +58,7 @@ def test_bad_values_fail_with_one_line_naming_the_key(overrides, message):
 
 
 def test_unknown_method_is_one_line():
-    with pytest.raises(ConfigError, match=r"^method=foo: unknown method \(choose from dpo, ipo, kto, ppo, simpo\)$"):
+    with pytest.raises(ConfigError, match=r"^method=foo: unknown method \(choose from dpo, ipo, kto, ppo, rloo, simpo\)$"):
         compose(["method=foo"])
 
 
@@ -70,7 +70,7 @@ def _cli(*args, cwd):
 def test_cli_help_and_cfg_job_behave_like_hydra(tmp_path):
     help_out = _cli("train", "--help", cwd=tmp_path)
     assert help_out.returncode == 0
-    assert "method: dpo, ipo, kto, ppo, simpo" in help_out.stdout
+    assert "method: dpo, ipo, kto, ppo, rloo, simpo" in help_out.stdout
     job = _cli("train", "--cfg", "job", "method=ipo", "method.tau=0.3", cwd=tmp_path)
     assert job.returncode == 0
     assert "name: ipo" in job.stdout and "tau: 0.3" in job.stdout

@@ -152,6 +152,14 @@ def test_mismatched_indices_rotate_by_one():
         assert (idx != torch.arange(n)).all() and sorted(idx.tolist()) == list(range(n))
 
 
+def test_mismatched_indices_skip_the_interleaved_partner():
+    # the unpaired view interleaves (x_1, chosen), (x_1, rejected), (x_2, chosen), ...: j = i + 2
+    assert mismatched_indices(6, offset=-2).tolist() == [2, 3, 4, 5, 0, 1]
+    prompts = [i // 2 for i in range(6)]
+    assert all(prompts[j] != prompts[i] for i, j in enumerate(mismatched_indices(6, offset=-2).tolist()))
+    assert mismatched_indices(2, offset=-2).numel() == 0  # one prompt's two completions: no mismatched pair
+
+
 # ----------------------------------------------------------------------------- SimPO
 
 

@@ -224,7 +224,7 @@ def test_cli_config_error_is_one_line(workdir):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["alignbench: error: sweep.methods: foo: unknown method "
-                                               "(choose from ppo, dpo, ipo, kto, simpo)"]
+                                               "(choose from ppo, dpo, ipo, kto, simpo, rloo)"]
 
 
 # --------------------------------------------------------------------------- pieces

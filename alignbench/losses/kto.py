@@ -25,16 +25,18 @@ class KTOOutput:
     kl: Tensor  # scalar z0, detached, >= 0
 
 
-def mismatched_indices(batch_size: int) -> Tensor:
-    """For each i, an index j != i whose completion is paired with prompt i for the KL estimate.
+def mismatched_indices(batch_size: int, offset: int = 1) -> Tensor:
+    """For each i, an index j != i whose completion is paired with prompt i for the KL estimate:
+    j = (i - offset) mod n.
 
-    Rotation by one, the same pairing as TRL: (x_1, y_n), (x_2, y_1), ..., (x_n, y_{n-1}),
-    i.e. j = (i - 1) mod n. For batch_size <= 1 no mismatched pair exists: returns an empty
-    tensor (and `kto_loss` then uses z0 = 0).
+    offset=1 is TRL's pairing, (x_1, y_n), (x_2, y_1), ..., (x_n, y_{n-1}). alignbench's unpaired
+    view of paired data interleaves each prompt's two completions, so it uses offset=-2 (j = i+2),
+    which never pairs a prompt with its own other completion. With batch_size <= |offset| no
+    mismatched pair exists: returns an empty tensor (and `kto_loss` then uses z0 = 0).
     """
-    if batch_size <= 1:
+    if batch_size <= abs(offset):
         return torch.empty(0, dtype=torch.long)
-    return torch.roll(torch.arange(batch_size), shifts=1)
+    return torch.roll(torch.arange(batch_size), shifts=offset)
 
 
 def kto_loss(
