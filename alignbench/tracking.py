@@ -33,6 +33,32 @@ def set_uri(uri: str | None) -> None:
     """None keeps MLflow's own default (sqlite:///mlflow.db in the working directory)."""
     if uri:
         mlflow.set_tracking_uri(uri)
+    _create_sqlite_store_once(mlflow.get_tracking_uri())
+
+
+_READY_STORES: set = set()
+
+
+def _create_sqlite_store_once(uri: str) -> None:
+    """Create a SQLite tracking store under a file lock.
+
+    MLflow creates its tables on first use without a lock, so workers started at the same
+    instant in a fresh directory (by hand, or Hydra's joblib launcher) race and one fails with
+    "table ... already exists". The first one here creates the store while the others wait.
+    """
+    if uri in _READY_STORES or not uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):].split("?")[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates the tables if missing
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY_STORES.add(uri)
 
 
 @functools.lru_cache(maxsize=1)

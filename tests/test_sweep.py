@@ -365,3 +365,20 @@ def test_workers_that_race_on_a_new_sweep_converge_on_one_parent_run(workdir, mo
     assert parent.info.run_id == first and parent.info.status == "FINISHED"
     assert parent.data.params["sweep.n_trials"] == "1"
     assert {r.data.tags["mlflow.parentRunId"] for r in child_runs()} == {first}
+
+
+def test_hydra_joblib_launcher_starts_workers_that_share_the_budget(workdir):
+    """The README's one-machine launcher recipe: `--multirun hydra/launcher=joblib` with a dummy
+    `+sweep.worker=0,1` starts two identical workers at the same instant in a fresh directory
+    (which also races MLflow's creation of mlflow.db: tracking creates it under a file lock)."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    cmd, kw = _cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+sweep.worker=0,1",
+                   "sweep=smoke", "sweep.methods=[dpo]", "sweep.n_trials=4", *TINY, cwd=workdir)
+    kw["env"].pop("MLFLOW_TRACKING_URI", None)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = assert_consistent()
+    (s,) = studies().values()
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in s.trials) == 4
+    assert len({t.user_attrs["alignbench.worker"]["pid"] for _, t in trials}) == 2
+    assert len(parent_runs()) == 1 and parent_runs()[0].info.status == "FINISHED"
