@@ -767,7 +767,7 @@ def _fmt_kl(t) -> str:
 def _fmt_params(t) -> str:
     if t is None:
         return "-"
-    return " ".join(f"{k.removeprefix('method.')}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+    return " ".join(f"{k.removeprefix('method.')}={v:.3g}" if isinstance(v, float) else f"{k.removeprefix('method.')}={v}"
                     for k, v in t.params.items())
 
 
