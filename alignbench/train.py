@@ -475,7 +475,7 @@ def flatten(d, prefix: str = "") -> dict:
 def settle_heap() -> None:
     """Collect garbage, then move every surviving object to the permanent generation.
 
-    torch + transformers + mlflow leave ~10^6 long-lived objects on the heap; each automatic
+    torch + transformers + mlflow leave ~500k long-lived objects on the heap; each automatic
     full collection during a trial walks all of them (~0.3 s here, most of a smoke trial's
     overhead). Frozen objects are skipped by later collections; the collect first means only
     live objects are frozen, and a sweep worker settles again before each trial.
