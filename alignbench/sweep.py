@@ -830,6 +830,9 @@ def print_summary(plan: Plan, storage, summary: dict) -> None:
 
 # --------------------------------------------------------------------------- entry point
 
+PARENT_SETTLE_SECONDS = 1.0  # paid once per new sweep, by the workers that create its parent run
+
+
 def parent_runs(plan: Plan) -> list:
     """The sweep's parent runs (normally one), oldest first; ties broken by run id so every worker
     orders them the same way."""
@@ -842,7 +845,9 @@ def open_parent_run(plan: Plan, tags: dict) -> tuple[str, bool]:
     """The sweep's parent run id, and whether this call created it.
 
     Workers that start at the same instant on a new sweep can each find no parent and create one.
-    Each creator therefore looks again after creating: all of them adopt the oldest parent and
+    Each creator therefore looks again after creating, `PARENT_SETTLE_SECONDS` later so that every
+    creator of the same instant sees every other's run: all of them adopt the oldest (start time,
+    then run id: the same choice everywhere, even for runs created in the same millisecond) and
     delete their own, before any child run points at it. A worker that looks later finds the
     survivor. (Across machines "oldest" uses the clients' clocks: keep them NTP-synced.)
     """
@@ -850,6 +855,7 @@ def open_parent_run(plan: Plan, tags: dict) -> tuple[str, bool]:
     if runs:
         return runs[0].info.run_id, False
     mine = tracking.create_run(plan.experiment, f"sweep-{plan.name}", tags, plan.tracking["uri"])
+    time.sleep(PARENT_SETTLE_SECONDS)
     oldest = parent_runs(plan)[0].info.run_id
     if oldest != mine:
         tracking.delete_run(mine, plan.tracking["uri"])
