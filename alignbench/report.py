@@ -197,6 +197,25 @@ def load_samples(client, run_id: str) -> pd.DataFrame | None:
     return pd.DataFrame(obj["data"], columns=obj["columns"])
 
 
+def example_rows(samples: dict[str, pd.DataFrame], n: int) -> list:
+    """Index labels (in the first method's table) of the `n` prompts where the judge scores of the
+    reference and of every method's best policy spread the most: where the methods disagree,
+    which says more than the first n prompts. Ties keep the eval order."""
+    tables = list(samples.values())
+    first = tables[0]
+    scores = pd.DataFrame({"prompt": first["prompt"]}, index=first.index)
+    scores["reference"] = pd.to_numeric(first["reference_score"], errors="coerce") if "reference_score" in first else float("nan")
+    for i, s in enumerate(tables):
+        if "policy_score" not in s:
+            continue
+        by_prompt = pd.to_numeric(s.drop_duplicates("prompt").set_index("prompt")["policy_score"], errors="coerce")
+        scores[f"policy{i}"] = scores["prompt"].map(by_prompt)
+    values = scores.drop(columns="prompt")
+    spread = (values.max(axis=1) - values.min(axis=1)).fillna(-1.0)
+    order = sorted(range(len(spread)), key=lambda k: (-spread.iloc[k], k))
+    return [first.index[k] for k in order[:n]]
+
+
 def _col(df: pd.DataFrame, name: str) -> pd.Series:
     return df[name] if name in df else pd.Series([None] * len(df), index=df.index, dtype=object)
 
@@ -713,7 +732,7 @@ def build_report(cfg, studies: dict | None = None) -> Path:
     examples = []
     if samples:
         first = samples[methods[[m in samples for m in methods].index(True)]]
-        for _, r in first.head(n_examples).iterrows():
+        for _, r in first.loc[example_rows(samples, n_examples)].iterrows():
             ex = {"prompt": _str(r["prompt"]), "reference": _str(r.get("reference_response")),
                   "reference_score": _num(r.get("reference_score")), "reference_gold": _num(r.get("reference_gold")),
                   "policies": []}
@@ -882,7 +901,8 @@ def render_markdown(c: dict) -> str:
                              [[m, fmt(v["raw_win_rate"]), fmt(v["lc_win_rate"]),
                                f"[{fmt(v['lc_win_rate_ci'][0])}, {fmt(v['lc_win_rate_ci'][1])}]", fmt(v["slope"]), v["n"]]
                               for m, v in sorted(c["lc"].items())]))
-    out += ["", "## Example generations", ""]
+    out += ["", "## Example generations", "",
+            "The eval prompts where the judge's scores of the reference and the methods' best policies differ most.", ""]
     for i, ex in enumerate(c["examples"], 1):
         out += [f"**Prompt {i}.** {_md_cell(ex['prompt'])}", "",
                 _md_table(["", "response", "judge score"],

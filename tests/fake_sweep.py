@@ -57,6 +57,8 @@ def _samples(rng: random.Random, prompts, ref, quality: float, builtin: bool, ho
         if rng.random() < 0.1:
             p_score = r_score  # a few ties
         p_resp = HOSTILE if hostile_at == i else f"I loved {TOPICS[i % len(TOPICS)]}, " + "really " * (p_len // 4)
+        if hostile_at == i:  # a judge fooled by it: the widest disagreement, so the report shows it as an example
+            p_score = round(r_score + 10.0, 4)
         row = {"prompt": prompt, "policy_response": p_resp, "reference_response": r_resp,
                "policy_score": p_score, "reference_score": r_score,
                "policy_length": p_len, "reference_length": r_len,
@@ -115,7 +117,8 @@ def fabricate_sweep(root: Path, name: str = "fake", methods=("dpo", "ipo"), n_tr
 
     prompts = [f"Write a review of {TOPICS[i % len(TOPICS)]} (#{i})." for i in range(n_prompts)]
     if hostile:
-        prompts[1] = "Review <b>this</b> & \"that\" </td></table>"
+        # the prompt of the hostile generation (hostile_at=3), so one shown example carries both
+        prompts[3] = "Review <b>this</b> & \"that\" </td></table>"
     ref = [(f"It was {TOPICS[i % len(TOPICS)]}.", round(rng.gauss(0, 1), 4), rng.randint(8, 20))
            for i in range(n_prompts)]
 

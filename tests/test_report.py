@@ -220,3 +220,18 @@ def test_html_renders_offline_in_headless_chromium(main_report, tmp_path):
     rows_with_content = (img[..., :3].std(axis=(1, 2)) > 0.02).mean()
     assert rows_with_content > 0.3  # not a blank page: text and figures fill much of it
     assert len(np.unique((img[::8, ::8, :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+
+
+def test_examples_are_the_prompts_where_the_methods_disagree_most():
+    import pandas as pd
+
+    from alignbench.report import example_rows
+
+    dpo = pd.DataFrame({"prompt": ["a", "b", "c", "d"], "reference_score": [0.0, 0.0, 0.0, 0.0],
+                        "policy_score": [0.1, 2.0, -0.5, 0.3]}, index=[10, 11, 12, 13])
+    kto = pd.DataFrame({"prompt": ["d", "c", "b", "a"], "policy_score": [0.2, 1.5, 2.1, 0.0]})
+    # spreads over (reference, dpo, kto): a 0.1, b 2.1, c 2.0, d 0.3 -> b, c, then d
+    assert example_rows({"dpo": dpo, "kto": kto}, 3) == [11, 12, 13]
+    assert example_rows({"dpo": dpo}, 2) == [11, 12]  # one method: |policy - reference|
+    flat = dpo.assign(policy_score=0.0)
+    assert example_rows({"dpo": flat}, 2) == [10, 11]  # no disagreement: eval order
