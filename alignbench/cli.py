@@ -1,4 +1,4 @@
-"""`alignbench {train,sweep,report,bench} [hydra overrides]` — a thin shell over plain functions.
+"""`alignbench {train,sweep,report,ui,bench} [hydra overrides]` — a thin shell over plain functions.
 
 Each subcommand is a Hydra app over conf/ (so `--help`, `--cfg job` and overrides behave as in
 any Hydra app); the work is done by `train.train`, `sweep.run_sweep`, `report.build_report`.
@@ -15,11 +15,12 @@ from omegaconf import DictConfig
 
 from alignbench.config import CONF_DIR, ConfigError, check_overrides, validate
 
-USAGE = """usage: alignbench {train,sweep,report,bench} [hydra overrides]
+USAGE = """usage: alignbench {train,sweep,report,ui,bench} [hydra overrides]
 
   train   one run, tracked in MLflow          alignbench train method=ipo method.tau=0.3
   sweep   Optuna studies across methods       alignbench sweep sweep=smoke
   report  comparison report of a sweep        alignbench report report.sweep=smoke
+  ui      the MLflow UI on 127.0.0.1          alignbench ui ui.port=5000
   bench   speed benchmark vs TRL (bench.json) alignbench bench
 
 Add --help after a subcommand for its config groups and options."""
@@ -93,7 +94,27 @@ def report_command(cfg: DictConfig) -> None:
     print(f"report: {path}")
 
 
-COMMANDS = {"train": train_command, "sweep": sweep_command, "report": report_command}
+def ui_command(cfg: DictConfig) -> None:
+    """The MLflow UI over this project's runs: `mlflow ui` on tracking.uri, bound to ui.host
+    (127.0.0.1 by default). With an http:// tracking URI the server is already the UI."""
+    import os
+
+    import mlflow
+
+    from alignbench.tracking import set_uri
+
+    set_uri(cfg.tracking.uri)  # null: MLflow's default (MLFLOW_TRACKING_URI, else ./mlflow.db), created if missing
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        print(f"alignbench: runs are served by the tracking server: open {uri}")
+        return
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", str(cfg.ui.host), "--port", str(cfg.ui.port)]
+    print(f"alignbench: MLflow UI on http://{cfg.ui.host}:{cfg.ui.port} ({uri}); Ctrl-C stops it", flush=True)
+    os.execv(sys.executable, cmd)  # the UI replaces this process: Ctrl-C and signals go straight to it
+
+
+COMMANDS = {"train": train_command, "sweep": sweep_command, "report": report_command, "ui": ui_command}
 
 
 def main(argv: list[str] | None = None) -> None:

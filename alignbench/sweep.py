@@ -823,8 +823,8 @@ def print_summary(plan: Plan, storage, summary: dict) -> None:
     if stopped:
         console.print(f"[bold red]stopped by failures:[/] {', '.join(stopped)} (re-run to retry)")
     storage_arg = plan.storage[len("journal://"):] if plan.storage.startswith("journal://") else plan.storage
-    console.print(f"studies: optuna-dashboard {storage_arg}    runs: mlflow ui"
-                  + (f" --backend-store-uri {plan.tracking['uri']}" if plan.tracking["uri"] else "")
+    console.print(f"studies: optuna-dashboard {storage_arg}    runs: alignbench ui"
+                  + (f" tracking.uri={plan.tracking['uri']}" if plan.tracking["uri"] else "")
                   + f"  (experiment {plan.experiment})")
 
 

@@ -90,3 +90,43 @@ def test_cli_config_errors_exit_2_with_one_line_before_any_work(tmp_path):
 
 def test_conf_dir_is_the_repository_conf():
     assert (CONF_DIR / "config.yaml").exists()
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """IPv4 addresses listening on `port` (from /proc/net/tcp: state 0A = LISTEN)."""
+    out = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, p = local.split(":")
+        if state == "0A" and int(p, 16) == port:
+            out.add(".".join(str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    return out
+
+
+def test_alignbench_ui_serves_the_runs_on_loopback_only(tmp_path):
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", "ui", f"ui.port={port}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, body = time.time() + 120, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert body == b"OK", proc.stdout.read1().decode(errors="replace") if proc.poll() is not None else body
+        assert _listening_addresses(port) == {"127.0.0.1"}
+        assert (tmp_path / "mlflow.db").exists()  # the project's default store, created for an empty project
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
