@@ -372,8 +372,11 @@ def test_hydra_joblib_launcher_starts_workers_that_share_the_budget(workdir):
     `+sweep.worker=0,1` starts two identical workers at the same instant in a fresh directory
     (which also races MLflow's creation of mlflow.db: tracking creates it under a file lock)."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    # 1 s per step: a trial takes >= 4 s, so one worker cannot finish the budget before the other
+    # has imported torch (both taking part is asserted below)
     cmd, kw = _cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+sweep.worker=0,1",
-                   "sweep=smoke", "sweep.methods=[dpo]", "sweep.n_trials=4", *TINY, cwd=workdir)
+                   "sweep=smoke", "sweep.methods=[dpo]", "sweep.n_trials=4", *TINY, "fault.sleep_per_step=1.0",
+                   cwd=workdir)
     kw["env"].pop("MLFLOW_TRACKING_URI", None)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
     assert out.returncode == 0, out.stderr[-3000:]
