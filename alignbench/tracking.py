@@ -46,11 +46,13 @@ def _create_sqlite_store_once(uri: str) -> None:
     instant in a fresh directory (by hand, or Hydra's joblib launcher) race and one fails with
     "table ... already exists". The first one here creates the store while the others wait.
     """
-    if uri in _READY_STORES or not uri.startswith("sqlite:///"):
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):].split("?")[0]).resolve()  # a relative URI means another file in another cwd
+    if db in _READY_STORES:
         return
     import fcntl
 
-    db = Path(uri[len("sqlite:///"):].split("?")[0])
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{db}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -58,7 +60,7 @@ def _create_sqlite_store_once(uri: str) -> None:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates the tables if missing
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    _READY_STORES.add(uri)
+    _READY_STORES.add(db)
 
 
 @functools.lru_cache(maxsize=1)
