@@ -232,16 +232,14 @@ def tracked_run(experiment: str, run_name: str | None = None, parent_run_id: str
     """
     set_uri(uri)
     client = MlflowClient()
-    run_tags = {k: str(v) for k, v in standard_tags(tags).items()}  # the REST store (http:// URI) takes strings only
-    if parent_run_id:
-        run_tags["mlflow.parentRunId"] = parent_run_id
+    tags = dict(tags or {}) | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})
     if run_id:
         client.update_run(run_id, status="RUNNING")
         if "failure_reason" in client.get_run(run_id).data.tags:
             client.delete_tag(run_id, "failure_reason")
-        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()], synchronous=True)
+        set_run_tags(run_id, standard_tags(tags))
     else:
-        run_id = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=run_tags).info.run_id
+        run_id = create_run(experiment, run_name, tags)
     tracker = MlflowTracker(client, run_id, async_logging)
     try:
         yield tracker
@@ -291,10 +289,10 @@ def search_runs(experiment: str, filter_string: str = "", uri: str | None = None
             return runs
 
 
-def create_run(experiment: str, run_name: str, tags: dict, uri: str | None = None) -> str:
+def create_run(experiment: str, run_name: str | None, tags: dict, uri: str | None = None) -> str:
     set_uri(uri)
     client = MlflowClient()
-    tags = {k: str(v) for k, v in standard_tags(tags).items()}
+    tags = {k: str(v) for k, v in standard_tags(tags).items()}  # the REST store (http:// URI) takes strings only
     return client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags).info.run_id
 
 
