@@ -405,8 +405,30 @@ def is_stale(plan: Plan, study, trial) -> bool:
         return False  # another machine's worker: Optuna's heartbeat (RDB storage) judges it
     if w.get("pid") == os.getpid() and w.get("start") == _process_start(os.getpid()):
         return (study.study_name, trial.number) not in ACTIVE
+    return bool(_worker_gone(w))
+
+
+def _worker_gone(w: dict | None) -> bool | None:
+    """Whether the worker process recorded on a trial is gone: True/False on this host, None
+    where it cannot be told (another host, or no record)."""
+    if w is None or w.get("host") != HOST:
+        return None
     start = _process_start(int(w["pid"]))
     return start is None or (w.get("start") is not None and start != w["start"])
+
+
+ORPHAN_AFTER_SECONDS = 60  # another host's worker ends a trial's run right after telling Optuna
+
+
+def run_orphaned(trial) -> bool:
+    """An MLflow run still RUNNING although its trial has ended: orphaned once its worker is gone
+    (this host) or, where that cannot be told, a minute after the trial ended. A live worker is
+    between telling Optuna and ending the run: its run is left alone."""
+    gone = _worker_gone(trial.user_attrs.get("alignbench.worker"))
+    if gone is not None:
+        return gone
+    end = trial.datetime_complete
+    return end is None or (datetime.datetime.now() - end).total_seconds() > ORPHAN_AFTER_SECONDS
 
 
 def _kill_mlflow_run(plan: Plan, study, trial, reason: str) -> None:
@@ -444,7 +466,7 @@ def reap_stale(plan: Plan, study) -> int:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     for run in runs:
         t = trials.get(int(run.data.tags.get("optuna.trial_number", -1)))
-        if t is not None and t.state != TrialState.RUNNING:
+        if t is not None and t.state != TrialState.RUNNING and run_orphaned(t):
             tracking.set_run_tags(run.info.run_id, {"optuna.trial_state": t.state.name}, plan.tracking["uri"])
             tracking.mark_killed(run.info.run_id, "stale: its process died before ending the run",
                                  plan.tracking["uri"])

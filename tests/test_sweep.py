@@ -385,3 +385,27 @@ def test_hydra_joblib_launcher_starts_workers_that_share_the_budget(workdir):
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in s.trials) == 4
     assert len({t.user_attrs["alignbench.worker"]["pid"] for _, t in trials}) == 2
     assert len(parent_runs()) == 1 and parent_runs()[0].info.status == "FINISHED"
+
+
+def test_a_finished_trials_running_run_is_killed_only_when_its_worker_is_gone(workdir):
+    """Between telling Optuna and ending its MLflow run, a live worker's run is RUNNING with the
+    trial already COMPLETE: another worker's reaper must leave it alone, and end it once that
+    worker is dead."""
+    p = plan("sweep.methods=[dpo]", "sweep.n_trials=1")
+    study = sweep_mod.load_study(p, "dpo", sweep_mod.make_storage(p))
+    client = mlflow.MlflowClient()
+    exp = client.create_experiment("sweep-smoke")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    workers = {"alive": sweep_mod.worker_tag(), "dead": {"host": sweep_mod.HOST, "pid": dead.pid, "start": 1.0}}
+    runs = {}
+    for who, worker in workers.items():
+        trial = study.ask()
+        trial.set_user_attr("alignbench.worker", worker)
+        runs[who] = client.create_run(exp, tags={"alignbench.role": "trial", "optuna.study": study.study_name,
+                                                 "optuna.trial_number": str(trial.number)}).info.run_id
+        study.tell(trial, 0.5)
+    sweep_mod.reap_stale(p, study)
+    assert client.get_run(runs["alive"]).info.status == "RUNNING"
+    killed = client.get_run(runs["dead"])
+    assert killed.info.status == "KILLED" and killed.data.tags["optuna.trial_state"] == "COMPLETE"
