@@ -6,14 +6,13 @@ any Hydra app); the work is done by `train.train`, `sweep.run_sweep`, `report.bu
 
 from __future__ import annotations
 
-import logging
-import signal
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from alignbench.config import CONF_DIR, ConfigError, check_overrides, validate
+from alignbench.process import fail, interrupt_on_sigterm, quiet_libraries, setup_logging
 
 USAGE = """usage: alignbench {train,sweep,report,ui,bench} [hydra overrides]
 
@@ -26,32 +25,10 @@ USAGE = """usage: alignbench {train,sweep,report,ui,bench} [hydra overrides]
 Add --help after a subcommand for its config groups and options."""
 
 
-def _fail(message: str, code: int = 2):
-    print(f"alignbench: error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM ends a run like Ctrl-C: records finalised as KILLED, nothing left RUNNING."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, handler)
-
-
-def quiet_libraries() -> None:
-    """No per-load progress bars from transformers/datasets in our logs."""
-    import datasets
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    datasets.utils.logging.disable_progress_bar()
-
-
 def train_command(cfg: DictConfig) -> None:
-    from alignbench import tracking
-    from alignbench.data import DataError
-    from alignbench.train import NullTracker, train
+    from alignbench.tracking import mlflow_runs as tracking
+    from alignbench.data.records import DataError
+    from alignbench.training.run import NullTracker, train
 
     from accelerate import PartialState
 
@@ -66,7 +43,7 @@ def train_command(cfg: DictConfig) -> None:
         else:
             result, run_id = train(cfg, NullTracker()), None
     except (ConfigError, DataError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     m = result.metrics
     print(f"method={cfg.method.name} win_rate={m['eval/win_rate']:.3f} "
           f"95% CI [{m['eval/win_rate_ci_low']:.3f}, {m['eval/win_rate_ci_high']:.3f}] "
@@ -76,21 +53,21 @@ def train_command(cfg: DictConfig) -> None:
 
 
 def sweep_command(cfg: DictConfig) -> None:
-    from alignbench.sweep import run_sweep
+    from alignbench.sweep.driver import run_sweep
 
     try:
         run_sweep(cfg)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def report_command(cfg: DictConfig) -> None:
-    from alignbench.report import build_report
+    from alignbench.report.build import build_report
 
     try:
         path = build_report(cfg)
     except (ConfigError, LookupError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     print(f"report: {path}")
 
 
@@ -101,7 +78,7 @@ def ui_command(cfg: DictConfig) -> None:
 
     import mlflow
 
-    from alignbench.tracking import set_uri
+    from alignbench.tracking.mlflow_runs import set_uri
 
     set_uri(cfg.tracking.uri)  # null: MLflow's default (MLFLOW_TRACKING_URI, else ./mlflow.db), created if missing
     uri = mlflow.get_tracking_uri()
@@ -124,20 +101,21 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command == "bench":
-        from alignbench.bench import main as bench_main
+        from alignbench.bench.main import main as bench_main
 
-        return bench_main(rest)
+        bench_main(rest)
+        return
     if command not in COMMANDS:
-        _fail(f"unknown command {command!r}\n{USAGE}")
+        fail(f"unknown command {command!r}\n{USAGE}")
     try:
         check_overrides([a for a in rest if not a.startswith("-")])
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if command == "sweep" and not any(a.startswith("sweep=") for a in rest):
         rest = ["sweep=default", *rest]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     quiet_libraries()
-    _interrupt_on_sigterm()
+    interrupt_on_sigterm()
     app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)(COMMANDS[command])
     sys.argv = [f"alignbench {command}", *rest]
     app()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from alignbench.models import train_tokenizer
+from alignbench.models.builtin import train_tokenizer
 from pg import mlflow_server, pg_url, postgres  # noqa: F401  (PostgreSQL / MLflow server fixtures)
 
 _SENTENCES = [
@@ -34,6 +34,23 @@ def make_tiny_tokenizer(vocab_size: int = 400):
 @pytest.fixture
 def tiny_tokenizer():
     return make_tiny_tokenizer()
+
+
+@pytest.fixture
+def reward_model_trainings(monkeypatch):
+    """The reward models actually trained during the test, one entry per `train_reward_model` call
+    (a counting wrapper around the real one), so a test can assert that a cache hit trains nothing."""
+    from alignbench.models import reward_model
+
+    calls = []
+    real = reward_model.train_reward_model
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reward_model, "train_reward_model", counted)
+    return calls
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from alignbench.stats import win_rate_ci
+from alignbench.evaluation.stats import win_rate_ci
 
 HOSTILE = "<script>alert(1)</script>"
 

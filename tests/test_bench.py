@@ -36,7 +36,7 @@ def test_metrics_are_logged_async_and_flushed_before_the_run_ends(workdir, monke
 
     import mlflow
 
-    from alignbench import tracking
+    from alignbench.tracking import mlflow_runs as tracking
 
     gate = threading.Event()
     real_write = tracking.MlflowTracker._write
@@ -59,7 +59,7 @@ def test_metrics_are_logged_async_and_flushed_before_the_run_ends(workdir, monke
 
 
 def test_a_write_error_in_the_background_reaches_the_caller(workdir, monkeypatch):
-    from alignbench import tracking
+    from alignbench.tracking import mlflow_runs as tracking
 
     def failing_write(self, kind, items):
         raise RuntimeError("store unavailable")

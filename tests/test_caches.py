@@ -13,10 +13,10 @@ import importlib.util
 import pytest
 import torch
 
-from alignbench import models as models_module
-from alignbench import train as train_module
+from alignbench.models import loading as models_module
+from alignbench.training import run as train_module
 from alignbench.config import compose
-from alignbench.train import REFERENCE_FORWARDS, NullTracker, prepare, reference_pair_logps, train
+from alignbench.training.run import REFERENCE_FORWARDS, NullTracker, prepare, reference_pair_logps, train
 from conftest import FAST
 
 
@@ -46,7 +46,7 @@ def test_sft_model_cache_hits_unchanged_and_misses_changed_inputs(workdir, monke
 @pytest.fixture
 def fresh_ref_cache(shared_cache, tmp_path):
     """A cache dir with the session's SFT model and task pairs but cold reference/token caches."""
-    from alignbench.bench import scratch_cache
+    from alignbench.bench.main import scratch_cache
 
     return scratch_cache(shared_cache, tmp_path / "fresh")
 
@@ -139,19 +139,19 @@ def test_reference_eval_side_cached(workdir):
     assert prepare(compose([*FAST, "eval.n_prompts=20"])).evaluator.cache_hit is False  # other prompts
 
 
-@pytest.mark.skipif(importlib.util.find_spec("alignbench.reward_model") is None,
+@pytest.mark.skipif(importlib.util.find_spec("alignbench.models.reward_model") is None,
                     reason="alignbench/reward_model.py not written yet")
-def test_reward_model_cache(workdir):
-    from alignbench import reward_model
+def test_reward_model_cache(workdir, reward_model_trainings):
+    from alignbench.models import reward_model as reward_model
 
     cfg = compose([*FAST, "method=ppo", "method.reward_model.steps=5"])
     records, models = _records_and_models(cfg)
     reward_model.load_or_train_reward_model(cfg, models, records)
-    before = reward_model.TRAININGS["count"]
+    before = len(reward_model_trainings)
     reward_model.load_or_train_reward_model(cfg, models, records)
-    assert reward_model.TRAININGS["count"] == before  # hit
+    assert len(reward_model_trainings) == before  # hit
     reward_model.load_or_train_reward_model(cfg, models, records[1:])
-    assert reward_model.TRAININGS["count"] == before + 1  # changed data
+    assert len(reward_model_trainings) == before + 1  # changed data
     reward_model.load_or_train_reward_model(compose([*FAST, "method=ppo", "method.reward_model.steps=6"]),
                                             models, records)
-    assert reward_model.TRAININGS["count"] == before + 2  # changed reward-model config
+    assert len(reward_model_trainings) == before + 2  # changed reward-model config

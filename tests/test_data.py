@@ -1,4 +1,5 @@
-"""alignbench.data: reading, parsing, dropping, splitting and tokenising preference data."""
+"""alignbench.data.reading, .parsing, .tokenizing, .preparing: reading, parsing, dropping, splitting and
+tokenising preference data."""
 
 from __future__ import annotations
 
@@ -10,24 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from alignbench.data import (
-    DataError,
-    build_sequences,
-    detect_format,
-    filter_records,
-    load_preference_data,
-    log_drops,
-    parse_rows,
-    prompt_ids,
-    read_rows,
-    read_split,
-    require_enough,
-    split_records,
-    to_unpaired,
-    tokenize_pairs,
-    tokenize_unpaired,
-)
-from alignbench.records import PreferenceRecord, UnpairedRecord
+from alignbench.data.parsing import detect_format, parse_rows
+from alignbench.data.preparing import load_preference_data, log_drops, require_enough, split_records, to_unpaired
+from alignbench.data.reading import read_rows, read_split
+from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord
+from alignbench.data.tokenizing import build_sequences, filter_records, prompt_ids, tokenize_pairs, tokenize_unpaired
 
 PAIRS = [
     {"prompt": "Review the film:", "chosen": " It was great.", "rejected": " It was bad."},

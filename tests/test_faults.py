@@ -25,7 +25,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from alignbench import sweep as sweep_mod
+from alignbench.sweep import driver as sweep_mod
 from alignbench.config import compose
 from test_postgres import alignbench_cmd, check_consistent, mlflow_runs, start_workers, warm_cache
 

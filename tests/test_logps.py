@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from alignbench.logps import pack_batch, pack_rows, packed_sequence_logps, packing_agrees, sequence_logps
+from alignbench.models.logps import pack_batch, pack_rows, packed_sequence_logps, packing_agrees, sequence_logps
 
 
 def test_pack_rows_first_fit_decreasing_by_hand():
@@ -90,9 +90,9 @@ def test_packing_is_checked_per_model():
 
 
 def test_loaded_model_falls_back_to_padding_when_packing_disagrees(monkeypatch, workdir, caplog):
-    from alignbench import models as models_mod
+    from alignbench.models import loading as models_mod
     from alignbench.config import compose
-    from alignbench.train import prepare
+    from alignbench.training.run import prepare
     from conftest import FAST
 
     assert prepare(compose(FAST)).models.padding_free  # the built-in model packs

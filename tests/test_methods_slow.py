@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from alignbench.config import compose
-from alignbench.train import NullTracker, train
+from alignbench.training.run import NullTracker, train
 
 pytestmark = pytest.mark.slow
 

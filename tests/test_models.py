@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from alignbench.config import compose, group_options
-from alignbench.logps import sequence_logps
-from alignbench.models import build_tiny_model, load_models, train_tokenizer
-from alignbench.train import NullTracker, train
+from alignbench.models.logps import sequence_logps
+from alignbench.models.builtin import build_tiny_model, train_tokenizer
+from alignbench.models.loading import load_models
+from alignbench.training.run import NullTracker, train
 from conftest import FAST, _SENTENCES
 
 

@@ -21,7 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from alignbench import sweep as sweep_mod
+from alignbench.sweep import driver as sweep_mod
 from alignbench.config import compose
 
 pytestmark = pytest.mark.postgres

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from alignbench import reward_model as rm_module
-from alignbench import task
+from alignbench.models import reward_model as rm_module
+from alignbench.data import builtin_task as task
 from alignbench.config import compose
-from alignbench.generation import response_token_logps, sample
-from alignbench.train import NonFiniteLoss, NullTracker, prepare, train
+from alignbench.models.generation import response_token_logps, sample
+from alignbench.training.run import NonFiniteLoss, NullTracker, prepare, train
 from conftest import FAST
 
 PPO_FAST = ["method=ppo", *FAST, "method.reward_model.steps=10", "method.rollout_batch_size=8"]
@@ -29,7 +29,7 @@ def _logged(tracker: NullTracker, key: str) -> list[float]:
     return [m[key] for _, m in tracker.metrics if key in m]
 
 
-def test_reward_model_learns_and_is_cached(prepared_fast):
+def test_reward_model_learns_and_is_cached(prepared_fast, reward_model_trainings):
     cfg, prepared = prepared_fast
     rm = rm_module.load_or_train_reward_model(cfg, prepared.models, prepared.train_records)
     stats = rm.stats
@@ -45,17 +45,17 @@ def test_reward_model_learns_and_is_cached(prepared_fast):
     assert agree > 0.6, agree
     assert rm.name == "reward_model" and len(r_c) == len(pairs)
 
-    trained = rm_module.TRAININGS["count"]
+    trained = len(reward_model_trainings)
     again = rm_module.load_or_train_reward_model(cfg, prepared.models, prepared.train_records)
     assert again.path == rm.path
-    assert rm_module.TRAININGS["count"] == trained  # the second call trained nothing
+    assert len(reward_model_trainings) == trained  # the second call trained nothing
     assert again.score(["Describe the hotel.\n"], ["the room was great."]) == \
         rm.score(["Describe the hotel.\n"], ["the room was great."])
 
 
 def test_policy_forward_matches_generation_logps(prepared_fast):
     """The loop's own forward scores exactly the sampled response tokens (column alignment)."""
-    from alignbench.ppo import policy_forward
+    from alignbench.training.online import policy_forward
 
     cfg, prepared = prepared_fast
     models = prepared.models
@@ -108,7 +108,7 @@ RLOO_FAST = ["method=rloo", *FAST, "method.reward_model.steps=10", "method.rollo
 
 
 def test_rloo_end_to_end_fast_has_no_critic(workdir, monkeypatch):
-    from alignbench import ppo as ppo_module
+    from alignbench.training import online as ppo_module
 
     batches = []
     real = ppo_module.sample

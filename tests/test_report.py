@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from alignbench.report import build_report, fmt, load_studies
+from alignbench.report.build import build_report, fmt, load_studies
 from fake_sweep import HOSTILE, fabricate_sweep
 
 N_PROMPTS = 24
@@ -225,7 +225,7 @@ def test_html_renders_offline_in_headless_chromium(main_report, tmp_path):
 def test_examples_are_the_prompts_where_the_methods_disagree_most():
     import pandas as pd
 
-    from alignbench.report import example_rows
+    from alignbench.report.build import example_rows
 
     dpo = pd.DataFrame({"prompt": ["a", "b", "c", "d"], "reference_score": [0.0, 0.0, 0.0, 0.0],
                         "policy_score": [0.1, 2.0, -0.5, 0.3]}, index=[10, 11, 12, 13])

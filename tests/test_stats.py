@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from alignbench.stats import (holm, length_controlled_win_rate, paired_bootstrap, pareto_front, sign_test,
+from alignbench.evaluation.stats import (holm, length_controlled_win_rate, paired_bootstrap, pareto_front, sign_test,
                               win_rate_ci)
 
 

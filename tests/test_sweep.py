@@ -18,8 +18,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from alignbench import sweep as sweep_mod
-from alignbench import train as train_mod
+from alignbench.sweep import driver as sweep_mod
+from alignbench.training import run as train_mod
 from alignbench.config import ConfigError, compose, validate
 
 # Smaller than the smoke sweep's own overrides: 4 steps, evals at 2 and 4.

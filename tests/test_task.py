@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from alignbench import task
-from alignbench.stats import win_rate_ci
+from alignbench.data import builtin_task as task
+from alignbench.evaluation.stats import win_rate_ci
 
 HOTEL = "Tell me about the hotel.\n"
 
@@ -62,8 +62,8 @@ def test_bradley_terry_labels_are_noisy_but_informative():
 def test_sft_reference_wins_about_half_against_itself(workdir):
     """Two independent samples from the SFT model: the 'policy' side is the reference itself."""
     from alignbench.config import compose
-    from alignbench.generation import sample
-    from alignbench.train import prepare
+    from alignbench.models.generation import sample
+    from alignbench.training.run import prepare
     from conftest import FAST
 
     cfg = compose(FAST + ["eval.n_prompts=64", "data.n_eval_prompts=64"])

@@ -11,9 +11,9 @@ import mlflow
 import pytest
 import yaml
 
-from alignbench import tracking
+from alignbench.tracking import mlflow_runs as tracking
 from alignbench.config import compose
-from alignbench.train import NonFiniteLoss, NullTracker, train
+from alignbench.training.run import NonFiniteLoss, NullTracker, train
 from conftest import FAST
 
 REQUIRED = ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl", "train/loss")

@@ -37,13 +37,13 @@ import time
 
 import torch
 
-from alignbench import task
-from alignbench.generation import Samples, response_token_logps, sample
-from alignbench.logps import position_ids_from_mask, token_logps
+from alignbench.data import builtin_task as task
+from alignbench.models.generation import Samples, response_token_logps, sample
+from alignbench.models.logps import position_ids_from_mask, token_logps
 from alignbench.losses.ppo import (AdaptiveKLController, clipped_policy_loss, clipped_value_loss,
                                    entropy_from_logits, gae_advantages, kl_penalty_rewards, masked_mean, whiten)
 from alignbench.losses.rloo import rloo_advantages
-from alignbench.train import (RunResult, check_finite, inject_faults, make_accelerator, make_optimizer,
+from alignbench.training.run import (RunResult, check_finite, inject_faults, make_accelerator, make_optimizer,
                              run_evaluation, shard)
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
     if hasattr(judge, "score_tokens"):  # judge=reward_model judge.path=trained: the very same RM
         reward_model = judge
     elif m.reward == "model":
-        from alignbench.reward_model import load_or_train_reward_model
+        from alignbench.models.reward_model import load_or_train_reward_model
 
         reward_model = load_or_train_reward_model(cfg, models, prepared.train_records)
     if reward_model is not None:

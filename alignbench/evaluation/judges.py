@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from alignbench import task
+from alignbench.data import builtin_task as task
 
 
 class GoldJudge:

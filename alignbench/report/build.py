@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 import alignbench
-from alignbench.stats import holm, length_controlled_win_rate, paired_bootstrap, pareto_front, sign_test
+from alignbench.evaluation.stats import holm, length_controlled_win_rate, paired_bootstrap, pareto_front, sign_test
 
 log = logging.getLogger(__name__)
 
@@ -578,7 +578,7 @@ def build_report(cfg, studies: dict | None = None) -> Path:
     """
     from mlflow import MlflowClient
 
-    from alignbench import tracking
+    from alignbench.tracking import mlflow_runs as tracking
 
     tracking.set_uri(_cfg(cfg, "tracking.uri"))
     client = MlflowClient()

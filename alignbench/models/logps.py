@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from alignbench.data.batching import slices, trim_padding
+
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, so left- and right-padded batches score alike."""
@@ -141,3 +143,27 @@ def packing_agrees(model, vocab_size: int, device, rtol: float = 1e-3) -> bool:
     padded, _ = sequence_logps(model, ids, attn, resp)
     packed, _ = packed_sequence_logps(model, ids, attn, resp)
     return bool(torch.allclose(packed.float(), padded.float(), rtol=rtol, atol=rtol))
+
+
+def pair_logps(model, tokens: dict, batch_size: int, device, padding_free: bool = False) -> dict[str, torch.Tensor]:
+    """Summed response log-probs and token counts of chosen and rejected, no gradient."""
+    out = {k: [] for k in ("chosen", "chosen_n", "rejected", "rejected_n")}
+    with torch.no_grad():
+        for side in ("chosen", "rejected"):
+            for sl in slices(len(tokens[f"{side}_input_ids"]), batch_size):
+                ids, attn, resp = trim_padding(*(tokens[f"{side}_{k}"][sl] for k in ("input_ids", "attention_mask", "response_mask")))
+                s, n = sequence_logps(model, ids.to(device), attn.to(device), resp.to(device), padding_free)
+                out[side].append(s.float().cpu())
+                out[f"{side}_n"].append(n.float().cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def unpaired_logps(model, tokens: dict, batch_size: int, device, prefix: str = "",
+                   padding_free: bool = False) -> torch.Tensor:
+    out = []
+    with torch.no_grad():
+        for sl in slices(len(tokens[f"{prefix}input_ids"]), batch_size):
+            ids, attn, resp = trim_padding(*(tokens[f"{prefix}{k}"][sl] for k in ("input_ids", "attention_mask", "response_mask")))
+            out.append(sequence_logps(model, ids.to(device), attn.to(device), resp.to(device),
+                                      padding_free)[0].float().cpu())
+    return torch.cat(out)

@@ -1,8 +1,12 @@
-"""Canonical records every data source is converted to."""
+"""Canonical records every data source is converted to, and `DataError` for data that cannot be."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+class DataError(ValueError):
+    """Unusable data: a missing file, an unknown format, or too few usable rows."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Policy, reference and tokenizer: the built-in tiny model (SFT stage cached) or a hub model.
+"""Policy, reference and tokenizer: the built-in tiny model (`builtin`, its SFT stage cached) or a hub model.
 
 Hub models load through `from_pretrained` with safetensors only and `trust_remote_code` off
 unless the config asks for it; LoRA adapters through peft, in which case the reference is the
@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
-import math
-import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from alignbench import cache
-from alignbench.logps import packing_agrees, sequence_logps
+from alignbench.models.builtin import build_tiny_model, sft_train, train_tokenizer
+from alignbench.models.logps import packing_agrees
 
 log = logging.getLogger(__name__)
-
-SPECIAL_TOKENS = {"pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}
 
 
 @dataclass
@@ -63,84 +60,6 @@ def pick_dtype(cfg, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-# --------------------------------------------------------------------------- tokenizer
-
-def train_tokenizer(texts: list[str], vocab_size: int):
-    """A byte-level BPE tokenizer trained on `texts`: encodes any text, needs no download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS.values()),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
-
-
-# --------------------------------------------------------------------------- built-in model
-
-def build_tiny_model(model_cfg, tokenizer, seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=model_cfg.hidden_size,
-        intermediate_size=model_cfg.intermediate_size,
-        num_hidden_layers=model_cfg.num_layers,
-        num_attention_heads=model_cfg.num_heads,
-        num_key_value_heads=model_cfg.num_heads,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
-
-
-def sft_train(model, tokenizer, examples: list[tuple[str, str]], sft_cfg, max_length: int,
-              device: torch.device, seed: int) -> dict:
-    """Supervised fine-tuning on (prompt, response) pairs, loss on response tokens only."""
-    from alignbench.data import build_sequences
-
-    rng = random.Random(seed)
-    model.to(device).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=sft_cfg.lr)
-    prompt_tok = tokenizer([p for p, _ in examples], add_special_tokens=False)["input_ids"]
-    resp_tok = tokenizer([r for _, r in examples], add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    prompt_tok = [bos + p for p in prompt_tok]
-    resp_tok = [r + [tokenizer.eos_token_id] for r in resp_tok]
-    t0, losses = time.time(), []
-    order: list[int] = []
-    for step in range(sft_cfg.steps):
-        if len(order) < sft_cfg.batch_size:
-            order += rng.sample(range(len(examples)), len(examples))
-        idx, order = order[: sft_cfg.batch_size], order[sft_cfg.batch_size:]
-        ids, attn, resp = build_sequences([prompt_tok[i] for i in idx], [resp_tok[i] for i in idx],
-                                          tokenizer.pad_token_id, max_length)
-        lr_scale = min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / sft_cfg.steps))
-        for group in optimizer.param_groups:
-            group["lr"] = sft_cfg.lr * lr_scale
-        logp_sum, n_tok = sequence_logps(model, ids.to(device), attn.to(device), resp.to(device))
-        loss = -(logp_sum.sum() / n_tok.sum())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-    model.eval()
-    return {"sft/final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "sft/seconds": time.time() - t0,
-            "sft/steps": sft_cfg.steps}
-
-
 def load_builtin(cfg, sft_examples: list[tuple[str, str]], corpus_id: str, device: torch.device):
     """The built-in model: tokenizer + SFT, cached under a key of everything that determines them."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -157,7 +76,7 @@ def load_builtin(cfg, sft_examples: list[tuple[str, str]], corpus_id: str, devic
         log.info("SFT done: loss %.3f in %.1fs", stats["sft/final_loss"], stats["sft/seconds"])
         model.save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
-        (path / "sft_stats.json").write_text(__import__("json").dumps(stats))
+        (path / "sft_stats.json").write_text(json.dumps(stats))
 
     path, hit = cache.cached(cfg.cache_dir, "sft", key, write)
     if hit:
@@ -206,6 +125,16 @@ def load_models(cfg, sft_examples=None, corpus_id: str = "") -> Models:
             key = cache.content_key("hub-sft-v1", key, corpus_id, cfg.model.sft, cfg.seed)
             sft_train(base, tokenizer, sft_examples, cfg.model.sft, cfg.train.max_length, device, cfg.seed)
     base.to(device)
+    policy, reference = _policy_and_reference(cfg, base)
+    models = Models(policy=policy, reference=reference, tokenizer=tokenizer, key=key, device=device)
+    if cfg.train.padding_free:
+        models.padding_free = _packing_agrees(cfg, models)
+    return models
+
+
+def _policy_and_reference(cfg, base) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """(trainable policy, frozen reference): LoRA adapters on `base` with no separate reference,
+    or `base` itself and a frozen copy of it."""
     if cfg.model.get("lora"):
         from peft import LoraConfig, get_peft_model
 
@@ -220,14 +149,16 @@ def load_models(cfg, sft_examples=None, corpus_id: str = "") -> Models:
             p.requires_grad_(False)
         policy = base
     policy.train()
-    models = Models(policy=policy, reference=reference, tokenizer=tokenizer, key=key, device=device)
-    if cfg.train.padding_free:
-        check = (key, device.type)
-        if check not in _PACKING_AGREES:  # once per model and process: every trial of a sweep worker loads it
-            with models.reference_model() as ref:
-                _PACKING_AGREES[check] = packing_agrees(ref, len(tokenizer), device)
-        models.padding_free = _PACKING_AGREES[check]
-        if not models.padding_free:
-            log.warning("model %s scores packed sequences differently from padded ones; training with "
-                        "padded batches (train.padding_free ignored)", cfg.model.name)
-    return models
+    return policy, reference
+
+
+def _packing_agrees(cfg, models: Models) -> bool:
+    """Whether the model scores packed sequences as it scores padded ones (a warning when not)."""
+    check = (models.key, models.device.type)
+    if check not in _PACKING_AGREES:  # once per model and process: every trial of a sweep worker loads it
+        with models.reference_model() as ref:
+            _PACKING_AGREES[check] = packing_agrees(ref, len(models.tokenizer), models.device)
+    if not _PACKING_AGREES[check]:
+        log.warning("model %s scores packed sequences differently from padded ones; training with "
+                    "padded batches (train.padding_free ignored)", cfg.model.name)
+    return _PACKING_AGREES[check]

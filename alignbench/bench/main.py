@@ -181,7 +181,7 @@ def sft_model_path(cfg, models) -> Path:
 
 def run_ours_loop(cfg) -> dict:
     """`prepare` (warm cache) then `offline_loop`; the loop's own timings."""
-    from alignbench.train import NullTracker, offline_loop, prepare
+    from alignbench.training.run import NullTracker, offline_loop, prepare
 
     prepared = prepare(cfg)
     result = offline_loop(cfg, prepared, NullTracker())
@@ -193,9 +193,10 @@ def run_ours_loop(cfg) -> dict:
 
 def bare_step_seconds(cfg, steps: int) -> float:
     """A bare LM step (forward, cross-entropy, backward, AdamW) on our loop's concatenated batches."""
-    from alignbench import data
-    from alignbench.logps import pack_batch
-    from alignbench.train import _trim, make_optimizer, prepare
+    from alignbench.data import preference_data as data
+    from alignbench.models.logps import pack_batch
+    from alignbench.data.batching import index_batches, trim_padding
+    from alignbench.training.run import make_optimizer, prepare
 
     prepared = prepare(cfg)
     models = prepared.models
@@ -203,15 +204,13 @@ def bare_step_seconds(cfg, steps: int) -> float:
                                  cfg.train.max_prompt_length)
     n, bs = len(prepared.train_records), cfg.train.batch_size
     rng = torch.Generator().manual_seed(cfg.seed)
-    order = torch.empty(0, dtype=torch.long)
+    order = index_batches(n, bs, lambda k: torch.randperm(k, generator=rng))
     batches = []
     for _ in range(steps):  # the loop's own batch order, padding and trimming, built before timing
-        if len(order) < bs:
-            order = torch.cat([order, torch.randperm(n, generator=rng)])
-        idx, order = order[:bs], order[bs:]
+        idx = next(order)
         ids = torch.cat([tokens["chosen_input_ids"][idx], tokens["rejected_input_ids"][idx]])
         attn = torch.cat([tokens["chosen_attention_mask"][idx], tokens["rejected_attention_mask"][idx]])
-        ids, attn, _ = _trim(ids, attn, attn)
+        ids, attn, _ = trim_padding(ids, attn, attn)
         if models.padding_free:  # the same packed rows as our loop: the comparison is of the step, not the layout
             packed = pack_batch(ids, attn, attn)
             batches.append({"input_ids": packed.input_ids, "position_ids": packed.position_ids})
@@ -235,7 +234,7 @@ def bare_step_seconds(cfg, steps: int) -> float:
 # --------------------------------------------------------------------------- measurements
 
 def measure_throughput(args, sizes) -> dict:
-    from alignbench.train import prepare
+    from alignbench.training.run import prepare
 
     steps = sizes["steps"]
     cfg = compose(args, f"train.max_steps={steps}", "eval.every_n_steps=0", "eval.n_prompts=4",
@@ -275,7 +274,7 @@ def measure_sweep(args, sizes, main_cache: Path, scratch: Path) -> dict:
     sides alike); our caches carry over from trial to trial exactly as in a sweep worker."""
     from transformers import AutoModelForCausalLM
 
-    from alignbench.train import NullTracker, prepare, train
+    from alignbench.training.run import NullTracker, prepare, train
 
     scratch_cache(main_cache, scratch)
     steps = sizes["sweep_steps"] or int(compose(args).train.max_steps)  # default: a default trial's budget
@@ -309,8 +308,8 @@ def measure_sweep(args, sizes, main_cache: Path, scratch: Path) -> dict:
 
 
 def measure_overhead(args, sizes, workdir: Path) -> dict:
-    from alignbench import tracking
-    from alignbench.train import NullTracker, train
+    from alignbench.tracking import mlflow_runs as tracking
+    from alignbench.training.run import NullTracker, train
 
     cfg = compose(args, *sizes["smoke"])
     train(cfg, NullTracker())  # warm every cache this trial size uses
@@ -427,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TQDM_DISABLE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from alignbench.cli import quiet_libraries
+    from alignbench.process import quiet_libraries
 
     quiet_libraries()
     import datasets

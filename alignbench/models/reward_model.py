@@ -26,16 +26,16 @@ import time
 
 import torch
 
-from alignbench import cache, data
-from alignbench.logps import position_ids_from_mask
+from alignbench import cache
+from alignbench.data.batching import index_batches, trim_padding
+from alignbench.data.tokenizing import build_sequences, pad_id, prompt_tokens, response_tokens, tokenize_pairs
+from alignbench.models.logps import position_ids_from_mask
 
 log = logging.getLogger(__name__)
 
 # Used when cfg.method has no reward_model block (judge.path=trained with a non-PPO method);
 # the same numbers as conf/method/ppo.yaml.
 DEFAULTS = {"steps": 150, "lr": 1.0e-3, "batch_size": 32, "heldout_fraction": 0.1}
-
-TRAININGS = {"count": 0}  # reward models actually trained (tests assert the cache skips training)
 
 
 class RewardModel(torch.nn.Module):
@@ -82,10 +82,10 @@ class RewardModel(torch.nn.Module):
 
     def tokenize(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """[BOS] prompt + response + EOS, right-padded: the tokenisation the RM was trained on."""
-        prompt_tok = data._prompt_tokens(self.tokenizer, prompts)
+        prompt_tok = prompt_tokens(self.tokenizer, prompts)
         prompt_tok = [p[-self.max_prompt_length:] if len(p) > self.max_prompt_length else p for p in prompt_tok]
-        ids, attn, _ = data.build_sequences(prompt_tok, data._response_tokens(self.tokenizer, responses),
-                                            data._pad_id(self.tokenizer), self.max_length)
+        ids, attn, _ = build_sequences(prompt_tok, response_tokens(self.tokenizer, responses),
+                                       pad_id(self.tokenizer), self.max_length)
         return ids, attn
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
@@ -129,8 +129,8 @@ def _pair_rewards(rm: RewardModel, tokens: dict, idx: torch.Tensor) -> tuple[tor
     n = len(idx)
     ids = torch.cat([tokens["chosen_input_ids"][idx], tokens["rejected_input_ids"][idx]])
     attn = torch.cat([tokens["chosen_attention_mask"][idx], tokens["rejected_attention_mask"][idx]])
-    width = int(attn.sum(0).nonzero().max()) + 1  # right-padded: drop all-padding columns
-    r = rm(ids[:, :width].to(rm.device), attn[:, :width].to(rm.device))
+    ids, attn, _ = trim_padding(ids, attn, attn)
+    r = rm(ids.to(rm.device), attn.to(rm.device))
     return r[:n], r[n:]
 
 
@@ -151,23 +151,20 @@ def _evaluate_pairs(rm: RewardModel, tokens: dict, batch_size: int) -> tuple[flo
 def train_reward_model(cfg, models, train_records) -> RewardModel:
     """Bradley-Terry training on all but a held-out slice of `train_records` (the last pairs)."""
     rc = _rm_config(cfg)
-    TRAININGS["count"] += 1
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     rm = build_reward_model(cfg, models)
     n_held = max(1, int(len(train_records) * rc["heldout_fraction"])) if len(train_records) > 1 else 0
     fit, held = train_records[: len(train_records) - n_held], train_records[len(train_records) - n_held:]
-    tok = lambda recs: data.tokenize_pairs(recs, models.tokenizer, cfg.train.max_length, cfg.train.max_prompt_length)
+    tok = lambda recs: tokenize_pairs(recs, models.tokenizer, cfg.train.max_length, cfg.train.max_prompt_length)
     fit_tokens = tok(fit)
     optimizer = torch.optim.AdamW(rm.parameters(), lr=rc["lr"], betas=tuple(cfg.train.adam_betas),
                                   weight_decay=cfg.train.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    order = torch.empty(0, dtype=torch.long)
     losses, batch_size = [], min(int(rc["batch_size"]), len(fit))
+    order = index_batches(len(fit), batch_size, lambda n: torch.randperm(n, generator=gen))
     for step in range(int(rc["steps"])):
-        if len(order) < batch_size:
-            order = torch.cat([order, torch.randperm(len(fit), generator=gen)])
-        idx, order = order[:batch_size], order[batch_size:]
+        idx = next(order)
         r_w, r_l = _pair_rewards(rm, fit_tokens, idx)
         loss = -torch.nn.functional.logsigmoid(r_w - r_l).mean()
         optimizer.zero_grad(set_to_none=True)

@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from alignbench.records import PreferenceRecord, UnpairedRecord
+from alignbench.data.records import PreferenceRecord, UnpairedRecord
 
 FORMATS = ("pairs", "hh", "chat", "unpaired")
 HH_ASSISTANT = "\n\nAssistant:"

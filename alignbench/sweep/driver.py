@@ -54,7 +54,7 @@ import yaml
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from alignbench import tracking
+from alignbench.tracking import mlflow_runs as tracking
 from alignbench.config import CONF_DIR, METHODS, ConfigError, compose, validate
 
 # We ask and tell trials ourselves (no Study.optimize) and run the stale-trial check ourselves.
@@ -527,7 +527,7 @@ def sample_params(trial, space: dict) -> dict:
 
 
 def run_trial(plan: Plan, method: str, study, trial, parent_run_id: str, progress=None) -> TrialState:
-    from alignbench.train import NonFiniteLoss, train
+    from alignbench.training.run import NonFiniteLoss, train
 
     params = sample_params(trial, plan.spaces[method])
     tags = {"alignbench.role": "trial", "sweep.name": plan.name, "method": method,
@@ -643,7 +643,7 @@ def _worker_main(plan: Plan, parent_run_id: str, worker: int) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, on_term)
     try:
-        from alignbench.cli import quiet_libraries
+        from alignbench.process import quiet_libraries
 
         quiet_libraries()
     except Exception:
@@ -940,7 +940,7 @@ def run_sweep(cfg, overrides: list[str] | None = None, live: bool | None = None)
 
 def _warm_caches(plan: Plan) -> None:
     """Before spawning workers: build the shared SFT model and pairs once, not once per worker."""
-    from alignbench.train import prepare
+    from alignbench.training.run import prepare
 
     try:
         prepare(_compose(plan.trial_overrides[plan.methods[0]]))

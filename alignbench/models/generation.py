@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from alignbench.data import prompt_ids
-from alignbench.logps import forward_token_logps
+from alignbench.data.tokenizing import prompt_ids
+from alignbench.models.logps import forward_token_logps
 
 
 @dataclass

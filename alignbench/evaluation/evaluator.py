@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from alignbench import cache, task
-from alignbench.generation import response_token_logps, sample
-from alignbench.stats import win_rate_ci
+from alignbench import cache
+from alignbench.data import builtin_task as task
+from alignbench.models.generation import response_token_logps, sample
+from alignbench.models.logps import pair_logps  # the loop's own scorer, so eval and training agree
+from alignbench.evaluation.stats import win_rate_ci
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,6 @@ class Evaluator:
     @torch.no_grad()
     def _pref_accuracy(self, policy) -> float:
         """Held-out pairs where the policy's implicit reward ranks chosen above rejected."""
-        from alignbench.train import pair_logps  # the loop's own scorer, so eval and training agree
 
         tokens, ref = self.pref_eval
         was_training = policy.training

@@ -20,18 +20,24 @@ from dataclasses import dataclass, field
 import torch
 from omegaconf import OmegaConf
 
-from alignbench import cache, data, task
+from alignbench import cache
+from alignbench.data import builtin_task as task
 from alignbench.config import validate
-from alignbench.evaluate import KL_ESTIMATOR, Evaluator
-from alignbench.generation import sample
-from alignbench.judges import GoldJudge, RewardModelJudge
-from alignbench.logps import sequence_logps
+from alignbench.evaluation.evaluator import KL_ESTIMATOR, Evaluator
+from alignbench.models.generation import sample
+from alignbench.evaluation.judges import GoldJudge, RewardModelJudge
+from alignbench.data.batching import index_batches, trim_padding
+from alignbench.data.parsing import parse_rows
+from alignbench.data.preparing import load_preference_data, require_enough, to_unpaired
+from alignbench.data.reading import read_rows
+from alignbench.models.logps import pair_logps, sequence_logps, unpaired_logps
 from alignbench.losses.dpo import dpo_loss
 from alignbench.losses.ipo import ipo_loss
 from alignbench.losses.kto import kto_loss, mismatched_indices
 from alignbench.losses.simpo import resolve_simpo_gamma, simpo_loss
-from alignbench.models import Models, load_models
-from alignbench.records import PreferenceRecord, UnpairedRecord
+from alignbench.models.loading import Models, load_models
+from alignbench.data.records import PreferenceRecord, UnpairedRecord
+from alignbench.data.tokenizing import build_sequences, tokenize_pairs, tokenize_unpaired
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +120,7 @@ def make_judge(cfg, models: Models, prepared_records=None):
     if cfg.judge.name == "gold":
         return GoldJudge()
     if cfg.judge.path == "trained":
-        from alignbench.reward_model import load_or_train_reward_model
+        from alignbench.models.reward_model import load_or_train_reward_model
 
         return load_or_train_reward_model(cfg, models, prepared_records)
     return RewardModelJudge.from_pretrained(cfg.judge.path, models.device, cfg.judge.trust_remote_code,
@@ -139,14 +145,14 @@ def prepare(cfg) -> Prepared:
         if cfg.model.source == "builtin":
             # The built-in model learns its tokenizer and SFT from the data's preferred responses
             # (the DPO paper's recipe), so read the rows first; chat rows use the plain rendering.
-            records, parse_drops = data.parse_rows(data.read_rows(cfg.data), cfg.data.format)
-            data.require_enough(records, 8, parse_drops)  # a file with nothing usable: a clear error before SFT
+            records, parse_drops = parse_rows(read_rows(cfg.data), cfg.data.format)
+            require_enough(records, 8, parse_drops)  # a file with nothing usable: a clear error before SFT
             sft_examples = [(r.prompt, r.chosen) if isinstance(r, PreferenceRecord) else (r.prompt, r.completion)
                             for r in records if getattr(r, "desirable", True)][: cfg.model.sft.n_examples]
             models = load_models(cfg, sft_examples, corpus_id=cache.content_key("data-sft-corpus-v1", sft_examples))
         else:
             models = load_models(cfg)
-        prepared_data = data.load_preference_data(
+        prepared_data = load_preference_data(
             cfg.data, models.tokenizer, max_length=cfg.train.max_length,
             max_prompt_length=cfg.train.max_prompt_length, seed=cfg.seed, logger=log)
         train_records, eval_records, drops = prepared_data.train, prepared_data.eval, prepared_data.drops
@@ -169,50 +175,15 @@ def prepare(cfg) -> Prepared:
 
 # --------------------------------------------------------------------------- log-probs
 
-def _batches(n: int, batch_size: int):
-    for s in range(0, n, batch_size):
-        yield slice(s, min(n, s + batch_size))
-
-
-def _trim(ids, attn, resp):
-    """Drop columns that are padding in every row (batches are padded to the whole set's max)."""
-    width = int(attn.sum(0).nonzero().max()) + 1
-    return ids[:, :width], attn[:, :width], resp[:, :width]
-
-
-def pair_logps(model, tokens: dict, batch_size: int, device, padding_free: bool = False) -> dict[str, torch.Tensor]:
-    """Summed response log-probs and token counts of chosen and rejected, no gradient."""
-    out = {k: [] for k in ("chosen", "chosen_n", "rejected", "rejected_n")}
-    with torch.no_grad():
-        for side in ("chosen", "rejected"):
-            for sl in _batches(len(tokens[f"{side}_input_ids"]), batch_size):
-                ids, attn, resp = _trim(*(tokens[f"{side}_{k}"][sl] for k in ("input_ids", "attention_mask", "response_mask")))
-                s, n = sequence_logps(model, ids.to(device), attn.to(device), resp.to(device), padding_free)
-                out[side].append(s.float().cpu())
-                out[f"{side}_n"].append(n.float().cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
-def unpaired_logps(model, tokens: dict, batch_size: int, device, prefix: str = "",
-                   padding_free: bool = False) -> torch.Tensor:
-    out = []
-    with torch.no_grad():
-        for sl in _batches(len(tokens[f"{prefix}input_ids"]), batch_size):
-            ids, attn, resp = _trim(*(tokens[f"{prefix}{k}"][sl] for k in ("input_ids", "attention_mask", "response_mask")))
-            out.append(sequence_logps(model, ids.to(device), attn.to(device), resp.to(device),
-                                      padding_free)[0].float().cpu())
-    return torch.cat(out)
-
-
 def cached_tokenize_pairs(cfg, records: list[PreferenceRecord], tokenizer, model_key: str) -> dict[str, torch.Tensor]:
-    """`data.tokenize_pairs`, cached on disk under the tokenizer (the model key), the records and the lengths."""
+    """`tokenize_pairs`, cached on disk under the tokenizer (the model key), the records and the lengths."""
     from safetensors.torch import load_file, save_file
 
     t = cfg.train
     key = cache.content_key("tokens-pairs-v1", model_key, cache.records_digest(records), t.max_length, t.max_prompt_length)
 
     def write(path):
-        tokens = data.tokenize_pairs(records, tokenizer, t.max_length, t.max_prompt_length)
+        tokens = tokenize_pairs(records, tokenizer, t.max_length, t.max_prompt_length)
         save_file({k: v.contiguous() for k, v in tokens.items()}, str(path / "tokens.safetensors"))
 
     path, _ = cache.cached(cfg.cache_dir, "tokens", key, write)
@@ -267,7 +238,7 @@ def paired_loss(method_cfg, policy, batch: dict, ref: dict | None, device, paddi
         return torch.cat([pad(a), pad(b)])
 
     # trim on the host, then move: no device sync for the width on GPU
-    ids, attn, resp = (t.to(device) for t in _trim(cat("input_ids"), cat("attention_mask"), cat("response_mask")))
+    ids, attn, resp = (t.to(device) for t in trim_padding(cat("input_ids"), cat("attention_mask"), cat("response_mask")))
     logps, n_tok = sequence_logps(policy, ids, attn, resp, padding_free)
     pc, pr, nc, nr = logps[:n], logps[n:], n_tok[:n], n_tok[n:]
     name = method_cfg.name
@@ -284,12 +255,12 @@ def paired_loss(method_cfg, policy, batch: dict, ref: dict | None, device, paddi
 
 
 def kto_batch_loss(method_cfg, policy, batch: dict, ref: dict, device, padding_free: bool = False):
-    ids, attn, resp = _trim(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    ids, attn, resp = trim_padding(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
     logps, _ = sequence_logps(policy, ids.to(device), attn.to(device), resp.to(device), padding_free)
     policy_kl = ref_kl = None
     if "kl_input_ids" in batch:
         with torch.no_grad():  # z0 is detached anyway: no graph for the mismatched pairs (as TRL)
-            kids, kattn, kresp = _trim(batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_response_mask"])
+            kids, kattn, kresp = trim_padding(batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_response_mask"])
             policy_kl, _ = sequence_logps(policy, kids.to(device), kattn.to(device), kresp.to(device), padding_free)
         ref_kl = ref["kl_logps"].to(device)
     return kto_loss(logps, ref["logps"].to(device), batch["desirable"].to(device), policy_kl, ref_kl,
@@ -304,12 +275,12 @@ def kto_tokens(records: list[UnpairedRecord], tokenizer, cfg) -> dict:
     pairs can be cached like the rest. With fewer than 3 examples no mismatched pair exists
     and z0 falls back to 0.
     """
-    tokens = data.tokenize_unpaired(records, tokenizer, cfg.train.max_length, cfg.train.max_prompt_length)
+    tokens = tokenize_unpaired(records, tokenizer, cfg.train.max_length, cfg.train.max_prompt_length)
     # offset -2 (j = i+2): to_unpaired interleaves each prompt's two completions, so i+1 may share i's prompt.
     j = mismatched_indices(len(records), offset=-2).tolist()
     if j:
-        ids, attn, resp = data.build_sequences(tokens["prompt_tokens"], [tokens["completion_tokens"][k] for k in j],
-                                               tokenizer.pad_token_id, cfg.train.max_length)
+        ids, attn, resp = build_sequences(tokens["prompt_tokens"], [tokens["completion_tokens"][k] for k in j],
+                                          tokenizer.pad_token_id, cfg.train.max_length)
         tokens.update(kl_input_ids=ids, kl_attention_mask=attn, kl_response_mask=resp)
     return tokens
 
@@ -322,7 +293,7 @@ def make_accelerator(cfg, device: torch.device):
     1 GPU or many. Each process takes its slice of every global batch (`shard`)."""
     from accelerate import Accelerator
 
-    from alignbench.models import pick_dtype
+    from alignbench.models.loading import pick_dtype
 
     mixed = "bf16" if pick_dtype(cfg, device) == torch.bfloat16 else "no"
     return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
@@ -376,7 +347,7 @@ def offline_loop(cfg, prepared: Prepared, tracker, on_eval=None) -> RunResult:
     if method.name == "kto":
         records = prepared.train_records
         if isinstance(records[0], PreferenceRecord):
-            records = data.to_unpaired(records)
+            records = to_unpaired(records)
         tokens = kto_tokens(records, tokenizer, cfg)
         ref = reference_unpaired_logps(cfg, models, tokens)
         n_examples, per_step = len(records), 2 * cfg.train.batch_size  # same pairs per step as the others
@@ -392,17 +363,14 @@ def offline_loop(cfg, prepared: Prepared, tracker, on_eval=None) -> RunResult:
     accelerator = make_accelerator(cfg, device)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     rng = torch.Generator().manual_seed(cfg.seed)
-    order = torch.empty(0, dtype=torch.long)
+    order = index_batches(n_examples, per_step, lambda n: torch.randperm(n, generator=rng))
     history: list = []
     train_time = eval_time = 0.0
     tokens_seen = 0
     result = None
     for step in range(1, cfg.train.max_steps + 1):
         t_step = time.time()
-        if len(order) < per_step:
-            order = torch.cat([order, torch.randperm(n_examples, generator=rng)])
-        idx, order = order[:per_step], order[per_step:]
-        idx = shard(accelerator, idx)
+        idx = shard(accelerator, next(order))
         batch = {k: v[idx] for k, v in tokens.items() if torch.is_tensor(v)}
         batch_ref = None if ref is None else {k: v[idx] for k, v in ref.items()}
         if method.name == "kto":
@@ -494,7 +462,7 @@ def train(cfg, tracker=None, on_eval=None) -> RunResult:
     tracker.log_params(run_params(cfg, prepared))
     tracker.set_tags({"method": cfg.method.name})
     if cfg.method.name in ("ppo", "rloo"):  # online: sampled rollouts, reward model or gold reward
-        from alignbench.ppo import ppo_loop
+        from alignbench.training.online import ppo_loop
 
         result = ppo_loop(cfg, prepared, tracker, on_eval)
     else:

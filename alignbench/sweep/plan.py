@@ -1,0 +1,198 @@
+"""The sweep's plan: `cfg.sweep`, the search spaces (`conf/search_space/<method>.yaml`) and the
+user's command-line overrides, read and checked into a `Plan` before any trial runs; every error
+is a one-line `ConfigError`. Also composes a trial's config from its overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import yaml
+from omegaconf import OmegaConf
+
+from alignbench.config import CONF_DIR, METHODS, ConfigError, compose, validate
+from alignbench.sweep.storage import storage_url
+
+OBJECTIVES = ("win_rate", "pareto")
+PRUNERS = ("median", "none")
+
+
+@dataclass
+class Plan:
+    """Everything a worker needs (picklable: sent to spawned workers)."""
+
+    name: str
+    experiment: str
+    methods: list
+    n_trials: int
+    objective: str
+    seed: int
+    sampler: dict
+    pruner: dict
+    storage: str                 # journal:///abs/path or an RDB URL
+    heartbeat_interval: int | None
+    grace_period: int | None
+    n_workers: int
+    max_failures: int
+    spaces: dict                 # method -> {key: {low, high, log, type}}
+    trial_overrides: dict        # method -> overrides before the sampled params
+    tracking: dict               # uri, async_logging
+    max_steps: dict = field(default_factory=dict)  # method -> train.max_steps (no pruning at the last eval)
+    started: float = 0.0         # this invocation's start (failures are counted per invocation)
+
+    def study_name(self, method: str) -> str:
+        return f"{self.experiment}/{method}"
+
+
+def user_overrides(overrides: list[str] | None = None) -> list[str]:
+    """The command line's Hydra overrides that apply to trials (not `sweep=`/`sweep.*`)."""
+    if overrides is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            overrides = list(HydraConfig.get().overrides.task)
+        except (ImportError, ValueError):
+            overrides = []
+    keep = []
+    for item in overrides:
+        key = item.lstrip("+~").partition("=")[0]
+        if key == "sweep" or key.startswith("sweep.") or key == "method":
+            continue
+        keep.append(item)
+    return keep
+
+
+def load_space(method: str, keys=None) -> dict:
+    """The method's search space: conf/search_space/<method>.yaml, narrowed to `keys` (a list), or
+    replaced by an inline space (a dict, e.g. a grid of `choices` in a sweep file)."""
+    path = CONF_DIR / "search_space" / f"{method}.yaml"
+    if not path.exists():
+        raise ConfigError(f"search_space/{method}.yaml: not found (every swept method needs one)")
+    space = yaml.safe_load(path.read_text()) or {}
+    if isinstance(keys, dict):
+        space, keys = keys, None
+    if keys is not None:
+        unknown = [k for k in keys if k not in space]
+        if unknown:
+            raise ConfigError(f"sweep.search_space.{method}: {unknown[0]} is not in search_space/{method}.yaml "
+                              f"(choose from {', '.join(space)})")
+        space = {k: space[k] for k in keys}
+    for key, spec in space.items():
+        _check_dimension(method, key, spec)
+    return space
+
+
+def _check_dimension(method: str, key: str, spec) -> None:
+    if isinstance(spec, dict) and isinstance(spec.get("choices"), list) and spec["choices"]:
+        return  # a categorical / grid dimension
+    if not isinstance(spec, dict) or "low" not in spec or "high" not in spec:
+        raise ConfigError(f"search_space/{method}.yaml: {key} needs low and high (or a list of choices)")
+    if not spec["low"] < spec["high"]:
+        raise ConfigError(f"search_space/{method}.yaml: {key} low={spec['low']} must be < high={spec['high']}")
+    if spec.get("log") and spec["low"] <= 0:
+        raise ConfigError(f"search_space/{method}.yaml: {key} low={spec['low']} must be > 0 on a log scale")
+    if spec.get("type", "float") not in ("float", "int"):
+        raise ConfigError(f"search_space/{method}.yaml: {key} type={spec['type']} must be float or int")
+
+
+def plan_sweep(cfg, overrides: list[str] | None = None) -> Plan:
+    """Read and check the sweep; compose + validate each method's trial config. ConfigError on any problem."""
+    s = OmegaConf.select(cfg, "sweep")
+    if s is None:
+        raise ConfigError("sweep: no sweep chosen (sweep=smoke, sweep=default, ...)")
+    user = user_overrides(overrides)
+
+    def get(key, default=None):
+        return OmegaConf.select(s, key, default=default)
+
+    name = get("name")
+    if not name:
+        raise ConfigError("sweep.name: required")
+    methods = _check_methods(list(get("methods") or []))
+    objective = _check_objective_and_counts(get)
+    pruner = _pruner(get, objective)
+    search_keys, method_overrides = _container(get("search_space")), _container(get("method_overrides"))
+    for m in list(search_keys) + list(method_overrides):
+        if m not in METHODS:
+            raise ConfigError(f"sweep.search_space / method_overrides: {m}: unknown method")
+    base = list(_container(get("overrides"), []))
+    spaces, trial_overrides, max_steps = {}, {}, {}
+    for m in methods:
+        spaces[m] = load_space(m, search_keys.get(m))
+        trial_overrides[m] = [f"method={m}", *base, *method_overrides.get(m, []), *user]
+        max_steps[m] = _check_trial_configs(m, spaces[m], trial_overrides[m])
+    track = cfg.tracking
+    return Plan(name=name, experiment=get("experiment") or f"sweep-{name}", methods=methods,
+                n_trials=int(get("n_trials")), objective=objective, seed=int(get("seed", cfg.seed)),
+                sampler=_container(get("sampler")), pruner=pruner, storage=storage_url(get("storage")),
+                heartbeat_interval=get("heartbeat_interval"), grace_period=get("grace_period"),
+                n_workers=int(get("n_workers", 1)), max_failures=int(get("max_failures", 3)), spaces=spaces,
+                trial_overrides=trial_overrides,
+                tracking={"uri": track.uri, "async_logging": bool(track.async_logging)}, max_steps=max_steps)
+
+
+def _check_methods(methods: list) -> list:
+    if not methods:
+        raise ConfigError("sweep.methods: empty (choose from " + ", ".join(METHODS) + ")")
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(f"sweep.methods: {m}: unknown method (choose from {', '.join(METHODS)})")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"sweep.methods: {methods}: a method is listed twice")
+    return methods
+
+
+def _check_objective_and_counts(get) -> str:
+    objective = get("objective", "win_rate")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"sweep.objective={objective}: must be win_rate or pareto")
+    for key in ("n_trials", "n_workers", "max_failures"):
+        value = get(key, 1)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"sweep.{key}={value}: must be an integer >= 1")
+    return objective
+
+
+def _pruner(get, objective: str) -> dict:
+    pruner = _container(get("pruner"))
+    pruner.setdefault("type", "median")
+    if pruner["type"] not in PRUNERS:
+        raise ConfigError(f"sweep.pruner.type={pruner['type']}: must be median or none")
+    if objective == "pareto":
+        pruner["type"] = "none"  # Optuna cannot prune multi-objective studies
+    return pruner
+
+
+def _check_trial_configs(method: str, space: dict, overrides: list[str]) -> int:
+    """Validate the method's trial config, at both corners of its space too; returns its train.max_steps."""
+    trial_cfg = compose_trial(overrides)
+    for key in space:
+        if OmegaConf.select(trial_cfg, key, default=None) is None:
+            raise ConfigError(f"search_space/{method}.yaml: {key} is not a key of the method={method} config")
+    validate(trial_cfg)
+    # The sampled extremes must be valid configs too (e.g. a range reaching beta <= 0).
+    for corner in (0, -1):
+        values = {k: v["choices"][corner] if "choices" in v else v["low" if corner == 0 else "high"]
+                  for k, v in space.items()}
+        validate(compose_trial(overrides + param_overrides(values)))
+    return int(trial_cfg.train.max_steps)
+
+
+def param_overrides(params: dict) -> list[str]:
+    """Sampled params as dotted Hydra overrides (floats by repr, so they round-trip exactly)."""
+    return [f"{k}={repr(v) if isinstance(v, float) else str(v)}" for k, v in params.items()]
+
+
+def compose_trial(overrides: list[str]):
+    """The trial config of these overrides; Hydra's errors become a one-line ConfigError."""
+    try:
+        return compose(overrides)
+    except ConfigError:
+        raise
+    except Exception as exc:  # Hydra's override / missing key errors, as one line
+        raise ConfigError(" ".join(str(exc).split()) or type(exc).__name__) from None
+
+
+def _container(node, default=None):
+    if node is None:
+        return {} if default is None else default
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
