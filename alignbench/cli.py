@@ -28,7 +28,8 @@ Add --help after a subcommand for its config groups and options."""
 def train_command(cfg: DictConfig) -> None:
     from alignbench.tracking import mlflow_runs as tracking
     from alignbench.data.records import DataError
-    from alignbench.training.run import NullTracker, train
+    from alignbench.tracking.null import NullTracker
+    from alignbench.training.run import train
 
     from accelerate import PartialState
 
@@ -53,7 +54,7 @@ def train_command(cfg: DictConfig) -> None:
 
 
 def sweep_command(cfg: DictConfig) -> None:
-    from alignbench.sweep.driver import run_sweep
+    from alignbench.sweep.run import run_sweep
 
     try:
         run_sweep(cfg)

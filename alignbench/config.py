@@ -55,43 +55,69 @@ def validate(cfg: DictConfig) -> None:
     if name not in METHODS:
         raise ConfigError(f"method.name={name}: unknown method (choose from {', '.join(METHODS)})")
     _positive(cfg, "method.lr")
-    if name in ("dpo", "kto", "simpo"):
+    check_method(cfg)
+    check_budget(cfg)
+    check_data(cfg)
+    check_model_and_judge(cfg)
+    check_device(cfg)
+
+
+def check_method(cfg: DictConfig) -> None:
+    """The chosen method's own settings (the one place a method's config rules live)."""
+    name, m = cfg.method.name, cfg.method
+    if name == "dpo":
         _positive(cfg, "method.beta")
-    if name == "ipo":
+        if not 0 <= m.label_smoothing < 0.5:
+            raise ConfigError(f"method.label_smoothing={m.label_smoothing}: must be in [0, 0.5)")
+    elif name == "ipo":
         _positive(cfg, "method.tau")
-    if name == "dpo" and not 0 <= cfg.method.label_smoothing < 0.5:
-        raise ConfigError(f"method.label_smoothing={cfg.method.label_smoothing}: must be in [0, 0.5)")
-    if name == "simpo":
-        if cfg.method.gamma_beta_ratio < 0:
-            raise ConfigError(f"method.gamma_beta_ratio={cfg.method.gamma_beta_ratio}: must be >= 0")
-        if cfg.method.gamma_convention not in ("ratio", "absolute"):
-            raise ConfigError(f"method.gamma_convention={cfg.method.gamma_convention}: must be ratio or absolute")
-    if name == "kto":
+    elif name == "simpo":
+        _positive(cfg, "method.beta")
+        if m.gamma_beta_ratio < 0:
+            raise ConfigError(f"method.gamma_beta_ratio={m.gamma_beta_ratio}: must be >= 0")
+        if m.gamma_convention not in ("ratio", "absolute"):
+            raise ConfigError(f"method.gamma_convention={m.gamma_convention}: must be ratio or absolute")
+    elif name == "kto":
+        _positive(cfg, "method.beta")
         _positive(cfg, "method.desirable_weight")
         _positive(cfg, "method.undesirable_weight")
-    if name in ("ppo", "rloo"):
-        if not 0 < cfg.method.clip_ratio < 1:
-            raise ConfigError(f"method.clip_ratio={cfg.method.clip_ratio}: must be in (0, 1)")
-        if cfg.method.kl_coef < 0:
-            raise ConfigError(f"method.kl_coef={cfg.method.kl_coef}: must be >= 0")
-        if cfg.method.reward not in ("model", "gold"):
-            raise ConfigError(f"method.reward={cfg.method.reward}: must be model or gold")
-        if cfg.method.reward == "gold" and cfg.data.source != "builtin":
-            raise ConfigError("method.reward=gold: the gold reward exists only on data=builtin")
-        for key in ("rollout_batch_size", "ppo_epochs", "n_minibatches"):
-            _positive(cfg, f"method.{key}")
-    if name == "rloo":
-        k = cfg.method.rloo_k
+    elif name == "ppo":
+        _check_online(cfg)
+    elif name == "rloo":
+        _check_online(cfg)
+        k = m.rloo_k
         if not isinstance(k, int) or k < 2:
             raise ConfigError(f"method.rloo_k={k}: must be an integer >= 2 (the leave-one-out baseline needs 2 samples)")
-        if cfg.method.rollout_batch_size % k:
-            raise ConfigError(f"method.rollout_batch_size={cfg.method.rollout_batch_size}: must be a multiple of "
+        if m.rollout_batch_size % k:
+            raise ConfigError(f"method.rollout_batch_size={m.rollout_batch_size}: must be a multiple of "
                               f"method.rloo_k={k}")
+
+
+def _check_online(cfg: DictConfig) -> None:
+    """What PPO and RLOO share: the clipped surrogate, the KL penalty, the reward, the rollout sizes."""
+    m = cfg.method
+    if not 0 < m.clip_ratio < 1:
+        raise ConfigError(f"method.clip_ratio={m.clip_ratio}: must be in (0, 1)")
+    if m.kl_coef < 0:
+        raise ConfigError(f"method.kl_coef={m.kl_coef}: must be >= 0")
+    if m.reward not in ("model", "gold"):
+        raise ConfigError(f"method.reward={m.reward}: must be model or gold")
+    if m.reward == "gold" and cfg.data.source != "builtin":
+        raise ConfigError("method.reward=gold: the gold reward exists only on data=builtin")
+    for key in ("rollout_batch_size", "ppo_epochs", "n_minibatches"):
+        _positive(cfg, f"method.{key}")
+
+
+def check_budget(cfg: DictConfig) -> None:
+    """The shared training and evaluation budget."""
     for key in ("train.batch_size", "train.max_steps", "train.max_length", "train.max_prompt_length",
                 "eval.n_prompts", "eval.max_new_tokens", "eval.temperature", "eval.batch_size"):
         _positive(cfg, key)
     if cfg.train.max_prompt_length >= cfg.train.max_length:
         raise ConfigError(f"train.max_prompt_length={cfg.train.max_prompt_length}: must be < train.max_length={cfg.train.max_length}")
+
+
+def check_data(cfg: DictConfig) -> None:
     if cfg.data.source not in ("builtin", "hub", "local"):
         raise ConfigError(f"data.source={cfg.data.source}: must be builtin, hub or local")
     if cfg.data.source == "local":
@@ -100,6 +126,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError("data.path: required for data=local (data.path=/path/to/file.jsonl)")
         if not Path(path).exists():
             raise ConfigError(f"data.path={path}: file not found")
+
+
+def check_model_and_judge(cfg: DictConfig) -> None:
     if cfg.model.source not in ("builtin", "hub"):
         raise ConfigError(f"model.source={cfg.model.source}: must be builtin or hub")
     if cfg.judge.name == "gold" and cfg.data.source != "builtin":
@@ -108,6 +137,9 @@ def validate(cfg: DictConfig) -> None:
         path = str(cfg.judge.path)
         if path != "trained" and path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
             raise ConfigError(f"judge.path={path}: not found")
+
+
+def check_device(cfg: DictConfig) -> None:
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device={cfg.device}: must be auto, cpu or cuda")
     if cfg.precision not in ("auto", "fp32", "bf16"):

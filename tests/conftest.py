@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from alignbench.bench.sizes import QUICK_RUN
 from alignbench.models.builtin import train_tokenizer
 from pg import mlflow_server, pg_url, postgres  # noqa: F401  (PostgreSQL / MLflow server fixtures)
 
@@ -18,12 +19,7 @@ _SENTENCES = [
 ]
 
 # A run small enough for the default test suite (seconds, not minutes) on the built-in task.
-FAST = [
-    "model.sft.steps=60", "model.sft.n_examples=1000", "model.sft.batch_size=32",
-    "data.n_train_prompts=160", "data.n_eval_prompts=64",
-    "train.max_steps=6", "train.batch_size=8", "train.warmup_steps=2", "train.log_every=2",
-    "eval.n_prompts=24", "eval.every_n_steps=3", "eval.max_new_tokens=16", "eval.n_pref_pairs=16",
-]
+FAST = list(QUICK_RUN)
 
 
 def make_tiny_tokenizer(vocab_size: int = 400):

@@ -2,7 +2,7 @@
 
 Follows the tracking contract in docs/ARCHITECTURE.md ("Tracking layout") exactly, so report
 tests need no training: experiment `sweep-<name>`, a parent run (tag `alignbench.role=sweep`,
-`sweep.name`; params `sweep.storage_url`, `sweep.study_names`), one nested child run per
+`sweep.name`; params `sweep.storage`, `sweep.study_names`), one nested child run per
 Optuna trial with the contract's tags, params (dotted config keys), metric histories and
 artifacts (`config.yaml`, `eval_samples.json` logged with `MlflowClient.log_table`).
 """
@@ -42,7 +42,7 @@ class FakeSweep:
     name: str
     experiment_id: str
     parent_run_id: str
-    storage_url: str
+    journal: str                                                # the Optuna journal file
     study_names: dict[str, str]                                 # method -> study name
     runs: dict[str, list[dict]] = field(default_factory=dict)   # method -> [{run_id, state, metrics, params}]
     prompts: list[str] = field(default_factory=list)
@@ -101,8 +101,9 @@ def fabricate_sweep(root: Path, name: str = "fake", methods=("dpo", "ipo"), n_tr
     `states`: per method, the trial states in order (COMPLETE | PRUNED | FAIL); default all COMPLETE.
     `hostile`: one policy generation of the first method is `<script>alert(1)</script>` and one prompt
     carries HTML. `study_params`: how the parent run points at the studies — "explicit" (params
-    `sweep.storage_url`, `sweep.study_names`), "sweep_py" (as alignbench/sweep.py logs it: param and
-    tag `sweep.storage` = `journal:///abs/path`, studies named `<experiment>/<method>`), or "none".
+    `sweep.storage` = the journal's plain path, `sweep.study_names`), "sweep_py" (as alignbench/sweep
+    logs it: param and tag `sweep.storage` = `journal:///abs/path`, no `sweep.study_names`, studies named
+    `<experiment>/<method>` without a `method` user attr), or "none".
     `objective`: "win_rate" (one direction) or "pareto" (studies maximise win rate, minimise KL).
     """
     root = Path(root)
@@ -123,6 +124,45 @@ def fabricate_sweep(root: Path, name: str = "fake", methods=("dpo", "ipo"), n_tr
            for i in range(n_prompts)]
 
     t = int(time.time() * 1000)
+    pid = _create_parent(client, exp_id, name, methods, n_trials, builtin, seed, study_params, objective, journal,
+                         study_names, t)
+    fake = FakeSweep(uri=uri, name=name, experiment_id=exp_id, parent_run_id=pid, journal=str(journal),
+                     study_names=study_names, prompts=prompts)
+    setup = _Setup(client, exp_id, pid, rng, prompts, ref, builtin, seed, max_steps, eval_every, objective)
+    for mi, method in enumerate(methods):
+        directions = ["maximize", "minimize"] if objective == "pareto" else ["maximize"]
+        study = optuna.create_study(study_name=study_names[method], storage=storage, directions=directions,
+                                    sampler=optuna.samplers.RandomSampler(seed=seed + mi))
+        if study_params != "sweep_py":
+            study.set_user_attr("method", method)
+        fake.runs[method] = []
+        for state in (states or {}).get(method, ["COMPLETE"] * n_trials):
+            run = _log_trial(setup, study, method, mi, state, 3 if hostile and mi == 0 else None, t)
+            fake.runs[method].append(run)
+            t += 10_000
+    client.set_terminated(pid, "FINISHED", end_time=t)
+    return fake
+
+
+@dataclass
+class _Setup:
+    """What every trial of one fabricated sweep shares."""
+    client: MlflowClient
+    experiment_id: str
+    parent_run_id: str
+    rng: random.Random
+    prompts: list[str]
+    ref: list[tuple]
+    builtin: bool
+    seed: int
+    max_steps: int
+    eval_every: int
+    objective: str
+
+
+def _create_parent(client, exp_id, name, methods, n_trials, builtin, seed, study_params, objective, journal,
+                   study_names, t) -> str:
+    """The sweep's parent run, pointing at its studies as `study_params` says; its run id."""
     parent = client.create_run(exp_id, run_name=f"sweep-{name}", start_time=t, tags={
         "alignbench.role": "sweep", "sweep.name": name, "alignbench.version": "0.1.0",
         "mlflow.source.git.commit": "0123456789abcdef0123456789abcdef01234567",
@@ -132,72 +172,69 @@ def fabricate_sweep(root: Path, name: str = "fake", methods=("dpo", "ipo"), n_tr
     params = {"sweep.name": name, "sweep.methods": ",".join(methods), "sweep.n_trials": n_trials,
               "sweep.objective": objective, "seed": seed, "model.name": "tiny", "data.name": "builtin" if builtin else "local"}
     if study_params == "explicit":
-        params |= {"sweep.storage_url": str(journal), "sweep.study_names": ",".join(study_names.values())}
+        params |= {"sweep.storage": str(journal), "sweep.study_names": ",".join(study_names.values())}
     elif study_params == "sweep_py":
         params |= {"sweep.storage": f"journal://{journal}"}
     client.log_batch(pid, params=[Param(k, str(v)) for k, v in params.items()], synchronous=True)
+    return pid
 
-    fake = FakeSweep(uri=uri, name=name, experiment_id=exp_id, parent_run_id=pid, storage_url=str(journal),
-                     study_names=study_names, prompts=prompts)
-    for mi, method in enumerate(methods):
-        directions = ["maximize", "minimize"] if objective == "pareto" else ["maximize"]
-        study = optuna.create_study(study_name=study_names[method], storage=storage, directions=directions,
-                                    sampler=optuna.samplers.RandomSampler(seed=seed + mi))
-        if study_params != "sweep_py":
-            study.set_user_attr("method", method)
-        method_states = (states or {}).get(method, ["COMPLETE"] * n_trials)
-        fake.runs[method] = []
-        for ti, state in enumerate(method_states):
-            trial = study.ask(SPACES[method])
-            quality = -0.1 + 0.8 * rng.random() + 0.2 * mi
-            rows = _samples(rng, prompts, ref, quality, builtin, 3 if hostile and mi == 0 else None)
-            final = _final_metrics(rows, builtin, max_steps, 8, rng)
-            cfg_params = {"method.name": method, "seed": seed, "model.name": "tiny",
-                          "data.name": "builtin" if builtin else "local", "judge.name": "gold" if builtin else "reward_model",
-                          "train.max_steps": max_steps, "train.batch_size": 8, "device": "cpu"} | trial.params
-            status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[state]
-            tags = {"alignbench.role": "trial", "mlflow.parentRunId": pid, "method": method,
-                    "optuna.study": study.study_name, "optuna.trial_number": str(trial.number),
-                    "optuna.trial_state": state, "alignbench.version": "0.1.0",
-                    "mlflow.source.git.commit": "0123456789abcdef0123456789abcdef01234567"}
-            if state == "FAIL":
-                tags["failure_reason"] = "FloatingPointError: loss is NaN at step 2"
-            run = client.create_run(exp_id, run_name=f"{method}-{trial.number}", tags=tags, start_time=t)
-            rid = run.info.run_id
-            client.log_batch(rid, params=[Param(k, str(v)) for k, v in cfg_params.items()], synchronous=True)
-            metrics = []
-            last_step = {"COMPLETE": max_steps, "PRUNED": eval_every, "FAIL": 2}[state]
-            for step in range(2, last_step + 1, 2):
-                loss = math.log(2) * math.exp(-0.15 * quality * step) if state != "FAIL" else float("nan")
-                metrics.append(Metric("train/loss", loss, t + step, step))
-            for step in range(eval_every, last_step + 1, eval_every):
-                frac = step / max_steps
-                if step == max_steps:
-                    evm = {k: v for k, v in final.items() if k.startswith("eval/")}
-                else:
-                    w = 0.5 + (final["eval/win_rate"] - 0.5) * frac * (0.6 if state == "PRUNED" else 1.0)
-                    _, lo, hi = win_rate_ci(w * n_prompts, 0, n_prompts)
-                    evm = {"eval/win_rate": w, "eval/win_rate_ci_low": lo, "eval/win_rate_ci_high": hi,
-                           "eval/kl": final["eval/kl"] * frac}
-                metrics += [Metric(k, float(v), t + step, step) for k, v in evm.items()]
-                if objective != "pareto":
-                    trial.report(evm["eval/win_rate"], step)
-            seconds = 3.0 + rng.random()
-            if state == "COMPLETE":
-                metrics += [Metric("train/tokens", final["train/tokens"], t + max_steps, max_steps),
-                            Metric("time/total_seconds", seconds, t + max_steps, max_steps),
-                            Metric("time/train_seconds", seconds * 0.7, t + max_steps, max_steps)]
-            client.log_batch(rid, metrics=metrics, synchronous=True)
-            if state == "COMPLETE":
-                client.log_dict(rid, cfg_params, "config.yaml")
-                client.log_table(rid, data=pd.DataFrame(rows), artifact_file="eval_samples.json")
-                study.tell(trial, [final["eval/win_rate"], final["eval/kl"]][:len(directions)])
-            else:
-                study.tell(trial, state=getattr(optuna.trial.TrialState, state))
-            client.set_terminated(rid, status, end_time=t + int(seconds * 1000))
-            t += 10_000
-            logged = client.get_run(rid).data.metrics
-            fake.runs[method].append({"run_id": rid, "state": state, "metrics": logged, "params": cfg_params,
-                                      "trial_number": trial.number, "rows": rows if state == "COMPLETE" else None})
-    client.set_terminated(pid, "FINISHED", end_time=t)
-    return fake
+
+def _log_trial(setup: _Setup, study, method: str, mi: int, state: str, hostile_at: int | None, t: int) -> dict:
+    """One Optuna trial of `method` ending in `state`, as a nested MLflow run; its record for FakeSweep.runs."""
+    s, client = setup, setup.client
+    trial = study.ask(SPACES[method])
+    quality = -0.1 + 0.8 * s.rng.random() + 0.2 * mi
+    rows = _samples(s.rng, s.prompts, s.ref, quality, s.builtin, hostile_at)
+    final = _final_metrics(rows, s.builtin, s.max_steps, 8, s.rng)
+    cfg_params = {"method.name": method, "seed": s.seed, "model.name": "tiny",
+                  "data.name": "builtin" if s.builtin else "local", "judge.name": "gold" if s.builtin else "reward_model",
+                  "train.max_steps": s.max_steps, "train.batch_size": 8, "device": "cpu"} | trial.params
+    tags = {"alignbench.role": "trial", "mlflow.parentRunId": s.parent_run_id, "method": method,
+            "optuna.study": study.study_name, "optuna.trial_number": str(trial.number),
+            "optuna.trial_state": state, "alignbench.version": "0.1.0",
+            "mlflow.source.git.commit": "0123456789abcdef0123456789abcdef01234567"}
+    if state == "FAIL":
+        tags["failure_reason"] = "FloatingPointError: loss is NaN at step 2"
+    rid = client.create_run(s.experiment_id, run_name=f"{method}-{trial.number}", tags=tags, start_time=t).info.run_id
+    client.log_batch(rid, params=[Param(k, str(v)) for k, v in cfg_params.items()], synchronous=True)
+    metrics = _metric_history(s, trial, state, quality, final, t)
+    seconds = 3.0 + s.rng.random()
+    if state == "COMPLETE":
+        metrics += [Metric("train/tokens", final["train/tokens"], t + s.max_steps, s.max_steps),
+                    Metric("time/total_seconds", seconds, t + s.max_steps, s.max_steps),
+                    Metric("time/train_seconds", seconds * 0.7, t + s.max_steps, s.max_steps)]
+    client.log_batch(rid, metrics=metrics, synchronous=True)
+    if state == "COMPLETE":
+        client.log_dict(rid, cfg_params, "config.yaml")
+        client.log_table(rid, data=pd.DataFrame(rows), artifact_file="eval_samples.json")
+        study.tell(trial, [final["eval/win_rate"], final["eval/kl"]][:len(study.directions)])
+    else:
+        study.tell(trial, state=getattr(optuna.trial.TrialState, state))
+    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[state]
+    client.set_terminated(rid, status, end_time=t + int(seconds * 1000))
+    return {"run_id": rid, "state": state, "metrics": client.get_run(rid).data.metrics, "params": cfg_params,
+            "trial_number": trial.number, "rows": rows if state == "COMPLETE" else None}
+
+
+def _metric_history(s: _Setup, trial, state: str, quality: float, final: dict, t: int) -> list[Metric]:
+    """Training loss every 2 steps and evals every `eval_every` steps up to where `state` stops
+    (PRUNED: the first eval; FAIL: step 2, NaN loss); reports each eval's win rate to the trial."""
+    metrics = []
+    last_step = {"COMPLETE": s.max_steps, "PRUNED": s.eval_every, "FAIL": 2}[state]
+    for step in range(2, last_step + 1, 2):
+        loss = math.log(2) * math.exp(-0.15 * quality * step) if state != "FAIL" else float("nan")
+        metrics.append(Metric("train/loss", loss, t + step, step))
+    n_prompts = len(s.prompts)
+    for step in range(s.eval_every, last_step + 1, s.eval_every):
+        frac = step / s.max_steps
+        if step == s.max_steps:
+            evm = {k: v for k, v in final.items() if k.startswith("eval/")}
+        else:
+            w = 0.5 + (final["eval/win_rate"] - 0.5) * frac * (0.6 if state == "PRUNED" else 1.0)
+            _, lo, hi = win_rate_ci(w * n_prompts, 0, n_prompts)
+            evm = {"eval/win_rate": w, "eval/win_rate_ci_low": lo, "eval/win_rate_ci_high": hi,
+                   "eval/kl": final["eval/kl"] * frac}
+        metrics += [Metric(k, float(v), t + step, step) for k, v in evm.items()]
+        if s.objective != "pareto":
+            trial.report(evm["eval/win_rate"], step)
+    return metrics

@@ -1,4 +1,5 @@
-"""`alignbench bench --quick` writes bench.json with every key a finite number."""
+"""alignbench.bench (main, measurements, trl_peer, sizes): `alignbench bench --quick` writes bench.json
+with every key a finite number."""
 
 from __future__ import annotations
 
@@ -28,44 +29,26 @@ def test_bench_quick_writes_bench_json(workdir, capsys):
     assert "DPO throughput vs TRL" in out and "wrote bench.json" in out
 
 
-def test_metrics_are_logged_async_and_flushed_before_the_run_ends(workdir, monkeypatch):
-    """train/* metrics go onto the tracker's queue (no wait on the hot path) and are all in the
-    store once the run has ended (tracking.finish flushes before set_terminated). The writer is
-    held back until the 50 steps are logged, so nothing here depends on timing."""
-    import threading
+def test_bench_command_returns_none_so_the_console_script_exits_zero(monkeypatch):
+    """The console script does `sys.exit(cli.main())`: a returned results dict would exit with status 1."""
+    from alignbench.bench import main as bench_main
 
-    import mlflow
-
-    from alignbench.tracking import mlflow_runs as tracking
-
-    gate = threading.Event()
-    real_write = tracking.MlflowTracker._write
-
-    def gated_write(self, kind, items):
-        gate.wait()
-        real_write(self, kind, items)
-
-    monkeypatch.setattr(tracking.MlflowTracker, "_write", gated_write)
-    with tracking.tracked_run("async-check", async_logging=True) as tracker:
-        for step in range(1, 51):
-            tracker.log_metrics({"train/loss": 1.0 / step, "train/lr": 1e-3}, step)
-        run_id = tracker.run_id
-        assert mlflow.MlflowClient().get_metric_history(run_id, "train/loss") == []  # queued, not written
-        gate.set()
-    assert tracker.pending == 0
-    history = mlflow.MlflowClient().get_metric_history(run_id, "train/loss")
-    assert sorted(m.step for m in history) == list(range(1, 51))
-    assert mlflow.get_run(run_id).info.status == "FINISHED"
+    seen = []
+    monkeypatch.setattr(bench_main, "main", lambda argv: seen.append(argv) or {"dpo_throughput_vs_trl": 1.0})
+    assert main(["bench", "--quick", "--skip-rss"]) is None
+    assert seen == [["--quick", "--skip-rss"]]
 
 
-def test_a_write_error_in_the_background_reaches_the_caller(workdir, monkeypatch):
-    from alignbench.tracking import mlflow_runs as tracking
+def test_quick_sizes_and_overrides():
+    from alignbench.bench.main import parse_args
+    from alignbench.bench.measurements import base_overrides
+    from alignbench.bench.sizes import QUICK, QUICK_RUN, sizes_for
 
-    def failing_write(self, kind, items):
-        raise RuntimeError("store unavailable")
-
-    with pytest.raises(RuntimeError, match="store unavailable"):
-        with tracking.tracked_run("async-error", async_logging=True) as tracker:
-            monkeypatch.setattr(tracking.MlflowTracker, "_write", failing_write)
-            tracker.log_metrics({"train/loss": 1.0}, 1)
-            tracker.flush()
+    args = parse_args(["--quick", "--rounds", "3", "seed=5"])
+    sizes = sizes_for(args)
+    assert (sizes["steps"], sizes["sweep_steps"], sizes["rounds"]) == (6, 4, 3)
+    assert sizes["smoke"] and all("=" in o for o in sizes["smoke"])
+    over = base_overrides(args)
+    assert over[:3] == ["tracking.enabled=false", "precision=fp32", "device=cpu"]
+    assert over[3:-1] == QUICK and over[-1] == "seed=5"
+    assert set(QUICK) < set(QUICK_RUN)

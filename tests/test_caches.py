@@ -13,22 +13,20 @@ import importlib.util
 import pytest
 import torch
 
-from alignbench.models import loading as models_module
-from alignbench.training import run as train_module
+from alignbench import cache
 from alignbench.config import compose
-from alignbench.training.run import REFERENCE_FORWARDS, NullTracker, prepare, reference_pair_logps, train
+from alignbench.data.tokenizing import tokenize_pairs
+from alignbench.models import loading as models_module
+from alignbench.tracking.null import NullTracker
+from alignbench.training import reference as reference_module
+from alignbench.training.reference import reference_pair_logps
+from alignbench.training.run import train
+from alignbench.training.setup import prepare
 from conftest import FAST
 
 
 class Trained(Exception):
     """Raised by a stand-in SFT stage: the cache missed and would have trained."""
-
-
-@pytest.fixture
-def no_sft_training(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise Trained
-    monkeypatch.setattr(models_module, "sft_train", refuse)
 
 
 def test_sft_model_cache_hits_unchanged_and_misses_changed_inputs(workdir, monkeypatch):
@@ -44,9 +42,24 @@ def test_sft_model_cache_hits_unchanged_and_misses_changed_inputs(workdir, monke
 
 
 @pytest.fixture
+def reference_forwards(monkeypatch):
+    """The reference forward passes actually run during the test, one entry per pass (a counting
+    wrapper around `run_reference`, which every reference cache calls on a miss)."""
+    calls = []
+    real = reference_module.run_reference
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reference_module, "run_reference", counted)
+    return calls
+
+
+@pytest.fixture
 def fresh_ref_cache(shared_cache, tmp_path):
     """A cache dir with the session's SFT model and task pairs but cold reference/token caches."""
-    from alignbench.bench.main import scratch_cache
+    from alignbench.bench.measurements import scratch_cache
 
     return scratch_cache(shared_cache, tmp_path / "fresh")
 
@@ -56,78 +69,96 @@ def _records_and_models(cfg):
     return prepared.train_records, prepared.models
 
 
-def test_second_dpo_run_does_no_reference_forward(workdir):
+def test_second_dpo_run_does_no_reference_forward(workdir, reference_forwards):
     cfg = compose([*FAST, "method=dpo"])
     train(cfg, NullTracker())
-    before = REFERENCE_FORWARDS["count"]
+    before = len(reference_forwards)
     result = train(compose([*FAST, "method=dpo", "method.beta=0.3", "method.lr=1e-3"]), NullTracker())
-    assert REFERENCE_FORWARDS["count"] == before  # a new trial (beta, lr) with the same reference
+    assert len(reference_forwards) == before  # a new trial (beta, lr) with the same reference
     assert result.timings["ref_seconds"] < 5
 
 
-def test_second_kto_run_does_no_reference_forward(workdir):
+def test_second_kto_run_does_no_reference_forward(workdir, reference_forwards):
     train(compose([*FAST, "method=kto"]), NullTracker())
-    before = REFERENCE_FORWARDS["count"]
+    before = len(reference_forwards)
     train(compose([*FAST, "method=kto", "method.beta=0.2"]), NullTracker())
-    assert REFERENCE_FORWARDS["count"] == before
+    assert len(reference_forwards) == before
 
 
-def test_reference_logps_miss_on_changed_max_length_data_or_reference(workdir, fresh_ref_cache):
+def test_reference_logps_miss_on_changed_max_length_data_or_reference(workdir, fresh_ref_cache, reference_forwards):
     cfg = compose([*FAST, f"cache_dir={fresh_ref_cache}"])  # cold reference caches
     records, models = _records_and_models(cfg)
     tokenizer, t = models.tokenizer, cfg.train
-    tokens = train_module.data.tokenize_pairs(records, tokenizer, t.max_length, t.max_prompt_length)
+    tokens = tokenize_pairs(records, tokenizer, t.max_length, t.max_prompt_length)
 
-    count = REFERENCE_FORWARDS["count"]
+    count = len(reference_forwards)
     first = reference_pair_logps(cfg, models, tokens)
-    assert REFERENCE_FORWARDS["count"] == count + 1  # cold: one reference pass
+    assert len(reference_forwards) == count + 1  # cold: one reference pass
     again = reference_pair_logps(cfg, models, tokens)
-    assert REFERENCE_FORWARDS["count"] == count + 1  # warm: none
+    assert len(reference_forwards) == count + 1  # warm: none
     assert torch.equal(first["chosen"], again["chosen"])
 
-    shorter = train_module.data.tokenize_pairs(records, tokenizer, 40, t.max_prompt_length)
+    shorter = tokenize_pairs(records, tokenizer, 40, t.max_prompt_length)
     reference_pair_logps(cfg, models, shorter)
-    assert REFERENCE_FORWARDS["count"] == count + 2  # changed max length
+    assert len(reference_forwards) == count + 2  # changed max length
 
-    fewer = train_module.data.tokenize_pairs(records[1:], tokenizer, t.max_length, t.max_prompt_length)
+    fewer = tokenize_pairs(records[1:], tokenizer, t.max_length, t.max_prompt_length)
     reference_pair_logps(cfg, models, fewer)
-    assert REFERENCE_FORWARDS["count"] == count + 3  # changed data
+    assert len(reference_forwards) == count + 3  # changed data
 
     other_reference = dataclasses.replace(models, key=models.key + "-other-seed")
     reference_pair_logps(cfg, other_reference, tokens)
-    assert REFERENCE_FORWARDS["count"] == count + 4  # changed reference model (e.g. another seed's SFT)
+    assert len(reference_forwards) == count + 4  # changed reference model (e.g. another seed's SFT)
 
 
-def test_reference_key_follows_the_seed(workdir, no_sft_training):
+def test_reference_key_follows_the_seed(workdir, monkeypatch):
     """A changed seed gives another SFT model, hence another reference key for every reference cache."""
+    lookups = []
+    real = cache.cached
+
+    def recording(cache_dir, kind, key, write):
+        lookups.append((kind, key))
+        return real(cache_dir, kind, key, write)
+
+    monkeypatch.setattr(cache, "cached", recording)
+    models = prepare(compose(FAST)).models  # the session's SFT model (trained here at most once)
+    seed_0_keys = list(lookups)
+    assert ("sft", models.key) in seed_0_keys  # the reference key is the SFT model's cache key
+    assert any(kind == "ref_logps" for kind, _ in seed_0_keys)
+
+    def refuse(*args, **kwargs):
+        raise Trained
+    monkeypatch.setattr(models_module, "sft_train", refuse)
     with pytest.raises(Trained):
         prepare(compose([*FAST, "seed=7"]))
+    seed_7_sft = [key for kind, key in lookups[len(seed_0_keys):] if kind == "sft"]
+    assert len(seed_7_sft) == 1 and seed_7_sft[0] != models.key  # another key: a cache miss, another entry
 
 
 def test_tokenised_data_cache(workdir, fresh_ref_cache, monkeypatch):
     cfg = compose([*FAST, f"cache_dir={fresh_ref_cache}"])
     records, models = _records_and_models(cfg)
     calls = {"n": 0}
-    real = train_module.data.tokenize_pairs
+    real = reference_module.tokenize_pairs
 
     def counting(*args, **kwargs):
         calls["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module.data, "tokenize_pairs", counting)
-    first = train_module.cached_tokenize_pairs(cfg, records, models.tokenizer, models.key)
+    monkeypatch.setattr(reference_module, "tokenize_pairs", counting)
+    first = reference_module.cached_tokenize_pairs(cfg, records, models.tokenizer, models.key)
     n = calls["n"]
-    again = train_module.cached_tokenize_pairs(cfg, records, models.tokenizer, models.key)
+    again = reference_module.cached_tokenize_pairs(cfg, records, models.tokenizer, models.key)
     assert calls["n"] == n  # hit
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert torch.equal(first["chosen_input_ids"], real(records, models.tokenizer, cfg.train.max_length,
                                                        cfg.train.max_prompt_length)["chosen_input_ids"])
-    train_module.cached_tokenize_pairs(compose([*FAST, f"cache_dir={fresh_ref_cache}", "train.max_length=40"]),
+    reference_module.cached_tokenize_pairs(compose([*FAST, f"cache_dir={fresh_ref_cache}", "train.max_length=40"]),
                                        records, models.tokenizer, models.key)
     assert calls["n"] == n + 1  # changed max length
-    train_module.cached_tokenize_pairs(cfg, records[1:], models.tokenizer, models.key)
+    reference_module.cached_tokenize_pairs(cfg, records[1:], models.tokenizer, models.key)
     assert calls["n"] == n + 2  # changed data
-    train_module.cached_tokenize_pairs(cfg, records, models.tokenizer, models.key + "-other-tokenizer")
+    reference_module.cached_tokenize_pairs(cfg, records, models.tokenizer, models.key + "-other-tokenizer")
     assert calls["n"] == n + 3  # changed model / tokenizer
 
 

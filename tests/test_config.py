@@ -12,6 +12,8 @@ from alignbench.config import CONF_DIR, ConfigError, compose, group_options, val
 METHODS = group_options("method")
 MODELS = group_options("model")
 DATASETS = group_options("data")
+JUDGES = group_options("judge")
+SWEEP_FILES = sorted(p.stem for p in (CONF_DIR.parent / "sweeps").glob("*.yaml"))
 
 
 def test_groups_have_the_presets_the_brief_names():
@@ -19,24 +21,41 @@ def test_groups_have_the_presets_the_brief_names():
     assert {"tiny", "smollm2-135m", "qwen2.5-0.5b-instruct", "pythia-160m"} <= set(MODELS)
     assert {"builtin", "hh-rlhf", "ultrafeedback", "local"} <= set(DATASETS)
     assert {"smoke", "default", "beta_frontier"} <= set(group_options("sweep"))
+    assert JUDGES == ["gold", "reward_model"]
+    assert SWEEP_FILES == group_options("sweep")  # conf/sweep is sweeps/
 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("data", DATASETS)
-def test_every_method_model_data_composes(method, model, data, tmp_path):
-    overrides = [f"method={method}", f"model={model}", f"data={data}"]
-    if data != "builtin":
-        overrides.append("judge=reward_model")
+@pytest.mark.parametrize("judge", JUDGES)
+def test_every_method_model_data_judge_composes_and_validates(method, model, data, judge, tmp_path):
+    overrides = [f"method={method}", f"model={model}", f"data={data}", f"judge={judge}"]
     if data == "local":
         path = tmp_path / "pairs.jsonl"
         path.write_text("{}\n")
         overrides.append(f"data.path={path}")
     cfg = compose(overrides)
-    assert cfg.method.name == method and cfg.model.name == model and cfg.data.name == data
-    if method in ("ppo", "rloo") and data != "builtin":
-        return  # ppo composes; reward=model is its default and works on any data
-    validate(cfg)  # composes *and* validates: nothing downloaded
+    assert (cfg.method.name, cfg.model.name, cfg.data.name, cfg.judge.name) == (method, model, data, judge)
+    if judge == "gold" and data != "builtin":  # invalid by design: the gold reward is the built-in task's
+        with pytest.raises(ConfigError) as err:
+            validate(cfg)
+        assert str(err.value) == (f"judge=gold: the gold reward exists only on data=builtin (data={data}); "
+                                  "use judge=reward_model")
+    else:
+        validate(cfg)  # nothing downloaded
+
+
+@pytest.mark.parametrize("sweep", SWEEP_FILES)
+def test_every_sweep_file_composes_and_validates(sweep):
+    """As `alignbench sweep sweep=<name>` does: compose the sweep, then compose + validate each
+    method's trial config (and the corners of its search space) in `plan_sweep`."""
+    from alignbench.sweep.plan import plan_sweep
+
+    plan = plan_sweep(compose([f"sweep={sweep}"]), overrides=[])
+    assert plan.name == sweep and plan.methods
+    for method in plan.methods:
+        validate(compose(plan.trial_overrides[method]))
 
 
 @pytest.mark.parametrize("overrides, message", [

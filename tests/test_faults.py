@@ -1,4 +1,4 @@
-"""Faults every cluster has (§9 of DESIGN.md), beyond what tests/test_sweep.py and tests/test_train.py cover.
+"""Faults every cluster has, beyond what tests/test_sweep.py and tests/test_train.py cover.
 
 Already covered elsewhere (not repeated here): a trial that raises (simulated OOM) or whose loss
 goes NaN is FAIL with the reason and the sweep goes on (test_sweep: resume_after_failure,
@@ -25,7 +25,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from alignbench.sweep import driver as sweep_mod
+from alignbench.sweep import run as run_mod
 from alignbench.config import compose
 from test_postgres import alignbench_cmd, check_consistent, mlflow_runs, start_workers, warm_cache
 
@@ -144,7 +144,7 @@ def test_sigterm_mid_trial_finalises_both_records(workdir):
 # --------------------------------------------------------------------------- torn journal line
 
 def sweep(*keys: str, user: tuple[str, ...] = ()):
-    return sweep_mod.run_sweep(compose(["sweep=smoke", *keys, *user]), overrides=list(user), live=False)
+    return run_mod.run_sweep(compose(["sweep=smoke", *keys, *user]), overrides=list(user), live=False)
 
 
 def test_torn_last_line_of_the_journal_still_loads_and_resumes(workdir):

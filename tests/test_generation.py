@@ -21,7 +21,7 @@ def model(tiny_tokenizer):
     cfg = compose(["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2"])
     m = build_tiny_model(cfg.model, tiny_tokenizer, seed=0)
     eos_bias = torch.zeros(len(tiny_tokenizer))
-    eos_bias[tiny_tokenizer.eos_token_id] = 4.5
+    eos_bias[tiny_tokenizer.eos_token_id] = 3.0
     m.lm_head.register_forward_hook(lambda module, inputs, logits: logits + eos_bias)
     return m.eval()
 

@@ -1,4 +1,5 @@
-"""Padding-free (packed) scoring: the same log-probs and gradients as padded batches."""
+"""alignbench.models.logps: padding-free (packed) scoring gives the same log-probs and gradients as
+padded batches."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def test_packing_is_checked_per_model():
 def test_loaded_model_falls_back_to_padding_when_packing_disagrees(monkeypatch, workdir, caplog):
     from alignbench.models import loading as models_mod
     from alignbench.config import compose
-    from alignbench.training.run import prepare
+    from alignbench.training.setup import prepare
     from conftest import FAST
 
     assert prepare(compose(FAST)).models.padding_free  # the built-in model packs

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from alignbench.config import compose
-from alignbench.training.run import NullTracker, train
+from alignbench.tracking.null import NullTracker
+from alignbench.training.run import train
 
 pytestmark = pytest.mark.slow
 

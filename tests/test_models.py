@@ -1,5 +1,6 @@
-"""Model loading: hub path via from_pretrained (offline, on a model the test saves), LoRA reference,
-safetensors only, trust_remote_code off, local hh-rlhf data end to end, reproducibility."""
+"""alignbench.models.loading and .builtin: hub path via from_pretrained (offline, on a model the test
+saves), LoRA reference, safetensors only, trust_remote_code off, local hh-rlhf data end to end,
+reproducibility."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from alignbench.config import compose, group_options
 from alignbench.models.logps import sequence_logps
 from alignbench.models.builtin import build_tiny_model, train_tokenizer
 from alignbench.models.loading import load_models
-from alignbench.training.run import NullTracker, train
+from alignbench.tracking.null import NullTracker
+from alignbench.training.run import train
 from conftest import FAST, _SENTENCES
 
 

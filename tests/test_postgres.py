@@ -21,7 +21,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from alignbench.sweep import driver as sweep_mod
+from alignbench.sweep import plan as plan_mod
+from alignbench.sweep import run as run_mod
+from alignbench.sweep.workers import warm_caches
 from alignbench.config import compose
 
 pytestmark = pytest.mark.postgres
@@ -38,7 +40,7 @@ def alignbench_cmd(*args: str) -> list[str]:
 def warm_cache(*overrides: str) -> None:
     """Train the shared SFT model and the reference samples once, before workers start in parallel."""
     cfg = compose(["sweep=smoke", "sweep.methods=[dpo]", *overrides])
-    sweep_mod._warm_caches(sweep_mod.plan_sweep(cfg, overrides=list(overrides)))
+    warm_caches(plan_mod.plan_sweep(cfg, overrides=list(overrides)))
 
 
 def start_workers(n: int, args: list[str], cwd: Path, tag: str) -> list[tuple[subprocess.Popen, Path]]:
@@ -121,8 +123,8 @@ def test_three_workers_share_one_study_on_postgres(workdir, pg_url, mlflow_serve
     study = optuna.load_study(study_name=f"{experiment}/dpo", storage=pg_url)
     parents, children = mlflow_runs(mlflow_server.uri, experiment)
     trials = check_consistent(study, parents, children, budget=4)
-    assert len(parents) >= 1
-    print(f"three workers: {len(parents)} parent run(s), trials by worker pid: {Counter(t.user_attrs['alignbench.worker']['pid'] for t in trials)}")
+    assert len(parents) == 1, f"{len(parents)} parent runs: workers that raced on the new sweep did not converge"
+    print(f"three workers: one parent run, trials by worker pid: {Counter(t.user_attrs['alignbench.worker']['pid'] for t in trials)}")
     pids = {p.pid for p, _ in procs}
     workers = {t.user_attrs["alignbench.worker"]["pid"] for t in trials}
     assert workers <= pids
@@ -166,7 +168,7 @@ def test_sweep_runs_through_the_mlflow_server_rest_api(workdir, pg_url, mlflow_s
     sweep_keys = ["sweep.methods=[dpo]", "sweep.n_trials=2", "sweep.pruner.type=none",
                   f"sweep.experiment={experiment}", f"sweep.storage={pg_url}"]
     user = [f"tracking.uri={mlflow_server.uri}"]
-    summary = sweep_mod.run_sweep(compose(["sweep=smoke", *sweep_keys, *user]), overrides=user, live=False)
+    summary = run_mod.run_sweep(compose(["sweep=smoke", *sweep_keys, *user]), overrides=user, live=False)
     assert summary["methods"]["dpo"]["status"] == "done"
     assert not Path("mlflow.db").exists()  # nothing went to the local default store
 

@@ -11,7 +11,10 @@ from alignbench.models import reward_model as rm_module
 from alignbench.data import builtin_task as task
 from alignbench.config import compose
 from alignbench.models.generation import response_token_logps, sample
-from alignbench.training.run import NonFiniteLoss, NullTracker, prepare, train
+from alignbench.tracking.null import NullTracker
+from alignbench.training.loop import NonFiniteLoss
+from alignbench.training.run import train
+from alignbench.training.setup import prepare
 from conftest import FAST
 
 PPO_FAST = ["method=ppo", *FAST, "method.reward_model.steps=10", "method.rollout_batch_size=8"]

@@ -14,8 +14,10 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from alignbench.report.build import build_report, fmt, load_studies
-from fake_sweep import HOSTILE, fabricate_sweep
+from alignbench.report.build import build_report
+from alignbench.report.formatting import fmt
+from alignbench.report.reading import load_studies
+from fake_sweep import HOSTILE, SPACES, fabricate_sweep
 
 N_PROMPTS = 24
 
@@ -112,7 +114,13 @@ def test_statistics_pair_the_best_trials(main_report):
     # the fabricated metrics come from the same samples table, so the paired data reproduce them
     assert cmp["win_rate_a"] == pytest.approx(headline["dpo"]["eval/win_rate"])
     assert cmp["win_rate_b"] == pytest.approx(headline["ipo"]["eval/win_rate"])
-    assert cmp["diff"] == pytest.approx(cmp["win_rate_a"] - cmp["win_rate_b"])
+    # the per-prompt win indicators of the two best trials, worked out here from the fabricated rows
+    indicator = {"policy": 1.0, "tie": 0.5, "reference": 0.0}
+    rows = {m: next(r["rows"] for r in fake.runs[m] if r["run_id"] == headline[m]["run_id"]) for m in ("dpo", "ipo")}
+    diffs = [indicator[a["winner"]] - indicator[b["winner"]] for a, b in zip(rows["dpo"], rows["ipo"])]
+    assert cmp["diff"] == pytest.approx(sum(diffs) / N_PROMPTS)
+    assert (cmp["a_better"], cmp["b_better"]) == (sum(d > 0 for d in diffs), sum(d < 0 for d in diffs))
+    assert cmp["ci_low"] <= cmp["diff"] <= cmp["ci_high"]
     assert cmp["p_sign_holm"] == pytest.approx(cmp["p_sign"])  # one pair: Holm changes nothing
     lc = summary["length_controlled"]
     assert set(lc) == {"dpo", "ipo"} and all(0 <= v["lc_win_rate"] <= 1 for v in lc.values())
@@ -120,12 +128,24 @@ def test_statistics_pair_the_best_trials(main_report):
     assert 'id="comparisons"' in html and 'id="lc"' in html
 
 
-def test_importances_are_optunas(main_report):
+def test_importances_cover_each_studys_swept_params(main_report):
     fake, _, summary, _ = main_report
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(fake.storage_url))
     for row in summary["headline"]:
-        study = optuna.load_study(study_name=fake.study_names[row["method"]], storage=storage)
-        assert row["importances"] == pytest.approx(optuna.importance.get_param_importances(study))
+        assert set(row["importances"]) == set(SPACES[row["method"]])
+        assert sum(row["importances"].values()) == pytest.approx(1.0)
+
+
+def test_importances_rank_the_param_that_determines_the_objective_first():
+    from alignbench.report.analysis import importances
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: 10 * t.suggest_float("decisive", 0, 1) + 0 * t.suggest_float("noise", 0, 1), n_trials=30)
+    imp, why = importances(study)
+    assert why is None and list(imp) == ["decisive", "noise"]
+    assert imp["decisive"] > 0.9 and imp["noise"] < 0.1
+    one = optuna.create_study()
+    one.optimize(lambda t: t.suggest_float("decisive", 0, 1), n_trials=1)
+    assert importances(one) == (None, "1 complete trial(s); importances need at least 2")
 
 
 def test_parent_run_has_the_report(main_report):
@@ -225,7 +245,7 @@ def test_html_renders_offline_in_headless_chromium(main_report, tmp_path):
 def test_examples_are_the_prompts_where_the_methods_disagree_most():
     import pandas as pd
 
-    from alignbench.report.build import example_rows
+    from alignbench.report.analysis import example_rows
 
     dpo = pd.DataFrame({"prompt": ["a", "b", "c", "d"], "reference_score": [0.0, 0.0, 0.0, 0.0],
                         "policy_score": [0.1, 2.0, -0.5, 0.3]}, index=[10, 11, 12, 13])
@@ -235,3 +255,31 @@ def test_examples_are_the_prompts_where_the_methods_disagree_most():
     assert example_rows({"dpo": dpo}, 2) == [11, 12]  # one method: |policy - reference|
     flat = dpo.assign(policy_score=0.0)
     assert example_rows({"dpo": flat}, 2) == [10, 11]  # no disagreement: eval order
+
+
+def test_paired_comparison_on_hand_worked_samples():
+    import pandas as pd
+
+    from alignbench.report.analysis import paired_comparisons
+
+    a = pd.DataFrame({"prompt": ["p1", "p2", "p3", "p4"], "winner": ["policy", "policy", "tie", "reference"]})
+    # the same prompts in another order: paired by prompt, not by position
+    b = pd.DataFrame({"prompt": ["p4", "p3", "p2", "p1"], "winner": ["reference", "tie", "tie", "reference"]})
+    (row,) = paired_comparisons({"a": a, "b": b}, n_boot=2000)
+    # indicators a = (1, 1, 1/2, 0), b = (0, 1/2, 1/2, 0): differences (1, 1/2, 0, 0)
+    assert (row["win_rate_a"], row["win_rate_b"], row["diff"]) == pytest.approx((0.625, 0.25, 0.375))
+    # sign test: 2 positive, 0 negative, ties dropped -> two-sided P = 2 * (1/2)^2
+    assert (row["a_better"], row["b_better"], row["p_sign"]) == (2, 0, pytest.approx(0.5))
+    assert row["p_sign_holm"] == pytest.approx(0.5) and row["n"] == 4
+
+
+def test_best_trial_is_the_highest_objective_then_lower_kl_then_earliest():
+    import pandas as pd
+
+    from alignbench.report.analysis import best_trials
+
+    trials = pd.DataFrame({"run_id": ["r0", "r1", "r2", "r3"], "method": ["dpo", "dpo", "dpo", "ipo"],
+                           "state": ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"], "trial_number": [0, 1, 2, 0],
+                           "metrics.eval/win_rate": [0.6, 0.6, 0.9, 0.9], "metrics.eval/kl": [2.0, 1.0, 0.1, 0.1]})
+    assert {m: b["run_id"] for m, b in best_trials(trials).items()} == {"dpo": "r0"}  # earliest of the tie
+    assert best_trials(trials, kl_tiebreak=True)["dpo"]["run_id"] == "r1"  # lower KL first

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-from alignbench.evaluation.stats import (holm, length_controlled_win_rate, paired_bootstrap, pareto_front, sign_test,
-                              win_rate_ci)
+from alignbench.evaluation.stats import (holm, indistinguishable_groups, length_controlled_win_rate, paired_bootstrap,
+                                         paired_difference, pairwise_comparisons, pareto_front, sign_test,
+                                         two_level_bootstrap_ci, verdict, win_rate_ci)
 
 
 def test_win_rate_ci_wilson_hand_worked():
@@ -114,3 +116,162 @@ def test_length_controlled_survives_separation_and_empty():
     out = length_controlled_win_rate([1, 1, 0, 0], [3, 4, -3, -4])  # perfectly separated by length
     assert 0.0 <= out["lc_win_rate"] <= 1.0 and out["lc_win_rate"] == pytest.approx(0.5, abs=1e-3)
     assert math.isnan(length_controlled_win_rate([], [])["lc_win_rate"])
+
+
+# --- Seed x prompt comparison -----------------------------------------------------------------
+
+
+def test_two_level_interval_includes_seed_spread():
+    # Prompts constant within each seed, seed means 0.2, 0.5, 0.8: all the variance is between seeds.
+    # A resample is the mean of 3 seeds drawn from {0.2, 0.5, 0.8}; P(all three 0.2) = 1/27 > 2.5%,
+    # so the 2.5% and 97.5% percentiles are the extremes 0.2 and 0.8 themselves.
+    seed_spread = np.repeat([[0.2], [0.5], [0.8]], 8, axis=1)
+    mean, low, high = two_level_bootstrap_ci(seed_spread)
+    assert mean == pytest.approx(0.5)
+    assert (low, high) == pytest.approx((0.2, 0.8))
+    # Same mean, no seed spread: every seed sees prompts 0.2, 0.5, 0.8 (x3). A resample is the mean of
+    # 27 draws from {0.2, 0.5, 0.8} (variance 0.06): sd = sqrt(0.06 / 27) = 0.047, width ~ 3.92 sd = 0.185.
+    no_seed_spread = np.tile([0.2, 0.5, 0.8] * 3, (3, 1))
+    mean2, low2, high2 = two_level_bootstrap_ci(no_seed_spread)
+    assert mean2 == pytest.approx(0.5)
+    assert high2 - low2 == pytest.approx(0.185, abs=0.04)
+    assert high2 - low2 < 0.5 * (high - low)
+    # A one-level bootstrap over the 24 pooled outcomes would miss the seed spread (width ~ 0.2).
+    pooled = paired_bootstrap(seed_spread.ravel(), np.zeros(24), n_boot=2000)
+    assert pooled["ci_high"] - pooled["ci_low"] < 0.5 * (high - low)
+
+
+def test_two_level_matches_a_literal_loop_over_the_documented_draws():
+    table = np.arange(12, dtype=float).reshape(3, 4) ** 1.5
+    rng = np.random.default_rng(7)
+    seeds = rng.integers(0, 3, size=(50, 3))  # documented order: seed indices, then prompt indices
+    prompts = rng.integers(0, 4, size=(50, 3, 4))
+    boot = [np.mean([table[seeds[b, k], prompts[b, k]].mean() for k in range(3)]) for b in range(50)]
+    mean, low, high = two_level_bootstrap_ci(table, n_boot=50, alpha=0.1, rng_seed=7)
+    assert mean == pytest.approx(table.mean())
+    assert (low, high) == pytest.approx(tuple(np.quantile(boot, [0.05, 0.95])), rel=1e-12)
+    assert two_level_bootstrap_ci(table, n_boot=50, alpha=0.1, rng_seed=7) == (mean, low, high)
+
+
+def test_two_level_with_one_seed_is_the_prompt_bootstrap():
+    x = np.array([1, 0, 0.5, 1, 1, 0, 1, 0.5, 0, 1, 1, 1])
+    mean, low, high = two_level_bootstrap_ci(x[None, :], n_boot=500, rng_seed=3)
+    rng = np.random.default_rng(3)
+    boot = x[rng.integers(0, 12, size=(500, 12))].mean(axis=1)
+    assert mean == pytest.approx(x.mean())
+    assert (low, high) == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])), rel=1e-12)
+    plain = paired_bootstrap(x, np.zeros(12), n_boot=500, seed=3)
+    assert (low, high) == pytest.approx((plain["ci_low"], plain["ci_high"]), rel=1e-12)
+    assert low < mean < high
+
+
+def test_two_level_rejects_bad_tables():
+    with pytest.raises(ValueError, match="2-D"):
+        two_level_bootstrap_ci([0.1, 0.2])
+    with pytest.raises(ValueError, match="NaN"):
+        two_level_bootstrap_ci([[0.1, float("nan")]])
+
+
+def test_paired_difference_with_itself_and_constant_shift():
+    a = np.array([[0, 0.5, 1, 1], [1, 0, 0.5, 0], [0.5, 0.5, 1, 0]])
+    same = paired_difference(a, a, n_boot=999)
+    assert same == {"diff": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0}
+    shifted = paired_difference(a + 0.1, a, n_boot=999)
+    assert shifted["diff"] == pytest.approx(0.1)
+    assert (shifted["low"], shifted["high"]) == pytest.approx((0.1, 0.1))
+    assert shifted["high"] - shifted["low"] == pytest.approx(0.0, abs=1e-12)
+    assert shifted["p_value"] == pytest.approx(2 / 1000)  # no resample on the far side of 0
+    assert paired_difference(a, a + 0.1, n_boot=999)["diff"] == pytest.approx(-0.1)
+
+
+def test_paired_difference_pairs_by_seed_and_prompt():
+    # A huge seed effect shared by both methods cancels in the paired difference.
+    base = np.repeat([[0.1], [0.5], [0.9]], 6, axis=1) + np.tile([0.0, 0.02, 0.04, 0.0, 0.02, 0.04], (3, 1))
+    out = paired_difference(base + 0.05, base)
+    assert out["low"] == pytest.approx(0.05) and out["high"] == pytest.approx(0.05)
+    _, low_a, high_a = two_level_bootstrap_ci(base + 0.05)
+    _, low_b, high_b = two_level_bootstrap_ci(base)
+    assert low_a < high_b and low_b < high_a  # the separate intervals overlap widely
+
+
+def test_paired_difference_needs_equal_shapes():
+    with pytest.raises(ValueError, match="equal shape"):
+        paired_difference(np.zeros((3, 4)), np.zeros((3, 5)))
+
+
+def test_pairwise_comparisons_order_and_holm():
+    ones, halves = np.ones((2, 5)), np.full((2, 5), 0.5)
+    tables = {"C": np.zeros((2, 5)), "D": ones, "B": halves, "A": ones}
+    rows = pairwise_comparisons(tables, n_boot=999)
+    assert [(r["a"], r["b"]) for r in rows] == [("A", "D"), ("A", "B"), ("A", "C"), ("D", "B"), ("D", "C"),
+                                                ("B", "C")]
+    assert [r["diff"] for r in rows] == pytest.approx([0, 0.5, 1, 0.5, 1, 0.5])
+    # Constant differences: p = 2/1000 for the five real ones, 1 for A-D; Holm over 6 pairs gives
+    # 6p, 5p, 4p, 3p, 2p in sorted order, made monotone: all five are 6p = 0.012.
+    assert [r["p_value"] for r in rows] == pytest.approx([1, 0.002, 0.002, 0.002, 0.002, 0.002])
+    assert [r["p_holm"] for r in rows] == pytest.approx([1, 0.012, 0.012, 0.012, 0.012, 0.012])
+    assert [r["significant"] for r in rows] == [False, True, True, True, True, True]
+    assert [r["p_holm"] for r in rows] == pytest.approx(holm([r["p_value"] for r in rows]))
+    text = verdict({m: float(t.mean()) for m, t in tables.items()}, rows, n_seeds=2, n_prompts=5)["statement"]
+    assert text == ("A and D are ahead of B and C; B is ahead of C; no difference between A and D "
+                    "(α = 0.05, Holm-corrected, 2 seeds × 5 test prompts).")
+    lower = pairwise_comparisons(tables, n_boot=999, higher_is_better=False)
+    assert (lower[0]["a"], lower[0]["b"], lower[0]["diff"]) == ("C", "B", pytest.approx(-0.5))
+
+
+def _comparisons(p_holm: dict) -> list[dict]:
+    return [{"a": a, "b": b, "p_holm": p} for (a, b), p in p_holm.items()]
+
+
+def test_verdict_only_ends_differ():
+    # A > B > C, only A-C significant: the runs [A, B] and [B, C] overlap at B.
+    means = {"C": 0.4, "A": 0.6, "B": 0.5}
+    out = verdict(means, _comparisons({("A", "B"): 0.2, ("A", "C"): 0.01, ("B", "C"): 0.3}),
+                  n_seeds=3, n_prompts=128)
+    assert out["ranking"] == ["A", "B", "C"]
+    assert out["groups"] == [["A", "B"], ["B", "C"]]
+    assert out["statement"] == ("A is ahead of C; no difference between A and B, or between B and C "
+                                "(α = 0.05, Holm-corrected, 3 seeds × 128 test prompts).")
+    assert out["text"] == out["statement"] + "\n95% intervals from a two-level bootstrap over seeds and prompts."
+    # At alpha = 0.005 nothing differs.
+    strict = verdict(means, _comparisons({("A", "B"): 0.2, ("A", "C"): 0.01, ("B", "C"): 0.3}),
+                     alpha=0.005, n_seeds=3, n_prompts=128)
+    assert strict["groups"] == [["A", "B", "C"]]
+    assert strict["statement"].startswith("No method is distinguishable from the others (α = 0.005,")
+
+
+def test_verdict_three_ahead_of_one_and_one_alone_on_top():
+    means = {"A": 0.7, "B": 0.6, "C": 0.55, "D": 0.3}
+    p = {("A", "B"): 0.5, ("A", "C"): 0.4, ("B", "C"): 0.9, ("A", "D"): 0.001, ("B", "D"): 0.01, ("C", "D"): 0.02}
+    out = verdict(means, _comparisons(p), n_seeds=3, n_prompts=128)
+    assert out["groups"] == [["A", "B", "C"], ["D"]]
+    assert out["statement"] == ("A, B and C are ahead of D; no difference among A, B and C "
+                                "(α = 0.05, Holm-corrected, 3 seeds × 128 test prompts).")
+    p.update({("A", "B"): 0.01, ("A", "C"): 0.01})
+    top = verdict(means, _comparisons(p), n_seeds=3, n_prompts=128)
+    assert top["groups"] == [["A"], ["B", "C"], ["D"]]
+    assert top["statement"] == ("A is ahead of B, C and D; B and C are ahead of D; no difference between B and C "
+                                "(α = 0.05, Holm-corrected, 3 seeds × 128 test prompts).")
+
+
+def test_verdict_single_method_lower_is_better_and_one_seed():
+    single = verdict({"dpo": 0.5}, [], n_seeds=1, n_prompts=64)
+    assert single["groups"] == [["dpo"]] and single["ranking"] == ["dpo"]
+    assert single["statement"] == "Only one method, dpo: nothing to compare (1 seed × 64 test prompts)."
+    assert "bootstrap over prompts only" in single["intervals"]
+    kl = verdict({"ipo": 0.2, "dpo": 0.9}, _comparisons({("ipo", "dpo"): 0.001}), n_seeds=3, n_prompts=8,
+                 higher_is_better=False)
+    assert kl["ranking"] == ["ipo", "dpo"] and kl["groups"] == [["ipo"], ["dpo"]]
+    assert kl["statement"].startswith("ipo is ahead of dpo (")
+    with pytest.raises(ValueError, match="no comparison"):
+        verdict({"a": 1.0, "b": 0.0}, [], n_seeds=3, n_prompts=8)
+
+
+def test_groups_are_maximal_runs_without_a_significant_pair():
+    # A > B > C > D with only B-C significant: [A, B] and [C, D]; the run from B ([B]) is inside [A, B].
+    sig = lambda x, y: {x, y} == {"B", "C"}
+    assert indistinguishable_groups(["A", "B", "C", "D"], sig) == [["A", "B"], ["C", "D"]]
+    # Only A-C significant, but A-B and B-C not: a run from A stops at B even though the test is not transitive.
+    sig = lambda x, y: {x, y} == {"A", "C"}
+    assert indistinguishable_groups(["A", "B", "C", "D"], sig) == [["A", "B"], ["B", "C", "D"]]
+    assert indistinguishable_groups(["A"], sig) == [["A"]]

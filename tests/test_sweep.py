@@ -18,8 +18,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from alignbench.sweep import driver as sweep_mod
-from alignbench.training import run as train_mod
+from alignbench.sweep import budget, liveness, progress, selection
+from alignbench.sweep import parent as parent_mod
+from alignbench.sweep import plan as plan_mod
+from alignbench.sweep import run as run_mod
+from alignbench.sweep import storage as storage_mod
+from alignbench.sweep import studies as studies_mod
+from alignbench.training import loop as train_mod
 from alignbench.config import ConfigError, compose, validate
 
 # Smaller than the smoke sweep's own overrides: 4 steps, evals at 2 and 4.
@@ -30,11 +35,11 @@ STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
 def sweep(*sweep_overrides: str, user: tuple[str, ...] = (), live=False):
     """Run the smoke sweep with `sweep.*` overrides and the user's trial overrides (as the CLI would)."""
     cfg = compose(["sweep=smoke", *sweep_overrides, *TINY, *user])
-    return sweep_mod.run_sweep(cfg, overrides=[*TINY, *user], live=live)
+    return run_mod.run_sweep(cfg, overrides=[*TINY, *user], live=live)
 
 
 def plan(*sweep_overrides: str):
-    return sweep_mod.plan_sweep(compose(["sweep=smoke", *sweep_overrides, *TINY]), overrides=list(TINY))
+    return plan_mod.plan_sweep(compose(["sweep=smoke", *sweep_overrides, *TINY]), overrides=list(TINY))
 
 
 def studies(experiment="sweep-smoke", journal="sweeps.journal"):
@@ -146,7 +151,7 @@ def test_nan_loss_fails_the_trial_and_the_sweep_goes_on(workdir):
 def test_a_bad_trial_is_pruned(workdir):
     # A finished trial that reached win rate 1.0 at every eval: the median pruner stops anything below.
     p = plan("sweep.methods=[dpo]", "sweep.n_trials=2")
-    study = sweep_mod.load_study(p, "dpo", sweep_mod.make_storage(p))
+    study = studies_mod.load_study(p, "dpo", storage_mod.make_storage(p))
     study.add_trial(optuna.trial.create_trial(
         params={"method.beta": 0.1, "method.lr": 5e-4}, value=1.0, intermediate_values={2: 1.0, 4: 1.0},
         distributions={"method.beta": optuna.distributions.FloatDistribution(0.01, 0.5, log=True),
@@ -180,13 +185,13 @@ def test_interrupt_finalises_both_records(workdir, monkeypatch):
 
 def test_stale_running_trial_is_failed_and_its_run_killed(workdir):
     p = plan("sweep.methods=[dpo]", "sweep.n_trials=1")
-    study = sweep_mod.load_study(p, "dpo", sweep_mod.make_storage(p))
+    study = studies_mod.load_study(p, "dpo", storage_mod.make_storage(p))
     trial = study.ask()
     trial.suggest_float("method.beta", 0.01, 0.5, log=True)
     trial.suggest_float("method.lr", 1.7e-4, 1.5e-3, log=True)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    trial.set_user_attr("alignbench.worker", {"host": sweep_mod.HOST, "pid": dead.pid, "start": 1.0})
+    trial.set_user_attr("alignbench.worker", {"host": liveness.HOST, "pid": dead.pid, "start": 1.0})
     client = mlflow.MlflowClient()
     exp = client.create_experiment("sweep-smoke")
     run = client.create_run(exp, tags={"alignbench.role": "trial", "optuna.study": study.study_name,
@@ -233,19 +238,19 @@ def test_search_spaces_cover_every_method_and_are_valid():
     from alignbench.config import METHODS
 
     for m in METHODS:
-        space = sweep_mod.load_space(m)
+        space = plan_mod.load_space(m)
         assert "method.lr" in space
         cfg = compose([f"method={m}"])
         default_lr = cfg.method.lr
         assert space["method.lr"]["low"] <= default_lr <= space["method.lr"]["high"]
-    assert sweep_mod.load_space("dpo")["method.beta"] == {"low": 0.01, "high": 0.5, "log": True}
-    for k in sweep_mod.load_space("rloo")["method.rloo_k"]["choices"]:  # every choice is a valid config
+    assert plan_mod.load_space("dpo")["method.beta"] == {"low": 0.01, "high": 0.5, "log": True}
+    for k in plan_mod.load_space("rloo")["method.rloo_k"]["choices"]:  # every choice is a valid config
         validate(compose(["method=rloo", f"method.rloo_k={k}"]))
 
 
 def test_sampler_is_seeded_per_trial_count():
     p = plan("sweep.methods=[dpo]")
-    a = [sweep_mod.make_sampler(p, "dpo", 0, k) for k in (0, 0, 1)]
+    a = [studies_mod.make_sampler(p, "dpo", 0, k) for k in (0, 0, 1)]
     draws = []
     for s in a:
         study = optuna.create_study(sampler=s, direction="maximize")
@@ -255,28 +260,68 @@ def test_sampler_is_seeded_per_trial_count():
 
 def test_over_budget_trials_are_detected(tmp_path):
     p = plan("sweep.methods=[dpo]", "sweep.n_trials=2", f"sweep.storage=journal://{tmp_path}/j.journal")
-    study = sweep_mod.load_study(p, "dpo", sweep_mod.make_storage(p))
+    study = studies_mod.load_study(p, "dpo", storage_mod.make_storage(p))
     t0, t1, t2 = study.ask(), study.ask(), study.ask()   # three workers asked for the last two slots
-    assert not sweep_mod.over_budget(p, study, t0)
-    assert not sweep_mod.over_budget(p, study, t1)
-    assert sweep_mod.over_budget(p, study, t2)
+    assert not budget.over_budget(p, study, t0)
+    assert not budget.over_budget(p, study, t1)
+    assert budget.over_budget(p, study, t2)
     study.tell(t1, state=TrialState.FAIL)                 # a failure frees a slot
-    assert not sweep_mod.over_budget(p, study, t2)
+    assert not budget.over_budget(p, study, t2)
 
 
 def test_storage_urls(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert sweep_mod.storage_url(None) == f"journal://{tmp_path}/sweeps.journal"
-    assert sweep_mod.storage_url("journal:///x/y.journal") == "journal:///x/y.journal"
-    assert sweep_mod.storage_url("my.journal") == f"journal://{tmp_path}/my.journal"
+    assert storage_mod.storage_url(None) == f"journal://{tmp_path}/sweeps.journal"
+    assert storage_mod.storage_url("journal:///x/y.journal") == "journal:///x/y.journal"
+    assert storage_mod.storage_url("my.journal") == f"journal://{tmp_path}/my.journal"
     # psycopg 3 is not a dependency: a bare postgresql:// URL gets the psycopg2 driver we install
-    assert sweep_mod.storage_url("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
-    assert sweep_mod.storage_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
-    assert sweep_mod.storage_url("sqlite:///x.db") == "sqlite:///x.db"
+    assert storage_mod.storage_url("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert storage_mod.storage_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert storage_mod.storage_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_journal_path_and_open_storage_for_a_reader(tmp_path):
+    assert storage_mod.journal_path("journal:///x/y.journal") == Path("/x/y.journal")
+    assert storage_mod.journal_path("file:///x/y.journal") == Path("/x/y.journal")
+    assert storage_mod.journal_path("file:y.journal") == Path("y.journal")
+    assert storage_mod.journal_path("y.journal") == Path("y.journal")
+    assert storage_mod.journal_path("sqlite:///x.db") is None
+    assert storage_mod.journal_path("postgresql+psycopg2://u@h/db") is None
+    assert storage_mod.open_storage("sqlite:///x.db") == "sqlite:///x.db"  # Optuna connects itself
+    with pytest.raises(LookupError, match="does not exist"):
+        storage_mod.open_storage(f"journal://{tmp_path}/missing.journal")
+    journal = tmp_path / "s.journal"
+    optuna.create_study(study_name="e/dpo", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert optuna.load_study(study_name="e/dpo", storage=storage_mod.open_storage(f"journal://{journal}"))
+
+
+@pytest.mark.parametrize("pareto", [False, True])
+def test_best_trial_rule_is_optunas_choice(tmp_path, pareto):
+    """The shared rule (highest objective; pareto: then lower KL; then earliest trial) picks what
+    Optuna picks, with ties and trials completed out of order (several workers)."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j")))
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"] if pareto else ["maximize"])
+    trials = [study.ask() for _ in range(6)]
+    results = {3: (0.75, 2.0), 0: (0.5, 1.0), 5: (0.75, 1.0), 1: (0.75, 1.0), 2: (0.25, 0.5)}
+    for number, (wr, kl) in results.items():  # completion order != trial order
+        study.tell(trials[number], [wr, kl] if pareto else wr)
+    study.tell(trials[4], state=TrialState.PRUNED)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    i = selection.best_index([t.values[0] for t in complete], [t.values[-1] for t in complete],
+                             [t.number for t in complete], kl_tiebreak=pareto)
+    optunas = max(study.best_trials, key=lambda t: t.values[0]) if pareto else study.best_trial
+    assert complete[i].number == optunas.number == 1
+    p = plan_mod.Plan(name="x", experiment="e", methods=["dpo"], n_trials=6, objective="pareto" if pareto else
+                      "win_rate", seed=0, sampler={}, pruner={}, storage="", heartbeat_interval=None,
+                      grace_period=None, n_workers=1, max_failures=1, spaces={}, trial_overrides={}, tracking={})
+    assert progress.best_trial(p, study).number == optunas.number
+    assert selection.best_index([None, float("nan")]) is None
+    assert selection.best_index([0.5, 0.5], [None, 3.0], [0, 1], kl_tiebreak=True) == 1  # no KL ranks last
 
 
 def test_user_overrides_drop_sweep_and_method_keys():
-    assert sweep_mod.user_overrides(["sweep=smoke", "sweep.n_trials=3", "method=ipo", "seed=3",
+    assert plan_mod.user_overrides(["sweep=smoke", "sweep.n_trials=3", "method=ipo", "seed=3",
                                      "train.max_steps=4"]) == ["seed=3", "train.max_steps=4"]
 
 
@@ -342,19 +387,19 @@ def test_workers_that_race_on_a_new_sweep_converge_on_one_parent_run(workdir, mo
     oldest and deletes its own, so every child run points at the same parent."""
     p = plan()
     tags = {"alignbench.role": "sweep", "sweep.name": p.name}
-    first, created = sweep_mod.open_parent_run(p, tags)  # the worker that got there first
+    first, created = parent_mod.open_parent_run(p, tags)  # the worker that got there first
     assert created
-    real = sweep_mod.parent_runs
+    real = parent_mod.parent_runs
     calls = []
 
     def racing(plan_):  # the second worker's first look happens before the first worker's run exists
         calls.append(1)
         return [] if len(calls) == 1 else real(plan_)
 
-    monkeypatch.setattr(sweep_mod, "parent_runs", racing)
-    adopted, created = sweep_mod.open_parent_run(p, tags)
+    monkeypatch.setattr(parent_mod, "parent_runs", racing)
+    adopted, created = parent_mod.open_parent_run(p, tags)
     assert (adopted, created) == (first, False) and len(calls) == 2
-    monkeypatch.setattr(sweep_mod, "parent_runs", real)
+    monkeypatch.setattr(parent_mod, "parent_runs", real)
     assert [r.info.run_id for r in parent_runs()] == [first]  # the loser's run is deleted, not left RUNNING
     deleted = mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name("sweep-smoke").experiment_id],
                                                 run_view_type=mlflow.entities.ViewType.DELETED_ONLY)
@@ -392,12 +437,12 @@ def test_a_finished_trials_running_run_is_killed_only_when_its_worker_is_gone(wo
     trial already COMPLETE: another worker's reaper must leave it alone, and end it once that
     worker is dead."""
     p = plan("sweep.methods=[dpo]", "sweep.n_trials=1")
-    study = sweep_mod.load_study(p, "dpo", sweep_mod.make_storage(p))
+    study = studies_mod.load_study(p, "dpo", storage_mod.make_storage(p))
     client = mlflow.MlflowClient()
     exp = client.create_experiment("sweep-smoke")
     dead = subprocess.Popen(["true"])
     dead.wait()
-    workers = {"alive": sweep_mod.worker_tag(), "dead": {"host": sweep_mod.HOST, "pid": dead.pid, "start": 1.0}}
+    workers = {"alive": liveness.worker_tag(), "dead": {"host": liveness.HOST, "pid": dead.pid, "start": 1.0}}
     runs = {}
     for who, worker in workers.items():
         trial = study.ask()
@@ -405,7 +450,7 @@ def test_a_finished_trials_running_run_is_killed_only_when_its_worker_is_gone(wo
         runs[who] = client.create_run(exp, tags={"alignbench.role": "trial", "optuna.study": study.study_name,
                                                  "optuna.trial_number": str(trial.number)}).info.run_id
         study.tell(trial, 0.5)
-    sweep_mod.reap_stale(p, study)
+    liveness.reap_stale(p, study)
     assert client.get_run(runs["alive"]).info.status == "RUNNING"
     killed = client.get_run(runs["dead"])
     assert killed.info.status == "KILLED" and killed.data.tags["optuna.trial_state"] == "COMPLETE"

@@ -1,4 +1,5 @@
-"""The built-in task: deterministic, several-sided gold reward, SFT reference ~50% against itself."""
+"""alignbench.data.builtin_task, the built-in task: deterministic, several-sided gold reward, SFT
+reference ~50% against itself."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_sft_reference_wins_about_half_against_itself(workdir):
     """Two independent samples from the SFT model: the 'policy' side is the reference itself."""
     from alignbench.config import compose
     from alignbench.models.generation import sample
-    from alignbench.training.run import prepare
+    from alignbench.training.setup import prepare
     from conftest import FAST
 
     cfg = compose(FAST + ["eval.n_prompts=64", "data.n_eval_prompts=64"])

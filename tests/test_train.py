@@ -13,7 +13,9 @@ import yaml
 
 from alignbench.tracking import mlflow_runs as tracking
 from alignbench.config import compose
-from alignbench.training.run import NonFiniteLoss, NullTracker, train
+from alignbench.tracking.null import NullTracker
+from alignbench.training.loop import NonFiniteLoss
+from alignbench.training.run import train
 from conftest import FAST
 
 REQUIRED = ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl", "train/loss")
@@ -50,9 +52,15 @@ def test_dpo_run_lands_in_mlflow(workdir):
 
 @pytest.mark.parametrize("method", ["ipo", "kto", "simpo"])
 def test_other_offline_methods_run(workdir, method):
-    result = train(compose([*FAST, f"method={method}"]), NullTracker())
+    tracker = NullTracker()
+    result = train(compose([*FAST, f"method={method}"]), tracker)
+    last_logged = {}  # each metric's last logged value, as MLflow shows a run's metrics
+    for _, metrics in tracker.metrics:
+        last_logged.update(metrics)
     for key in REQUIRED:
-        assert math.isfinite(result.metrics[key]) if key != "train/loss" else True
+        assert math.isfinite(last_logged[key]), key
+    assert all(math.isfinite(m["train/loss"]) for _, m in tracker.metrics if "train/loss" in m)
+    assert last_logged["eval/win_rate"] == result.metrics["eval/win_rate"]
     assert 0.0 <= result.metrics["eval/win_rate_ci_low"] <= result.metrics["eval/win_rate"] <= result.metrics["eval/win_rate_ci_high"] <= 1.0
     assert result.metrics["train/tokens"] > 0
 

@@ -1,4 +1,4 @@
-"""Evaluation, the same for every method (DESIGN §5).
+"""Evaluation, the same for every method.
 
 Policy and reference each sample one response per held-out prompt with the same decoding
 and seeds; the judge scores both; win rate = P(policy preferred), ties 1/2, Wilson 95% CI.

@@ -1,8 +1,11 @@
-"""Small statistics shared by evaluation and reports."""
+"""Statistics shared by evaluation and reports: win-rate intervals, paired tests, Holm correction,
+length control, and the seed x prompt method comparison (two-level bootstrap, pairwise tests, verdict)."""
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 
 def win_rate_ci(wins: float, ties: float, n: int, z: float = 1.96) -> tuple[float, float, float]:
@@ -60,8 +63,6 @@ def paired_bootstrap(a, b, n_boot: int = 10_000, seed: int = 0, alpha: float = 0
     H0: mean difference = 0 from the bootstrap distribution shifted to the null
     (p = (1 + #{|d*_b - d| >= |d|}) / (B + 1)).
     """
-    import numpy as np
-
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise ValueError("paired_bootstrap needs two equal-length, non-empty 1-D samples")
@@ -99,7 +100,6 @@ def length_controlled_win_rate(preferences, length_diffs, l2: float = 1e-3) -> d
     usual logit interval of a proportion.
     Returns {"lc_win_rate", "lc_win_rate_ci", "raw_win_rate", "intercept", "slope", "n"}.
     """
-    import numpy as np
     from scipy.optimize import minimize
 
     y = np.asarray(preferences, dtype=float)
@@ -134,3 +134,198 @@ def length_controlled_win_rate(preferences, length_diffs, l2: float = 1e-3) -> d
         ci = (float("nan"), float("nan"))
     return {"lc_win_rate": sig(a), "lc_win_rate_ci": ci, "raw_win_rate": float(y.mean()),
             "intercept": a, "slope": b, "n": n}
+
+
+# --- Seed x prompt comparison of methods (Henderson et al. 2018; Agarwal et al. 2021) ---------
+# Every method is retrained on the same K seeds and evaluated on the same P test prompts, so each
+# method gives a table of per-prompt outcomes of shape (K seeds, P prompts): a win indicator in
+# {0, 1/2, 1} or any per-prompt value (KL, gold reward). Comparisons are paired by seed and prompt.
+
+
+def _as_table(table, name: str = "table") -> np.ndarray:
+    """The table as a finite float array of shape (K seeds, P prompts), K, P >= 1."""
+    t = np.asarray(table, dtype=float)
+    if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D array (seeds x prompts), got shape {t.shape}")
+    if not np.all(np.isfinite(t)):
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return t
+
+
+def _two_level_boot_means(table: np.ndarray, n_boot: int, rng_seed: int) -> np.ndarray:
+    """n_boot bootstrap replicates of the mean of per-seed prompt means, shape (n_boot,).
+
+    Draw order (fixed, so results are reproducible): first the seed indices, shape (n_boot, K),
+    then the prompt indices, shape (n_boot, K, P), drawn independently for each resampled seed.
+    With K = 1 no seed draw is made, so the prompt draws are exactly those of a one-level prompt
+    bootstrap with the same rng_seed (`paired_bootstrap`).
+    """
+    n_seeds, n_prompts = table.shape
+    rng = np.random.default_rng(rng_seed)
+    if n_seeds > 1:
+        seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    else:
+        seeds = np.zeros((n_boot, 1), dtype=np.int64)
+    prompts = rng.integers(0, n_prompts, size=(n_boot, n_seeds, n_prompts))
+    # Equal prompt counts per seed: the mean over (seed, prompt) is the mean of per-seed means.
+    return table[seeds[:, :, None], prompts].mean(axis=(1, 2))
+
+
+def two_level_bootstrap_ci(table, n_boot: int = 2000, alpha: float = 0.05,
+                           rng_seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high) of a (K seeds, P prompts) table, from a two-level bootstrap.
+
+    The estimate is the mean over seeds of the per-seed mean over prompts. The interval is the
+    (alpha/2, 1 - alpha/2) percentile interval of a hierarchical bootstrap: resample the K seeds
+    with replacement, then, within each resampled seed, resample its P prompts with replacement
+    (prompt indices drawn independently per seed). The interval therefore includes both
+    seed-to-seed (training) and prompt-to-prompt (test set) variance.
+    With K = 1 there is no seed variance to see: it degenerates to a plain prompt bootstrap,
+    and the interval says nothing about how another training seed would do.
+    """
+    t = _as_table(table)
+    boot = _two_level_boot_means(t, n_boot, rng_seed)
+    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return float(t.mean(axis=1).mean()), float(low), float(high)
+
+
+def paired_difference(table_a, table_b, n_boot: int = 2000, alpha: float = 0.05, rng_seed: int = 0) -> dict:
+    """Mean of a - b over (K seeds, P prompts) tables, paired by seed and by prompt.
+
+    Both tables get the SAME two-level resampling (same seed indices, same prompt indices), which
+    is the two-level bootstrap of the difference table a - b (the mean is linear).
+    Returns {"diff", "low", "high", "p_value"}: the mean difference, its percentile
+    (1 - alpha) interval, and a two-sided bootstrap p-value for H0: diff = 0,
+        p = min(1, 2 * min(1 + #{d* <= 0}, 1 + #{d* >= 0}) / (n_boot + 1)),
+    i.e. twice the smaller tail mass of the bootstrap distribution on either side of 0, with
+    the usual +1 correction so that p > 0 (smallest value 2 / (n_boot + 1)). A table compared
+    with itself gives d* = 0 throughout and p = 1.
+    """
+    a, b = _as_table(table_a, "table_a"), _as_table(table_b, "table_b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired_difference needs tables of equal shape (same seeds and prompts), "
+                         f"got {a.shape} and {b.shape}")
+    d = a - b
+    boot = _two_level_boot_means(d, n_boot, rng_seed)
+    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    tail = min(1 + int((boot <= 0).sum()), 1 + int((boot >= 0).sum()))
+    p = min(1.0, 2 * tail / (n_boot + 1))
+    return {"diff": float(d.mean(axis=1).mean()), "low": float(low), "high": float(high), "p_value": p}
+
+
+def _rank(means: dict, higher_is_better: bool) -> list[str]:
+    """Method names best first; equal means in name order."""
+    sign = -1.0 if higher_is_better else 1.0
+    return sorted(means, key=lambda m: (sign * float(means[m]), m))
+
+
+def pairwise_comparisons(tables: dict, n_boot: int = 2000, alpha: float = 0.05, rng_seed: int = 0,
+                         higher_is_better: bool = True) -> list[dict]:
+    """`paired_difference` for every pair of methods, with Holm-adjusted p-values.
+
+    Methods are ranked by mean (best first, by `higher_is_better`; ties in name order) and pairs
+    listed in ranking order with the better method as "a": for ranking A, B, C the pairs are
+    (A, B), (A, C), (B, C). Every pair uses the same rng_seed, so the same resampled seeds and
+    prompts. Holm corrects over all m(m-1)/2 pairs; "significant" is p_holm <= alpha.
+    Each dict: {"a", "b", "mean_a", "mean_b", "diff", "low", "high", "p_value", "p_holm",
+    "significant"}; diff = mean_a - mean_b.
+    """
+    means = {m: float(_as_table(t, m).mean(axis=1).mean()) for m, t in tables.items()}
+    ranking = _rank(means, higher_is_better)
+    out = []
+    for i, a in enumerate(ranking):
+        for b in ranking[i + 1:]:
+            res = paired_difference(tables[a], tables[b], n_boot=n_boot, alpha=alpha, rng_seed=rng_seed)
+            out.append({"a": a, "b": b, "mean_a": means[a], "mean_b": means[b], **res})
+    for row, p_holm in zip(out, holm([row["p_value"] for row in out])):
+        row["p_holm"] = p_holm
+        row["significant"] = p_holm <= alpha
+    return out
+
+
+def _join(names) -> str:
+    """'A', 'A and B', 'A, B and C'."""
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def indistinguishable_groups(ranking: list[str], significant) -> list[list[str]]:
+    """Groups of statistically indistinguishable methods, best first.
+
+    Rule: a group is a maximal run of consecutive methods in the ranking in which no pair is
+    significantly different (`significant(x, y)` is False for every pair in the run). Runs may
+    overlap (as in a compact letter display): for A > B > C with only A-C significant the groups
+    are [A, B] and [B, C]. A method different from both neighbours is a group of its own.
+    """
+    ends = []
+    for i in range(len(ranking)):
+        j = i
+        while j + 1 < len(ranking) and not any(significant(ranking[k], ranking[j + 1]) for k in range(i, j + 1)):
+            j += 1
+        ends.append(j)
+    # The run from i + 1 ends no earlier than the run from i; keep it only when it ends later.
+    return [ranking[i:j + 1] for i, j in enumerate(ends) if i == 0 or j > ends[i - 1]]
+
+
+def _ahead_clauses(ranking: list[str], significant) -> list[str]:
+    """'A and B are ahead of C'-style clauses: consecutive methods that beat the same set are merged."""
+    beaten = [tuple(y for y in ranking[i + 1:] if significant(x, y)) for i, x in enumerate(ranking)]
+    clauses, i = [], 0
+    while i < len(ranking):
+        j = i
+        while j + 1 < len(ranking) and beaten[j + 1] == beaten[i]:
+            j += 1
+        if beaten[i]:
+            who = ranking[i:j + 1]
+            clauses.append(f"{_join(who)} {'is' if len(who) == 1 else 'are'} ahead of {_join(beaten[i])}")
+        i = j + 1
+    return clauses
+
+
+def _no_difference_clause(groups: list[list[str]]) -> str:
+    """'no difference among A, B and C, or between D and E' over the groups of two or more."""
+    parts = [("among " if len(g) > 2 else "between ") + _join(g) for g in groups if len(g) > 1]
+    return "no difference " + ", or ".join(parts) if parts else ""
+
+
+def verdict(means: dict, comparisons: list[dict], *, alpha: float = 0.05, n_seeds: int, n_prompts: int,
+            higher_is_better: bool = True) -> dict:
+    """Plain-language verdict of a method comparison.
+
+    Methods are ranked by mean (best first; ties in name order). A pair differs when its
+    Holm-adjusted p-value ("p_holm" in `comparisons`, from `pairwise_comparisons`) is <= alpha.
+    Groups follow `indistinguishable_groups`: maximal runs of consecutive ranked methods with no
+    significant pair inside (runs may overlap). The statement lists who is ahead of whom (methods
+    beating the same set are merged) and the groups, e.g. "A, B and C are ahead of D; no
+    difference among A, B and C (α = 0.05, Holm-corrected, 3 seeds × 128 test prompts)."
+    Returns {"text", "statement", "intervals", "groups", "ranking"}: text = statement + newline
+    + intervals, the line saying what the (1 - alpha) intervals include.
+    """
+    if not means:
+        raise ValueError("verdict needs at least one method")
+    ranking = _rank(means, higher_is_better)
+    p_holm = {frozenset((c["a"], c["b"])): float(c["p_holm"]) for c in comparisons}
+
+    def significant(x: str, y: str) -> bool:
+        key = frozenset((x, y))
+        if key not in p_holm:
+            raise ValueError(f"verdict: no comparison given for the pair {x} vs {y}")
+        return p_holm[key] <= alpha
+
+    groups = indistinguishable_groups(ranking, significant)
+    design = f"{n_seeds} seed{'s' if n_seeds != 1 else ''} × {n_prompts} test prompts"
+    if len(ranking) == 1:
+        statement = f"Only one method, {ranking[0]}: nothing to compare ({design})."
+    elif len(groups) == 1:
+        statement = f"No method is distinguishable from the others (α = {alpha:g}, Holm-corrected, {design})."
+    else:
+        clauses = _ahead_clauses(ranking, significant)
+        body = "; ".join(clauses + [c for c in [_no_difference_clause(groups)] if c])
+        statement = f"{body} (α = {alpha:g}, Holm-corrected, {design})."
+    level = f"{100 * (1 - alpha):g}%"
+    if n_seeds > 1:
+        intervals = f"{level} intervals from a two-level bootstrap over seeds and prompts."
+    else:
+        intervals = f"{level} intervals from a bootstrap over prompts only (one seed: no seed-to-seed variance)."
+    return {"text": statement + "\n" + intervals, "statement": statement, "intervals": intervals,
+            "groups": groups, "ranking": ranking}

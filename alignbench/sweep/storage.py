@@ -133,8 +133,9 @@ def _after_last_newline(fh, size: int, chunk: int = 1 << 16) -> int:
 
 def lock_path(plan) -> Path | None:
     """The lock file beside a local storage (journal or SQLite file); None for a remote RDB."""
-    if plan.storage.startswith("journal://"):
-        return Path(plan.storage[len("journal://"):] + ".alignbench.lock")
+    path = journal_path(plan.storage)
+    if path is not None:
+        return Path(f"{path}.alignbench.lock")
     if plan.storage.startswith("sqlite:///"):
         return Path(plan.storage[len("sqlite:///"):] + ".alignbench.lock")
     return None

@@ -112,7 +112,7 @@ def _train_in_run(plan: Plan, method: str, study, trial, params: dict, parent_ru
 
 def _tell_result(plan: Plan, study, trial, result) -> None:
     """Record the final eval on the trial and tell Optuna its objective value(s)."""
-    from alignbench.training.run import NonFiniteLoss
+    from alignbench.training.loop import NonFiniteLoss
 
     m = result.metrics
     for k in RESULT_ATTRS:

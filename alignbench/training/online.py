@@ -1,6 +1,7 @@
-"""PPO for RLHF, one loop read top to bottom (in the style of cleanrl's ppo.py).
+"""The online loop: PPO for RLHF (in the style of cleanrl's ppo.py) and RLOO, as named steps.
 
-    reward model (cached stage) -> repeat until cfg.train.max_steps optimiser steps:
+    reward model (`reward_model_for`, a cached stage) -> repeat until cfg.train.max_steps optimiser steps:
+        (`collect_rollout`: steps 1-5; `optimise_on_rollout` / `minibatch_step`: step 6)
         1. rollout:   sample `rollout_batch_size` responses from the policy (temperature 1)
         2. score:     reward-model score (method.reward=model) or gold reward (=gold, PPO-GT)
         3. old stats: policy log-probs and values, reference log-probs (no gradient)
@@ -10,7 +11,7 @@
         7. adapt:     optional adaptive KL coefficient; optional target-KL early stop of the epochs
 
 The pieces (GAE, the clipped losses, the KL penalty, the adaptive controller) are pure tensor
-functions in `alignbench.losses.ppo`; this file only wires them up. Every trick is a named flag
+functions in `alignbench.losses.ppo`; this module only wires them up. Every trick is a named flag
 in conf/method/ppo.yaml.
 
 RLOO (method=rloo, conf/method/rloo.yaml) is the same loop without a critic: each prompt is
@@ -34,17 +35,18 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 
 from alignbench.data import builtin_task as task
-from alignbench.models.generation import Samples, response_token_logps, sample
-from alignbench.models.logps import position_ids_from_mask, token_logps
 from alignbench.losses.ppo import (AdaptiveKLController, clipped_policy_loss, clipped_value_loss,
                                    entropy_from_logits, gae_advantages, kl_penalty_rewards, masked_mean, whiten)
 from alignbench.losses.rloo import rloo_advantages
-from alignbench.training.run import (RunResult, check_finite, inject_faults, make_accelerator, make_optimizer,
-                             run_evaluation, shard)
+from alignbench.models.generation import Samples, response_token_logps, sample
+from alignbench.models.logps import position_ids_from_mask, token_logps
+from alignbench.training.loop import (Optimisation, Progress, RunResult, make_accelerator, make_optimizer,
+                                      shard)
 
 log = logging.getLogger(__name__)
 
@@ -79,28 +81,58 @@ def _prompt_stream(prompts: list[str], batch_size: int, seed: int, repeats: int 
         queue = queue[n:]
 
 
-def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
-    models, m = prepared.models, cfg.method
-    critic_free = m.name == "rloo"  # RLOO: leave-one-out baseline instead of a value head and GAE
-    k = m.rloo_k if critic_free else 1
-    device, tokenizer, policy = models.device, models.tokenizer, models.policy
-    t_setup = time.time()
+@dataclass
+class Learner:
+    """The policy (as the accelerator wraps it, and unwrapped for sampling and evaluation), its
+    value head (None for RLOO) and the optimiser over both."""
 
-    # ---- 0. the reward: a learned Bradley-Terry reward model (cached stage) or the gold reward
+    policy: torch.nn.Module
+    unwrapped: torch.nn.Module
+    value_head: torch.nn.Module | None
+    optimisation: Optimisation
+
+
+@dataclass
+class Rollout:
+    """One sampled batch and what the optimisation epochs need of it (all [B, R] over the response)."""
+
+    samples: Samples
+    ids: torch.Tensor
+    attn: torch.Tensor
+    mask: torch.Tensor
+    old_logps: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    seq_kl: torch.Tensor
+    stats: dict         # ppo/* metrics of the rollout, logged with every step on it
+
+
+@dataclass
+class Counters:
+    step: int = 0           # optimiser steps so far
+    rollouts: int = 0
+    early_stops: int = 0
+
+
+def reward_model_for(cfg, prepared, tracker):
+    """The learned Bradley-Terry reward model (cached stage), or None for the gold reward."""
     judge = prepared.evaluator.judge
     reward_model = None
     if hasattr(judge, "score_tokens"):  # judge=reward_model judge.path=trained: the very same RM
         reward_model = judge
-    elif m.reward == "model":
+    elif cfg.method.reward == "model":
         from alignbench.models.reward_model import load_or_train_reward_model
 
-        reward_model = load_or_train_reward_model(cfg, models, prepared.train_records)
+        reward_model = load_or_train_reward_model(cfg, prepared.models, prepared.train_records)
     if reward_model is not None:
         tracker.log_metrics(reward_model.stats, 0)
-    # "ref_seconds" is the stage before the loop, as for the offline methods: here the reward model.
-    timings = dict(prepared.timings, ref_seconds=time.time() - t_setup)
+    return reward_model
 
-    # ---- the value head and the optimiser (policy + value head, one AdamW, the shared schedule)
+
+def make_learner(cfg, models, critic_free: bool) -> Learner:
+    """The value head (zero-initialised; none for RLOO) and one AdamW over policy + head, the shared schedule."""
+    policy, device = models.policy, models.device
     torch.manual_seed(cfg.seed)
     params = [p for p in policy.parameters() if p.requires_grad]
     accelerator = make_accelerator(cfg, device)
@@ -111,146 +143,170 @@ def ppo_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
         torch.nn.init.zeros_(value_head.weight)  # V = 0 at the start: the first advantages are the raw returns
         torch.nn.init.zeros_(value_head.bias)
         params += list(value_head.parameters())
-    optimizer, scheduler = make_optimizer(cfg, params, m.lr)
+    optimizer, scheduler = make_optimizer(cfg, params, cfg.method.lr)
     if value_head is None:
         policy, optimizer = accelerator.prepare(policy, optimizer)
     else:
         policy, value_head, optimizer = accelerator.prepare(policy, value_head, optimizer)
     unwrapped = accelerator.unwrap_model(policy)  # for sampling and evaluation (generate is not DDP's)
+    return Learner(policy, unwrapped, value_head, Optimisation(cfg, accelerator, optimizer, scheduler, params))
+
+
+def collect_rollout(cfg, prepared, learner: Learner, reward_model, prompts: list[str], n_rollouts: int,
+                    kl_coef: float, critic_free: bool) -> Rollout:
+    """Steps 1-5: sample, score, the rollout policy's and reference's log-probs, rewards, advantages."""
+    m, models = cfg.method, prepared.models
+    device = models.device
+    # 1. one sampled response per prompt (RLOO: k per prompt), temperature 1 (so the KL estimate is valid)
+    samples: Samples = sample(learner.unwrapped, models.tokenizer, prompts, max_new_tokens=m.max_new_tokens,
+                              temperature=1.0, max_prompt_length=cfg.train.max_prompt_length,
+                              batch_size=m.rollout_batch_size, seed=cfg.seed * 100_003 + n_rollouts, device=device)
+    pw = samples.prompt_width
+    mask = samples.response_mask[:, pw:].to(device)
+    ids, attn = samples.input_ids.to(device), samples.attention_mask.to(device)
+
+    # 2. score each response once, at its last token
+    gold = None
+    if prepared.builtin_task:
+        gold = torch.tensor([task.gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses)])
+    rm_scores = reward_model.score_tokens(samples.input_ids, samples.attention_mask) if reward_model else None
+    scores = gold if m.reward == "gold" else rm_scores
+
+    # 3. what the rollout policy, its value head and the reference say about the samples
+    with torch.no_grad():
+        old_logps, old_values, _ = policy_forward(learner.policy, learner.value_head, ids, attn, pw)
+        old_logps = old_logps * mask
+        old_values = torch.zeros_like(old_logps) if critic_free else old_values * mask
+    with models.reference_model() as ref:
+        ref_logps = response_token_logps(ref, samples, m.rollout_batch_size, device)
+
+    # 4. per-token rewards: KL penalty on every token, the score on the last one
+    rewards, kl = kl_penalty_rewards(old_logps, ref_logps, scores.to(device), mask, kl_coef)
+    if m.whiten_rewards:  # TRL option: rescale (keep the mean) so the step size ignores the reward scale
+        rewards = whiten(rewards, mask, shift_mean=False)
+    seq_kl = kl.sum(-1)
+
+    # 5. GAE (gamma, lam) with the value head; RLOO: leave-one-out advantage of the whole
+    #    sequence's reward, on every response token. Whitened advantages.
+    if critic_free:
+        seq_advantages = rloo_advantages(rewards.sum(-1), m.rloo_k)
+        advantages, returns = seq_advantages[:, None] * mask, rewards.sum(-1, keepdim=True).expand_as(mask)
+    else:
+        advantages, returns = gae_advantages(rewards, old_values, mask, m.gamma, m.lam)
+    if m.whiten_advantages:
+        advantages = whiten(advantages, mask)
+    stats = rollout_stats(samples, mask, seq_kl, kl_coef, scores, returns, rm_scores, gold)
+    return Rollout(samples, ids, attn, mask, old_logps, old_values, advantages, returns, seq_kl, stats)
+
+
+def rollout_stats(samples: Samples, mask, seq_kl, kl_coef: float, scores, returns, rm_scores, gold) -> dict:
+    stats = {
+        "ppo/kl": seq_kl.mean().item(),
+        "ppo/kl_per_token": (seq_kl.sum() / mask.sum().clamp(min=1)).item(),
+        "ppo/kl_coef": kl_coef,
+        "ppo/score": scores.mean().item(),
+        "ppo/response_length": samples.lengths.float().mean().item(),
+        "ppo/return": returns[:, 0].mean().item(),
+    }
+    if rm_scores is not None:
+        stats["ppo/rm_score"] = rm_scores.mean().item()
+    if gold is not None:
+        stats["ppo/gold_reward"] = gold.mean().item()
+    return stats
+
+
+def minibatch_step(cfg, learner: Learner, rollout: Rollout, idx, counters: Counters, epoch: int,
+                   progress: Progress) -> float:
+    """Step 6, one minibatch: clipped surrogate (+ vf_coef x clipped value loss), one optimiser
+    step, its log and eval triggers. Returns the minibatch's approximate KL to the rollout policy."""
+    m, critic_free = cfg.method, learner.value_head is None
+    t_step = time.time()
+    mb_mask = rollout.mask[idx]
+    logps, values, logits = policy_forward(learner.policy, learner.value_head, rollout.ids[idx], rollout.attn[idx],
+                                           rollout.samples.prompt_width)
+    pg_loss, clipfrac, approx_kl = clipped_policy_loss(logps, rollout.old_logps[idx], rollout.advantages[idx],
+                                                       mb_mask, m.clip_ratio)
+    loss = pg_loss
+    if not critic_free:
+        vf_loss, vf_clipfrac = clipped_value_loss(values, rollout.old_values[idx], rollout.returns[idx], mb_mask,
+                                                  m.value_clip)
+        loss = pg_loss + m.vf_coef * vf_loss
+    counters.step += 1
+    step = counters.step
+    loss, grad_norm = learner.optimisation.step(loss, step)
+    progress.tokens_seen += int(rollout.attn[idx].sum())
+    approx_kl_value = approx_kl.item()
+    progress.train_time += time.time() - t_step
+
+    def metrics() -> dict:
+        out = dict(rollout.stats)
+        out.update(learner.optimisation.metrics(loss, grad_norm))
+        out.update({"ppo/policy_loss": pg_loss.item(), "ppo/clipfrac": clipfrac.item(), "ppo/approx_kl": approx_kl.item(),
+                    "ppo/entropy": entropy_from_logits(logits.detach(), mb_mask).item(),
+                    "ppo/epoch": float(epoch), "ppo/rollouts": float(counters.rollouts),
+                    "ppo/early_stops": float(counters.early_stops)})
+        if not critic_free:
+            out.update({"ppo/value_loss": vf_loss.item(), "ppo/vf_clipfrac": vf_clipfrac.item(),
+                        "ppo/value_mean": masked_mean(values.detach(), mb_mask).item()})
+        return out
+
+    progress.log(step, metrics)
+    progress.maybe_evaluate(step, learner.unwrapped)
+    return approx_kl_value
+
+
+def optimise_on_rollout(cfg, learner: Learner, rollout: Rollout, perm_gen, counters: Counters,
+                        progress: Progress) -> None:
+    """Step 6: `ppo_epochs` x `n_minibatches` clipped updates on this batch, until the step budget."""
+    m = cfg.method
+    mb_size = max(1, m.rollout_batch_size // m.n_minibatches)
+    accelerator, device = learner.optimisation.accelerator, rollout.ids.device
+    for epoch in range(m.ppo_epochs):
+        epoch_approx_kl = []
+        order = torch.randperm(len(rollout.samples.prompts), generator=perm_gen)
+        for start in range(0, len(order), mb_size):
+            if counters.step >= cfg.train.max_steps:
+                break
+            idx = shard(accelerator, order[start:start + mb_size]).to(device)
+            epoch_approx_kl.append(minibatch_step(cfg, learner, rollout, idx, counters, epoch, progress))
+        # target-KL early stop (cleanrl `target_kl`): the policy moved too far from the rollout
+        # policy in this epoch; skip the remaining epochs and sample a fresh batch.
+        if m.target_kl is not None and epoch_approx_kl and sum(epoch_approx_kl) / len(epoch_approx_kl) > m.target_kl:
+            counters.early_stops += 1
+            break
+
+
+def online_loop(cfg, prepared, tracker, on_eval=None, critic_free: bool = False) -> RunResult:
+    """PPO (critic_free=False) or RLOO (critic_free=True): rollouts and clipped updates until
+    `train.max_steps` optimiser steps."""
+    m = cfg.method
+    t_setup = time.time()
+    reward_model = reward_model_for(cfg, prepared, tracker)
+    # "ref_seconds" is the stage before the loop, as for the offline methods: here the reward model.
+    timings = dict(prepared.timings, ref_seconds=time.time() - t_setup)
+    learner = make_learner(cfg, prepared.models, critic_free)
     kl_ctl = AdaptiveKLController(m.kl_coef, m.adaptive_kl_target, m.adaptive_kl_horizon) if m.adaptive_kl else None
     kl_coef = float(m.kl_coef)
-    policy.train()
+    learner.policy.train()
 
     prompts = list(dict.fromkeys(r.prompt for r in prepared.train_records))
-    stream = _prompt_stream(prompts, m.rollout_batch_size, cfg.seed, repeats=k)
-    mb_size = max(1, m.rollout_batch_size // m.n_minibatches)
+    stream = _prompt_stream(prompts, m.rollout_batch_size, cfg.seed, repeats=m.rloo_k if critic_free else 1)
     perm_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    history: list = []
-    result = None
-    train_time = eval_time = 0.0
-    tokens_seen, step, n_rollouts, n_early_stops = 0, 0, 0, 0
-    max_steps, every = cfg.train.max_steps, cfg.eval.every_n_steps
-
-    while step < max_steps:
+    counters, progress = Counters(), Progress(cfg, prepared, tracker, on_eval)
+    while counters.step < cfg.train.max_steps:
         t_rollout = time.time()
-        # ---- 1. rollout: one sampled response per prompt (RLOO: k per prompt), temperature 1 (so the KL estimate is valid)
-        samples: Samples = sample(unwrapped, tokenizer, next(stream), max_new_tokens=m.max_new_tokens, temperature=1.0,
-                                  max_prompt_length=cfg.train.max_prompt_length, batch_size=m.rollout_batch_size,
-                                  seed=cfg.seed * 100_003 + n_rollouts, device=device)
-        n_rollouts += 1
-        pw = samples.prompt_width
-        mask = samples.response_mask[:, pw:].to(device)
-        ids, attn = samples.input_ids.to(device), samples.attention_mask.to(device)
-
-        # ---- 2. score each response once, at its last token
-        gold = None
-        if prepared.builtin_task:
-            gold = torch.tensor([task.gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses)])
-        rm_scores = reward_model.score_tokens(samples.input_ids, samples.attention_mask) if reward_model else None
-        scores = gold if m.reward == "gold" else rm_scores
-
-        # ---- 3. what the rollout policy, its value head and the reference say about the samples
-        with torch.no_grad():
-            old_logps, old_values, _ = policy_forward(policy, value_head, ids, attn, pw)
-            old_logps = old_logps * mask
-            old_values = torch.zeros_like(old_logps) if critic_free else old_values * mask
-        with models.reference_model() as ref:
-            ref_logps = response_token_logps(ref, samples, m.rollout_batch_size, device)
-
-        # ---- 4. per-token rewards: KL penalty on every token, the score on the last one
-        rewards, kl = kl_penalty_rewards(old_logps, ref_logps, scores.to(device), mask, kl_coef)
-        if m.whiten_rewards:  # TRL option: rescale (keep the mean) so the step size ignores the reward scale
-            rewards = whiten(rewards, mask, shift_mean=False)
-        seq_kl = kl.sum(-1)
-
-        # ---- 5. GAE (gamma, lam) with the value head; RLOO: leave-one-out advantage of the whole
-        #         sequence's reward, on every response token. Whitened advantages.
-        if critic_free:
-            seq_advantages = rloo_advantages(rewards.sum(-1), k)
-            advantages, returns = seq_advantages[:, None] * mask, rewards.sum(-1, keepdim=True).expand_as(mask)
-        else:
-            advantages, returns = gae_advantages(rewards, old_values, mask, m.gamma, m.lam)
-        if m.whiten_advantages:
-            advantages = whiten(advantages, mask)
-        rollout_stats = {
-            "ppo/kl": seq_kl.mean().item(),
-            "ppo/kl_per_token": (seq_kl.sum() / mask.sum().clamp(min=1)).item(),
-            "ppo/kl_coef": kl_coef,
-            "ppo/score": scores.mean().item(),
-            "ppo/response_length": samples.lengths.float().mean().item(),
-            "ppo/return": returns[:, 0].mean().item(),
-        }
-        if rm_scores is not None:
-            rollout_stats["ppo/rm_score"] = rm_scores.mean().item()
-        if gold is not None:
-            rollout_stats["ppo/gold_reward"] = gold.mean().item()
-        train_time += time.time() - t_rollout
-
-        # ---- 6. ppo_epochs x n_minibatches clipped updates on this batch
-        for epoch in range(m.ppo_epochs):
-            epoch_approx_kl = []
-            order = torch.randperm(len(samples.prompts), generator=perm_gen)
-            for start in range(0, len(order), mb_size):
-                if step >= max_steps:
-                    break
-                t_step = time.time()
-                idx = shard(accelerator, order[start:start + mb_size]).to(device)
-                mb_mask = mask[idx]
-                logps, values, logits = policy_forward(policy, value_head, ids[idx], attn[idx], pw)
-                pg_loss, clipfrac, approx_kl = clipped_policy_loss(logps, old_logps[idx], advantages[idx], mb_mask,
-                                                                   m.clip_ratio)
-                loss = pg_loss
-                if not critic_free:
-                    vf_loss, vf_clipfrac = clipped_value_loss(values, old_values[idx], returns[idx], mb_mask,
-                                                              m.value_clip)
-                    loss = pg_loss + m.vf_coef * vf_loss
-                step += 1
-                loss = inject_faults(cfg, loss, step)
-                check_finite(loss, step)
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                grad_norm = accelerator.clip_grad_norm_(params, cfg.train.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                tokens_seen += int(attn[idx].sum())
-                epoch_approx_kl.append(approx_kl.item())
-                train_time += time.time() - t_step
-
-                if step % cfg.train.log_every == 0 or step == 1:
-                    metrics = dict(rollout_stats)
-                    metrics.update({
-                        "train/loss": loss.item(), "train/grad_norm": float(grad_norm),
-                        "train/lr": scheduler.get_last_lr()[0],
-                        "ppo/policy_loss": pg_loss.item(), "ppo/clipfrac": clipfrac.item(),
-                        "ppo/approx_kl": approx_kl.item(),
-                        "ppo/entropy": entropy_from_logits(logits.detach(), mb_mask).item(),
-                        "ppo/epoch": float(epoch), "ppo/rollouts": float(n_rollouts),
-                        "ppo/early_stops": float(n_early_stops),
-                    })
-                    if not critic_free:
-                        metrics.update({"ppo/value_loss": vf_loss.item(), "ppo/vf_clipfrac": vf_clipfrac.item(),
-                                        "ppo/value_mean": masked_mean(values.detach(), mb_mask).item()})
-                    tracker.log_metrics(metrics, step)
-
-                if step == max_steps or (every and step % every == 0):
-                    t_eval = time.time()
-                    result = run_evaluation(prepared, unwrapped, step, tracker, on_eval, history)
-                    eval_time += time.time() - t_eval
-            # target-KL early stop (cleanrl `target_kl`): the policy moved too far from the rollout
-            # policy in this epoch; skip the remaining epochs and sample a fresh batch.
-            if m.target_kl is not None and epoch_approx_kl and sum(epoch_approx_kl) / len(epoch_approx_kl) > m.target_kl:
-                n_early_stops += 1
-                break
-        # ---- 7. adaptive KL coefficient (Ziegler et al. 2019), from this batch's sequence KL
+        rollout = collect_rollout(cfg, prepared, learner, reward_model, next(stream), counters.rollouts, kl_coef,
+                                  critic_free)
+        counters.rollouts += 1
+        progress.train_time += time.time() - t_rollout
+        optimise_on_rollout(cfg, learner, rollout, perm_gen, counters, progress)
+        # 7. adaptive KL coefficient (Ziegler et al. 2019), from this batch's sequence KL
         if kl_ctl is not None:
-            kl_coef = kl_ctl.update(seq_kl.mean().item(), len(samples.prompts))
+            kl_coef = kl_ctl.update(rollout.seq_kl.mean().item(), len(rollout.samples.prompts))
 
-    timings.update(train_seconds=train_time, eval_seconds=eval_time)
-    summary = dict(result.metrics)
-    summary.update({"train/seconds": train_time, "train/tokens": float(tokens_seen),
-                    "ppo/rollouts": float(n_rollouts), "ppo/early_stops": float(n_early_stops),
-                    "ppo/final_kl_coef": kl_coef,
-                    "train/samples_per_second": n_rollouts * m.rollout_batch_size / max(train_time, 1e-9)})
+    summary = {"ppo/rollouts": float(counters.rollouts), "ppo/early_stops": float(counters.early_stops),
+               "ppo/final_kl_coef": kl_coef,
+               "train/samples_per_second": counters.rollouts * m.rollout_batch_size / max(progress.train_time, 1e-9)}
     if reward_model is not None:
         summary.update(reward_model.stats)
-    return RunResult(metrics=summary, history=history, rows=result.rows, timings=timings)
+    return progress.finish(timings, summary)

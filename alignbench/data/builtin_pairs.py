@@ -1,0 +1,35 @@
+"""The built-in task's preference pairs: two samples of the SFT model per prompt, labelled by a
+Bradley-Terry draw on the gold reward, cached on disk under everything that determines them."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from alignbench import cache
+from alignbench.data import builtin_task as task
+from alignbench.data.records import PreferenceRecord
+from alignbench.models.generation import sample
+
+
+def builtin_pairs(cfg, models) -> list[PreferenceRecord]:
+    """Preference pairs for the built-in task: two SFT samples per prompt, Bradley-Terry labelled."""
+    d = cfg.data
+    key = cache.content_key("builtin-pairs-v1", models.key, d, cfg.seed, cfg.train.max_prompt_length)
+
+    def write(path):
+        prompts = task.make_prompts(d.n_train_prompts, cfg.seed)
+        with models.reference_model() as sft:
+            kw = dict(max_new_tokens=d.sample_max_new_tokens, temperature=1.0,
+                      max_prompt_length=cfg.train.max_prompt_length, batch_size=256, device=models.device)
+            a = sample(sft, models.tokenizer, prompts, seed=cfg.seed * 2 + 1, **kw).responses
+            b = sample(sft, models.tokenizer, prompts, seed=cfg.seed * 2 + 2, **kw).responses
+        rng = random.Random(f"bt-{cfg.seed}")
+        rows = []
+        for p, ra, rb in zip(prompts, a, b):
+            a_wins = task.bradley_terry_label(task.gold_reward(p, ra), task.gold_reward(p, rb), d.bt_temperature, rng)
+            rows.append({"prompt": p, "chosen": ra if a_wins else rb, "rejected": rb if a_wins else ra})
+        (path / "pairs.json").write_text(json.dumps(rows))
+
+    path, _ = cache.cached(cfg.cache_dir, "builtin_pairs", key, write)
+    return [PreferenceRecord(**r) for r in json.loads((path / "pairs.json").read_text())]

@@ -1,0 +1,166 @@
+"""Reading a finished sweep back: its parent run and trial runs from MLflow (`mlflow.search_runs`), its
+Optuna studies from the storage named by the parent run's params, and a run's eval samples artifact.
+Everything here returns pandas tables or Optuna studies; nothing is computed or written."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from alignbench.sweep.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+SAMPLES_ARTIFACT = "eval_samples.json"
+STATUS_TO_STATE = {"FINISHED": "COMPLETE", "FAILED": "FAIL", "KILLED": "KILLED", "RUNNING": "RUNNING",
+                   "SCHEDULED": "RUNNING"}
+
+
+class NoStudies(Exception):
+    """The sweep's Optuna studies cannot be found or loaded; the message says why."""
+
+
+def column(df: pd.DataFrame, name: str) -> pd.Series:
+    """Column `name` of `df`, or all None when the runs never logged it."""
+    return df[name] if name in df else pd.Series([None] * len(df), index=df.index, dtype=object)
+
+
+def find_sweep(name: str | None):
+    """The sweep's parent run(s) as a DataFrame (latest first) and the sweep's name.
+
+    `name` matches the parent's `sweep.name` tag, or its experiment's name (`sweep-NAME` or NAME);
+    None = the sweep whose parent run started last. LookupError when there is none.
+    """
+    import mlflow
+
+    parents = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`alignbench.role` = 'sweep'",
+                                 order_by=["attributes.start_time DESC"])
+    if parents.empty:
+        raise LookupError(f"no sweep found in MLflow at {mlflow.get_tracking_uri()} "
+                          "(run `alignbench sweep` first, or set tracking.uri)")
+    exp_names = {e.experiment_id: e.name for e in mlflow.search_experiments()}
+    parents["experiment_name"] = parents["experiment_id"].map(exp_names)
+    parents["sweep_name"] = column(parents, "tags.sweep.name").fillna(
+        parents["experiment_name"].str.replace(r"^sweep-", "", regex=True))
+    if name is None:
+        hit = parents
+    else:
+        name = str(name)
+        hit = parents[(parents["sweep_name"] == name) | (parents["experiment_name"] == name)
+                      | (parents["experiment_name"] == f"sweep-{name}")]
+        if hit.empty:
+            known = ", ".join(sorted(set(parents["sweep_name"].astype(str))))
+            raise LookupError(f"report.sweep={name}: no such sweep in MLflow at {mlflow.get_tracking_uri()} "
+                              f"(known: {known})")
+    # Every parent run of the chosen sweep (an interrupted sweep resumed later has several).
+    first = hit.iloc[0]
+    chosen = hit[(hit["experiment_id"] == first["experiment_id"]) & (hit["sweep_name"] == first["sweep_name"])]
+    return chosen.reset_index(drop=True), str(chosen.iloc[0]["sweep_name"])
+
+
+def load_trials(parents: pd.DataFrame) -> pd.DataFrame:
+    """Every child run of the sweep's parent run(s), one row per Optuna trial (latest run wins).
+
+    Adds columns: method, study, trial_number, state (COMPLETE | PRUNED | FAIL | KILLED | RUNNING).
+    """
+    import mlflow
+
+    exp_ids = sorted(set(parents["experiment_id"]))
+    runs = mlflow.search_runs(experiment_ids=exp_ids, order_by=["attributes.start_time ASC"])
+    if runs.empty or "tags.mlflow.parentRunId" not in runs:
+        return pd.DataFrame(columns=["run_id", "method", "study", "trial_number", "state", "status"])
+    runs = runs[runs["tags.mlflow.parentRunId"].isin(set(parents["run_id"]))].copy()
+    runs["method"] = column(runs, "tags.method").fillna(column(runs, "params.method.name")).fillna("?")
+    runs["study"] = column(runs, "tags.optuna.study")
+    runs["trial_number"] = pd.to_numeric(column(runs, "tags.optuna.trial_number"), errors="coerce")
+    state = column(runs, "tags.optuna.trial_state")
+    runs["state"] = state.where(state.notna(), runs["status"].map(STATUS_TO_STATE)).fillna("RUNNING")
+    # A trial re-run after an interruption has a second MLflow run; keep the latest.
+    keyed = runs["trial_number"].notna()
+    dedup = runs[keyed].drop_duplicates(subset=["study", "method", "trial_number"], keep="last")
+    runs = pd.concat([dedup, runs[~keyed]]).sort_values(["method", "trial_number", "start_time"])
+    return runs.reset_index(drop=True)
+
+
+def study_methods_of(trials: pd.DataFrame) -> dict[str, str]:
+    """{study name: method} as the trial runs' `optuna.study` and `method` tags record them."""
+    if "study" not in trials:
+        return {}
+    pairs = trials[["study", "method"]].dropna().drop_duplicates().itertuples(index=False)
+    return {str(study): str(method) for study, method in pairs}
+
+
+def load_studies(parent_run, study_methods: dict[str, str] | None = None, experiment: str | None = None) -> dict:
+    """The sweep's Optuna studies, by method, from the parent run's params (or tags).
+
+    `parent_run`: an MLflow `Run`, a search_runs row (Series), or a plain dict of params.
+    Storage: param `sweep.storage`, the resolved storage URL the sweep logs — an RDB URL
+    (`sqlite:///optuna.db`, `postgresql://...`) or an Optuna journal file (`journal:///abs/path`,
+    or a plain path).
+    Studies: param `sweep.study_names` (comma-separated), else the `optuna.study` tags of the
+    trial runs (keys of `study_methods`), else `<experiment>/<method>` for each of `sweep.methods`.
+    A study's method is its `method` user attr, else `study_methods[name]`, else the name's last
+    `/`- or `-`-separated part. Raises `NoStudies` (with the reason) when they cannot be loaded.
+    """
+    import optuna
+
+    params = params_of(parent_run)
+    url = params.get("sweep.storage")
+    if not url or url == "None":
+        raise NoStudies("the sweep's parent run has no `sweep.storage` param")
+    names = _study_names(params, study_methods, experiment)
+    try:
+        storage = open_storage(url)
+    except LookupError as exc:
+        raise NoStudies(str(exc)) from exc
+    studies = {}
+    for name in names:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except Exception as exc:  # noqa: BLE001 — optuna raises KeyError or its own errors
+            raise NoStudies(f"study {name!r} not found in {url}: {exc}") from exc
+        method = (study.user_attrs.get("method") or (study_methods or {}).get(name)
+                  or re.split(r"[/-]", name)[-1])
+        studies[str(method)] = study
+    return studies
+
+
+def _study_names(params: dict, study_methods: dict[str, str] | None, experiment: str | None) -> list[str]:
+    if params.get("sweep.study_names"):
+        return [n.strip() for n in str(params["sweep.study_names"]).split(",") if n.strip()]
+    if study_methods:
+        return sorted(study_methods)
+    if experiment and params.get("sweep.methods"):
+        return [f"{experiment}/{m.strip()}" for m in str(params["sweep.methods"]).split(",") if m.strip()]
+    raise NoStudies("the sweep's parent run has no `sweep.study_names` param and no trial names its study")
+
+
+def params_of(run) -> dict:
+    """Params of a run, with its tags as a fallback for keys that are not params."""
+    if hasattr(run, "data") and hasattr(run.data, "params"):
+        return dict(run.data.tags) | dict(run.data.params)
+    if isinstance(run, pd.Series):
+        out = {}
+        for prefix in ("tags.", "params."):
+            out |= {k[len(prefix):]: v for k, v in run.items() if k.startswith(prefix) and isinstance(v, str)}
+        return out
+    return dict(run)
+
+
+def load_samples(client, run_id: str) -> pd.DataFrame | None:
+    """A run's eval samples table (`MlflowClient.log_table` JSON: columns + data), or None."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, SAMPLES_ARTIFACT, tmp)
+        except Exception as exc:  # noqa: BLE001 — missing artifact, unreachable store
+            log.warning("run %s: no %s (%s)", run_id, SAMPLES_ARTIFACT, exc)
+            return None
+        obj = json.loads(Path(path).read_text())
+    return pd.DataFrame(obj["data"], columns=obj["columns"])

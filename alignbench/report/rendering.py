@@ -1,0 +1,59 @@
+"""Writing the report's files from the context `build` assembles: report.html and report.md from the
+Jinja templates in templates/ (HTML autoescaped; Markdown cells escaped by the `md` filter), runs.csv
+(every trial) and summary.json (the numbers in the tables)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TEMPLATES = Path(__file__).parent / "templates"
+RUNS_CSV_TAGS = ("tags.failure_reason", "tags.mlflow.runName")
+
+
+def md_cell(s) -> str:
+    """Markdown cell: HTML-escaped (Markdown renderers pass raw HTML through), pipes and newlines neutralised."""
+    s = str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return s.replace("|", "\\|").replace("\r", " ").replace("\n", "<br>")
+
+
+def _render(template: str, context: dict, **options) -> str:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined, trim_blocks=True,
+                      lstrip_blocks=True, **options)
+    env.filters["md"] = md_cell
+    return env.get_template(template).render(**context)
+
+
+def render_html(context: dict) -> str:
+    return _render("report.html.j2", context, autoescape=True)
+
+
+def render_markdown(context: dict) -> str:
+    # No autoescape: the `md` filter escapes each cell; the file ends with a newline.
+    return _render("report.md.j2", context, autoescape=False, keep_trailing_newline=True)
+
+
+def write_runs_csv(trials: pd.DataFrame, path: Path) -> None:
+    """Every trial run: its identity and state, then all metrics and params, then the tags worth reading."""
+    cols = ["run_id", "method", "study", "trial_number", "state", "status", "start_time", "end_time"]
+    cols += sorted(c for c in trials.columns if c.startswith("metrics."))
+    cols += sorted(c for c in trials.columns if c.startswith("params."))
+    cols += [c for c in RUNS_CSV_TAGS if c in trials]
+    trials[cols].to_csv(path, index=False)
+
+
+def write_summary(summary: dict, path: Path) -> None:
+    path.write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    return str(o)

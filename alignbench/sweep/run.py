@@ -1,0 +1,121 @@
+"""`alignbench sweep sweep=<name> [overrides]` → `run_sweep(cfg)`: Optuna sweeps across methods,
+one study per method, every trial a nested MLflow run.
+
+1. `plan.plan_sweep` — read `cfg.sweep` (a file of `sweeps/`), the search spaces
+   (`conf/search_space/<method>.yaml`) and the user's command-line overrides; compose and
+   validate every method's trial config. Any error is a one-line `ConfigError` before any trial.
+2. `parent.open_parent_run` — the parent MLflow run of the sweep (experiment `sweep.experiment`,
+   default `sweep-<name>`, tag `alignbench.role=sweep`) is found by tag and reopened, or created on
+   the first invocation. It records the sweep as params (and tags): `sweep.name`, `sweep.methods`,
+   `sweep.n_trials`, `sweep.objective`, `sweep.seed`, `sweep.pruner`, `sweep.study_names`, and
+   `sweep.storage`, the resolved storage URL (`journal:///abs/path` or the RDB URL) from which the
+   report reopens the studies.
+3. `workers.run_method` — for each method, study `<experiment>/<method>` in that storage (default:
+   the journal file `./sweeps.journal`, safe for several processes on one machine; an RDB URL such
+   as `postgresql://...` for many machines). Trials left RUNNING by a dead process are failed
+   (Optuna FAIL, MLflow KILLED) first (`liveness`). Then, until the method has `n_trials`
+   COMPLETE+PRUNED trials in total (across invocations: re-running the same command resumes): ask a
+   trial (seeded sampler) → compose its config (`method=<m>`, the sweep's overrides, the user's
+   overrides, the sampled params as dotted keys) → `training.run.train` inside a child MLflow run,
+   reporting `eval/win_rate` at each eval step to the median pruner → tell Optuna (`trials`).
+4. `progress.summarize` — a summary (best trial per method, by `selection`) printed, returned and
+   logged as `sweep_summary.json`.
+
+Counting is race-free for several workers on one machine: asking for a trial happens under a
+file lock next to the storage, after counting COMPLETE+PRUNED+RUNNING trials (`budget`). Without a
+shared file system (an RDB URL), a worker that asked one trial too many (another worker took the
+last slot in the meantime) discards it before training: it is told FAIL with user attr
+`alignbench.discarded` and has no MLflow run. Liveness of RUNNING trials: the worker's host, pid
+and process start time are a user attr; a trial whose process is gone on this host is stale. RDB
+storages also use Optuna's heartbeat (`sweep.heartbeat_interval`) for workers on other machines.
+
+Browse the studies with `optuna-dashboard sweeps.journal` (or the RDB URL) and the runs with
+`mlflow ui`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import optuna
+
+from alignbench.sweep.budget import count
+from alignbench.sweep.liveness import heartbeat_stale
+from alignbench.sweep.parent import open_parent_run
+from alignbench.sweep.plan import Plan, plan_sweep
+from alignbench.sweep.progress import Progress, print_summary, summarize
+from alignbench.sweep.storage import make_storage
+from alignbench.sweep.studies import load_study
+from alignbench.sweep.workers import run_method, run_workers, warm_caches
+from alignbench.tracking import mlflow_runs as tracking
+
+log = logging.getLogger(__name__)
+
+
+def run_sweep(cfg, overrides: list[str] | None = None, live: bool | None = None) -> dict:
+    """Run (or resume) the sweep `cfg.sweep`; returns the summary (also logged as sweep_summary.json).
+
+    `overrides`: the user's Hydra overrides to apply to every trial; None reads them from the
+    running Hydra app (the CLI), or none outside one.
+    """
+    plan = plan_sweep(cfg, overrides)
+    plan.started = time.time()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(plan, heartbeat_stale(plan))
+    for m in plan.methods:  # creates the studies; a study with another objective is a config error
+        load_study(plan, m, storage)
+    log.info("sweep %s: %d methods x %d trials, storage %s, MLflow experiment %s", plan.name, len(plan.methods),
+             plan.n_trials, plan.storage, plan.experiment)
+    tags = {"alignbench.role": "sweep", "sweep.name": plan.name, "sweep.storage": plan.storage,
+            "sweep.objective": plan.objective}
+    parent, created = open_parent_run(plan, tags)
+    try:
+        with tracking.tracked_run(plan.experiment, run_name=f"sweep-{plan.name}", run_id=parent, tags=tags,
+                                  async_logging=False, uri=plan.tracking["uri"]) as tracker:
+            parent = _record_sweep(plan, tracker, parent, created)
+            stopped = _run_trials(plan, storage, parent, live)
+            summary = summarize(plan, storage, stopped, parent)
+            _log_summary(tracker, summary)
+    except KeyboardInterrupt:
+        print(f"alignbench: sweep {plan.name} interrupted; records finalised (trial FAIL 'interrupted', "
+              f"MLflow runs KILLED). Re-run the same command to resume.", file=sys.stderr)
+        raise SystemExit(130) from None
+    print_summary(plan, storage, summary)
+    return summary
+
+
+def _record_sweep(plan: Plan, tracker, parent: str, created: bool) -> str:
+    """Log the sweep's description on its parent run; returns the parent run's id."""
+    info = {"sweep.name": plan.name, "sweep.methods": ",".join(plan.methods), "sweep.n_trials": plan.n_trials,
+            "sweep.objective": plan.objective, "sweep.seed": plan.seed, "sweep.pruner": plan.pruner,
+            "sweep.storage": plan.storage,
+            "sweep.study_names": ",".join(plan.study_name(m) for m in plan.methods)}
+    if created or not tracker.client.get_run(parent).data.params:
+        tracker.log_params(info)  # params are immutable: logged once; the tags follow the last invocation
+    tracker.set_tags({k: v for k, v in info.items() if k != "sweep.pruner"})
+    return tracker.run_id
+
+
+def _run_trials(plan: Plan, storage, parent: str, live: bool | None) -> dict:
+    """Every method's trials, in this process or in `plan.n_workers` spawned ones; returns why
+    each method stopped ("done", "failures", or "incomplete" when a worker did not finish it)."""
+    stopped = {}
+    with Progress(plan, storage, live) as progress:
+        if plan.n_workers == 1:
+            for m in plan.methods:
+                stopped[m] = run_method(plan, m, storage, parent, 0, progress)
+        else:
+            warm_caches(plan)
+            run_workers(plan, parent, progress)
+            stopped = {m: ("done" if count(plan, load_study(plan, m, storage)).done >= plan.n_trials
+                           else "incomplete") for m in plan.methods}
+    return stopped
+
+
+def _log_summary(tracker, summary: dict) -> None:
+    tracker.log_files(documents={"sweep_summary.json": summary})
+    for m, e in summary["methods"].items():
+        if "best" in e and e["best"]["win_rate"] is not None:
+            tracker.log_metrics({f"best/{m}/win_rate": e["best"]["win_rate"]}, 0)

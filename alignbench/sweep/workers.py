@@ -1,0 +1,117 @@
+"""The worker loop: for each method, reap stale trials, count, and ask a trial under the budget
+lock, then run it, until the method's budget is reached or too many trials failed. With
+`sweep.n_workers > 1` the loop runs in that many spawned processes, watched by the parent."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+
+import optuna
+from optuna.trial import TrialState
+
+from alignbench.sweep.budget import count, over_budget
+from alignbench.sweep.liveness import heartbeat_stale, reap_stale, worker_tag
+from alignbench.sweep.plan import Plan, compose_trial
+from alignbench.sweep.storage import budget_lock, make_storage
+from alignbench.sweep.studies import load_study, make_sampler
+from alignbench.sweep.trials import run_trial
+
+log = logging.getLogger(__name__)
+
+
+def run_method(plan: Plan, method: str, storage, parent_run_id: str, worker: int = 0, progress=None) -> str:
+    """Trials of one method until its budget is reached (or too many failures). Returns why it stopped."""
+    study = load_study(plan, method, storage)
+    while True:
+        with budget_lock(plan):
+            reap_stale(plan, study)
+            c = count(plan, study)
+            if c.done >= plan.n_trials:
+                return "done"
+            if c.errors_now >= plan.max_failures:
+                log.error(f"{study.study_name}: stopped after {c.errors_now} failed trials in this run "
+                          f"(sweep.max_failures={plan.max_failures}); see the trials' failure_reason")
+                return "failures"
+            if c.done + c.running >= plan.n_trials:
+                return "done"  # the rest is running in other workers; their own loops refill on failure
+            study.sampler = make_sampler(plan, method, worker, len(study.get_trials(deepcopy=False)))
+            trial = study.ask()
+            trial.set_user_attr("alignbench.worker", worker_tag())
+        if over_budget(plan, study, trial):
+            trial.set_user_attr("alignbench.discarded", "over budget: another worker took the last slot")
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        if progress is not None:
+            progress.running(method, trial.number, 0, None)
+        run_trial(plan, method, study, trial, parent_run_id, progress)
+
+
+def run_worker(plan: Plan, parent_run_id: str, worker: int = 0, progress=None) -> dict:
+    storage = make_storage(plan, heartbeat_stale(plan))
+    return {m: run_method(plan, m, storage, parent_run_id, worker, progress) for m in plan.methods}
+
+
+def _worker_main(plan: Plan, parent_run_id: str, worker: int) -> None:
+    """Entry point of a spawned worker process."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        from alignbench.process import quiet_libraries
+
+        quiet_libraries()
+    except Exception:
+        pass
+    try:
+        run_worker(plan, parent_run_id, worker)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_workers(plan: Plan, parent_run_id: str, progress) -> None:
+    """Spawn `plan.n_workers` workers and wait, refreshing the progress; an interrupt is passed on
+    to them as SIGTERM so each finalises its trial."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker_main, args=(plan, parent_run_id, i), name=f"alignbench-sweep-w{i}")
+             for i in range(plan.n_workers)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=2.0 / len(procs))
+            progress.poll()
+    except BaseException:
+        _stop(procs)
+        raise
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if bad:
+        log.warning("%d worker(s) exited with an error (exit codes %s); re-run the same command to resume",
+                    len(bad), bad)
+
+
+def _stop(procs) -> None:
+    for p in procs:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGTERM)
+    for p in procs:
+        p.join(timeout=60)
+        if p.is_alive():
+            p.kill()
+
+
+def warm_caches(plan: Plan) -> None:
+    """Before spawning workers: build the shared SFT model and pairs once, not once per worker."""
+    from alignbench.training.setup import prepare
+
+    try:
+        prepare(compose_trial(plan.trial_overrides[plan.methods[0]]))
+    except Exception as exc:  # the trials will report it
+        log.warning("cache warm-up failed: %s", exc)

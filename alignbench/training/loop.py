@@ -1,0 +1,142 @@
+"""What the offline and online loops share: the accelerator, AdamW with its schedule, one optimiser
+step (fault drills, the finite-loss check, zero_grad, backward, clipping, step, schedule), when to
+log and evaluate, the bookkeeping of a run's time and tokens, and the run's summary."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or inf: the run fails with this reason instead of training on garbage."""
+
+
+@dataclass
+class RunResult:
+    metrics: dict          # final eval metrics + training summary
+    history: list          # (step, metrics) of every eval
+    rows: list             # final samples table
+    timings: dict
+
+
+def make_accelerator(cfg, device: torch.device):
+    """accelerate places the model, applies mixed precision (bf16 autocast on CUDA) and, under
+    `accelerate launch` on several GPUs, wraps the policy in DDP: the same loop serves 1 CPU,
+    1 GPU or many. Each process takes its slice of every global batch (`shard`)."""
+    from accelerate import Accelerator
+
+    from alignbench.models.loading import pick_dtype
+
+    mixed = "bf16" if pick_dtype(cfg, device) == torch.bfloat16 else "no"
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+
+
+def shard(accelerator, idx: torch.Tensor) -> torch.Tensor:
+    """This process's part of a global batch (DDP averages the gradients across processes)."""
+    return idx[accelerator.process_index::accelerator.num_processes]
+
+
+def make_optimizer(cfg, params, lr: float):
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.train.adam_betas),
+                                  weight_decay=cfg.train.weight_decay)
+    warmup = max(1, cfg.train.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    return optimizer, scheduler
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"loss is {loss.item()} at step {step}")
+
+
+def inject_faults(cfg, loss: torch.Tensor, step: int) -> torch.Tensor:
+    """Test/drill hooks (all off by default): NaN loss, a raised error, a slow step."""
+    f = cfg.fault
+    if f.sleep_per_step:
+        time.sleep(f.sleep_per_step)
+    if f.raise_at_step is not None and step == f.raise_at_step:
+        raise RuntimeError("CUDA out of memory (simulated by fault.raise_at_step)")
+    if f.nan_loss_at_step is not None and step == f.nan_loss_at_step:
+        return loss * float("nan")
+    return loss
+
+
+def run_evaluation(prepared, policy, step: int, tracker, on_eval, history: list):
+    result = prepared.evaluator.evaluate(policy)
+    tracker.log_metrics(result.metrics, step)
+    history.append((step, result.metrics))
+    log.info("step %d: win rate %.3f [%.3f, %.3f], KL %.2f nats", step, result.metrics["eval/win_rate"],
+             result.metrics["eval/win_rate_ci_low"], result.metrics["eval/win_rate_ci_high"], result.metrics["eval/kl"])
+    if on_eval is not None:
+        on_eval(step, result.metrics)  # may raise (a sweep's pruner)
+    return result
+
+
+@dataclass
+class Optimisation:
+    """AdamW and its schedule inside the accelerator, over `params` (the ones clipped together)."""
+
+    cfg: object
+    accelerator: object
+    optimizer: object
+    scheduler: object
+    params: list
+
+    def step(self, loss: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on `loss` (after the fault drills and the finite check): the loss and grad norm."""
+        loss = inject_faults(self.cfg, loss, step)
+        check_finite(loss, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss, grad_norm
+
+    def metrics(self, loss: torch.Tensor, grad_norm) -> dict:
+        """The train/* metrics every method logs."""
+        return {"train/loss": loss.item(), "train/grad_norm": float(grad_norm),
+                "train/lr": self.scheduler.get_last_lr()[0]}
+
+
+@dataclass
+class Progress:
+    """A loop's log and eval triggers and its bookkeeping: seconds training and evaluating, tokens
+    seen, every eval so far (the last one is the run's result)."""
+
+    cfg: object
+    prepared: object
+    tracker: object
+    on_eval: object = None
+    history: list = field(default_factory=list)
+    result: object = None
+    train_time: float = 0.0
+    eval_time: float = 0.0
+    tokens_seen: int = 0
+
+    def log(self, step: int, metrics) -> None:
+        """Log `metrics()` (built only when due) at step 1 and every `train.log_every` steps."""
+        if step % self.cfg.train.log_every == 0 or step == 1:
+            self.tracker.log_metrics(metrics(), step)
+
+    def maybe_evaluate(self, step: int, policy) -> None:
+        """Evaluate every `eval.every_n_steps` steps (0: never) and at the last step."""
+        every = self.cfg.eval.every_n_steps
+        if step == self.cfg.train.max_steps or (every and step % every == 0):
+            t_eval = time.time()
+            self.result = run_evaluation(self.prepared, policy, step, self.tracker, self.on_eval, self.history)
+            self.eval_time += time.time() - t_eval
+
+    def finish(self, timings: dict, extra: dict) -> RunResult:
+        """The run's result: the last eval's metrics, the training summary, then the loop's `extra` figures."""
+        timings.update(train_seconds=self.train_time, eval_seconds=self.eval_time)
+        summary = dict(self.result.metrics)
+        summary.update({"train/seconds": self.train_time, "train/tokens": float(self.tokens_seen)})
+        summary.update(extra)
+        return RunResult(metrics=summary, history=self.history, rows=self.result.rows, timings=timings)

@@ -1,0 +1,181 @@
+"""The offline loop: DPO, IPO, KTO and SimPO on fixed preference data, with the same batches,
+optimiser (AdamW), schedule (linear warm-up, then constant), gradient clipping, precision and
+step budget. `offline_objective` is the one place a method's objective is chosen: its loss on a
+batch, its train metrics, whether it trains on unpaired examples (KTO) and needs the reference."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+import torch
+
+from alignbench.data.batching import index_batches, trim_padding
+from alignbench.data.preparing import to_unpaired
+from alignbench.data.records import PreferenceRecord, UnpairedRecord
+from alignbench.data.tokenizing import build_sequences, tokenize_unpaired
+from alignbench.losses.dpo import dpo_loss
+from alignbench.losses.ipo import ipo_loss
+from alignbench.losses.kto import kto_loss, mismatched_indices
+from alignbench.losses.simpo import resolve_simpo_gamma, simpo_loss
+from alignbench.models.logps import sequence_logps
+from alignbench.training.loop import Optimisation, Progress, RunResult, make_accelerator, make_optimizer, shard
+from alignbench.training.reference import cached_tokenize_pairs, reference_pair_logps, reference_unpaired_logps
+
+# batch_loss(policy, batch, ref, device, padding_free) -> (mean loss, train-metrics thunk, tokens in the batch)
+BatchLoss = Callable[..., tuple]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What an offline method optimises and what that needs."""
+
+    batch_loss: BatchLoss
+    unpaired: bool = False          # KTO: single labelled examples (each pair split in two)
+    uses_reference: bool = True     # SimPO is reference-free
+    params: dict = field(default_factory=dict)  # its conventions, logged with the run's params
+
+
+def offline_objective(method) -> Objective:
+    """The one place an offline method's objective is chosen."""
+    if method.name == "dpo":
+        def dpo(pc, pr, nc, nr, ref):
+            return dpo_loss(pc, pr, ref["chosen"], ref["rejected"], beta=method.beta,
+                            label_smoothing=method.label_smoothing)
+        return Objective(partial(paired_batch_loss, pair_loss=dpo))
+    if method.name == "ipo":
+        def ipo(pc, pr, nc, nr, ref):
+            return ipo_loss(pc, pr, ref["chosen"], ref["rejected"], tau=method.tau, chosen_lengths=nc,
+                            rejected_lengths=nr, length_normalize=method.length_normalize)
+        convention = "mean over tokens (TRL)" if method.length_normalize else "sum over tokens (IPO paper)"
+        return Objective(partial(paired_batch_loss, pair_loss=ipo), params={"method.convention": convention})
+    if method.name == "simpo":
+        gamma = resolve_simpo_gamma(method.beta, method.gamma_beta_ratio, method.gamma_convention)
+
+        def simpo(pc, pr, nc, nr, ref):
+            return simpo_loss(pc, pr, nc, nr, beta=method.beta, gamma=gamma)
+        return Objective(partial(paired_batch_loss, pair_loss=simpo), uses_reference=False,
+                         params={"method.gamma": gamma})
+    if method.name == "kto":
+        return Objective(partial(kto_batch_loss, method), unpaired=True)
+    raise ValueError(f"not an offline method: {method.name}")
+
+
+def paired_batch_loss(policy, batch: dict, ref: dict | None, device, padding_free: bool, *, pair_loss):
+    """`pair_loss(chosen logps, rejected logps, chosen lengths, rejected lengths, reference)` on one
+    batch: chosen and rejected in a single concatenated forward."""
+    n = batch["chosen_input_ids"].shape[0]
+    width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
+
+    def cat(k):
+        a, b = batch[f"chosen_{k}"], batch[f"rejected_{k}"]
+        pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=0)  # noqa: E731
+        return torch.cat([pad(a), pad(b)])
+
+    # trim on the host, then move: no device sync for the width on GPU
+    ids, attn, resp = (t.to(device) for t in trim_padding(cat("input_ids"), cat("attention_mask"), cat("response_mask")))
+    logps, n_tok = sequence_logps(policy, ids, attn, resp, padding_free)
+    ref = None if ref is None else {k: v.to(device) for k, v in ref.items()}
+    out = pair_loss(logps[:n], logps[n:], n_tok[:n], n_tok[n:], ref)
+    n_tokens = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
+    return out.losses.mean(), lambda: pair_metrics(out), n_tokens
+
+
+def pair_metrics(out) -> dict:
+    return {"train/chosen_reward": out.chosen_rewards.mean().item(),
+            "train/rejected_reward": out.rejected_rewards.mean().item(),
+            "train/margin": (out.chosen_rewards - out.rejected_rewards).mean().item(),
+            "train/accuracy": (out.chosen_rewards > out.rejected_rewards).float().mean().item()}
+
+
+def kto_batch_loss(method_cfg, policy, batch: dict, ref: dict, device, padding_free: bool = False):
+    """KTO on one batch of single examples; z0 from the mismatched (prompt_i, completion_j) pairs."""
+    ids, attn, resp = trim_padding(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    logps, _ = sequence_logps(policy, ids.to(device), attn.to(device), resp.to(device), padding_free)
+    policy_kl = ref_kl = None
+    if "kl_input_ids" in batch:
+        with torch.no_grad():  # z0 is detached anyway: no graph for the mismatched pairs (as TRL)
+            kids, kattn, kresp = trim_padding(batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_response_mask"])
+            policy_kl, _ = sequence_logps(policy, kids.to(device), kattn.to(device), kresp.to(device), padding_free)
+        ref_kl = ref["kl_logps"].to(device)
+    out = kto_loss(logps, ref["logps"].to(device), batch["desirable"].to(device), policy_kl, ref_kl,
+                   beta=method_cfg.beta, desirable_weight=method_cfg.desirable_weight,
+                   undesirable_weight=method_cfg.undesirable_weight)
+    metrics = lambda: {"train/reward": out.rewards.mean().item(), "train/kl_z0": float(out.kl)}  # noqa: E731
+    return out.losses.mean(), metrics, int(batch["attention_mask"].sum())
+
+
+def kto_tokens(records: list[UnpairedRecord], tokenizer, cfg) -> dict:
+    """Unpaired tokens plus, for each example i, a mismatched sequence (prompt_i, completion_j).
+
+    j is fixed at preparation (as TRL does), so the reference's log-probs of the mismatched
+    pairs can be cached like the rest. With fewer than 3 examples no mismatched pair exists
+    and z0 falls back to 0.
+    """
+    tokens = tokenize_unpaired(records, tokenizer, cfg.train.max_length, cfg.train.max_prompt_length)
+    # offset -2 (j = i+2): to_unpaired interleaves each prompt's two completions, so i+1 may share i's prompt.
+    j = mismatched_indices(len(records), offset=-2).tolist()
+    if j:
+        ids, attn, resp = build_sequences(tokens["prompt_tokens"], [tokens["completion_tokens"][k] for k in j],
+                                          tokenizer.pad_token_id, cfg.train.max_length)
+        tokens.update(kl_input_ids=ids, kl_attention_mask=attn, kl_response_mask=resp)
+    return tokens
+
+
+@dataclass
+class TrainingData:
+    """The tokenised training set, its reference log-probs (None: reference-free) and its batching."""
+
+    tokens: dict
+    ref: dict | None
+    n_examples: int
+    per_step: int       # examples per optimiser step
+
+
+def training_data(cfg, prepared, objective: Objective) -> TrainingData:
+    """Tokens and cached reference log-probs of the training set, in the form the objective trains on."""
+    models = prepared.models
+    if objective.unpaired:
+        records = prepared.train_records
+        if isinstance(records[0], PreferenceRecord):
+            records = to_unpaired(records)
+        tokens = kto_tokens(records, models.tokenizer, cfg)
+        ref = reference_unpaired_logps(cfg, models, tokens)
+        return TrainingData(tokens, ref, len(records), 2 * cfg.train.batch_size)  # same pairs per step as the others
+    tokens = cached_tokenize_pairs(cfg, prepared.train_records, models.tokenizer, models.key)
+    ref = reference_pair_logps(cfg, models, tokens) if objective.uses_reference else None
+    return TrainingData(tokens, ref, len(prepared.train_records), cfg.train.batch_size)
+
+
+def offline_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
+    models, objective = prepared.models, offline_objective(cfg.method)
+    t_setup = time.time()
+    data = training_data(cfg, prepared, objective)
+    timings = dict(prepared.timings, ref_seconds=time.time() - t_setup)
+
+    policy = models.policy
+    policy.train()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer, scheduler = make_optimizer(cfg, params, cfg.method.lr)
+    accelerator = make_accelerator(cfg, models.device)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    optimisation = Optimisation(cfg, accelerator, optimizer, scheduler, params)
+    rng = torch.Generator().manual_seed(cfg.seed)
+    order = index_batches(data.n_examples, data.per_step, lambda n: torch.randperm(n, generator=rng))
+    progress = Progress(cfg, prepared, tracker, on_eval)
+    for step in range(1, cfg.train.max_steps + 1):
+        t_step = time.time()
+        idx = shard(accelerator, next(order))
+        batch = {k: v[idx] for k, v in data.tokens.items() if torch.is_tensor(v)}
+        batch_ref = None if data.ref is None else {k: v[idx] for k, v in data.ref.items()}
+        loss, method_metrics, n_tokens = objective.batch_loss(policy, batch, batch_ref, models.device,
+                                                              models.padding_free)
+        progress.tokens_seen += n_tokens
+        loss, grad_norm = optimisation.step(loss, step)
+        progress.train_time += time.time() - t_step
+        progress.log(step, lambda: optimisation.metrics(loss, grad_norm) | method_metrics())
+        progress.maybe_evaluate(step, accelerator.unwrap_model(policy))
+    pairs_per_second = cfg.train.max_steps * cfg.train.batch_size / max(progress.train_time, 1e-9)
+    return progress.finish(timings, {"train/pairs_per_second": pairs_per_second})

@@ -1,0 +1,64 @@
+"""Fixed data a run computes once and caches on disk: the tokenised preference pairs and the
+reference model's log-probs of them (or of KTO's unpaired examples), keyed by content so a
+second trial with the same reference and data skips the reference forward pass."""
+
+from __future__ import annotations
+
+import torch
+
+from alignbench import cache
+from alignbench.data.records import PreferenceRecord
+from alignbench.data.tokenizing import tokenize_pairs
+from alignbench.models.loading import Models
+from alignbench.models.logps import pair_logps, unpaired_logps
+
+
+def cached_tokenize_pairs(cfg, records: list[PreferenceRecord], tokenizer, model_key: str) -> dict[str, torch.Tensor]:
+    """`tokenize_pairs`, cached on disk under the tokenizer (the model key), the records and the lengths."""
+    from safetensors.torch import load_file, save_file
+
+    t = cfg.train
+    key = cache.content_key("tokens-pairs-v1", model_key, cache.records_digest(records), t.max_length, t.max_prompt_length)
+
+    def write(path):
+        tokens = tokenize_pairs(records, tokenizer, t.max_length, t.max_prompt_length)
+        save_file({k: v.contiguous() for k, v in tokens.items()}, str(path / "tokens.safetensors"))
+
+    path, _ = cache.cached(cfg.cache_dir, "tokens", key, write)
+    return load_file(str(path / "tokens.safetensors"))
+
+
+def run_reference(models: Models, compute) -> dict[str, torch.Tensor]:
+    """One pass of the reference model over fixed data: what a cache miss costs."""
+    with models.reference_model() as ref:
+        return compute(ref)
+
+
+def _cached_reference(cfg, models: Models, tokens: dict, kind: str, compute) -> dict[str, torch.Tensor]:
+    """Reference log-probs of fixed data, cached on disk: trials after the first skip the forward."""
+    from safetensors.torch import load_file, save_file
+
+    key = cache.content_key("ref-logps-v1", kind, models.key, cache.tensor_digest(tokens), models.padding_free)
+
+    def write(path):
+        out = run_reference(models, compute)
+        save_file({k: v.contiguous() for k, v in out.items()}, str(path / "logps.safetensors"))
+
+    path, _ = cache.cached(cfg.cache_dir, "ref_logps", key, write)
+    return load_file(str(path / "logps.safetensors"))
+
+
+def reference_pair_logps(cfg, models: Models, tokens: dict) -> dict[str, torch.Tensor]:
+    return _cached_reference(cfg, models, tokens, "pairs",
+                             lambda ref: pair_logps(ref, tokens, cfg.eval.batch_size, models.device,
+                                                    models.padding_free))
+
+
+def reference_unpaired_logps(cfg, models: Models, tokens: dict) -> dict[str, torch.Tensor]:
+    def compute(ref):
+        bs, device, packed = cfg.eval.batch_size, models.device, models.padding_free
+        out = {"logps": unpaired_logps(ref, tokens, bs, device, padding_free=packed)}
+        if "kl_input_ids" in tokens:
+            out["kl_logps"] = unpaired_logps(ref, tokens, bs, device, prefix="kl_", padding_free=packed)
+        return out
+    return _cached_reference(cfg, models, tokens, "unpaired", compute)
