@@ -1,13 +1,16 @@
 """Evaluation, the same for every method.
 
-Policy and reference each sample one response per held-out prompt with the same decoding
-and seeds; the judge scores both; win rate = P(policy preferred), ties 1/2, Wilson 95% CI.
-KL(pi || pi_ref) = mean over policy samples of sum_t [log pi(y_t) - log pi_ref(y_t)], nats per
+Policy and reference each sample `eval.samples_per_prompt` responses per held-out prompt (the
+distinct prompts of `eval.split`) with the same decoding and seeds; the judge scores both; win
+rate = P(policy preferred) over all pairs, ties 1/2, with a Wilson 95% CI whose sample size is
+divided by the design effect of clustering by prompt (`clustered_win_rate_ci`; with one sample
+per prompt it is the plain Wilson interval). KL(pi || pi_ref) = mean over policy samples of sum_t [log pi(y_t) - log pi_ref(y_t)], nats per
 sequence (and per token): the sampled, unbiased "k1" estimator, valid at temperature 1.
 
 The reference side (its samples, their judge scores and log-probs) is fixed for a given
 reference model, prompts, decoding and judge, so it is computed once and cached on disk;
-each evaluation only samples and scores the policy.
+each evaluation only samples and scores the policy. The sampling seed comes from `task_seed`,
+so every run of a sweep (any training `seed`) is judged against the same reference samples.
 """
 
 from __future__ import annotations
@@ -30,31 +33,75 @@ log = logging.getLogger(__name__)
 KL_ESTIMATOR = "k1: mean over policy samples of sum_t (log pi - log pi_ref), temperature-1 sampling"
 
 
+def win_rate_ci_method(samples_per_prompt: int) -> str:
+    """The `eval.win_rate_ci` param: how the win-rate interval is computed."""
+    if samples_per_prompt == 1:
+        return "wilson95, ties count 1/2"
+    return ("wilson95 on n_eff = n / design effect of clustering by prompt "
+            "(cluster-robust over iid variance of the mean, at least 1), ties count 1/2")
+
+
+def clustered_win_rate_ci(outcomes: list[list[float]]) -> tuple[float, float, float]:
+    """(win rate, low, high) from per-prompt outcomes (1 win, 1/2 tie, 0 loss; one list per prompt).
+
+    Samples of one prompt are correlated, so the n pairs carry less information than n
+    independent ones: the Wilson interval is taken at n_eff = n / deff, where deff (Kish's
+    design effect) is the variance of the mean over prompt means (the cluster-robust one)
+    divided by its iid variance, never below 1. With one sample per prompt deff = 1: plain Wilson."""
+    flat = [x for prompt in outcomes for x in prompt]
+    n, n_prompts = len(flat), len(outcomes)
+    if n == 0:
+        return win_rate_ci(0, 0, 0)
+    mean = sum(flat) / n
+    deff = 1.0
+    if n_prompts < 2:
+        deff = float(n)  # one prompt: one effective observation
+    elif n > n_prompts:
+        prompt_means = [sum(p) / len(p) for p in outcomes]
+        # Both without the small-sample correction (CR0 / plug-in), so that perfectly clustered
+        # outcomes give deff = samples per prompt and independent ones deff ~ 1.
+        var_clustered = sum((m - mean) ** 2 for m in prompt_means) / n_prompts ** 2
+        var_iid = sum((x - mean) ** 2 for x in flat) / n ** 2
+        deff = max(1.0, var_clustered / var_iid) if var_iid > 0 else 1.0
+    n_eff = n / deff
+    _, low, high = win_rate_ci(mean * n_eff, 0.0, n_eff)
+    return mean, low, high
+
+
 @dataclass
 class EvalResult:
     metrics: dict[str, float]
-    rows: list[dict] = field(default_factory=list)  # one per prompt: the samples table
+    rows: list[dict] = field(default_factory=list)  # one per (prompt, sample): the samples table
 
 
 class Evaluator:
-    def __init__(self, cfg, models, judge, prompts: list[str], pref_eval=None, builtin_task: bool = False):
-        """`pref_eval`: optional (tokenized pairs dict, reference logps dict) for held-out pair accuracy."""
+    def __init__(self, cfg, models, judge, prompts: list[str], pref_eval=None, builtin_task: bool = False,
+                 prompts_seen_in_training: int = 0):
+        """`prompts`: the distinct held-out prompts; `pref_eval`: optional (tokenized pairs dict,
+        reference logps dict) for held-out pair accuracy; `prompts_seen_in_training`: the held-out
+        prompts also trained on (0 for any split alignbench makes), logged with every evaluation."""
         self.cfg, self.models, self.judge, self.prompts = cfg, models, judge, list(prompts)
+        self.samples_per_prompt = int(cfg.eval.get("samples_per_prompt", 1))
+        # Prompt-major: the samples of prompt i are rows i*S .. i*S + S-1.
+        self.sample_prompts = [p for p in self.prompts for _ in range(self.samples_per_prompt)]
         self.pref_eval = pref_eval
         self.builtin_task = builtin_task
+        self.prompts_seen_in_training = prompts_seen_in_training
         self.method = cfg.method.name
-        self.seed = cfg.seed + 10_007  # fixed across evals of a run, so curves compare like with like
+        # From task_seed, not seed: fixed across evals of a run (curves compare like with like) and
+        # across the training seeds of a sweep (every run faces the same reference samples).
+        self.seed = cfg.task_seed + 10_007
         self.reference = self._reference_side()
 
     def _sample(self, model):
         e = self.cfg.eval
-        return sample(model, self.models.tokenizer, self.prompts, max_new_tokens=e.max_new_tokens,
+        return sample(model, self.models.tokenizer, self.sample_prompts, max_new_tokens=e.max_new_tokens,
                       temperature=e.temperature, max_prompt_length=self.cfg.train.max_prompt_length,
                       batch_size=e.batch_size, seed=self.seed, device=self.models.device)
 
     def _reference_side(self) -> dict:
         e = self.cfg.eval
-        key = cache.content_key("ref-eval-v1", self.models.key, self.prompts, e.max_new_tokens, e.temperature,
+        key = cache.content_key("ref-eval-v2", self.models.key, self.sample_prompts, e.max_new_tokens, e.temperature,
                                 self.cfg.train.max_prompt_length, self.seed, self.judge.name,
                                 self.cfg.judge.get("path"))
 
@@ -75,33 +122,22 @@ class Evaluator:
 
     def evaluate(self, policy) -> EvalResult:
         t0 = time.time()
-        e, device = self.cfg.eval, self.models.device
         samples = self._sample(policy)
-        was_training = policy.training
-        policy.eval()
-        policy_logps = response_token_logps(policy, samples, e.batch_size, device)
-        with self.models.reference_model() as ref:
-            ref_logps = response_token_logps(ref, samples, e.batch_size, device)
-        policy.train(was_training)
-        kl_seq = (policy_logps - ref_logps).sum(-1).cpu()
+        kl_seq = self._sampled_kl(policy, samples)
         lengths = samples.lengths.float()
         scores = self.judge.score(samples.prompts, samples.responses)
-
         ref_scores = self.reference["scores"]
-        wins = sum(p > r for p, r in zip(scores, ref_scores))
-        ties = sum(p == r for p, r in zip(scores, ref_scores))
         n = len(scores)
-        rate, low, high = win_rate_ci(wins, ties, n)
-        metrics = {
-            "eval/win_rate": rate, "eval/win_rate_ci_low": low, "eval/win_rate_ci_high": high,
-            "eval/wins": float(wins), "eval/ties": float(ties), "eval/n": float(n),
+        metrics = self._win_rate_metrics(scores, ref_scores)
+        metrics.update({
             "eval/kl": kl_seq.mean().item(),
             "eval/kl_per_token": (kl_seq.sum() / lengths.sum().clamp(min=1)).item(),
             "eval/policy_reward": sum(scores) / n,
             "eval/reference_reward": sum(ref_scores) / n,
             "eval/policy_length": lengths.mean().item(),
             "eval/reference_length": sum(self.reference["lengths"]) / n,
-        }
+            "eval/prompts_seen_in_training": float(self.prompts_seen_in_training),
+        })
         gold = None
         if self.builtin_task:
             gold = scores if self.judge.name == "gold" else [
@@ -111,19 +147,46 @@ class Evaluator:
         if self.pref_eval is not None:
             metrics["eval/pref_accuracy"] = self._pref_accuracy(policy)
         metrics["eval/seconds"] = time.time() - t0
+        return EvalResult(metrics=metrics, rows=self._rows(samples, scores, lengths, kl_seq, gold))
 
+    @torch.no_grad()
+    def _sampled_kl(self, policy, samples) -> torch.Tensor:
+        """Per-sample sum_t (log pi - log pi_ref) over the policy's own samples, on the CPU."""
+        e, device = self.cfg.eval, self.models.device
+        was_training = policy.training
+        policy.eval()
+        policy_logps = response_token_logps(policy, samples, e.batch_size, device)
+        with self.models.reference_model() as ref:
+            ref_logps = response_token_logps(ref, samples, e.batch_size, device)
+        policy.train(was_training)
+        return (policy_logps - ref_logps).sum(-1).cpu()
+
+    def _win_rate_metrics(self, scores: list[float], ref_scores: list[float]) -> dict[str, float]:
+        """Win rate over all (policy, reference) pairs, its interval clustered by prompt, the counts."""
+        outcomes = [1.0 if p > r else 0.5 if p == r else 0.0 for p, r in zip(scores, ref_scores)]
+        s = self.samples_per_prompt
+        rate, low, high = clustered_win_rate_ci([outcomes[i:i + s] for i in range(0, len(outcomes), s)])
+        wins = sum(o == 1.0 for o in outcomes)
+        ties = sum(o == 0.5 for o in outcomes)
+        return {"eval/win_rate": rate, "eval/win_rate_ci_low": low, "eval/win_rate_ci_high": high,
+                "eval/wins": float(wins), "eval/ties": float(ties), "eval/n": float(len(outcomes)),
+                "eval/n_prompts": float(len(self.prompts))}
+
+    def _rows(self, samples, scores, lengths, kl_seq, gold) -> list[dict]:
+        """The samples table: one row per (prompt, sample), prompt-major."""
+        ref, s = self.reference, self.samples_per_prompt
         rows = []
-        for i, prompt in enumerate(self.prompts):
-            p, r = scores[i], ref_scores[i]
-            row = {"prompt": prompt, "policy_response": samples.responses[i],
-                   "reference_response": self.reference["responses"][i],
+        for i, prompt in enumerate(self.sample_prompts):
+            p, r = scores[i], ref["scores"][i]
+            row = {"prompt": prompt, "prompt_index": i // s, "sample_index": i % s,
+                   "policy_response": samples.responses[i], "reference_response": ref["responses"][i],
                    "policy_score": p, "reference_score": r,
-                   "policy_length": int(lengths[i]), "reference_length": int(self.reference["lengths"][i]),
+                   "policy_length": int(lengths[i]), "reference_length": int(ref["lengths"][i]),
                    "kl": float(kl_seq[i]), "winner": "policy" if p > r else "reference" if r > p else "tie"}
             if gold is not None:
-                row["policy_gold"], row["reference_gold"] = gold[i], self.reference["gold"][i]
+                row["policy_gold"], row["reference_gold"] = gold[i], ref["gold"][i]
             rows.append(row)
-        return EvalResult(metrics=metrics, rows=rows)
+        return rows
 
     @torch.no_grad()
     def _pref_accuracy(self, policy) -> float:
