@@ -54,12 +54,14 @@ def train_command(cfg: DictConfig) -> None:
 
 
 def sweep_command(cfg: DictConfig) -> None:
-    from alignbench.sweep.run import run_sweep
+    from alignbench.sweep.run import SweepFailed, run_sweep
 
     try:
         run_sweep(cfg)
     except ConfigError as exc:
         fail(str(exc))
+    except SweepFailed as exc:  # the summary is printed; the exit status says the sweep is not complete
+        fail(str(exc), code=1)
 
 
 def report_command(cfg: DictConfig) -> None:

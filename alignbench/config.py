@@ -111,10 +111,27 @@ def _check_online(cfg: DictConfig) -> None:
 def check_budget(cfg: DictConfig) -> None:
     """The shared training and evaluation budget."""
     for key in ("train.batch_size", "train.max_steps", "train.max_length", "train.max_prompt_length",
-                "eval.n_prompts", "eval.max_new_tokens", "eval.temperature", "eval.batch_size"):
+                "eval.n_prompts", "eval.max_new_tokens", "eval.batch_size"):
         _positive(cfg, key)
     if cfg.train.max_prompt_length >= cfg.train.max_length:
         raise ConfigError(f"train.max_prompt_length={cfg.train.max_prompt_length}: must be < train.max_length={cfg.train.max_length}")
+    check_eval(cfg)
+
+
+def check_eval(cfg: DictConfig) -> None:
+    """The evaluation's own settings: which held-out set, how many samples, valid KL."""
+    e = cfg.eval
+    if e.temperature != 1.0:
+        raise ConfigError(f"eval.temperature={e.temperature}: must be 1.0 (the sampled KL estimate is only valid "
+                          "at temperature 1)")
+    if e.split not in ("validation", "test"):
+        raise ConfigError(f"eval.split={e.split}: must be validation or test")
+    spp = e.samples_per_prompt
+    if not isinstance(spp, int) or isinstance(spp, bool) or spp < 1:
+        raise ConfigError(f"eval.samples_per_prompt={spp}: must be an integer >= 1")
+    seed = OmegaConf.select(cfg, "task_seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"task_seed={seed}: must be an integer")
 
 
 def check_data(cfg: DictConfig) -> None:
@@ -126,6 +143,13 @@ def check_data(cfg: DictConfig) -> None:
             raise ConfigError("data.path: required for data=local (data.path=/path/to/file.jsonl)")
         if not Path(path).exists():
             raise ConfigError(f"data.path={path}: file not found")
+    if cfg.data.source != "builtin":
+        for key in ("validation_fraction", "test_fraction"):
+            value = cfg.data.get(key, 0.1)
+            if not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ConfigError(f"data.{key}={value}: must be in (0, 1)")
+        if cfg.data.get("validation_fraction", 0.1) + cfg.data.get("test_fraction", 0.1) >= 1:
+            raise ConfigError("data.validation_fraction + data.test_fraction: must be < 1 (training needs prompts)")
 
 
 def check_model_and_judge(cfg: DictConfig) -> None:

@@ -4,7 +4,10 @@ Follows the tracking contract in docs/ARCHITECTURE.md ("Tracking layout") exactl
 tests need no training: experiment `sweep-<name>`, a parent run (tag `alignbench.role=sweep`,
 `sweep.name`; params `sweep.storage`, `sweep.study_names`), one nested child run per
 Optuna trial with the contract's tags, params (dotted config keys), metric histories and
-artifacts (`config.yaml`, `eval_samples.json` logged with `MlflowClient.log_table`).
+artifacts (`config.yaml`, `eval_samples.json` logged with `MlflowClient.log_table`), and optionally
+the confirmation runs: per method and confirmation seed a child run tagged
+`alignbench.role=confirmation`, `method`, `confirmation.seed`, whose eval samples (on test prompts,
+several samples per prompt) carry `prompt_index` and `sample_index`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class FakeSweep:
     study_names: dict[str, str]                                 # method -> study name
     runs: dict[str, list[dict]] = field(default_factory=dict)   # method -> [{run_id, state, metrics, params}]
     prompts: list[str] = field(default_factory=list)
+    confirmations: dict[str, list[dict]] = field(default_factory=dict)  # method -> [{seed, run_id, rows}]
 
 
 def _samples(rng: random.Random, prompts, ref, quality: float, builtin: bool, hostile_at: int | None):
@@ -94,7 +98,9 @@ def _final_metrics(rows, builtin: bool, steps: int, batch: int, rng: random.Rand
 def fabricate_sweep(root: Path, name: str = "fake", methods=("dpo", "ipo"), n_trials: int = 4,
                     states: dict[str, list[str]] | None = None, builtin: bool = True, hostile: bool = False,
                     n_prompts: int = 24, seed: int = 0, max_steps: int = 6, eval_every: int = 3,
-                    study_params: str = "explicit", objective: str = "win_rate") -> FakeSweep:
+                    study_params: str = "explicit", objective: str = "win_rate", confirm_seeds: int | None = None,
+                    confirm_quality: dict[str, float] | None = None, n_test_prompts: int = 10,
+                    samples_per_prompt: int = 2) -> FakeSweep:
     """A finished sweep under `root`: MLflow sqlite store `root/mlflow.db` (shared by several fabricated
     sweeps; each its own experiment), Optuna journal `root/<name>.journal`.
 
@@ -105,6 +111,9 @@ def fabricate_sweep(root: Path, name: str = "fake", methods=("dpo", "ipo"), n_tr
     logs it: param and tag `sweep.storage` = `journal:///abs/path`, no `sweep.study_names`, studies named
     `<experiment>/<method>` without a `method` user attr), or "none".
     `objective`: "win_rate" (one direction) or "pareto" (studies maximise win rate, minimise KL).
+    `confirm_seeds`: the parent's `sweep.confirm_seeds` param (None: not logged, as an older sweep).
+    `confirm_quality`: per method, the quality of its confirmation runs (seeds seed+1..seed+confirm_seeds,
+    `n_test_prompts` x `samples_per_prompt` samples each); methods of equal quality get identical samples.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -125,7 +134,7 @@ def fabricate_sweep(root: Path, name: str = "fake", methods=("dpo", "ipo"), n_tr
 
     t = int(time.time() * 1000)
     pid = _create_parent(client, exp_id, name, methods, n_trials, builtin, seed, study_params, objective, journal,
-                         study_names, t)
+                         study_names, t, confirm_seeds)
     fake = FakeSweep(uri=uri, name=name, experiment_id=exp_id, parent_run_id=pid, journal=str(journal),
                      study_names=study_names, prompts=prompts)
     setup = _Setup(client, exp_id, pid, rng, prompts, ref, builtin, seed, max_steps, eval_every, objective)
@@ -140,6 +149,10 @@ def fabricate_sweep(root: Path, name: str = "fake", methods=("dpo", "ipo"), n_tr
             run = _log_trial(setup, study, method, mi, state, 3 if hostile and mi == 0 else None, t)
             fake.runs[method].append(run)
             t += 10_000
+    for method, quality in (confirm_quality or {}).items():
+        fake.confirmations[method] = _log_confirmations(setup, method, quality, confirm_seeds or 0,
+                                                        n_test_prompts, samples_per_prompt, t)
+        t += 10_000
     client.set_terminated(pid, "FINISHED", end_time=t)
     return fake
 
@@ -161,7 +174,7 @@ class _Setup:
 
 
 def _create_parent(client, exp_id, name, methods, n_trials, builtin, seed, study_params, objective, journal,
-                   study_names, t) -> str:
+                   study_names, t, confirm_seeds) -> str:
     """The sweep's parent run, pointing at its studies as `study_params` says; its run id."""
     parent = client.create_run(exp_id, run_name=f"sweep-{name}", start_time=t, tags={
         "alignbench.role": "sweep", "sweep.name": name, "alignbench.version": "0.1.0",
@@ -171,6 +184,8 @@ def _create_parent(client, exp_id, name, methods, n_trials, builtin, seed, study
     pid = parent.info.run_id
     params = {"sweep.name": name, "sweep.methods": ",".join(methods), "sweep.n_trials": n_trials,
               "sweep.objective": objective, "seed": seed, "model.name": "tiny", "data.name": "builtin" if builtin else "local"}
+    if confirm_seeds is not None:
+        params["sweep.confirm_seeds"] = confirm_seeds
     if study_params == "explicit":
         params |= {"sweep.storage": str(journal), "sweep.study_names": ",".join(study_names.values())}
     elif study_params == "sweep_py":
@@ -238,3 +253,38 @@ def _metric_history(s: _Setup, trial, state: str, quality: float, final: dict, t
         if s.objective != "pareto":
             trial.report(evm["eval/win_rate"], step)
     return metrics
+
+
+def _log_confirmations(s: _Setup, method: str, quality: float, n_seeds: int, n_prompts: int, per_prompt: int,
+                       t: int) -> list[dict]:
+    """The confirmation runs of `method`: seeds s.seed+1 .. s.seed+n_seeds on the same test prompts and
+    reference responses (fixed by the task, not the seed). The first seed's first attempt is KILLED
+    (an interrupted run, re-run after resume) and has no samples."""
+    prompts = [f"Review {TOPICS[i % len(TOPICS)]} for the test set (#{i})." for i in range(n_prompts)]
+    task_rng = random.Random(f"task-{s.seed}")
+    refs = [[(f"It was {TOPICS[i % len(TOPICS)]}.", round(task_rng.gauss(0, 1), 4), task_rng.randint(8, 20))
+             for i in range(n_prompts)] for _ in range(per_prompt)]
+    out = []
+    for seed in range(s.seed + 1, s.seed + n_seeds + 1):
+        tags = {"alignbench.role": "confirmation", "mlflow.parentRunId": s.parent_run_id, "method": method,
+                "confirmation.seed": str(seed)}
+        if seed == s.seed + 1:
+            killed = s.client.create_run(s.experiment_id, run_name=f"{method}-confirm-{seed}", tags=tags, start_time=t)
+            s.client.set_terminated(killed.info.run_id, "KILLED", end_time=t + 500)
+            t += 1000
+        # Equal quality, equal draws: two methods of the same quality have identical samples.
+        rng = random.Random(f"{seed}-{quality}")
+        rows = []
+        for k, ref in enumerate(refs):
+            for i, row in enumerate(_samples(rng, prompts, ref, quality, s.builtin, None)):
+                rows.append(row | {"prompt_index": i, "sample_index": k})
+        rid = s.client.create_run(s.experiment_id, run_name=f"{method}-confirm-{seed}", tags=tags,
+                                  start_time=t).info.run_id
+        params = {"method.name": method, "seed": seed, "eval.split": "test", "eval.samples_per_prompt": per_prompt,
+                  "judge.name": "gold" if s.builtin else "reward_model"}
+        s.client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()], synchronous=True)
+        s.client.log_table(rid, data=pd.DataFrame(rows), artifact_file="eval_samples.json")
+        s.client.set_terminated(rid, "FINISHED", end_time=t + 1000)
+        out.append({"seed": seed, "run_id": rid, "rows": rows})
+        t += 2000
+    return out

@@ -35,7 +35,8 @@ def test_sft_model_cache_hits_unchanged_and_misses_changed_inputs(workdir, monke
         raise Trained
     monkeypatch.setattr(models_module, "sft_train", refuse)
     prepare(compose(FAST))  # hit: no training
-    for change in ("seed=1", "train.max_length=60", "model.hidden_size=64", "model.sft.steps=61",
+    prepare(compose([*FAST, "seed=1"]))  # the training seed does not touch the reference model
+    for change in ("task_seed=1", "train.max_length=60", "model.hidden_size=64", "model.sft.steps=61",
                    "model.sft.n_examples=999"):
         with pytest.raises(Trained):
             prepare(compose([*FAST, change]))
@@ -112,7 +113,7 @@ def test_reference_logps_miss_on_changed_max_length_data_or_reference(workdir, f
 
 
 def test_reference_key_follows_the_seed(workdir, monkeypatch):
-    """A changed seed gives another SFT model, hence another reference key for every reference cache."""
+    """A changed task_seed gives another SFT model, hence another reference key for every reference cache."""
     lookups = []
     real = cache.cached
 
@@ -130,7 +131,7 @@ def test_reference_key_follows_the_seed(workdir, monkeypatch):
         raise Trained
     monkeypatch.setattr(models_module, "sft_train", refuse)
     with pytest.raises(Trained):
-        prepare(compose([*FAST, "seed=7"]))
+        prepare(compose([*FAST, "task_seed=7"]))
     seed_7_sft = [key for kind, key in lookups[len(seed_0_keys):] if kind == "sft"]
     assert len(seed_7_sft) == 1 and seed_7_sft[0] != models.key  # another key: a cache miss, another entry
 

@@ -68,6 +68,13 @@ def test_every_sweep_file_composes_and_validates(sweep):
     (["data=local", "judge=reward_model", "data.path=/nonexistent/file.jsonl"], "data.path=/nonexistent/file.jsonl: file not found"),
     (["data=hh-rlhf"], "judge=gold: the gold reward exists only on data=builtin"),
     (["train.max_prompt_length=64", "train.max_length=64"], "train.max_prompt_length=64: must be < train.max_length=64"),
+    (["eval.temperature=0.7"], "eval.temperature=0.7: must be 1.0"),
+    (["eval.split=train"], "eval.split=train: must be validation or test"),
+    (["eval.samples_per_prompt=0"], "eval.samples_per_prompt=0: must be an integer >= 1"),
+    (["task_seed=1.5"], "task_seed=1.5: must be an integer"),
+    (["data=hh-rlhf", "judge=reward_model", "data.test_fraction=0"], "data.test_fraction=0: must be in (0, 1)"),
+    (["data=hh-rlhf", "judge=reward_model", "data.validation_fraction=0.6", "data.test_fraction=0.5"],
+     "data.validation_fraction + data.test_fraction: must be < 1"),
 ])
 def test_bad_values_fail_with_one_line_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:

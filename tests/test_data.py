@@ -316,23 +316,25 @@ def test_to_unpaired_counts_and_order():
 
 def test_split_records_seeded_and_disjoint():
     records = [PreferenceRecord(f"prompt {i}", "a", "b") for i in range(100)]
-    train, held_out = split_records(records, 0.1, seed=0)
-    assert (len(train), len(held_out)) == (90, 10)
-    assert split_records(records, 0.1, seed=0) == (train, held_out)
-    assert split_records(records, 0.1, seed=1)[1] != held_out
-    assert {r.prompt for r in train}.isdisjoint({r.prompt for r in held_out})
-    assert sorted(train + held_out, key=lambda r: int(r.prompt.split()[1])) == records
-    # at least one eval record, at least one train record
-    assert [len(s) for s in split_records(records[:3], 0.01, seed=0)] == [2, 1]
-    assert [len(s) for s in split_records(records[:3], 0.99, seed=0)] == [1, 2]
-    assert split_records(records[:3], 0.0, seed=0) == (records[:3], [])
+    train, validation, test = split_records(records, 0.1, 0.05, seed=0)
+    assert (len(train), len(validation), len(test)) == (85, 10, 5)
+    assert split_records(records, 0.1, 0.05, seed=0) == (train, validation, test)
+    assert split_records(records, 0.1, 0.05, seed=1)[1] != validation
+    sets = [{r.prompt for r in part} for part in (train, validation, test)]
+    assert sets[0].isdisjoint(sets[1]) and sets[0].isdisjoint(sets[2]) and sets[1].isdisjoint(sets[2])
+    assert sorted(train + validation + test, key=lambda r: int(r.prompt.split()[1])) == records
+    # at least one held-out record per set, at least one train record
+    assert [len(s) for s in split_records(records[:3], 0.01, 0.01, seed=0)] == [1, 1, 1]
+    assert [len(s) for s in split_records(records[:3], 0.9, 0.9, seed=0)] == [1, 1, 1]
+    assert [len(s) for s in split_records(records[:2], 0.5, 0.5, seed=0)] == [1, 1, 0]
+    assert split_records(records[:3], 0.0, 0.0, seed=0) == (records[:3], [], [])
 
 
 def test_split_keeps_a_prompts_unpaired_examples_together():
     unpaired = to_unpaired([PreferenceRecord(f"p{i}", "a", "b") for i in range(20)])
-    train, held_out = split_records(unpaired, 0.25, seed=3)
-    assert (len(train), len(held_out)) == (30, 10)
-    assert {r.prompt for r in train}.isdisjoint({r.prompt for r in held_out})
+    train, validation, test = split_records(unpaired, 0.25, 0.1, seed=3)
+    assert (len(train), len(validation), len(test)) == (26, 10, 4)
+    assert {r.prompt for r in train}.isdisjoint({r.prompt for r in validation + test})
 
 
 def test_log_drops_and_require_enough(capsys, caplog):
@@ -358,16 +360,21 @@ def test_load_preference_data_local(tmp_path, tiny_tokenizer):
     rows = [{"prompt": f"Review {i}:", "chosen": " good", "rejected": " bad"} for i in range(20)]
     rows += [{"prompt": "Review x:", "chosen": "", "rejected": " bad"}, {"prompt": "p" * 300, "chosen": "a", "rejected": "b"}]
     path = _write(tmp_path / "prefs.jsonl", rows)
-    cfg = {"source": "local", "path": str(path), "format": "auto", "eval_fraction": 0.1, "eval_split": None}
+    cfg = {"source": "local", "path": str(path), "format": "auto", "validation_fraction": 0.1,
+           "test_fraction": 0.1, "eval_split": None}
     data = load_preference_data(cfg, tiny_tokenizer, max_length=32, max_prompt_length=16, seed=0)
     assert data.format == "pairs" and data.paired
-    assert (len(data.train), len(data.eval)) == (18, 2)
+    # 21 prompts a row can be kept under (the empty response's row stays in train, to be counted
+    # there): 2 validation, 2 test; train keeps 16 of its 18 rows
+    assert (len(data.train), len(data.validation), len(data.test)) == (16, 2, 2)
     assert data.drops == Counter(empty_response=1, prompt_too_long=1)
-    assert data.metrics["data/kept"] == 20 and data.metrics["data/dropped/prompt_too_long"] == 1
+    assert data.metrics["data/kept"] == 16 and data.metrics["data/dropped/prompt_too_long"] == 1
+    assert data.metrics["data/validation/kept"] == 2 and data.metrics["data/test"] == 2
     again = load_preference_data(cfg, tiny_tokenizer, max_length=32, max_prompt_length=16, seed=0)
-    assert again.eval == data.eval
+    assert (again.validation, again.test) == (data.validation, data.test)
+    assert data.held_out("test") == data.test
 
-    with pytest.raises(DataError, match="only 20 usable rows of 22 after dropping"):
+    with pytest.raises(DataError, match="only 16 usable rows of 18 after dropping"):
         load_preference_data(cfg, tiny_tokenizer, max_length=32, max_prompt_length=16, seed=0, min_records=21)
 
 
@@ -377,7 +384,7 @@ def test_too_few_rows_after_dropping(tmp_path, tiny_tokenizer):
     with pytest.raises(DataError) as err:
         load_preference_data({"source": "local", "path": str(path)}, tiny_tokenizer,
                              max_length=64, max_prompt_length=32, seed=0)
-    assert "only 3 usable rows of 9 after dropping: empty_response=6" in str(err.value)
+    assert "only 1 usable rows of 7 after dropping: empty_response=6" in str(err.value)  # 2 prompts held out
 
 
 # ------------------------------------------------------------------------------ tensors

@@ -13,7 +13,8 @@ from conftest import FAST
 
 METRICS = ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl")
 COLUMNS = {"prompt", "policy_response", "reference_response", "policy_score", "reference_score",
-           "policy_length", "reference_length", "kl", "winner", "policy_gold", "reference_gold"}
+           "policy_length", "reference_length", "kl", "winner", "policy_gold", "reference_gold",
+           "prompt_index", "sample_index"}
 
 
 def prepare_fast():
@@ -38,6 +39,8 @@ def assert_well_formed(result, prepared):
     assert n == compose(FAST).eval.n_prompts
     assert m["eval/n"] == n and len(result.rows) == n
     assert [r["prompt"] for r in result.rows] == prepared.eval_prompts
+    assert [(r["prompt_index"], r["sample_index"]) for r in result.rows] == [(i, 0) for i in range(n)]
+    assert m["eval/prompts_seen_in_training"] == 0
     for row in result.rows:
         assert set(row) == COLUMNS
         expected = ("policy" if row["policy_score"] > row["reference_score"]
@@ -81,3 +84,34 @@ def test_a_changed_policy_has_positive_kl_and_consistent_rows(prepared):
     assert [r["policy_response"] for r in result.rows] != [r["reference_response"] for r in result.rows]
     # The reference side is the cached one, whatever the policy.
     assert [r["reference_response"] for r in result.rows] == prepared.evaluator.reference["responses"]
+
+
+def test_clustered_interval_is_wilson_for_one_sample_and_wider_for_clustered_samples():
+    from alignbench.evaluation.evaluator import clustered_win_rate_ci, win_rate_ci_method
+    from alignbench.evaluation.stats import win_rate_ci
+
+    outcomes = [1.0, 0.0, 0.5, 1.0, 1.0, 0.0, 1.0, 0.5]
+    assert clustered_win_rate_ci([[x] for x in outcomes]) == pytest.approx(win_rate_ci(4, 2, 8))
+    # 4 prompts, each with 4 identical outcomes: 16 pairs carry only 4 prompts' information
+    clustered = clustered_win_rate_ci([[1.0] * 4, [0.0] * 4, [1.0] * 4, [1.0] * 4])
+    assert clustered == pytest.approx(win_rate_ci(3, 0, 4))
+    assert clustered[2] - clustered[1] > win_rate_ci(12, 0, 16)[2] - win_rate_ci(12, 0, 16)[1]
+    # independent-looking samples within prompts: no wider than Wilson on all pairs (deff >= 1 keeps it equal)
+    mixed = clustered_win_rate_ci([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert mixed == pytest.approx(win_rate_ci(4, 0, 8))
+    assert win_rate_ci_method(1) == "wilson95, ties count 1/2"
+    assert "clustering by prompt" in win_rate_ci_method(2)
+
+
+def test_several_samples_per_prompt_rows_and_counts(workdir):
+    from alignbench.training.setup import prepare
+
+    prepared = prepare(compose([*FAST, "eval.n_prompts=6", "eval.samples_per_prompt=3"]))
+    with prepared.models.reference_model() as ref:
+        result = prepared.evaluator.evaluate(ref)
+    m = result.metrics
+    assert (m["eval/n"], m["eval/n_prompts"], len(result.rows)) == (18, 6, 18)
+    assert [(r["prompt_index"], r["sample_index"]) for r in result.rows] == [(i, j) for i in range(6) for j in range(3)]
+    assert [r["prompt"] for r in result.rows[::3]] == prepared.eval_prompts
+    assert len({r["reference_response"] for r in result.rows}) > 6  # a prompt's samples differ
+    assert m["eval/win_rate"] == pytest.approx(0.5) and m["eval/ties"] == 18

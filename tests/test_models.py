@@ -115,7 +115,7 @@ def test_local_hh_rlhf_file_trains_the_builtin_model_end_to_end(workdir, saved_m
     tracker = NullTracker()
     fast = [o for o in FAST if not o.startswith("data.")]  # the built-in task's sizes
     result = train(compose([*fast, "data=local", f"data.path={data_file}", "judge=reward_model",
-                            f"judge.path={judge_dir}", "data.eval_fraction=0.2",
+                            f"judge.path={judge_dir}", "data.validation_fraction=0.2",
                             "train.max_prompt_length=40", "train.max_length=80"]), tracker)
     assert tracker.params["data.dropped.chosen_equals_rejected"] == 1
     assert tracker.params["data.dropped.missing_field"] == 1

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
@@ -17,21 +18,28 @@ from omegaconf import OmegaConf
 from alignbench.report.build import build_report
 from alignbench.report.formatting import fmt
 from alignbench.report.reading import load_studies
+from alignbench.report.rendering import md_cell
 from fake_sweep import HOSTILE, SPACES, fabricate_sweep
 
 N_PROMPTS = 24
+N_TEST = 10
+CONFIRM_QUALITY = {"dpo": 0.0, "ipo": 1.5, "simpo": 0.0}
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """One MLflow store with four sweeps (creating the sqlite schema is the slow part)."""
+    """One MLflow store with five sweeps (creating the sqlite schema is the slow part)."""
     root = tmp_path_factory.mktemp("mlflow")
     sweeps = {
         "main": fabricate_sweep(root, "main", methods=("dpo", "ipo"), n_trials=3, hostile=True, n_prompts=N_PROMPTS),
         "faulty": fabricate_sweep(root, "faulty", methods=("dpo", "ipo"), seed=1, n_prompts=N_PROMPTS, study_params="sweep_py",
                                   states={"dpo": ["COMPLETE", "PRUNED", "FAIL"], "ipo": ["FAIL", "PRUNED"]}),
         "single": fabricate_sweep(root, "single", methods=("simpo",), n_trials=3, builtin=False, study_params="none",
-                                  n_prompts=N_PROMPTS),
+                                  n_prompts=N_PROMPTS, confirm_seeds=0),
+        # ipo clearly better; dpo and simpo confirmation samples identical
+        "confirmed": fabricate_sweep(root, "confirmed", methods=("dpo", "ipo", "simpo"), n_trials=2, seed=2,
+                                     n_prompts=8, confirm_seeds=3, confirm_quality=CONFIRM_QUALITY,
+                                     n_test_prompts=N_TEST, samples_per_prompt=2),
         "latest": fabricate_sweep(root, "latest", methods=("dpo",), n_trials=3, n_prompts=8, objective="pareto"),
     }
     return root, sweeps
@@ -41,12 +49,16 @@ def _cfg(uri, sweep, out):
     return OmegaConf.create({"tracking": {"uri": uri}, "report": {"sweep": sweep, "out_dir": str(out)}, "seed": 0})
 
 
+def _built(store, name: str, out_dir):
+    """The fabricated sweep `name`, its report folder, summary.json and report.html."""
+    fake = store[1][name]
+    out = build_report(_cfg(fake.uri, name, out_dir))
+    return fake, out, json.loads((out / "summary.json").read_text()), (out / "report.html").read_text()
+
+
 @pytest.fixture(scope="module")
 def main_report(store, tmp_path_factory):
-    root, sweeps = store
-    fake = sweeps["main"]
-    out = build_report(_cfg(fake.uri, "main", tmp_path_factory.mktemp("reports")))
-    return fake, out, json.loads((out / "summary.json").read_text()), (out / "report.html").read_text()
+    return _built(store, "main", tmp_path_factory.mktemp("reports"))
 
 
 def test_report_writes_every_output(main_report):
@@ -186,6 +198,8 @@ def test_single_method_sweep_without_study_params(store, tmp_path):
     assert [r["method"] for r in summary["headline"]] == ["simpo"]
     assert summary["comparisons"] == []
     assert any("sweep.storage" in n for n in summary["notes"]["optuna"])
+    assert summary["verdict"] is None and "confirm_seeds=0" in summary["notes"]["confirmation"][0]
+    assert summary["notes"]["lc"] == []  # a reward-model judge: length control is the usual correction
     assert not (out / "figures" / "gold_vs_kl.png").exists()  # not the built-in task
     assert (out / "figures" / "sensitivity_simpo.png").exists()
     html = (out / "report.html").read_text()
@@ -243,8 +257,6 @@ def test_html_renders_offline_in_headless_chromium(main_report, tmp_path):
 
 
 def test_examples_are_the_prompts_where_the_methods_disagree_most():
-    import pandas as pd
-
     from alignbench.report.analysis import example_rows
 
     dpo = pd.DataFrame({"prompt": ["a", "b", "c", "d"], "reference_score": [0.0, 0.0, 0.0, 0.0],
@@ -258,8 +270,6 @@ def test_examples_are_the_prompts_where_the_methods_disagree_most():
 
 
 def test_paired_comparison_on_hand_worked_samples():
-    import pandas as pd
-
     from alignbench.report.analysis import paired_comparisons
 
     a = pd.DataFrame({"prompt": ["p1", "p2", "p3", "p4"], "winner": ["policy", "policy", "tie", "reference"]})
@@ -274,8 +284,6 @@ def test_paired_comparison_on_hand_worked_samples():
 
 
 def test_best_trial_is_the_highest_objective_then_lower_kl_then_earliest():
-    import pandas as pd
-
     from alignbench.report.analysis import best_trials
 
     trials = pd.DataFrame({"run_id": ["r0", "r1", "r2", "r3"], "method": ["dpo", "dpo", "dpo", "ipo"],
@@ -283,3 +291,109 @@ def test_best_trial_is_the_highest_objective_then_lower_kl_then_earliest():
                            "metrics.eval/win_rate": [0.6, 0.6, 0.9, 0.9], "metrics.eval/kl": [2.0, 1.0, 0.1, 0.1]})
     assert {m: b["run_id"] for m, b in best_trials(trials).items()} == {"dpo": "r0"}  # earliest of the tie
     assert best_trials(trials, kl_tiebreak=True)["dpo"]["run_id"] == "r1"  # lower KL first
+
+
+# --- Confirmation runs: the verdict ------------------------------------------------------------
+
+INDICATOR = {"policy": 1.0, "tie": 0.5, "reference": 0.0}
+
+
+@pytest.fixture(scope="module")
+def confirmed_report(store, tmp_path_factory):
+    return _built(store, "confirmed", tmp_path_factory.mktemp("confirmed"))
+
+
+def _prompt_mean(rows, key: str) -> float:
+    """By hand: the mean over prompts of the mean over each prompt's samples."""
+    per_prompt = {}
+    for r in rows:
+        per_prompt.setdefault(r["prompt_index"], []).append(INDICATOR[r["winner"]] if key == "win" else r[key])
+    return sum(sum(v) / len(v) for v in per_prompt.values()) / len(per_prompt)
+
+
+def test_confirmation_means_equal_the_fabricated_tables(confirmed_report):
+    fake, out, summary, _ = confirmed_report
+    conf = summary["confirmation"]
+    assert (conf["n_seeds"], conf["n_prompts"], conf["seeds"]) == (3, N_TEST, [3, 4, 5])
+    assert set(conf["methods"]) == set(CONFIRM_QUALITY)
+    for method, runs in fake.confirmations.items():
+        row = conf["methods"][method]
+        assert row["seeds"] == [3, 4, 5] and [s["seed"] for s in row["per_seed"]] == [3, 4, 5]
+        for key, name in (("win", "win_rate"), ("kl", "kl"), ("policy_gold", "gold")):
+            per_seed = [_prompt_mean(r["rows"], key) for r in runs]
+            assert [s[name] for s in row["per_seed"]] == pytest.approx(per_seed)
+            assert row[f"{name}_mean"] == pytest.approx(sum(per_seed) / 3)
+            assert row[f"{name}_ci_low"] <= row[f"{name}_mean"] <= row[f"{name}_ci_high"]
+        # each seed's FINISHED run, not the KILLED attempt before it
+        assert [s["run_id"] for s in row["per_seed"]] == [r["run_id"] for r in runs]
+    # the confirmation runs are not search trials
+    with open(out / "runs.csv") as fh:
+        assert {r["run_id"] for r in csv.DictReader(fh)} == {r["run_id"] for rs in fake.runs.values() for r in rs}
+    assert all(r["n_complete"] == 2 for r in summary["headline"])
+
+
+def test_verdict_ranks_the_clearly_better_method_first_and_groups_identical_ones(confirmed_report):
+    _, _, summary, _ = confirmed_report
+    verdict, conf = summary["verdict"], summary["confirmation"]
+    assert verdict["ranking"] == ["ipo", "dpo", "simpo"]  # dpo and simpo tie: name order
+    assert verdict["groups"] == [["ipo"], ["dpo", "simpo"]]
+    assert verdict["text"] == verdict["statement"] + "\n" + verdict["intervals"]
+    assert "ipo is ahead of dpo and simpo" in verdict["statement"] and "3 seeds × 10 test prompts" in verdict["statement"]
+    pairs = {(c["a"], c["b"]): c for c in conf["pairwise"]}
+    assert set(pairs) == {("ipo", "dpo"), ("ipo", "simpo"), ("dpo", "simpo")}
+    means = {m: r["win_rate_mean"] for m, r in conf["methods"].items()}
+    for b in ("dpo", "simpo"):
+        assert pairs[("ipo", b)]["significant"] and pairs[("ipo", b)]["low"] > 0
+        assert pairs[("ipo", b)]["diff"] == pytest.approx(means["ipo"] - means[b])
+    same = pairs[("dpo", "simpo")]
+    assert (same["diff"], same["p_holm"], same["significant"]) == (0.0, 1.0, False)
+
+
+def test_report_opens_with_the_verdict(confirmed_report):
+    _, out, summary, html = confirmed_report
+    verdict = summary["verdict"]
+    sections = (out / "report.md").read_text().split("\n## ")
+    assert sections[1].startswith("Verdict\n")
+    assert md_cell(verdict["statement"]) in sections[1] and md_cell(verdict["intervals"]) in sections[1]
+    assert "3 fresh seeds (3, 4, 5)" in sections[1] and f"{N_TEST} held-out test prompts" in sections[1]
+    assert sections[2].startswith("Confirmation")
+    assert sections[3].startswith("Search phase") and "optimistically biased" in sections[3]
+    assert html.index('id="verdict-text"') < html.index('id="confirmation-table"') < html.index('id="headline"')
+    assert 'id="confirmation-pairwise"' in html and "optimistically biased" in html
+
+
+def test_sweep_without_confirmation_says_so_and_makes_no_verdict(main_report):
+    _, out, summary, html = main_report
+    assert summary["verdict"] is None and summary["confirmation"] is None
+    (note,) = summary["notes"]["confirmation"]
+    assert note.startswith("No confirmation") and "older sweep" in note and "no verdict" in note
+    first = (out / "report.md").read_text().split("\n## ")[1]
+    assert first.startswith("Verdict\n") and "No confirmation" in first
+    assert "No confirmation" in html and 'id="confirmation-table"' not in html
+
+
+def test_honesty_notes_importance_evaluator_and_length_control_under_gold(main_report):
+    _, out, summary, html = main_report
+    md = (out / "report.md").read_text()
+    assert "PED-ANOVA" in md and "PED-ANOVA" in html
+    # 3 complete trials: PED-ANOVA's top 10% holds one of them
+    assert any("only 1 lie in PED-ANOVA's top 10%" in n for n in summary["notes"]["optuna"])
+    (lc_note,) = summary["notes"]["lc"]  # the built-in task's gold judge
+    assert "removes real signal" in lc_note and md_cell(lc_note) in md
+
+
+def test_confirmation_tables_pair_by_prompt_and_leave_out_unmatched_methods():
+    from alignbench.report.confirmation import comparable, method_tables
+
+    a = pd.DataFrame({"prompt": ["p1", "p2", "p1", "p2"], "winner": ["policy", "reference", "tie", "policy"],
+                      "kl": [1.0, 2.0, 3.0, 4.0]})
+    # no prompt_index: keyed by prompt text; p1 -> win (1 + 1/2) / 2, kl 2; p2 -> win 1/2, kl 3
+    t, why = method_tables("a", {1: a, 2: a.iloc[::-1]}, {1: "r1", 2: "r2"})
+    assert why is None and (t.seeds, t.prompts) == ([1, 2], ["p1", "p2"]) and "gold" not in t.tables
+    assert t.tables["win"].loc[2].tolist() == [0.75, 0.5] and t.tables["kl"].loc[1].tolist() == [2.0, 3.0]
+    b, _ = method_tables("b", {1: a, 2: a}, {})
+    c, _ = method_tables("c", {1: a}, {})
+    chosen, notes = comparable({"a": t, "b": b, "c": c})
+    assert sorted(chosen) == ["a", "b"] and len(notes) == 1 and notes[0].startswith("c: confirmation seeds [1]")
+    bad, why = method_tables("d", {1: a, 2: a[a["prompt"] == "p1"]}, {})
+    assert bad is None and "different prompts" in why

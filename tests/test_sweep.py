@@ -18,7 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from alignbench.sweep import budget, liveness, progress, selection
+from alignbench.sweep import budget, liveness, selection
 from alignbench.sweep import parent as parent_mod
 from alignbench.sweep import plan as plan_mod
 from alignbench.sweep import run as run_mod
@@ -30,16 +30,24 @@ from alignbench.config import ConfigError, compose, validate
 # Smaller than the smoke sweep's own overrides: 4 steps, evals at 2 and 4.
 TINY = ["train.max_steps=4", "eval.every_n_steps=2", "eval.n_prompts=12", "eval.max_new_tokens=12"]
 STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
+NO_CONFIRM = "sweep.confirm_seeds=0"  # these tests are about the search; tests/test_confirmation.py covers the rest
 
 
 def sweep(*sweep_overrides: str, user: tuple[str, ...] = (), live=False):
     """Run the smoke sweep with `sweep.*` overrides and the user's trial overrides (as the CLI would)."""
-    cfg = compose(["sweep=smoke", *sweep_overrides, *TINY, *user])
+    cfg = compose(["sweep=smoke", NO_CONFIRM, *sweep_overrides, *TINY, *user])
     return run_mod.run_sweep(cfg, overrides=[*TINY, *user], live=live)
 
 
+def failing_sweep(*sweep_overrides: str, user: tuple[str, ...] = ()) -> dict:
+    """A sweep whose methods stop on failures: it raises SweepFailed (the CLI exits 1) with its summary."""
+    with pytest.raises(run_mod.SweepFailed, match="stopped by failures") as exc:
+        sweep(*sweep_overrides, user=user)
+    return exc.value.summary
+
+
 def plan(*sweep_overrides: str):
-    return plan_mod.plan_sweep(compose(["sweep=smoke", *sweep_overrides, *TINY]), overrides=list(TINY))
+    return plan_mod.plan_sweep(compose(["sweep=smoke", NO_CONFIRM, *sweep_overrides, *TINY]), overrides=list(TINY))
 
 
 def studies(experiment="sweep-smoke", journal="sweeps.journal"):
@@ -122,7 +130,8 @@ def test_smoke_sweep_end_to_end(workdir):
 
 def test_resume_after_failure_and_budget_counts_complete_only(workdir):
     # 1st invocation: every trial raises; the method stops at max_failures.
-    summary = sweep("sweep.methods=[dpo]", "sweep.n_trials=1", "sweep.max_failures=1", user=("fault.raise_at_step=1",))
+    summary = failing_sweep("sweep.methods=[dpo]", "sweep.n_trials=1", "sweep.max_failures=1",
+                            user=("fault.raise_at_step=1",))
     assert summary["methods"]["dpo"]["status"] == "failures"
     (t0,) = studies()["dpo"].trials
     assert t0.state == TrialState.FAIL and "out of memory" in t0.user_attrs["failure_reason"]
@@ -139,8 +148,8 @@ def test_resume_after_failure_and_budget_counts_complete_only(workdir):
 
 
 def test_nan_loss_fails_the_trial_and_the_sweep_goes_on(workdir):
-    summary = sweep("sweep.methods=[dpo,simpo]", "sweep.n_trials=1", "sweep.max_failures=1",
-                    user=("fault.nan_loss_at_step=1",))
+    summary = failing_sweep("sweep.methods=[dpo,simpo]", "sweep.n_trials=1", "sweep.max_failures=1",
+                            user=("fault.nan_loss_at_step=1",))
     for m in ("dpo", "simpo"):  # simpo ran although dpo failed
         (t,) = studies()[m].trials
         assert t.state == TrialState.FAIL and "NonFiniteLoss" in t.user_attrs["failure_reason"]
@@ -232,6 +241,15 @@ def test_cli_config_error_is_one_line(workdir):
                                                "(choose from ppo, dpo, ipo, kto, simpo, rloo)"]
 
 
+def test_cli_exits_1_when_a_method_stopped_on_failures(workdir):
+    out = subprocess.run([sys.executable, "-m", "alignbench.cli", "sweep", "sweep=smoke", NO_CONFIRM,
+                          "sweep.methods=[dpo]", "sweep.n_trials=1", "sweep.max_failures=1", *TINY,
+                          "fault.raise_at_step=1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("alignbench: error: sweep smoke: stopped by failures: dpo ")
+    assert parent_runs()[0].info.status == "FINISHED"  # the records are complete; only the outcome failed
+
+
 # --------------------------------------------------------------------------- pieces
 
 def test_search_spaces_cover_every_method_and_are_valid():
@@ -315,7 +333,7 @@ def test_best_trial_rule_is_optunas_choice(tmp_path, pareto):
     p = plan_mod.Plan(name="x", experiment="e", methods=["dpo"], n_trials=6, objective="pareto" if pareto else
                       "win_rate", seed=0, sampler={}, pruner={}, storage="", heartbeat_interval=None,
                       grace_period=None, n_workers=1, max_failures=1, spaces={}, trial_overrides={}, tracking={})
-    assert progress.best_trial(p, study).number == optunas.number
+    assert studies_mod.best_trial(p, study).number == optunas.number
     assert selection.best_index([None, float("nan")]) is None
     assert selection.best_index([0.5, 0.5], [None, 3.0], [0, 1], kl_tiebreak=True) == 1  # no KL ranks last
 
@@ -349,7 +367,7 @@ def _wait_for_running_child(timeout=300):
 
 @pytest.mark.slow
 def test_kill_9_mid_trial_then_resume(workdir):
-    args = ["sweep=smoke", "sweep.methods=[dpo,ipo]", "sweep.n_trials=2", *TINY, "fault.sleep_per_step=1.5"]
+    args = ["sweep=smoke", NO_CONFIRM, "sweep.methods=[dpo,ipo]", "sweep.n_trials=2", *TINY, "fault.sleep_per_step=1.5"]
     cmd, kw = _cli(*args, cwd=workdir)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
     try:
@@ -420,7 +438,8 @@ def test_hydra_joblib_launcher_starts_workers_that_share_the_budget(workdir):
     # 1 s per step: a trial takes >= 4 s, so one worker cannot finish the budget before the other
     # has imported torch (both taking part is asserted below)
     cmd, kw = _cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+sweep.worker=0,1",
-                   "sweep=smoke", "sweep.methods=[dpo]", "sweep.n_trials=4", *TINY, "fault.sleep_per_step=1.0",
+                   "sweep=smoke", NO_CONFIRM, "sweep.methods=[dpo]", "sweep.n_trials=4", *TINY,
+                   "fault.sleep_per_step=1.0",
                    cwd=workdir)
     kw["env"].pop("MLFLOW_TRACKING_URI", None)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)

@@ -17,6 +17,8 @@ HOTEL = "Tell me about the hotel.\n"
 def test_prompts_and_corpus_are_deterministic_given_a_seed():
     assert task.make_prompts(20, 3) == task.make_prompts(20, 3)
     assert task.make_prompts(20, 3) != task.make_prompts(20, 4)
+    assert task.make_prompts(20, 3, "validation") == task.make_prompts(20, 3, "validation")
+    assert task.eval_prompts("test", 10, 3) == task.eval_prompts("test", 10, 3) != task.eval_prompts("test", 10, 4)
     assert task.sft_corpus(10, 0) == task.sft_corpus(10, 0)
     assert all(task.prompt_topic(p) in task.TOPICS for p, _ in task.sft_corpus(50, 0))
 

@@ -1,5 +1,8 @@
 """The built-in task's preference pairs: two samples of the SFT model per prompt, labelled by a
-Bradley-Terry draw on the gold reward, cached on disk under everything that determines them."""
+Bradley-Terry draw on the gold reward, cached on disk under everything that determines them.
+
+Training pairs are drawn on train prompts; the held-out pairs behind `eval/pref_accuracy` on
+validation prompts. Both are keyed on `task_seed`, so every training seed sees the same pairs."""
 
 from __future__ import annotations
 
@@ -12,19 +15,20 @@ from alignbench.data.records import PreferenceRecord
 from alignbench.models.generation import sample
 
 
-def builtin_pairs(cfg, models) -> list[PreferenceRecord]:
-    """Preference pairs for the built-in task: two SFT samples per prompt, Bradley-Terry labelled."""
-    d = cfg.data
-    key = cache.content_key("builtin-pairs-v1", models.key, d, cfg.seed, cfg.train.max_prompt_length)
+def builtin_pairs(cfg, models, split: str, n: int) -> list[PreferenceRecord]:
+    """n preference pairs on `split`'s prompts: two SFT samples per prompt, Bradley-Terry labelled."""
+    d, task_seed = cfg.data, cfg.task_seed
+    key = cache.content_key("builtin-pairs-v2", models.key, split, n, d.bt_temperature, d.sample_max_new_tokens,
+                            task_seed, cfg.train.max_prompt_length)
 
     def write(path):
-        prompts = task.make_prompts(d.n_train_prompts, cfg.seed)
+        prompts = task.make_prompts(n, task_seed, split)
         with models.reference_model() as sft:
             kw = dict(max_new_tokens=d.sample_max_new_tokens, temperature=1.0,
                       max_prompt_length=cfg.train.max_prompt_length, batch_size=256, device=models.device)
-            a = sample(sft, models.tokenizer, prompts, seed=cfg.seed * 2 + 1, **kw).responses
-            b = sample(sft, models.tokenizer, prompts, seed=cfg.seed * 2 + 2, **kw).responses
-        rng = random.Random(f"bt-{cfg.seed}")
+            a = sample(sft, models.tokenizer, prompts, seed=task_seed * 2 + 1, **kw).responses
+            b = sample(sft, models.tokenizer, prompts, seed=task_seed * 2 + 2, **kw).responses
+        rng = random.Random(f"bt-{split}-{task_seed}")
         rows = []
         for p, ra, rb in zip(prompts, a, b):
             a_wins = task.bradley_terry_label(task.gold_reward(p, ra), task.gold_reward(p, rb), d.bt_temperature, rng)

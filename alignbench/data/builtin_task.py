@@ -7,6 +7,11 @@ reasonable length. A policy that only learns "say nice words" drifts off topic o
 itself and gains little; a learned reward model that mostly picked up sentiment can be
 over-optimised (its score rises while the gold reward stalls), which is what RLHF does.
 
+The prompt space (8 openers x 40 subjects = 320 strings) is split into three disjoint sets by
+construction (`prompt_split`): train (192), validation (64) and test (64). Every opener and every
+subject appears in training, but no validation or test string does, so the evaluation measures
+generalisation to unseen prompts, never recall of training prompts.
+
 Everything here is pure Python and deterministic given a seed. See docs/builtin_task.md.
 """
 
@@ -58,7 +63,8 @@ NEGATIVE = ["awful", "terrible", "boring", "bland", "dull", "poor", "rude", "bro
 NEUTRAL_ADJ = ["okay", "average", "usual", "typical", "simple", "normal", "standard", "plain"]
 FUNCTION = ["the", "a", "was", "is", "and", "but", "very", "really", "quite", "it", "this", "i",
             "we", "felt", "seemed", "were", "overall", "also", "too", "with", "of", "my"]
-OPENERS = ["Write a review of", "Tell me about", "What did you think of", "Describe", "Give your opinion on"]
+OPENERS = ["Write a review of", "Tell me about", "What did you think of", "Describe", "Give your opinion on",
+           "Share your thoughts on", "Write a few words about", "What was your experience with"]
 
 _POS, _NEG = set(POSITIVE), set(NEGATIVE)
 _TOPIC_OF: dict[str, set[str]] = {}
@@ -73,14 +79,38 @@ TARGET_WORDS = 14  # the length term is 0 here and falls off on both sides
 WEIGHTS = {"sentiment": 1.0, "topic": 1.0, "fluency": 1.0, "length": 0.5}
 
 
-def make_prompt(rng: random.Random) -> str:
-    topic = rng.choice(sorted(TOPICS))
-    return f"{rng.choice(OPENERS)} {rng.choice(TOPICS[topic]['subjects'])}.\n"
+SPLITS = ("train", "validation", "test")
+SUBJECTS = [s for topic in sorted(TOPICS) for s in TOPICS[topic]["subjects"]]  # 5 per topic
 
 
-def make_prompts(n: int, seed: int) -> list[str]:
-    rng = random.Random(f"prompts-{seed}")
-    return [make_prompt(rng) for _ in range(n)]
+def prompt_split(opener_index: int, subject_index: int) -> str:
+    """The set of one (opener, subject) combination: residues 0-2 of (i + j) mod 5 train, 3
+    validation, 4 test. Any 5 consecutive openers or subjects cover every residue, so each
+    opener and each subject occurs in all three sets."""
+    residue = (opener_index + subject_index) % 5
+    return "train" if residue < 3 else "validation" if residue == 3 else "test"
+
+
+def split_prompts(split: str) -> list[str]:
+    """All distinct prompts of one split, in a fixed order (opener-major)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
+    return [f"{opener} {subject}.\n" for i, opener in enumerate(OPENERS) for j, subject in enumerate(SUBJECTS)
+            if prompt_split(i, j) == split]
+
+
+def make_prompts(n: int, seed: int, split: str = "train") -> list[str]:
+    """n prompts drawn uniformly (with replacement) from one split's prompts."""
+    pool = split_prompts(split)
+    rng = random.Random(f"prompts-{split}-{seed}")
+    return [rng.choice(pool) for _ in range(n)]
+
+
+def eval_prompts(split: str, n: int, seed: int) -> list[str]:
+    """Up to n distinct prompts of a held-out split, in a seeded order (all of them if fewer exist)."""
+    pool = split_prompts(split)
+    random.Random(f"eval-prompts-{split}-{seed}").shuffle(pool)
+    return pool[:n]
 
 
 def prompt_topic(prompt: str) -> str | None:
@@ -120,14 +150,18 @@ def sft_response(prompt: str, rng: random.Random) -> str:
     return ". ".join(clauses) + "."
 
 
+def sft_prompts(n: int, seed: int) -> list[str]:
+    """The SFT corpus's prompts (train split only), drawn on their own stream so they can be
+    listed without writing the responses (and apart from the preference pairs' prompts)."""
+    pool = split_prompts("train")
+    rng = random.Random(f"sft-prompts-{seed}")
+    return [rng.choice(pool) for _ in range(n)]
+
+
 def sft_corpus(n: int, seed: int) -> list[tuple[str, str]]:
-    """(prompt, response) pairs for supervised fine-tuning of the built-in model."""
+    """(prompt, response) pairs for supervised fine-tuning of the built-in model, on train prompts."""
     rng = random.Random(f"sft-{seed}")
-    out = []
-    for _ in range(n):
-        prompt = make_prompt(rng)
-        out.append((prompt, sft_response(prompt, rng)))
-    return out
+    return [(prompt, sft_response(prompt, rng)) for prompt in sft_prompts(n, seed)]
 
 
 _WORD = re.compile(r"[a-z]+|[^a-z\s]")

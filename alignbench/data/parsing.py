@@ -1,5 +1,6 @@
 """Parsing rows into records: `parse_rows` turns plain dicts into `PreferenceRecord`s (or
-`UnpairedRecord`s for KTO rows) in one of four formats, counting the rows it drops by reason.
+`UnpairedRecord`s for KTO rows) in one of four formats, counting the rows it drops by reason;
+`row_prompt` gives one row's prompt, the key the train/validation/test split is made on.
 
 Formats (`detect_format`):
 
@@ -221,9 +222,7 @@ def parse_rows(rows: list[dict], fmt: str = "auto", tokenizer=None) -> tuple[lis
         if not rows:
             return [], Counter()
         fmt = detect_rows_format(rows)
-    if fmt not in FORMATS:
-        raise DataError(f"data.format must be 'auto' or one of {', '.join(FORMATS)}, got {fmt!r}")
-    parse = {"pairs": _parse_pairs, "hh": _parse_hh, "chat": _parse_chat, "unpaired": _parse_unpaired}[fmt]
+    parse = _parser(fmt)
     records, drops = [], Counter()
     for row in rows:
         try:
@@ -231,3 +230,21 @@ def parse_rows(rows: list[dict], fmt: str = "auto", tokenizer=None) -> tuple[lis
         except _Drop as d:
             drops[d.reason] += 1
     return records, drops
+
+
+def _parser(fmt: str):
+    """The row parser of a concrete format; a one-line DataError for an unknown one."""
+    if fmt not in FORMATS:
+        raise DataError(f"data.format must be 'auto' or one of {', '.join(FORMATS)}, got {fmt!r}")
+    return {"pairs": _parse_pairs, "hh": _parse_hh, "chat": _parse_chat, "unpaired": _parse_unpaired}[fmt]
+
+
+def row_prompt(row: dict, fmt: str) -> str | None:
+    """A row's prompt in the plain rendering (no tokenizer), or None for a row that will be dropped.
+
+    The key a data set is split on before any tokenizer exists: rows with the same conversation
+    context share it, and so share a set."""
+    try:
+        return _parser(fmt)(row, None).prompt
+    except _Drop:
+        return None

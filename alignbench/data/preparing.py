@@ -1,15 +1,19 @@
-"""Preparing a hub or local data set for a method: `load_preference_data` reads, parses and
-filters the rows, counts and logs what was dropped, and splits train from eval by prompt
-(`split_records`), giving `PreparedData`. Also `to_unpaired` (pairs -> KTO examples) and
-`require_enough`. The built-in task makes its records in `alignbench.data.builtin_task`."""
+"""Preparing a hub or local data set for a method. First `read_split_rows` reads the rows and
+splits them BY PROMPT into train / validation / test (seeded by task_seed, before anything is
+trained: the built-in model's SFT corpus comes from the train rows only); then
+`load_preference_data` parses and filters each set, counts and logs what was dropped, and gives
+`PreparedData`. Also `split_records` (the same split over records), `to_unpaired`
+(pairs -> KTO examples) and `require_enough`. The built-in task makes its records in
+`alignbench.data.builtin_task`."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
-from alignbench.data.parsing import detect_rows_format, parse_rows
+from alignbench.data.parsing import detect_rows_format, parse_rows, row_prompt
 from alignbench.data.reading import cfg_value, read_rows, read_split
 from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord
 from alignbench.data.tokenizing import filter_records
@@ -24,19 +28,52 @@ def to_unpaired(pairs: list[PreferenceRecord]) -> list[UnpairedRecord]:
     return out
 
 
-def split_records(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
-    """Seeded (train, eval) split over distinct prompts, so no eval prompt is seen in training.
+def held_out_counts(n_prompts: int, validation_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(validation, test) prompt counts: round(fraction * n_prompts), at least one for a fraction
+    > 0, shrunk (the larger first) until at least one prompt is left for training."""
+    counts = [max(1, round(f * n_prompts)) if f > 0 else 0 for f in (validation_fraction, test_fraction)]
+    while counts[0] + counts[1] > max(n_prompts - 1, 0):
+        counts[1 if counts[1] >= counts[0] else 0] -= 1
+    return counts[0], counts[1]
 
-    round(eval_fraction * n_prompts) prompts go to eval (at least one, and one fewer than all,
-    when eval_fraction > 0 and there are two or more prompts). Both sides keep the input order."""
-    prompts = list(dict.fromkeys(r.prompt for r in records))
-    n_eval = round(eval_fraction * len(prompts))
-    if eval_fraction > 0 and len(prompts) >= 2:
-        n_eval = min(max(n_eval, 1), len(prompts) - 1)
-    eval_prompts = set(random.Random(seed).sample(prompts, n_eval))
-    train = [r for r in records if r.prompt not in eval_prompts]
-    held_out = [r for r in records if r.prompt in eval_prompts]
-    return train, held_out
+
+def _partition(items: list, prompt_of: Callable, validation: set, test: set) -> tuple[list, list, list]:
+    """(train, validation, test) items by their prompt's set; input order kept within each."""
+    sets = ([], [], [])
+    for item in items:
+        prompt = prompt_of(item)
+        sets[1 if prompt in validation else 2 if prompt in test else 0].append(item)
+    return sets
+
+
+def split_by_prompt(items: list, prompt_of: Callable, validation_fraction: float, test_fraction: float,
+                    seed: int) -> tuple[list, list, list]:
+    """Seeded (train, validation, test) split over distinct prompts: all items of one prompt go to
+    one set. Items whose prompt is None (rows that parsing will drop) stay in train."""
+    prompts = [p for p in dict.fromkeys(prompt_of(x) for x in items) if p is not None]
+    n_val, n_test = held_out_counts(len(prompts), validation_fraction, test_fraction)
+    drawn = random.Random(f"split-{seed}").sample(prompts, n_val + n_test)
+    return _partition(items, prompt_of, set(drawn[:n_val]), set(drawn[n_val:]))
+
+
+def halve_by_prompt(items: list, prompt_of: Callable, seed: int) -> tuple[list, list]:
+    """(validation, test): a held-out split (a hub `eval_split`) halved by prompt, seeded.
+    Items whose prompt is None go to validation, where parsing counts them as dropped."""
+    prompts = [p for p in dict.fromkeys(prompt_of(x) for x in items) if p is not None]
+    shuffled = random.Random(f"halve-{seed}").sample(prompts, len(prompts))
+    rest, validation, test = _partition(items, prompt_of, set(shuffled[: (len(prompts) + 1) // 2]),
+                                        set(shuffled[(len(prompts) + 1) // 2:]))
+    return rest + validation, test
+
+
+def split_records(records: list, validation_fraction: float, test_fraction: float,
+                  seed: int) -> tuple[list, list, list]:
+    """`split_by_prompt` over records: (train, validation, test), no prompt in two sets."""
+    return split_by_prompt(records, lambda r: r.prompt, validation_fraction, test_fraction, seed)
+
+
+def distinct_prompts(records: list) -> list[str]:
+    return list(dict.fromkeys(r.prompt for r in records))
 
 
 def log_drops(drops: Counter, total: int, logger=None, prefix: str = "data") -> dict[str, int]:
@@ -63,11 +100,22 @@ def require_enough(records: list, min_records: int = 8, drops: Counter | None = 
 
 
 @dataclass
+class SplitRows:
+    """A data set's raw rows split by prompt, before anything is parsed with a tokenizer or trained."""
+
+    train: list[dict]
+    validation: list[dict]
+    test: list[dict]
+    format: str
+
+
+@dataclass
 class PreparedData:
-    """Train/eval records ready for a method, and what was dropped on the way."""
+    """Train / validation / test records ready for a method, and what was dropped on the way."""
 
     train: list
-    eval: list
+    validation: list
+    test: list
     format: str
     drops: Counter = field(default_factory=Counter)
     metrics: dict[str, int] = field(default_factory=dict)
@@ -76,42 +124,72 @@ class PreparedData:
     def paired(self) -> bool:
         return not self.train or isinstance(self.train[0], PreferenceRecord)
 
-
-def _usable_records(rows: list[dict], fmt: str, tokenizer, max_length: int, max_prompt_length: int,
-                    logger, prefix: str) -> tuple[list, Counter, dict[str, int]]:
-    """One split's rows parsed and filtered: (records, drops by reason, the logged drop metrics)."""
-    records, drops = parse_rows(rows, fmt, tokenizer)
-    records, too_long = filter_records(records, tokenizer, max_length, max_prompt_length)
-    drops += too_long
-    return records, drops, log_drops(drops, len(rows), logger, prefix)
+    def held_out(self, split: str) -> list:
+        """The records of `validation` or `test`."""
+        return {"validation": self.validation, "test": self.test}[split]
 
 
-def load_preference_data(data_cfg, tokenizer, *, max_length: int, max_prompt_length: int, seed: int,
-                         min_records: int = 8, logger=None) -> PreparedData:
-    """Read, parse, filter, count drops and split a hub or local `data=` config.
+def read_split_rows(data_cfg, seed: int) -> SplitRows:
+    """Read a hub or local `data=` config and split its rows by prompt (seeded by task_seed).
 
-    The eval records come from `data_cfg.eval_split` (hub) when set, otherwise from a seeded
-    `eval_fraction` of the prompts. Raises DataError when fewer than min_records remain."""
+    Held out: `data_cfg.eval_split` (hub), halved by prompt into validation and test, when set;
+    otherwise `validation_fraction` and `test_fraction` of the prompts."""
     fmt = cfg_value(data_cfg, "format", "auto")
     rows = read_rows(data_cfg)
     if not rows:
         raise DataError(f"no rows in {cfg_value(data_cfg, 'path')!r}")
     if fmt == "auto":
         fmt = detect_rows_format(rows)
-    lengths = (max_length, max_prompt_length)
-    records, drops, metrics = _usable_records(rows, fmt, tokenizer, *lengths, logger, "data")
-    require_enough(records, min_records, drops)
+
+    def prompt_of(row):
+        return row_prompt(row, fmt)
+
     eval_split = cfg_value(data_cfg, "eval_split")
     if eval_split:
         if cfg_value(data_cfg, "source") != "hub":
-            raise DataError("data.eval_split is only for hub datasets; use data.eval_fraction for a local file")
-        train = records
-        eval_rows = read_split(data_cfg, eval_split)
-        held_out, _, eval_metrics = _usable_records(eval_rows, fmt, tokenizer, *lengths, logger, "data/eval")
-        metrics.update(eval_metrics)
-    else:
-        train, held_out = split_records(records, float(cfg_value(data_cfg, "eval_fraction", 0.1)), seed)
-    if not held_out:
-        raise DataError("no usable eval rows: set data.eval_split or a larger data.eval_fraction")
-    metrics.update({"data/train": len(train), "data/eval": len(held_out)})
-    return PreparedData(train, held_out, fmt, drops, metrics)
+            raise DataError("data.eval_split is only for hub datasets; use data.validation_fraction and "
+                            "data.test_fraction for a local file")
+        validation, test = halve_by_prompt(read_split(data_cfg, eval_split), prompt_of, seed)
+        return SplitRows(rows, validation, test, fmt)
+    train, validation, test = split_by_prompt(rows, prompt_of, float(cfg_value(data_cfg, "validation_fraction", 0.1)),
+                                              float(cfg_value(data_cfg, "test_fraction", 0.1)), seed)
+    return SplitRows(train, validation, test, fmt)
+
+
+def _usable_records(rows: list[dict], fmt: str, tokenizer, lengths: tuple[int, int], logger, prefix: str,
+                    held_out_prompts: frozenset = frozenset()) -> tuple[list, Counter, dict[str, int]]:
+    """One set's rows parsed and filtered: (records, drops by reason, the logged drop metrics).
+
+    Records whose prompt is in `held_out_prompts` are dropped (`prompt_in_held_out_set`): rows the
+    plain-rendering split kept apart can still meet after a chat template, and a hub's own
+    train and test splits can share prompts; neither may be trained on."""
+    records, drops = parse_rows(rows, fmt, tokenizer)
+    records, too_long = filter_records(records, tokenizer, *lengths)
+    drops += too_long
+    if held_out_prompts:
+        kept = [r for r in records if r.prompt not in held_out_prompts]
+        if len(kept) < len(records):
+            drops["prompt_in_held_out_set"] += len(records) - len(kept)
+        records = kept
+    return records, drops, log_drops(drops, len(rows), logger, prefix)
+
+
+def load_preference_data(data_cfg, tokenizer, *, max_length: int, max_prompt_length: int, seed: int,
+                         min_records: int = 8, logger=None, rows: SplitRows | None = None) -> PreparedData:
+    """Parse, filter and count drops of each set of `rows` (read and split by `read_split_rows`
+    with `seed` when not given). Raises DataError when fewer than min_records train records
+    remain, or when validation or test has none."""
+    rows = rows or read_split_rows(data_cfg, seed)
+    lengths = (max_length, max_prompt_length)
+    validation, _, metrics = _usable_records(rows.validation, rows.format, tokenizer, lengths, logger, "data/validation")
+    test, _, test_metrics = _usable_records(rows.test, rows.format, tokenizer, lengths, logger, "data/test")
+    held_out = frozenset(distinct_prompts(validation + test))
+    train, drops, train_metrics = _usable_records(rows.train, rows.format, tokenizer, lengths, logger, "data", held_out)
+    require_enough(train, min_records, drops)
+    for name, records in (("validation", validation), ("test", test)):
+        if not records:
+            raise DataError(f"no usable {name} rows: set data.eval_split or larger data.validation_fraction "
+                            "and data.test_fraction")
+    metrics.update(test_metrics | train_metrics)
+    metrics.update({"data/train": len(train), "data/validation": len(validation), "data/test": len(test)})
+    return PreparedData(train, validation, test, rows.format, drops, metrics)

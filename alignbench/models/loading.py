@@ -64,15 +64,15 @@ def load_builtin(cfg, sft_examples: list[tuple[str, str]], corpus_id: str, devic
     """The built-in model: tokenizer + SFT, cached under a key of everything that determines them."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    key = cache.content_key("tiny-sft-v1", cfg.model, corpus_id, cfg.seed, cfg.train.max_length)
+    key = cache.content_key("tiny-sft-v2", cfg.model, corpus_id, cfg.task_seed, cfg.train.max_length)
 
     def write(path: Path):
         log.info("SFT stage: training the built-in model (cached afterwards under %s)", key)
         examples = sft_examples() if callable(sft_examples) else sft_examples  # built only on a miss
         texts = [p + r for p, r in examples]
         tokenizer = train_tokenizer(texts, cfg.model.vocab_size)
-        model = build_tiny_model(cfg.model, tokenizer, cfg.seed)
-        stats = sft_train(model, tokenizer, examples, cfg.model.sft, cfg.train.max_length, device, cfg.seed)
+        model = build_tiny_model(cfg.model, tokenizer, cfg.task_seed)  # the reference model: fixed across training seeds
+        stats = sft_train(model, tokenizer, examples, cfg.model.sft, cfg.train.max_length, device, cfg.task_seed)
         log.info("SFT done: loss %.3f in %.1fs", stats["sft/final_loss"], stats["sft/seconds"])
         model.save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
@@ -122,8 +122,8 @@ def load_models(cfg, sft_examples=None, corpus_id: str = "") -> Models:
     else:
         base, tokenizer, key = load_hub(cfg, device, dtype)
         if cfg.model.sft.enabled and sft_examples:
-            key = cache.content_key("hub-sft-v1", key, corpus_id, cfg.model.sft, cfg.seed)
-            sft_train(base, tokenizer, sft_examples, cfg.model.sft, cfg.train.max_length, device, cfg.seed)
+            key = cache.content_key("hub-sft-v2", key, corpus_id, cfg.model.sft, cfg.task_seed)
+            sft_train(base, tokenizer, sft_examples, cfg.model.sft, cfg.train.max_length, device, cfg.task_seed)
     base.to(device)
     policy, reference = _policy_and_reference(cfg, base)
     models = Models(policy=policy, reference=reference, tokenizer=tokenizer, key=key, device=device)

@@ -152,7 +152,7 @@ def train_reward_model(cfg, models, train_records) -> RewardModel:
     """Bradley-Terry training on all but a held-out slice of `train_records` (the last pairs)."""
     rc = _rm_config(cfg)
     t0 = time.time()
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.task_seed)
     rm = build_reward_model(cfg, models)
     n_held = max(1, int(len(train_records) * rc["heldout_fraction"])) if len(train_records) > 1 else 0
     fit, held = train_records[: len(train_records) - n_held], train_records[len(train_records) - n_held:]
@@ -160,7 +160,7 @@ def train_reward_model(cfg, models, train_records) -> RewardModel:
     fit_tokens = tok(fit)
     optimizer = torch.optim.AdamW(rm.parameters(), lr=rc["lr"], betas=tuple(cfg.train.adam_betas),
                                   weight_decay=cfg.train.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.task_seed)
     losses, batch_size = [], min(int(rc["batch_size"]), len(fit))
     order = index_batches(len(fit), batch_size, lambda n: torch.randperm(n, generator=gen))
     for step in range(int(rc["steps"])):
@@ -187,11 +187,12 @@ def train_reward_model(cfg, models, train_records) -> RewardModel:
 
 def load_or_train_reward_model(cfg, models, train_records) -> RewardModel:
     """The reward-model stage, cached under a key of the SFT model, the pairs, the RM config,
-    the seed and the max length; a hit loads the weights (safetensors) and skips training."""
+    the task seed (the reward model is fixed like the preference data: every training seed and
+    every method that uses it gets the same one) and the max length; a hit loads the weights (safetensors) and skips training."""
     from safetensors.torch import load_model, save_model
 
     rc = _rm_config(cfg)
-    key = cache.content_key("rm-v1", models.key, cache.records_digest(train_records), rc, cfg.seed, cfg.train.max_length)
+    key = cache.content_key("rm-v2", models.key, cache.records_digest(train_records), rc, cfg.task_seed, cfg.train.max_length)
 
     def write(path):
         rm = train_reward_model(cfg, models, train_records)

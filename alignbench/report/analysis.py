@@ -6,6 +6,7 @@ Pure functions of the tables `reading` returns; no MLflow calls, no files."""
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import warnings
 
@@ -129,8 +130,23 @@ def length_controlled(samples: pd.DataFrame) -> dict:
     return length_controlled_win_rate(win_indicator(samples), diff.to_numpy())
 
 
+# Optuna 5's default importance evaluator is PED-ANOVA (not fANOVA as before); the report names it and
+# passes it explicitly so that a change of Optuna's default cannot change the report silently.
+IMPORTANCE_EVALUATOR = "PED-ANOVA"
+IMPORTANCE_TOP_QUANTILE = 0.1   # PED-ANOVA's default target_quantile: the top 10% of complete trials
+IMPORTANCE_MIN_TOP = 5          # Optuna's advice: at least this many trials above the cutoff
+IMPORTANCE_METHOD = (f"Importances from Optuna's {IMPORTANCE_EVALUATOR} evaluator (Optuna 5's default; not "
+                     "fANOVA): how differently each hyperparameter is distributed among the top "
+                     f"{IMPORTANCE_TOP_QUANTILE:.0%} of a method's complete trials than among all of them. It needs "
+                     f"several trials above that cutoff (Optuna advises at least {IMPORTANCE_MIN_TOP}); with few "
+                     "trials the importances are noisy.")
+SEARCH_CAVEAT = ("Validation numbers of the selected trials, optimistically biased: the best of N noisy trials "
+                 "(N: the complete trials of the method), on the prompts they were selected on.")
+
+
 def importances(study) -> tuple[dict | None, str | None]:
-    """Optuna's own fANOVA-style analysis (its default evaluator); None + why when it cannot run."""
+    """Optuna's PED-ANOVA importances of the study's params for reaching its top 10% of objective
+    values (for a Pareto study: of the win rate, objective 0); None + why when it cannot run."""
     import optuna
 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -140,13 +156,35 @@ def importances(study) -> tuple[dict | None, str | None]:
                if len({repr(t.params.get(k)) for t in complete}) > 1}
     if not varying:
         return None, "no hyperparameter varies across the complete trials"
-    kwargs = {"target": lambda t: t.values[0]} if len(study.directions) > 1 else {}
+    # PED-ANOVA takes a given target as lower-is-better; objective 0 (the win rate) is maximised.
+    kwargs = {"target": lambda t: -t.values[0]} if len(study.directions) > 1 else {}
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=IMPORTANCE_TOP_QUANTILE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return optuna.importance.get_param_importances(study, **kwargs), None
+            return optuna.importance.get_param_importances(study, evaluator=evaluator, **kwargs), None
     except Exception as exc:  # noqa: BLE001 — optuna refuses some degenerate studies
         return None, f"Optuna could not compute importances: {type(exc).__name__}: {exc}"
+
+
+def importance_caveat(method: str, n_complete: int) -> str | None:
+    """A note when PED-ANOVA's top quantile holds fewer trials than Optuna advises (noisy importances)."""
+    n_top = max(1, math.ceil(IMPORTANCE_TOP_QUANTILE * n_complete))
+    if n_top >= IMPORTANCE_MIN_TOP:
+        return None
+    return (f"{method}: {n_complete} complete trials, so only {n_top} lie in {IMPORTANCE_EVALUATOR}'s top "
+            f"{IMPORTANCE_TOP_QUANTILE:.0%} (Optuna advises at least {IMPORTANCE_MIN_TOP}, i.e. about "
+            f"{math.ceil(IMPORTANCE_MIN_TOP / IMPORTANCE_TOP_QUANTILE)} complete trials): these importances are "
+            "noisy; read them as a rough hint.")
+
+
+def length_control_caveat(judges: list[str]) -> str | None:
+    """Why the length-controlled win rate misleads under the gold judge (None for other judges)."""
+    if "gold" not in judges:
+        return None
+    return ("The judge is the built-in task's gold reward, and length is one of its parts (a term that peaks at "
+            "the target length): controlling for length removes real signal here: the length-controlled win "
+            "rate discounts real gains (or losses) from a policy's length. Read the raw win rate for this judge.")
 
 
 def example_rows(samples: dict[str, pd.DataFrame], n: int) -> list:

@@ -1,8 +1,11 @@
 """`alignbench report`: a sweep's MLflow runs and Optuna studies -> the comparison a researcher needs.
 
 Reads the tracking layout of docs/ARCHITECTURE.md (one experiment per sweep, a parent run tagged
-`alignbench.role=sweep`, one nested child run per Optuna trial) through `mlflow.search_runs`, and
-writes `<report.out_dir>/<sweep>/`:
+`alignbench.role=sweep`, one nested child run per Optuna search trial, and the confirmation runs:
+child runs tagged `alignbench.role=confirmation`, each method retrained with its selected params on
+fresh seeds and evaluated on the test prompts) through `mlflow.search_runs`, and writes
+`<report.out_dir>/<sweep>/`, opening with the verdict of the confirmation runs (none without them;
+the search trials' numbers are validation numbers of selected trials, biased upwards):
 
 - `report.html` — self-contained (figures as base64 PNG data URIs, inline CSS, no script, no URL);
   every string from data or models is escaped by Jinja2's autoescape;
@@ -14,7 +17,8 @@ The Optuna studies (importances, optimisation history) are found from the parent
 `sweep.storage` (the resolved storage URL the sweep logs) and `sweep.study_names` (see
 `reading.load_studies`); without them those sections are skipped with a note and everything else
 is still built. This module only orders the steps: reading (`reading`), computing (`analysis`),
-drawing (`figures`) and writing (`rendering`) live in their own modules.
+drawing (`figures`) and writing (`rendering`) live in their own modules, the confirmation statistics
+in `confirmation`.
 """
 
 from __future__ import annotations
@@ -27,18 +31,20 @@ from pathlib import Path
 import pandas as pd
 
 import alignbench
-from alignbench.report.analysis import (SAMPLE_COLUMNS, best_trials, examples, headline_rows, hyperparams,
-                                        importances, length_controlled, paired_comparisons, run_metadata)
+from alignbench.report.analysis import (IMPORTANCE_METHOD, SAMPLE_COLUMNS, SEARCH_CAVEAT, best_trials, examples,
+                                        headline_rows, hyperparams, importance_caveat, importances,
+                                        length_control_caveat, length_controlled, paired_comparisons, run_metadata)
+from alignbench.report.confirmation import comparable, confirmation_statistics, method_tables
 from alignbench.report.figures import (CURVE_KEYS, Figure, curves_figure, frontier_figure, history_figure,
                                        importance_figure, method_color, sensitivity_figure)
 from alignbench.report.formatting import fmt, fmt_p, slug
-from alignbench.report.reading import (SAMPLES_ARTIFACT, NoStudies, find_sweep, load_samples, load_studies,
-                                       load_trials, params_of, study_methods_of)
+from alignbench.report.reading import (SAMPLES_ARTIFACT, NoStudies, column, find_sweep, load_confirmation_runs,
+                                       load_samples, load_studies, load_trials, params_of, study_methods_of)
 from alignbench.report.rendering import render_html, render_markdown, write_runs_csv, write_summary
 
 log = logging.getLogger(__name__)
 
-NOTE_KEYS = ("headline", "frontier", "sensitivity", "optuna", "curves", "stats", "examples", "metadata")
+NOTE_KEYS = ("confirmation", "headline", "frontier", "sensitivity", "optuna", "curves", "stats", "lc", "examples", "metadata")
 
 
 def _cfg(cfg, key, default=None):
@@ -79,13 +85,18 @@ def build_report(cfg, studies: dict | None = None) -> Path:
     has_gold = any(not math.isnan(r.get("eval/gold_reward", float("nan"))) for r in headline)
     figures = _draw_figures(client, trials, methods, best, swept, studies, headline, has_gold, out / "figures", notes)
     samples = _best_trial_samples(client, best, notes)
-    lc, comparisons = _statistics(samples, headline, int(_cfg(cfg, "seed", 0) or 0), notes)
+    rng_seed = int(_cfg(cfg, "seed", 0) or 0)
+    lc, comparisons = _statistics(samples, headline, rng_seed, notes)
+    _length_control_note(trials, notes)
+    confirmation, verdict = _confirmation(client, parents, parent_params, rng_seed, notes)
     shown = _examples_or_note(samples, methods, int(_cfg(cfg, "report.n_examples", 6)), notes)
     metadata = run_metadata(trials, parent, parents, sweep_name, studies, parent_params)
 
     context = dict(sweep=sweep_name, parent_id=str(parent["run_id"]), experiment=str(parent.get("experiment_name", "")),
                    objective=objective, methods=methods, headline=headline, has_gold=has_gold, figures=figures,
-                   notes=notes, comparisons=comparisons, lc=lc, examples=shown, metadata=metadata, swept=swept,
+                   notes=notes, comparisons=comparisons, confirmation=confirmation, verdict=verdict,
+                   search_caveat=SEARCH_CAVEAT, importance_method=IMPORTANCE_METHOD, lc=lc, examples=shown,
+                   metadata=metadata, swept=swept,
                    fmt=fmt, fmt_p=fmt_p, colors={m: method_color(methods, m) for m in methods},
                    generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                    version=alignbench.__version__)
@@ -194,6 +205,9 @@ def _optuna_figures(studies, methods, headline, fig_dir: Path, notes: dict) -> t
                     row["importances"] = imp
         else:
             notes["optuna"].append(f"{m}: importances skipped — {why}.")
+        caveat = importance_caveat(m, sum(t.state.name == "COMPLETE" for t in study.trials)) if imp else None
+        if caveat:
+            notes["optuna"].append(caveat)
         h = history_figure(study, m, fig_dir)
         if h:
             history.append(h)
@@ -241,6 +255,66 @@ def _statistics(samples: dict[str, pd.DataFrame], headline: list[dict], seed: in
     return lc, comparisons
 
 
+def _length_control_note(trials: pd.DataFrame, notes: dict) -> None:
+    caveat = length_control_caveat(sorted({str(j) for j in column(trials, "params.judge.name").dropna()}))
+    if caveat:
+        notes["lc"].append(caveat)
+
+
+def _confirmation(client, parents: pd.DataFrame, parent_params: dict, rng_seed: int,
+                  notes: dict) -> tuple[dict | None, dict | None]:
+    """The confirmation statistics and the verdict, or (None, None) and a note saying why there are none."""
+    runs = load_confirmation_runs(parents)
+    if runs.empty:
+        notes["confirmation"].append(_no_confirmation_reason(parent_params.get("sweep.confirm_seeds")))
+        return None, None
+    tables = {}
+    for method, sub in runs.groupby("method", sort=True):
+        samples = _confirmation_samples(client, method, sub, notes)
+        if not samples:
+            continue
+        t, why = method_tables(method, samples, {int(r.seed): r.run_id for r in sub.itertuples()})
+        if t is None:
+            notes["confirmation"].append(why + ".")
+        else:
+            tables[method] = t
+    compared, left_out = comparable(tables)
+    notes["confirmation"] += [n + "." for n in left_out]
+    if not compared:
+        notes["confirmation"].append("No method has usable confirmation results, so this report makes no verdict.")
+        return None, None
+    expected = parent_params.get("sweep.confirm_seeds")
+    n_seeds = len(next(iter(compared.values())).seeds)
+    if expected and str(expected).isdigit() and int(expected) != n_seeds:
+        notes["confirmation"].append(f"The sweep asked for {expected} confirmation seeds; {n_seeds} finished "
+                                     "for every compared method, and only those are compared.")
+    return confirmation_statistics(compared, rng_seed=rng_seed)
+
+
+def _no_confirmation_reason(confirm_seeds) -> str:
+    if confirm_seeds is None:
+        why = "the sweep logged no `sweep.confirm_seeds` (an older sweep, before confirmation runs)"
+    elif str(confirm_seeds) == "0":
+        why = "the sweep ran with confirm_seeds=0"
+    else:
+        why = f"the sweep asked for {confirm_seeds} confirmation seeds, but none has finished (yet)"
+    return (f"No confirmation: {why}, so this report makes no verdict. The numbers below are validation numbers "
+            "of the selected trials only.")
+
+
+def _confirmation_samples(client, method: str, runs: pd.DataFrame, notes: dict) -> dict[int, pd.DataFrame]:
+    """{seed: eval samples} of one method's confirmation runs; a note for each run without usable samples."""
+    samples = {}
+    for r in runs.itertuples():
+        s = load_samples(client, r.run_id)
+        if s is None or s.empty or not {"prompt", "winner"} <= set(s.columns):
+            notes["confirmation"].append(f"{method}: confirmation run {r.run_id} (seed {r.seed}) has no usable "
+                                         f"{SAMPLES_ARTIFACT}; that seed is left out.")
+        else:
+            samples[int(r.seed)] = s
+    return samples
+
+
 def _examples_or_note(samples: dict[str, pd.DataFrame], methods: list[str], n: int, notes: dict) -> list[dict]:
     if not samples:
         notes["examples"].append("No eval samples to show.")
@@ -254,6 +328,7 @@ def _write_files(out: Path, trials: pd.DataFrame, context: dict) -> None:
     (out / "report.md").write_text(render_markdown(context), encoding="utf-8")
     c = context
     summary = {"sweep": c["sweep"], "parent_run_id": c["parent_id"], "objective": c["objective"],
+               "verdict": c["verdict"], "confirmation": c["confirmation"],
                "headline": c["headline"], "comparisons": c["comparisons"], "length_controlled": c["lc"],
                "notes": c["notes"], "metadata": c["metadata"]}
     write_summary(summary, out / "summary.json")

@@ -149,12 +149,12 @@ def importance_figure(imp: dict, method, color, out, n_complete: int) -> Figure:
     names = list(imp)[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.4))
     ax.barh(names, [imp[n] for n in names], color=color)
-    ax.set_xlabel("importance (Optuna get_param_importances)")
+    ax.set_xlabel("importance (Optuna, PED-ANOVA)")
     ax.set_title(f"{method}: hyperparameter importance for the objective")
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, out, f"importance_{slug(method)}", f"Importances — {method}",
-                 f"{method}: from {n_complete} complete trials" + (" — few trials, so read it as a rough hint."
-                                                                  if n_complete < 10 else "."))
+                 f"{method}: PED-ANOVA (which params matter to reach the top 10% of trials), from {n_complete} "
+                 "complete trials" + (" — few trials, so read it as a rough hint." if n_complete < 50 else "."))
 
 
 def history_figure(study, method, out) -> Figure | None:

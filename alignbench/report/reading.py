@@ -1,5 +1,6 @@
-"""Reading a finished sweep back: its parent run and trial runs from MLflow (`mlflow.search_runs`), its
-Optuna studies from the storage named by the parent run's params, and a run's eval samples artifact.
+"""Reading a finished sweep back: its parent run, search trial runs and confirmation runs from MLflow
+(`mlflow.search_runs`), its Optuna studies from the storage named by the parent run's params, and a
+run's eval samples artifact.
 Everything here returns pandas tables or Optuna studies; nothing is computed or written."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from alignbench.sweep.storage import open_storage
 log = logging.getLogger(__name__)
 
 SAMPLES_ARTIFACT = "eval_samples.json"
+CONFIRMATION_ROLE = "confirmation"
 STATUS_TO_STATE = {"FINISHED": "COMPLETE", "FAILED": "FAIL", "KILLED": "KILLED", "RUNNING": "RUNNING",
                    "SCHEDULED": "RUNNING"}
 
@@ -64,19 +66,33 @@ def find_sweep(name: str | None):
     return chosen.reset_index(drop=True), str(chosen.iloc[0]["sweep_name"])
 
 
-def load_trials(parents: pd.DataFrame) -> pd.DataFrame:
-    """Every child run of the sweep's parent run(s), one row per Optuna trial (latest run wins).
-
-    Adds columns: method, study, trial_number, state (COMPLETE | PRUNED | FAIL | KILLED | RUNNING).
-    """
+def _child_runs(parents: pd.DataFrame) -> pd.DataFrame:
+    """Every child run of the sweep's parent run(s), oldest first, with a `method` column."""
     import mlflow
 
     exp_ids = sorted(set(parents["experiment_id"]))
     runs = mlflow.search_runs(experiment_ids=exp_ids, order_by=["attributes.start_time ASC"])
     if runs.empty or "tags.mlflow.parentRunId" not in runs:
-        return pd.DataFrame(columns=["run_id", "method", "study", "trial_number", "state", "status"])
+        return pd.DataFrame(columns=["run_id", "method", "status", "tags.alignbench.role"])
     runs = runs[runs["tags.mlflow.parentRunId"].isin(set(parents["run_id"]))].copy()
     runs["method"] = column(runs, "tags.method").fillna(column(runs, "params.method.name")).fillna("?")
+    return runs
+
+
+def _is_confirmation(runs: pd.DataFrame) -> pd.Series:
+    return column(runs, "tags.alignbench.role") == CONFIRMATION_ROLE
+
+
+def load_trials(parents: pd.DataFrame) -> pd.DataFrame:
+    """Every search trial of the sweep (child runs of its parent run(s) that are not confirmation
+    runs), one row per Optuna trial (latest run wins).
+
+    Adds columns: method, study, trial_number, state (COMPLETE | PRUNED | FAIL | KILLED | RUNNING).
+    """
+    runs = _child_runs(parents)
+    if "tags.mlflow.parentRunId" not in runs:
+        return pd.DataFrame(columns=["run_id", "method", "study", "trial_number", "state", "status"])
+    runs = runs[~_is_confirmation(runs)].copy()
     runs["study"] = column(runs, "tags.optuna.study")
     runs["trial_number"] = pd.to_numeric(column(runs, "tags.optuna.trial_number"), errors="coerce")
     state = column(runs, "tags.optuna.trial_state")
@@ -86,6 +102,23 @@ def load_trials(parents: pd.DataFrame) -> pd.DataFrame:
     dedup = runs[keyed].drop_duplicates(subset=["study", "method", "trial_number"], keep="last")
     runs = pd.concat([dedup, runs[~keyed]]).sort_values(["method", "trial_number", "start_time"])
     return runs.reset_index(drop=True)
+
+
+def load_confirmation_runs(parents: pd.DataFrame) -> pd.DataFrame:
+    """The sweep's confirmation runs (tag `alignbench.role=confirmation`): one row per method and
+    confirmation seed, the latest FINISHED run of each (a seed re-run after a kill has several).
+
+    Adds columns: method, seed (int, from the `confirmation.seed` tag). Runs that never finished
+    are left out: their eval samples do not exist.
+    """
+    runs = _child_runs(parents)
+    if "tags.mlflow.parentRunId" not in runs:
+        return pd.DataFrame(columns=["run_id", "method", "seed"])
+    runs = runs[_is_confirmation(runs) & (runs["status"] == "FINISHED")].copy()
+    runs["seed"] = pd.to_numeric(column(runs, "tags.confirmation.seed"), errors="coerce")
+    runs = runs[runs["seed"].notna()].drop_duplicates(subset=["method", "seed"], keep="last")
+    runs["seed"] = runs["seed"].astype(int)
+    return runs.sort_values(["method", "seed"]).reset_index(drop=True)
 
 
 def study_methods_of(trials: pd.DataFrame) -> dict[str, str]:
@@ -132,10 +165,13 @@ def load_studies(parent_run, study_methods: dict[str, str] | None = None, experi
 
 
 def _study_names(params: dict, study_methods: dict[str, str] | None, experiment: str | None) -> list[str]:
+    # The search studies only: a method's confirmation study (`<experiment>/<method>/confirm`) has
+    # fixed params and a seed grid, nothing to analyse, and would stand in for its search study.
     if params.get("sweep.study_names"):
-        return [n.strip() for n in str(params["sweep.study_names"]).split(",") if n.strip()]
+        return [n.strip() for n in str(params["sweep.study_names"]).split(",")
+                if n.strip() and not n.strip().endswith("/confirm")]
     if study_methods:
-        return sorted(study_methods)
+        return sorted(n for n in study_methods if not n.endswith("/confirm"))
     if experiment and params.get("sweep.methods"):
         return [f"{experiment}/{m.strip()}" for m in str(params["sweep.methods"]).split(",") if m.strip()]
     raise NoStudies("the sweep's parent run has no `sweep.study_names` param and no trial names its study")

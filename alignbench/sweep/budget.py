@@ -4,6 +4,7 @@ one too many by a worker that lost a race for the last slot) count for nothing."
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from optuna.trial import TrialState
@@ -11,6 +12,7 @@ from optuna.trial import TrialState
 from alignbench.sweep.plan import Plan
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,3 +50,18 @@ def over_budget(plan: Plan, study, trial) -> bool:
     taken = sum(1 for t in study.get_trials(deepcopy=False)
                 if t.number < trial.number and (t.state in DONE or t.state == TrialState.RUNNING))
     return taken >= plan.n_trials
+
+
+def too_many_failures(plan: Plan, study, c: Counts) -> bool:
+    """True (and says so) once this invocation's failed trials of the study reach `max_failures`."""
+    if c.errors_now < plan.max_failures:
+        return False
+    log.error(f"{study.study_name}: stopped after {c.errors_now} failed trials in this run "
+              f"(sweep.max_failures={plan.max_failures}); see the trials' failure_reason")
+    return True
+
+
+def discard(study, trial, why: str) -> None:
+    """A trial asked one too many (another worker took its slot): FAIL, counted for nothing, no run."""
+    trial.set_user_attr("alignbench.discarded", why)
+    study.tell(trial, state=TrialState.FAIL)

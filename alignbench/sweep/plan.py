@@ -13,6 +13,7 @@ from alignbench.config import CONF_DIR, METHODS, ConfigError, compose, validate
 from alignbench.sweep.storage import storage_url
 
 OBJECTIVES = ("win_rate", "pareto")
+CONFIRM_OVERRIDES = ["eval.split=test"]  # confirmation runs are judged on prompts no trial was selected on
 PRUNERS = ("median", "none")
 
 
@@ -38,9 +39,14 @@ class Plan:
     tracking: dict               # uri, async_logging
     max_steps: dict = field(default_factory=dict)  # method -> train.max_steps (no pruning at the last eval)
     started: float = 0.0         # this invocation's start (failures are counted per invocation)
+    confirm_seeds: int = 0       # K: the selected trial retrained on seeds seed+1..seed+K (0 = none)
+    train_seeds: dict = field(default_factory=dict)  # method -> the search trials' `seed`
 
     def study_name(self, method: str) -> str:
         return f"{self.experiment}/{method}"
+
+    def confirm_study_name(self, method: str) -> str:
+        return f"{self.experiment}/{method}/confirm"
 
 
 def user_overrides(overrides: list[str] | None = None) -> list[str]:
@@ -115,11 +121,12 @@ def plan_sweep(cfg, overrides: list[str] | None = None) -> Plan:
         if m not in METHODS:
             raise ConfigError(f"sweep.search_space / method_overrides: {m}: unknown method")
     base = list(_container(get("overrides"), []))
-    spaces, trial_overrides, max_steps = {}, {}, {}
+    confirm_seeds = _check_confirm_seeds(get("confirm_seeds", 0))
+    spaces, trial_overrides, max_steps, train_seeds = {}, {}, {}, {}
     for m in methods:
         spaces[m] = load_space(m, search_keys.get(m))
         trial_overrides[m] = [f"method={m}", *base, *method_overrides.get(m, []), *user]
-        max_steps[m] = _check_trial_configs(m, spaces[m], trial_overrides[m])
+        max_steps[m], train_seeds[m] = _check_trial_configs(m, spaces[m], trial_overrides[m], confirm_seeds)
     track = cfg.tracking
     return Plan(name=name, experiment=get("experiment") or f"sweep-{name}", methods=methods,
                 n_trials=int(get("n_trials")), objective=objective, seed=int(get("seed", cfg.seed)),
@@ -127,7 +134,14 @@ def plan_sweep(cfg, overrides: list[str] | None = None) -> Plan:
                 heartbeat_interval=get("heartbeat_interval"), grace_period=get("grace_period"),
                 n_workers=int(get("n_workers", 1)), max_failures=int(get("max_failures", 3)), spaces=spaces,
                 trial_overrides=trial_overrides,
-                tracking={"uri": track.uri, "async_logging": bool(track.async_logging)}, max_steps=max_steps)
+                tracking={"uri": track.uri, "async_logging": bool(track.async_logging)}, max_steps=max_steps,
+                confirm_seeds=confirm_seeds, train_seeds=train_seeds)
+
+
+def _check_confirm_seeds(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"sweep.confirm_seeds={value}: must be an integer >= 0 (0 = no confirmation)")
+    return value
 
 
 def _check_methods(methods: list) -> list:
@@ -162,8 +176,9 @@ def _pruner(get, objective: str) -> dict:
     return pruner
 
 
-def _check_trial_configs(method: str, space: dict, overrides: list[str]) -> int:
-    """Validate the method's trial config, at both corners of its space too; returns its train.max_steps."""
+def _check_trial_configs(method: str, space: dict, overrides: list[str], confirm_seeds: int) -> tuple[int, int]:
+    """Validate the method's trial config, at both corners of its space too, and its confirmation
+    config; returns its (train.max_steps, seed)."""
     trial_cfg = compose_trial(overrides)
     for key in space:
         if OmegaConf.select(trial_cfg, key, default=None) is None:
@@ -174,7 +189,9 @@ def _check_trial_configs(method: str, space: dict, overrides: list[str]) -> int:
         values = {k: v["choices"][corner] if "choices" in v else v["low" if corner == 0 else "high"]
                   for k, v in space.items()}
         validate(compose_trial(overrides + param_overrides(values)))
-    return int(trial_cfg.train.max_steps)
+    if confirm_seeds:
+        validate(compose_trial(overrides + [f"seed={int(trial_cfg.seed) + confirm_seeds}", *CONFIRM_OVERRIDES]))
+    return int(trial_cfg.train.max_steps), int(trial_cfg.seed)
 
 
 def param_overrides(params: dict) -> list[str]:

@@ -1,18 +1,20 @@
 """What the sweep shows and returns: the live table of trials done / pruned / failed per method
 with the best so far (plain log lines when not on a terminal), and the final summary (best trial
-per method, by the rule of `selection`), printed and returned."""
+per method, by the rule of `selection`), printed and returned. The best trial's win rate is the
+one it was selected on (validation prompts); next to it stands its confirmation: the mean test
+win rate over the confirmation seeds run so far, and how many."""
 
 from __future__ import annotations
 
 import sys
 
 import optuna
-from optuna.trial import TrialState
 
 from alignbench.sweep.budget import Counts, count
+from alignbench.sweep.confirmation import Confirmation, confirm_seeds, confirmation_of
 from alignbench.sweep.plan import Plan
-from alignbench.sweep.selection import best_index
 from alignbench.sweep.storage import journal_path
+from alignbench.sweep.studies import best_trial
 
 
 class Progress:
@@ -45,28 +47,32 @@ class Progress:
             try:
                 study = optuna.load_study(study_name=self.plan.study_name(m), storage=self.storage)
             except KeyError:
-                yield m, Counts(), None
+                yield m, Counts(), None, Confirmation(seeds=confirm_seeds(self.plan, m))
                 continue
             best = best_trial(self.plan, study)
-            yield m, count(self.plan, study), best
+            yield m, count(self.plan, study), best, confirmation_of(self.plan, m, self.storage)
 
     def table(self):
         from rich.table import Table
 
         t = Table(title=f"sweep {self.plan.name} — {self.plan.n_trials} trials per method"
                   + (f" — {self.current}" if self.current else ""))
-        for col in ("method", "done", "pruned", "failed", "running", "best win rate", "KL", "best params"):
+        for col in ("method", "done", "pruned", "failed", "running", "best win rate (validation)", "KL",
+                    "best params", *(CONFIRM_COLUMNS if self.plan.confirm_seeds else ())):
             t.add_column(col)
-        for m, c, best in self.rows():
+        for m, c, best, conf in self.rows():
             t.add_row(m, f"{c.done}/{self.plan.n_trials}", str(c.pruned), str(c.failed), str(c.running),
-                      _fmt_wr(best), _fmt_kl(best), _fmt_params(best))
+                      _fmt_wr(best), _fmt_kl(best), _fmt_params(best),
+                      *(_fmt_confirmation(conf) if self.plan.confirm_seeds else ()))
         return t
 
     def line(self) -> str:
         parts = []
-        for m, c, best in self.rows():
+        for m, c, best, conf in self.rows():
+            confirmed = _fmt_confirmation(conf)
             parts.append(f"{m} {c.done}/{self.plan.n_trials} (pruned {c.pruned}, failed {c.failed}"
-                         + (f", running {c.running}" if c.running else "") + f") best {_fmt_wr(best)}")
+                         + (f", running {c.running}" if c.running else "") + f") best {_fmt_wr(best)} validation"
+                         + (f", test {confirmed[0]} ({confirmed[1]} seeds)" if self.plan.confirm_seeds else ""))
         return "sweep progress: " + " | ".join(parts)
 
     def refresh(self):
@@ -78,30 +84,30 @@ class Progress:
                 print(line, flush=True)
                 self._last_line = line
 
-    def running(self, method, number, step, win_rate):
-        self.current = f"running {method} trial {number}" + (f", step {step}: win rate {win_rate:.3f}"
-                                                              if win_rate is not None else "")
+    def running(self, label, step, win_rate):
+        """`label` names the trial, e.g. "dpo trial 3" or "dpo confirmation seed 1"."""
+        self.current = f"running {label}" + (f", step {step}: win rate {win_rate:.3f}"
+                                             if win_rate is not None else "")
         if self._live is not None:
             self._live.update(self.table())
 
-    def finished(self, method, number, state, reason):
+    def finished(self, label, state, reason):
         self.current = ""
         if self._live is None:
-            print(f"sweep: {method} trial {number} {state.name}" + (f" ({reason})" if reason else ""), flush=True)
+            print(f"sweep: {label} {state.name}" + (f" ({reason})" if reason else ""), flush=True)
         self.refresh()
 
     def poll(self):
         self.refresh()
 
 
-def best_trial(plan: Plan, study):
-    """The best COMPLETE trial (pareto: the highest win rate on the Pareto front, the lower KL
-    among equals), by `selection.best_index`; None before any trial completed."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    pareto = plan.objective == "pareto"
-    i = best_index([t.values[0] for t in trials], [t.values[1] if pareto else None for t in trials],
-                   [t.number for t in trials], kl_tiebreak=pareto)
-    return None if i is None else trials[i]
+CONFIRM_COLUMNS = ("test win rate (confirmation mean)", "seeds")
+
+
+def _fmt_confirmation(conf: Confirmation) -> tuple[str, str]:
+    """(mean test win rate over the seeds done, "done/K seeds") of a confirmation."""
+    mean = conf.mean_win_rate
+    return ("-" if mean is None else f"{mean:.3f}"), f"{len(conf.win_rates)}/{len(conf.seeds)}"
 
 
 def _fmt_wr(t) -> str:
@@ -126,21 +132,25 @@ def _fmt_params(t) -> str:
 
 
 def summarize(plan: Plan, storage, stopped: dict, parent_run_id: str | None) -> dict:
-    """The sweep's summary (logged as sweep_summary.json): per method, its counts, why it stopped,
-    its best trial and (pareto) its front."""
+    """The sweep's summary (logged as sweep_summary.json): per method, its counts, why its search
+    stopped, its best trial (selected on validation), its confirmation on test and (pareto) its
+    front. `stopped`: {method: (why the search stopped, why the confirmation stopped)}."""
     methods = {}
     for m in plan.methods:
         study = optuna.load_study(study_name=plan.study_name(m), storage=storage)
         c = count(plan, study)
         best = best_trial(plan, study)
+        search_status, confirm_status = stopped.get(m, ("not run", "not run"))
         entry = {"study": study.study_name, "complete": c.complete, "pruned": c.pruned, "failed": c.failed,
-                 "running": c.running, "budget": plan.n_trials, "status": stopped.get(m, "not run")}
+                 "running": c.running, "budget": plan.n_trials, "status": search_status}
         if best is not None:
             a = best.user_attrs
-            entry["best"] = {"trial": best.number, "win_rate": a.get("eval/win_rate"),
+            entry["best"] = {"trial": best.number, "split": "validation", "win_rate": a.get("eval/win_rate"),
                              "win_rate_ci": [a.get("eval/win_rate_ci_low"), a.get("eval/win_rate_ci_high")],
                              "kl": a.get("eval/kl"), "gold_reward": a.get("eval/gold_reward"),
                              "params": dict(best.params), "mlflow_run_id": a.get("mlflow_run_id")}
+        if plan.confirm_seeds:
+            entry["confirmation"] = _confirmation_entry(plan, m, storage, confirm_status)
         if plan.objective == "pareto":
             entry["pareto_front"] = [{"trial": t.number, "win_rate": t.values[0], "kl": t.values[1],
                                       "params": dict(t.params)} for t in study.best_trials]
@@ -150,25 +160,48 @@ def summarize(plan: Plan, storage, stopped: dict, parent_run_id: str | None) -> 
             "methods": methods}
 
 
+def _confirmation_entry(plan: Plan, method: str, storage, status: str) -> dict:
+    conf = confirmation_of(plan, method, storage)
+    return {"study": plan.confirm_study_name(method), "status": status, "split": "test",
+            "selected_trial": conf.selection.get("confirmation.selected_trial"),
+            "params_digest": conf.selection.get("confirmation.params_digest"), "seeds": conf.seeds,
+            "win_rates": {str(seed): wr for seed, wr in sorted(conf.win_rates.items())},
+            "mean_win_rate": conf.mean_win_rate, "n_seeds": len(conf.win_rates), "failed": conf.failed}
+
+
+def unfinished(summary: dict) -> list[str]:
+    """The methods whose search or confirmation stopped on failures (or whose worker did not
+    finish it), e.g. ["dpo", "ipo (confirmation)"]."""
+    bad = ("failures", "incomplete")
+    out = []
+    for m, e in summary["methods"].items():
+        if e["status"] in bad:
+            out.append(m)
+        elif e.get("confirmation", {}).get("status") in bad:
+            out.append(f"{m} (confirmation)")
+    return out
+
+
 def print_summary(plan: Plan, storage, summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"sweep {plan.name}: best trial per method ({plan.objective})")
-    for col in ("method", "complete", "pruned", "failed", "best trial", "win rate [95% CI]", "KL (nats/seq)",
-                "params"):
+    for col in ("method", "complete", "pruned", "failed", "best trial", "validation win rate [95% CI]",
+                "KL (nats/seq)", "params", *(CONFIRM_COLUMNS if plan.confirm_seeds else ())):
         t.add_column(col)
     for m in plan.methods:
         study = optuna.load_study(study_name=plan.study_name(m), storage=storage)
         best = best_trial(plan, study)
         e = summary["methods"][m]
         t.add_row(m, str(e["complete"]), str(e["pruned"]), str(e["failed"]), "-" if best is None else str(best.number),
-                  _fmt_wr(best), _fmt_kl(best), _fmt_params(best))
+                  _fmt_wr(best), _fmt_kl(best), _fmt_params(best),
+                  *(_fmt_confirmation(confirmation_of(plan, m, storage)) if plan.confirm_seeds else ()))
     console = Console(width=max(120, Console().width))
     console.print(t)
     if plan.sampler.get("type") == "grid":  # a grid is read point by point (e.g. KL against beta)
         console.print(_grid_table(plan, storage))
-    stopped = [m for m, e in summary["methods"].items() if e["status"] == "failures"]
+    stopped = unfinished(summary)
     if stopped:
         console.print(f"[bold red]stopped by failures:[/] {', '.join(stopped)} (re-run to retry)")
     storage_arg = journal_path(plan.storage) or plan.storage

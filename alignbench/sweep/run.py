@@ -18,8 +18,13 @@ one study per method, every trial a nested MLflow run.
    trial (seeded sampler) → compose its config (`method=<m>`, the sweep's overrides, the user's
    overrides, the sampled params as dotted keys) → `training.run.train` inside a child MLflow run,
    reporting `eval/win_rate` at each eval step to the median pruner → tell Optuna (`trials`).
-4. `progress.summarize` — a summary (best trial per method, by `selection`) printed, returned and
-   logged as `sweep_summary.json`.
+4. `confirmation.run_confirmation` — once a method's search budget is complete, its selected trial
+   (chosen on the validation prompts) is retrained on `sweep.confirm_seeds` fresh seeds and
+   evaluated on the test prompts: trials of the study `<experiment>/<method>/confirm`, child runs
+   tagged `alignbench.role=confirmation` (parent param `sweep.confirm_seeds`).
+5. `progress.summarize` — a summary (best trial per method, by `selection`, and its confirmation)
+   printed, returned and logged as `sweep_summary.json`. A method stopped by failures makes the
+   sweep raise `SweepFailed` after the summary (the CLI exits 1).
 
 Counting is race-free for several workers on one machine: asking for a trial happens under a
 file lock next to the storage, after counting COMPLETE+PRUNED+RUNNING trials (`budget`). Without a
@@ -42,20 +47,31 @@ import time
 import optuna
 
 from alignbench.sweep.budget import count
+from alignbench.sweep.confirmation import confirmation_of
 from alignbench.sweep.liveness import heartbeat_stale
 from alignbench.sweep.parent import open_parent_run
 from alignbench.sweep.plan import Plan, plan_sweep
-from alignbench.sweep.progress import Progress, print_summary, summarize
+from alignbench.sweep.progress import Progress, print_summary, summarize, unfinished
 from alignbench.sweep.storage import make_storage
 from alignbench.sweep.studies import load_study
-from alignbench.sweep.workers import run_method, run_workers, warm_caches
+from alignbench.sweep.workers import run_worker, run_workers, warm_caches
 from alignbench.tracking import mlflow_runs as tracking
 
 log = logging.getLogger(__name__)
 
 
+class SweepFailed(Exception):
+    """The sweep ended with methods stopped by failures (its records are complete; re-running the
+    same command retries them). Carries the summary."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+
 def run_sweep(cfg, overrides: list[str] | None = None, live: bool | None = None) -> dict:
     """Run (or resume) the sweep `cfg.sweep`; returns the summary (also logged as sweep_summary.json).
+    Raises `SweepFailed` (after the summary) when a method's search or confirmation stopped on failures.
 
     `overrides`: the user's Hydra overrides to apply to every trial; None reads them from the
     running Hydra app (the CLI), or none outside one.
@@ -83,6 +99,10 @@ def run_sweep(cfg, overrides: list[str] | None = None, live: bool | None = None)
               f"MLflow runs KILLED). Re-run the same command to resume.", file=sys.stderr)
         raise SystemExit(130) from None
     print_summary(plan, storage, summary)
+    failed = unfinished(summary)
+    if failed:
+        raise SweepFailed(f"sweep {plan.name}: stopped by failures: {', '.join(failed)} (see the trials' "
+                          f"failure_reason; re-run the same command to retry)", summary)
     return summary
 
 
@@ -90,7 +110,7 @@ def _record_sweep(plan: Plan, tracker, parent: str, created: bool) -> str:
     """Log the sweep's description on its parent run; returns the parent run's id."""
     info = {"sweep.name": plan.name, "sweep.methods": ",".join(plan.methods), "sweep.n_trials": plan.n_trials,
             "sweep.objective": plan.objective, "sweep.seed": plan.seed, "sweep.pruner": plan.pruner,
-            "sweep.storage": plan.storage,
+            "sweep.storage": plan.storage, "sweep.confirm_seeds": plan.confirm_seeds,
             "sweep.study_names": ",".join(plan.study_name(m) for m in plan.methods)}
     if created or not tracker.client.get_run(parent).data.params:
         tracker.log_params(info)  # params are immutable: logged once; the tags follow the last invocation
@@ -99,18 +119,21 @@ def _record_sweep(plan: Plan, tracker, parent: str, created: bool) -> str:
 
 
 def _run_trials(plan: Plan, storage, parent: str, live: bool | None) -> dict:
-    """Every method's trials, in this process or in `plan.n_workers` spawned ones; returns why
-    each method stopped ("done", "failures", or "incomplete" when a worker did not finish it)."""
-    stopped = {}
+    """Every method's trials and confirmation runs, in this process or in `plan.n_workers` spawned
+    ones; returns {method: (why its search stopped, why its confirmation stopped)}: "done",
+    "failures", or "incomplete" when a worker did not finish it (see `run_confirmation` for the rest)."""
     with Progress(plan, storage, live) as progress:
         if plan.n_workers == 1:
-            for m in plan.methods:
-                stopped[m] = run_method(plan, m, storage, parent, 0, progress)
-        else:
-            warm_caches(plan)
-            run_workers(plan, parent, progress)
-            stopped = {m: ("done" if count(plan, load_study(plan, m, storage)).done >= plan.n_trials
-                           else "incomplete") for m in plan.methods}
+            return run_worker(plan, parent, 0, progress, storage)
+        warm_caches(plan)
+        run_workers(plan, parent, progress)
+    stopped = {}
+    for m in plan.methods:
+        search = "done" if count(plan, load_study(plan, m, storage)).done >= plan.n_trials else "incomplete"
+        conf = confirmation_of(plan, m, storage)
+        confirmed = ("off" if not plan.confirm_seeds else "done" if len(conf.win_rates) == len(conf.seeds)
+                     else "incomplete")
+        stopped[m] = (search, confirmed)
     return stopped
 
 
@@ -119,3 +142,5 @@ def _log_summary(tracker, summary: dict) -> None:
     for m, e in summary["methods"].items():
         if "best" in e and e["best"]["win_rate"] is not None:
             tracker.log_metrics({f"best/{m}/win_rate": e["best"]["win_rate"]}, 0)
+        if e.get("confirmation", {}).get("mean_win_rate") is not None:
+            tracker.log_metrics({f"confirmation/{m}/win_rate": e["confirmation"]["mean_win_rate"]}, 0)

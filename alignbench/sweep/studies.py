@@ -1,14 +1,17 @@
 """One Optuna study per method (`<experiment>/<method>`): creating or reopening it with the sweep's
-directions and pruner, and the seeded sampler made fresh for every ask."""
+directions and pruner, the seeded sampler made fresh for every ask, and its best trial (the one
+that is confirmed). Also the method's confirmation study (`<experiment>/<method>/confirm`)."""
 
 from __future__ import annotations
 
 import zlib
 
 import optuna
+from optuna.trial import TrialState
 
 from alignbench.config import ConfigError
 from alignbench.sweep.plan import Plan
+from alignbench.sweep.selection import best_index
 
 
 def load_study(plan: Plan, method: str, storage) -> optuna.Study:
@@ -25,6 +28,22 @@ def load_study(plan: Plan, method: str, storage) -> optuna.Study:
         raise ConfigError(f"sweep.objective={plan.objective}: study {study.study_name} in {plan.storage} was "
                           f"created with another objective (use a new sweep.experiment or storage)")
     return study
+
+
+def load_confirm_study(plan: Plan, method: str, storage) -> optuna.Study:
+    """The method's confirmation study, created on first use: maximise the (test) win rate, never prune."""
+    return optuna.create_study(storage=storage, study_name=plan.confirm_study_name(method), direction="maximize",
+                               pruner=optuna.pruners.NopPruner(), load_if_exists=True)
+
+
+def best_trial(plan: Plan, study):
+    """The best COMPLETE trial (pareto: the highest win rate on the Pareto front, the lower KL
+    among equals), by `selection.best_index`; None before any trial completed."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    pareto = plan.objective == "pareto"
+    i = best_index([t.values[0] for t in trials], [t.values[1] if pareto else None for t in trials],
+                   [t.number for t in trials], kl_tiebreak=pareto)
+    return None if i is None else trials[i]
 
 
 class _GridSampler(optuna.samplers.GridSampler):

@@ -1,6 +1,7 @@
 """The worker loop: for each method, reap stale trials, count, and ask a trial under the budget
-lock, then run it, until the method's budget is reached or too many trials failed. With
-`sweep.n_workers > 1` the loop runs in that many spawned processes, watched by the parent."""
+lock, then run it, until the method's budget is reached or too many trials failed; then the
+method's confirmation runs (`confirmation`). With `sweep.n_workers > 1` the loop runs in that many
+spawned processes, watched by the parent."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import signal
 import sys
 
 import optuna
-from optuna.trial import TrialState
 
-from alignbench.sweep.budget import count, over_budget
+from alignbench.sweep.budget import count, discard, over_budget, too_many_failures
+from alignbench.sweep.confirmation import run_confirmation
 from alignbench.sweep.liveness import heartbeat_stale, reap_stale, worker_tag
 from alignbench.sweep.plan import Plan, compose_trial
 from alignbench.sweep.storage import budget_lock, make_storage
@@ -32,9 +33,7 @@ def run_method(plan: Plan, method: str, storage, parent_run_id: str, worker: int
             c = count(plan, study)
             if c.done >= plan.n_trials:
                 return "done"
-            if c.errors_now >= plan.max_failures:
-                log.error(f"{study.study_name}: stopped after {c.errors_now} failed trials in this run "
-                          f"(sweep.max_failures={plan.max_failures}); see the trials' failure_reason")
+            if too_many_failures(plan, study, c):
                 return "failures"
             if c.done + c.running >= plan.n_trials:
                 return "done"  # the rest is running in other workers; their own loops refill on failure
@@ -42,17 +41,22 @@ def run_method(plan: Plan, method: str, storage, parent_run_id: str, worker: int
             trial = study.ask()
             trial.set_user_attr("alignbench.worker", worker_tag())
         if over_budget(plan, study, trial):
-            trial.set_user_attr("alignbench.discarded", "over budget: another worker took the last slot")
-            study.tell(trial, state=TrialState.FAIL)
+            discard(study, trial, "over budget: another worker took the last slot")
             continue
         if progress is not None:
-            progress.running(method, trial.number, 0, None)
+            progress.running(f"{method} trial {trial.number}", 0, None)
         run_trial(plan, method, study, trial, parent_run_id, progress)
 
 
-def run_worker(plan: Plan, parent_run_id: str, worker: int = 0, progress=None) -> dict:
-    storage = make_storage(plan, heartbeat_stale(plan))
-    return {m: run_method(plan, m, storage, parent_run_id, worker, progress) for m in plan.methods}
+def run_worker(plan: Plan, parent_run_id: str, worker: int = 0, progress=None, storage=None) -> dict:
+    """Each method's search, then the confirmation of its selected trial (once its search is
+    complete). Returns {method: (why the search stopped, why the confirmation stopped)}."""
+    storage = storage or make_storage(plan, heartbeat_stale(plan))
+    stopped = {}
+    for m in plan.methods:
+        search = run_method(plan, m, storage, parent_run_id, worker, progress)
+        stopped[m] = (search, run_confirmation(plan, m, storage, parent_run_id, worker, progress))
+    return stopped
 
 
 def _worker_main(plan: Plan, parent_run_id: str, worker: int) -> None:

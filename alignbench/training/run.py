@@ -15,7 +15,7 @@ import time
 from omegaconf import OmegaConf
 
 from alignbench.config import validate
-from alignbench.evaluation.evaluator import KL_ESTIMATOR
+from alignbench.evaluation.evaluator import KL_ESTIMATOR, win_rate_ci_method
 from alignbench.tracking.null import NullTracker
 from alignbench.training.loop import RunResult
 from alignbench.training.offline import offline_loop, offline_objective
@@ -28,11 +28,12 @@ def run_params(cfg, prepared: Prepared | None = None, method_params: dict | None
     (`method_params`: the method's own, e.g. IPO's length convention, SimPO's resolved gamma)."""
     flat = flatten(OmegaConf.to_container(cfg, resolve=True))
     flat["eval.kl_estimator"] = KL_ESTIMATOR
-    flat["eval.win_rate_ci"] = "wilson95, ties count 1/2"
+    flat["eval.win_rate_ci"] = win_rate_ci_method(int(cfg.eval.get("samples_per_prompt", 1)))
     flat.update(method_params or {})
     if prepared is not None:
         flat["data.n_train"] = len(prepared.train_records)
         flat["data.n_eval_prompts"] = len(prepared.eval_prompts)
+        flat["eval.n_prompts_distinct"] = len(prepared.eval_prompts)  # of eval.split (also logged, from the config)
         for reason, count in prepared.drops.items():
             flat[f"data.dropped.{reason}"] = count
     return flat

@@ -1,9 +1,11 @@
 """A run's set-up before its first optimiser step: the models (SFT stage cached), the filtered
-train / eval data, the judge and the evaluator with its reference side cached, as `Prepared`."""
+train / held-out data (split by prompt before anything is trained; keyed on task_seed), the
+judge and the evaluator with its reference side cached, as `Prepared`."""
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -14,8 +16,8 @@ from alignbench.config import ConfigError
 from alignbench.data import builtin_task as task
 from alignbench.data.builtin_pairs import builtin_pairs
 from alignbench.data.parsing import parse_rows
-from alignbench.data.preparing import load_preference_data, require_enough
-from alignbench.data.reading import read_rows
+from alignbench.data.preparing import (SplitRows, distinct_prompts, load_preference_data, read_split_rows,
+                                       require_enough)
 from alignbench.data.records import PreferenceRecord, UnpairedRecord
 from alignbench.evaluation.evaluator import Evaluator
 from alignbench.evaluation.judges import GoldJudge, RewardModelJudge
@@ -37,17 +39,28 @@ class Prepared:
     evaluator: Evaluator
     builtin_task: bool
     timings: dict = field(default_factory=dict)
+    prompts_seen_in_training: int = 0
 
 
 @dataclass
 class LoadedData:
-    """The models and the data split of one run, before the judge and evaluator exist."""
+    """The models and the data split of one run, before the judge and evaluator exist.
+
+    `eval_records`: held-out preference pairs on validation prompts (for eval/pref_accuracy);
+    `eval_prompts`: the distinct prompts of `eval.split` the evaluator samples on;
+    `prompts_seen_in_training`: distinct validation + test prompts that are also preference-training
+    or SFT-corpus prompts, counted exactly (0 for any split alignbench makes)."""
 
     models: Models
     train_records: list
     eval_records: list
     eval_prompts: list[str]
     drops: dict
+    prompts_seen_in_training: int = 0
+
+
+def count_seen_in_training(held_out_prompts, training_prompts) -> int:
+    return len(set(held_out_prompts) & set(training_prompts))
 
 
 def make_judge(cfg, models: Models, prepared_records=None):
@@ -62,31 +75,46 @@ def make_judge(cfg, models: Models, prepared_records=None):
 
 
 def load_builtin_task(cfg) -> LoadedData:
-    """The built-in model, SFT on the task's corpus, and the task's pairs sampled from it."""
-    sft_examples = lambda: task.sft_corpus(cfg.model.sft.n_examples, cfg.seed)  # noqa: E731 (built on a miss only)
-    models = load_models(cfg, sft_examples, corpus_id=cache.content_key("task-sft-corpus-v1", cfg.model.sft.n_examples, cfg.seed))
-    records = builtin_pairs(cfg, models)
-    eval_prompts = task.make_prompts(cfg.data.n_eval_prompts, cfg.seed + 1)[: cfg.eval.n_prompts]
-    return LoadedData(models, records[: -cfg.eval.n_pref_pairs], records[-cfg.eval.n_pref_pairs:], eval_prompts, {})
+    """The built-in model, SFT on the task's corpus (train prompts), and the task's pairs sampled from it:
+    training pairs on train prompts, held-out pairs on validation prompts. All keyed on task_seed."""
+    n_sft, task_seed = cfg.model.sft.n_examples, cfg.task_seed
+    sft_examples = lambda: task.sft_corpus(n_sft, task_seed)  # noqa: E731 (built on a miss only)
+    models = load_models(cfg, sft_examples, corpus_id=cache.content_key("task-sft-corpus-v2", n_sft, task_seed))
+    train_records = builtin_pairs(cfg, models, "train", cfg.data.n_train_prompts)
+    held_out_pairs = builtin_pairs(cfg, models, "validation", cfg.data.n_eval_prompts)
+    eval_prompts = task.eval_prompts(cfg.eval.split, cfg.eval.n_prompts, task_seed)
+    held_out = task.split_prompts("validation") + task.split_prompts("test")
+    seen = count_seen_in_training(held_out, distinct_prompts(train_records) + task.sft_prompts(n_sft, task_seed))
+    return LoadedData(models, train_records, held_out_pairs, eval_prompts, {}, seen)
+
+
+def data_sft_examples(cfg, rows: SplitRows) -> list[tuple[str, str]]:
+    """The built-in model's SFT corpus on a data set: the preferred responses of the TRAIN rows
+    (the DPO paper's recipe), in the plain rendering (the model's tokenizer does not exist yet)."""
+    records, parse_drops = parse_rows(rows.train, rows.format)
+    require_enough(records, 8, parse_drops)  # a file with nothing usable: a clear error before SFT
+    return [(r.prompt, r.chosen) if isinstance(r, PreferenceRecord) else (r.prompt, r.completion)
+            for r in records if getattr(r, "desirable", True)][: cfg.model.sft.n_examples]
 
 
 def load_data_set(cfg) -> LoadedData:
-    """A hub or local preference data set, and the model (the built-in one SFT on its preferred responses)."""
+    """A hub or local preference data set split by prompt first, then the model (the built-in one
+    SFT on the train rows' preferred responses), then each set parsed for that model."""
+    rows = read_split_rows(cfg.data, cfg.task_seed)
+    sft_examples = []
     if cfg.model.source == "builtin":
-        # The built-in model learns its tokenizer and SFT from the data's preferred responses
-        # (the DPO paper's recipe), so read the rows first; chat rows use the plain rendering.
-        records, parse_drops = parse_rows(read_rows(cfg.data), cfg.data.format)
-        require_enough(records, 8, parse_drops)  # a file with nothing usable: a clear error before SFT
-        sft_examples = [(r.prompt, r.chosen) if isinstance(r, PreferenceRecord) else (r.prompt, r.completion)
-                        for r in records if getattr(r, "desirable", True)][: cfg.model.sft.n_examples]
-        models = load_models(cfg, sft_examples, corpus_id=cache.content_key("data-sft-corpus-v1", sft_examples))
+        sft_examples = data_sft_examples(cfg, rows)
+        models = load_models(cfg, sft_examples, corpus_id=cache.content_key("data-sft-corpus-v2", sft_examples))
     else:
         models = load_models(cfg)
-    prepared_data = load_preference_data(
-        cfg.data, models.tokenizer, max_length=cfg.train.max_length,
-        max_prompt_length=cfg.train.max_prompt_length, seed=cfg.seed, logger=log)
-    eval_prompts = list(dict.fromkeys(r.prompt for r in prepared_data.eval))[: cfg.eval.n_prompts]
-    return LoadedData(models, prepared_data.train, prepared_data.eval, eval_prompts, prepared_data.drops)
+    data = load_preference_data(cfg.data, models.tokenizer, max_length=cfg.train.max_length,
+                                max_prompt_length=cfg.train.max_prompt_length, seed=cfg.task_seed, logger=log,
+                                rows=rows)
+    eval_prompts = distinct_prompts(data.held_out(cfg.eval.split))
+    random.Random(f"eval-prompts-{cfg.eval.split}-{cfg.task_seed}").shuffle(eval_prompts)
+    training = distinct_prompts(data.train) + [p for p, _ in sft_examples]
+    seen = count_seen_in_training(distinct_prompts(data.validation + data.test), training)
+    return LoadedData(models, data.train, data.validation, eval_prompts[: cfg.eval.n_prompts], data.drops, seen)
 
 
 def require_pairs_unless_kto(cfg, train_records: list) -> None:
@@ -104,7 +132,7 @@ def make_evaluator(cfg, loaded: LoadedData, builtin_task: bool) -> Evaluator:
         tokens = cached_tokenize_pairs(cfg, paired_eval, models.tokenizer, models.key)
         pref_eval = (tokens, reference_pair_logps(cfg, models, tokens))
     judge = make_judge(cfg, models, loaded.train_records)
-    return Evaluator(cfg, models, judge, loaded.eval_prompts, pref_eval, builtin_task)
+    return Evaluator(cfg, models, judge, loaded.eval_prompts, pref_eval, builtin_task, loaded.prompts_seen_in_training)
 
 
 def prepare(cfg) -> Prepared:
@@ -118,4 +146,4 @@ def prepare(cfg) -> Prepared:
     require_pairs_unless_kto(cfg, loaded.train_records)
     evaluator = make_evaluator(cfg, loaded, builtin_task)
     return Prepared(loaded.models, loaded.train_records, loaded.eval_records, loaded.eval_prompts, dict(loaded.drops),
-                    evaluator, builtin_task, {"setup_seconds": time.time() - t0})
+                    evaluator, builtin_task, {"setup_seconds": time.time() - t0}, loaded.prompts_seen_in_training)

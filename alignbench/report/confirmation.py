@@ -1,0 +1,121 @@
+"""The confirmation comparison: each method retrained with its selected hyperparameters on K fresh
+seeds and evaluated on the test prompts. Turns the confirmation runs' eval samples into one
+[K seeds x P prompts] table per method and quantity (win indicator, KL, gold reward), keeps the
+methods that share one seed set and one prompt set, and computes the per-method means with
+two-level (seed, prompt) bootstrap intervals, the Holm-corrected pairwise differences and the
+verdict (`alignbench.evaluation.stats`). Pure functions of tables; no MLflow calls, no files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from alignbench.evaluation.stats import pairwise_comparisons, two_level_bootstrap_ci, verdict
+from alignbench.report.analysis import win_indicator
+
+QUANTITIES = ("win", "kl", "gold")  # win: 1 policy preferred, 1/2 tie, 0 reference preferred
+
+
+@dataclass
+class MethodTables:
+    """One method's confirmation outcomes: per quantity a DataFrame (index: seeds, columns: prompts)."""
+    method: str
+    tables: dict[str, pd.DataFrame]
+    run_ids: dict[int, str]
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.tables["win"].index)
+
+    @property
+    def prompts(self) -> list:
+        return list(self.tables["win"].columns)
+
+
+def prompt_means(samples: pd.DataFrame, by_index: bool) -> pd.DataFrame:
+    """One run's samples as one row per distinct prompt: the mean over its samples (several when
+    `sample_index` goes above 0) of win, kl and gold (when the run logged policy_gold). Keyed by
+    `prompt_index` when `by_index`, else by the prompt text."""
+    kl = pd.to_numeric(samples["kl"], errors="coerce").to_numpy() if "kl" in samples else np.nan
+    values = pd.DataFrame({"win": win_indicator(samples), "kl": kl})
+    if "policy_gold" in samples:
+        values["gold"] = pd.to_numeric(samples["policy_gold"], errors="coerce").to_numpy()
+    values["key"] = (samples["prompt_index"].astype(int) if by_index else samples["prompt"].astype(str)).to_numpy()
+    return values.groupby("key", sort=True).mean()
+
+
+def method_tables(method: str, samples_by_seed: dict[int, pd.DataFrame],
+                  run_ids: dict[int, str]) -> tuple[MethodTables | None, str | None]:
+    """The method's [seeds x prompts] tables, or None and why (its seeds were evaluated on
+    different prompts). A quantity that some seed did not log (NaN anywhere) is left out."""
+    by_index = all("prompt_index" in s for s in samples_by_seed.values())
+    per_seed = {seed: prompt_means(s, by_index) for seed, s in sorted(samples_by_seed.items())}
+    prompt_sets = {tuple(m.index) for m in per_seed.values()}
+    if len(prompt_sets) > 1:
+        return None, (f"{method}: its confirmation seeds were evaluated on different prompts "
+                      f"({sorted(len(p) for p in prompt_sets)} prompts), so it is not compared")
+    tables = {}
+    for q in QUANTITIES:
+        if all(q in m for m in per_seed.values()):
+            t = pd.DataFrame({seed: m[q] for seed, m in per_seed.items()}).T
+            if t.notna().all().all():
+                tables[q] = t
+    if "win" not in tables:
+        return None, f"{method}: the confirmation samples have no usable winner column"
+    return MethodTables(method, tables, run_ids), None
+
+
+def comparable(methods: dict[str, MethodTables]) -> tuple[dict[str, MethodTables], list[str]]:
+    """The methods to compare: the largest group sharing one seed set and one prompt set (ties: the
+    group with more seeds x prompts, then the first method by name). Each method left out gets a
+    note saying why."""
+    groups: dict[tuple, list[str]] = {}
+    for m, t in sorted(methods.items()):
+        groups.setdefault((tuple(t.seeds), tuple(t.prompts)), []).append(m)
+    if not groups:
+        return {}, []
+    # max() keeps the first of equal keys, and groups are in the order of their first method's name.
+    key = max(groups, key=lambda k: (len(groups[k]), len(k[0]) * len(k[1])))
+    seeds, prompts = key
+    notes = [f"{m}: confirmation seeds {list(t.seeds)} on {len(t.prompts)} prompts differ from the compared "
+             f"methods' seeds {list(seeds)} on {len(prompts)} prompts (same seeds and prompts are needed to pair "
+             "them), so it is not compared" for m, t in sorted(methods.items()) if m not in groups[key]]
+    return {m: methods[m] for m in groups[key]}, notes
+
+
+def _interval(table: pd.DataFrame, n_boot: int, alpha: float, rng_seed: int) -> tuple[float, float, float]:
+    return two_level_bootstrap_ci(table.to_numpy(dtype=float), n_boot=n_boot, alpha=alpha, rng_seed=rng_seed)
+
+
+def method_summary(t: MethodTables, n_boot: int, alpha: float, rng_seed: int) -> dict:
+    """Means over seeds of the per-seed prompt means, with two-level intervals, and the per-seed values."""
+    row: dict = {"seeds": t.seeds, "n_prompts": len(t.prompts)}
+    for q, name in (("win", "win_rate"), ("kl", "kl"), ("gold", "gold")):
+        if q in t.tables:
+            mean, low, high = _interval(t.tables[q], n_boot, alpha, rng_seed)
+            row |= {f"{name}_mean": mean, f"{name}_ci_low": low, f"{name}_ci_high": high}
+    row["per_seed"] = [{"seed": seed, "run_id": t.run_ids.get(seed),
+                        **{name: float(t.tables[q].loc[seed].mean()) for q, name in
+                           (("win", "win_rate"), ("kl", "kl"), ("gold", "gold")) if q in t.tables}}
+                       for seed in t.seeds]
+    return row
+
+
+def confirmation_statistics(methods: dict[str, MethodTables], n_boot: int = 2000, alpha: float = 0.05,
+                            rng_seed: int = 0) -> tuple[dict, dict]:
+    """(confirmation, verdict) of the comparable methods (`comparable`), all on the same seeds and
+    prompts: per method its summary (`method_summary`), the pairwise win-rate differences paired by
+    seed and prompt (Holm-corrected) and `stats.verdict` on the mean test win rates."""
+    any_method = next(iter(methods.values()))
+    n_seeds, n_prompts = len(any_method.seeds), len(any_method.prompts)
+    summaries = {m: method_summary(t, n_boot, alpha, rng_seed) for m, t in sorted(methods.items())}
+    wins = {m: t.tables["win"].to_numpy(dtype=float) for m, t in methods.items()}
+    pairs = pairwise_comparisons(wins, n_boot=n_boot, alpha=alpha, rng_seed=rng_seed) if len(wins) > 1 else []
+    means = {m: s["win_rate_mean"] for m, s in summaries.items()}
+    result = verdict(means, pairs, alpha=alpha, n_seeds=n_seeds, n_prompts=n_prompts)
+    confirmation = {"n_seeds": n_seeds, "n_prompts": n_prompts, "seeds": any_method.seeds, "alpha": alpha,
+                    "n_boot": n_boot, "has_gold": all("gold" in t.tables for t in methods.values()),
+                    "methods": summaries, "pairwise": pairs}
+    return confirmation, result
