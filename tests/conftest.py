@@ -32,21 +32,26 @@ def tiny_tokenizer():
     return make_tiny_tokenizer()
 
 
-@pytest.fixture
-def reward_model_trainings(monkeypatch):
-    """The reward models actually trained during the test, one entry per `train_reward_model` call
-    (a counting wrapper around the real one), so a test can assert that a cache hit trains nothing."""
-    from alignbench.models import reward_model
-
+def count_calls(monkeypatch, module, name: str) -> list:
+    """Wrap `module.name` so every call is recorded (its args) and still runs: a test asserts how
+    often a stage really ran, e.g. that a cache hit trains or computes nothing."""
     calls = []
-    real = reward_model.train_reward_model
+    real = getattr(module, name)
 
     def counted(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(reward_model, "train_reward_model", counted)
+    monkeypatch.setattr(module, name, counted)
     return calls
+
+
+@pytest.fixture
+def reward_model_trainings(monkeypatch):
+    """The reward models actually trained during the test, one entry per `train_reward_model` call."""
+    from alignbench.models import reward_model
+
+    return count_calls(monkeypatch, reward_model, "train_reward_model")
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from alignbench.training import reference as reference_module
 from alignbench.training.reference import reference_pair_logps
 from alignbench.training.run import train
 from alignbench.training.setup import prepare
-from conftest import FAST
+from conftest import FAST, count_calls
 
 
 class Trained(Exception):
@@ -44,17 +44,9 @@ def test_sft_model_cache_hits_unchanged_and_misses_changed_inputs(workdir, monke
 
 @pytest.fixture
 def reference_forwards(monkeypatch):
-    """The reference forward passes actually run during the test, one entry per pass (a counting
-    wrapper around `run_reference`, which every reference cache calls on a miss)."""
-    calls = []
-    real = reference_module.run_reference
-
-    def counted(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(reference_module, "run_reference", counted)
-    return calls
+    """The reference forward passes actually run during the test, one entry per pass (`run_reference`
+    is what every reference cache calls on a miss)."""
+    return count_calls(monkeypatch, reference_module, "run_reference")
 
 
 @pytest.fixture
