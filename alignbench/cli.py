@@ -6,13 +6,14 @@ any Hydra app); the work is done by `train.train`, `sweep.run_sweep`, `report.bu
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from alignbench.config import CONF_DIR, ConfigError, check_overrides, validate
-from alignbench.process import fail, interrupt_on_sigterm, quiet_libraries, setup_logging
+from alignbench.config import CONF_DIR, ConfigError, check_overrides, check_types, one_line, validate
+from alignbench.process import exit_interrupted, fail, interrupt_on_sigterm, quiet_libraries, setup_logging
 
 USAGE = """usage: alignbench {train,sweep,report,ui,bench} [hydra overrides]
 
@@ -33,18 +34,25 @@ def train_command(cfg: DictConfig) -> None:
 
     from accelerate import PartialState
 
+    run_id = None
     try:
         validate(cfg)
         # Under `accelerate launch` every process trains; only the main one records the run.
         if cfg.tracking.enabled and PartialState().is_main_process:
+            problem = tracking.resume_problem(cfg.resume, cfg.tracking.uri) if cfg.get("resume") else None
+            if problem:  # before reopening: a finished run is never touched
+                raise ConfigError(problem)
             with tracking.tracked_run(cfg.tracking.experiment, cfg.tracking.run_name, tags={"method": cfg.method.name},
-                                      async_logging=cfg.tracking.async_logging, uri=cfg.tracking.uri) as tracker:
-                result = train(cfg, tracker)
+                                      async_logging=cfg.tracking.async_logging, uri=cfg.tracking.uri,
+                                      run_id=cfg.get("resume")) as tracker:
                 run_id = tracker.run_id
+                result = train(cfg, tracker)
         else:
-            result, run_id = train(cfg, NullTracker()), None
+            result = train(cfg, NullTracker())
     except (ConfigError, DataError) as exc:
         fail(str(exc))
+    except KeyboardInterrupt as exc:  # tracked_run has recorded the run KILLED
+        exit_interrupted("train", exc, f"MLflow run {run_id} recorded KILLED" if run_id else "")
     m = result.metrics
     print(f"method={cfg.method.name} win_rate={m['eval/win_rate']:.3f} "
           f"95% CI [{m['eval/win_rate_ci_low']:.3f}, {m['eval/win_rate_ci_high']:.3f}] "
@@ -57,6 +65,7 @@ def sweep_command(cfg: DictConfig) -> None:
     from alignbench.sweep.run import SweepFailed, run_sweep
 
     try:
+        check_types(cfg)
         run_sweep(cfg)
     except ConfigError as exc:
         fail(str(exc))
@@ -66,8 +75,11 @@ def sweep_command(cfg: DictConfig) -> None:
 
 def report_command(cfg: DictConfig) -> None:
     from alignbench.report.build import build_report
+    from alignbench.report.reading import check_store_exists
 
     try:
+        check_types(cfg)
+        check_store_exists(cfg.report.sweep, cfg.tracking.uri)
         path = build_report(cfg)
     except (ConfigError, LookupError) as exc:
         fail(str(exc))
@@ -77,12 +89,16 @@ def report_command(cfg: DictConfig) -> None:
 def ui_command(cfg: DictConfig) -> None:
     """The MLflow UI over this project's runs: `mlflow ui` on tracking.uri, bound to ui.host
     (127.0.0.1 by default). With an http:// tracking URI the server is already the UI."""
-    import os
-
     import mlflow
 
-    from alignbench.tracking.mlflow_runs import set_uri
+    from alignbench.tracking.mlflow_runs import experiment_links, set_uri
 
+    try:
+        check_types(cfg)
+        if not 0 < cfg.ui.port < 65536:
+            raise ConfigError(f"ui.port={cfg.ui.port}: must be a port number, 1 to 65535")
+    except ConfigError as exc:
+        fail(str(exc))
     set_uri(cfg.tracking.uri)  # null: MLflow's default (MLFLOW_TRACKING_URI, else ./mlflow.db), created if missing
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):
@@ -91,6 +107,8 @@ def ui_command(cfg: DictConfig) -> None:
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
            "--host", str(cfg.ui.host), "--port", str(cfg.ui.port)]
     print(f"alignbench: MLflow UI on http://{cfg.ui.host}:{cfg.ui.port} ({uri}); Ctrl-C stops it", flush=True)
+    for line in experiment_links(f"http://{cfg.ui.host}:{cfg.ui.port}"):  # each on its comparison columns
+        print(f"  {line}", flush=True)
     os.execv(sys.executable, cmd)  # the UI replaces this process: Ctrl-C and signals go straight to it
 
 
@@ -102,14 +120,25 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
-    command, rest = argv[0], argv[1:]
+    interrupt_on_sigterm()  # first: a signal during start-up (the imports take seconds) ends in one line too
+    try:
+        run_command(argv[0], argv[1:])
+    except KeyboardInterrupt as exc:
+        exit_interrupted(argv[0], exc)
+
+
+def run_command(command: str, rest: list[str]) -> None:
+    """One subcommand; its user-facing errors end in one line and exit status 2."""
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
     if command == "bench":
         from alignbench.bench.main import main as bench_main
 
-        bench_main(rest)
+        bench_main(rest)  # its results dict is not returned: the console script would exit 1 with it
         return
     if command not in COMMANDS:
-        fail(f"unknown command {command!r}\n{USAGE}")
+        fail(f"unknown command {command!r} (choose from train, sweep, report, ui, bench; alignbench --help)")
     try:
         check_overrides([a for a in rest if not a.startswith("-")])
     except ConfigError as exc:
@@ -118,10 +147,27 @@ def main(argv: list[str] | None = None) -> None:
         rest = ["sweep=default", *rest]
     setup_logging()
     quiet_libraries()
-    interrupt_on_sigterm()
     app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)(COMMANDS[command])
     sys.argv = [f"alignbench {command}", *rest]
-    app()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors to us (one line below) instead of printing three
+    try:
+        app()
+    except (HydraException, OmegaConfBaseException) as exc:  # bad override syntax, unknown key, broken interpolation
+        fail(one_line(exc) if not isinstance(exc, OverrideParseException)
+             else f"{unparsable([a for a in rest if not a.startswith('-')])}: {one_line(exc)}")
+
+
+def unparsable(overrides: list[str]) -> str:
+    """The first override Hydra's grammar rejects (its parse error does not say which)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for item in overrides:
+        try:
+            parser.parse_override(item)
+        except Exception:  # noqa: BLE001 — the grammar's own errors
+            return item
+    return " ".join(overrides)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -43,6 +44,113 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     return cfg
 
 
+def one_line(exc: Exception) -> str:
+    """A Hydra or OmegaConf error (bad override syntax, unknown key, broken interpolation) as one line."""
+    skip = ("See http", "full_key:", "object_type", "reference_type", "^")
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(skip)]
+    text = "; ".join(lines) or type(exc).__name__
+    key = getattr(exc, "full_key", None)
+    return f"{key}: {text}" if key else text
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults_of(path: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _leaves(node, prefix: str = ""):
+    for name, value in node.items():
+        if name in ("defaults", "hydra") or "." in str(name):  # a search space's dotted keys are data, not settings
+            continue
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{name}.")
+        elif value is not None and not (isinstance(value, str) and ("${" in value or value == "???")):
+            yield f"{prefix}{name}", value
+
+
+WHOLE_OR_FRACTION = ("model.lora.alpha",)  # whole-number defaults that may take any number
+# Settings whose default is null, by the kind of value they take when set.
+TEXT_OR_NULL = ("tracking.uri", "tracking.run_name", "sweep.storage", "sweep.experiment", "report.sweep", "resume")
+NUMBER_OR_NULL = {"threads": 1, "sweep.grace_period": 1.0, "method.target_kl": 1.0}  # key: a default of its kind
+CHECKED_ELSEWHERE = ("cache_dir", "sweep.n_workers")  # an interpolation; a number or "auto" (sweep/plan.py)
+NULL_MEANS_NONE = ("data.max_row_chars",)  # settings with a default where null means "no limit"
+URI_SCHEMES = ("file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")  # MLflow's stores
+
+
+def check_types(cfg: DictConfig) -> None:
+    """Every setting keeps the kind of its default in conf/: numbers stay numbers (whole where the
+    default is whole, never negative), flags stay true/false, lists stay lists, text stays one value.
+    The defaults are the files of conf/ and of the chosen method, model, data, judge and sweep.
+    Interpolations must resolve and the tracking and storage URLs must name a known store."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(one_line(exc)) from None
+    files = [("", CONF_DIR / "config.yaml")]
+    for group in GROUPS:
+        name = OmegaConf.select(cfg, f"{group}.name", default=None)
+        if OmegaConf.is_config(name):
+            raise ConfigError(f"{group}.name={_shown(name)}: must be one value, not a list or group")
+        if name is not None and (CONF_DIR / group / f"{name}.yaml").exists():
+            files.append((f"{group}.", CONF_DIR / group / f"{name}.yaml"))
+    checks = [(key, default) for prefix, path in files for key, default in _leaves(_defaults_of(path), prefix)]
+    checks += [(key, "") for key in TEXT_OR_NULL] + list(NUMBER_OR_NULL.items()) + [("model.lora", {"r": 16})]
+    for key, default in checks:
+        value = OmegaConf.select(cfg, key, default=None)
+        if key in CHECKED_ELSEWHERE or (value is None and (key in TEXT_OR_NULL or key in NUMBER_OR_NULL
+                                                           or key in NULL_MEANS_NONE)):  # null: unset
+            continue
+        problem = _kind_problem(key, default, value)
+        if problem:
+            raise ConfigError(f"{key}={_shown(value)}: {problem}")
+    _check_uris(cfg)
+
+
+def _check_uris(cfg: DictConfig) -> None:
+    uri = OmegaConf.select(cfg, "tracking.uri", default=None)
+    if uri is not None and "://" in str(uri) and str(uri).split("://")[0].split("+")[0] not in URI_SCHEMES:
+        raise ConfigError(f"tracking.uri={uri}: not an MLflow store (a path, or a URL starting "
+                          f"{', '.join(s + '://' for s in URI_SCHEMES)})")
+    storage = OmegaConf.select(cfg, "sweep.storage", default=None)
+    if storage is not None and "://" in str(storage) and not str(storage).startswith("journal://"):
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(str(storage)).get_dialect()
+        except Exception as exc:  # noqa: BLE001 — SQLAlchemy's URL parse / dialect lookup errors
+            raise ConfigError(f"sweep.storage={storage}: not a journal path or a database URL SQLAlchemy "
+                              f"knows ({one_line(exc)})") from None
+
+
+def _shown(value) -> str:
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    return "null" if value is None else str(value)
+
+
+def _kind_problem(key: str, default, value) -> str | None:
+    """Why `value` cannot stand where conf/ has `default`, or None."""
+    if isinstance(default, dict):
+        return None if value is None or OmegaConf.is_dict(value) else "must be a group of settings, not one value"
+    if value is None:
+        return f"must be set (default {_shown(default)})"
+    if isinstance(default, list):
+        return None if OmegaConf.is_list(value) else f"must be a list, e.g. {_shown(default).replace(' ', '')}"
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "must be a number"
+        if isinstance(default, int) and not isinstance(value, int) and key not in WHOLE_OR_FRACTION:
+            return "must be a whole number"
+        return "must be >= 0" if value < 0 else None
+    if OmegaConf.is_config(value):
+        return "must be one value, not a list or group"
+    return None
+
+
 def _positive(cfg, key: str) -> None:
     value = OmegaConf.select(cfg, key)
     if value is None or not isinstance(value, (int, float)) or value <= 0:
@@ -51,6 +159,7 @@ def _positive(cfg, key: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on the first bad value."""
+    check_types(cfg)
     name = OmegaConf.select(cfg, "method.name")
     if name not in METHODS:
         raise ConfigError(f"method.name={name}: unknown method (choose from {', '.join(METHODS)})")
@@ -60,6 +169,7 @@ def validate(cfg: DictConfig) -> None:
     check_data(cfg)
     check_model_and_judge(cfg)
     check_device(cfg)
+    check_checkpointing(cfg)
 
 
 def check_method(cfg: DictConfig) -> None:
@@ -115,6 +225,11 @@ def check_budget(cfg: DictConfig) -> None:
         _positive(cfg, key)
     if cfg.train.max_prompt_length >= cfg.train.max_length:
         raise ConfigError(f"train.max_prompt_length={cfg.train.max_prompt_length}: must be < train.max_length={cfg.train.max_length}")
+    context = OmegaConf.select(cfg, "model.context_length", default=None)  # the built-in model's positions
+    longest = max(cfg.train.max_length, cfg.train.max_prompt_length + cfg.eval.max_new_tokens)
+    if context is not None and longest > context:
+        raise ConfigError(f"train.max_length={cfg.train.max_length}: with train.max_prompt_length + eval.max_new_tokens, "
+                          f"needs {longest} positions > model.context_length={context} (raise model.context_length)")
     check_eval(cfg)
 
 
@@ -143,6 +258,8 @@ def check_data(cfg: DictConfig) -> None:
             raise ConfigError("data.path: required for data=local (data.path=/path/to/file.jsonl)")
         if not Path(path).exists():
             raise ConfigError(f"data.path={path}: file not found")
+    if cfg.data.get("long_prompts", "drop") not in ("truncate_left", "drop"):
+        raise ConfigError(f"data.long_prompts={cfg.data.long_prompts}: must be truncate_left or drop")
     if cfg.data.source != "builtin":
         for key in ("validation_fraction", "test_fraction"):
             value = cfg.data.get(key, 0.1)
@@ -168,3 +285,21 @@ def check_device(cfg: DictConfig) -> None:
         raise ConfigError(f"device={cfg.device}: must be auto, cpu or cuda")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"precision={cfg.precision}: must be auto, fp32 or bf16")
+    threads = OmegaConf.select(cfg, "threads", default=None)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads={threads}: must be >= 1 (null = torch's default)")
+
+
+def check_checkpointing(cfg: DictConfig) -> None:
+    """train.checkpoint_every and resume: offline methods only (the online loop's rollout is not checkpointed)."""
+    every = OmegaConf.select(cfg, "train.checkpoint_every", default=0)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ConfigError(f"train.checkpoint_every={every}: must be an integer >= 0 (0 = no checkpoints)")
+    resume = OmegaConf.select(cfg, "resume", default=None)
+    online = cfg.method.name in ("ppo", "rloo")
+    if online and (every or resume):
+        key = f"resume={resume}" if resume else f"train.checkpoint_every={every}"
+        raise ConfigError(f"{key}: method={cfg.method.name} cannot be checkpointed or resumed (offline methods only: "
+                          "dpo, ipo, kto, simpo); rerun it from the start")
+    if resume and not cfg.tracking.enabled:
+        raise ConfigError(f"resume={resume}: needs tracking.enabled=true (checkpoints are artifacts of the MLflow run)")

@@ -21,6 +21,14 @@ _SENTENCES = [
 # A run small enough for the default test suite (seconds, not minutes) on the built-in task.
 FAST = list(QUICK_RUN)
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on two cores: one torch thread each (and in the CLI
+    # subprocesses they start), or the workers' thread pools fight over the cores.
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 def make_tiny_tokenizer(vocab_size: int = 400):
     """The project's byte-level BPE tokenizer trained on a few sentences (no download)."""

@@ -14,6 +14,7 @@ Import both fixtures into a test module: `from pg import pg_url, postgres  # noq
 from __future__ import annotations
 
 import atexit
+import fcntl
 import glob
 import os
 import shutil
@@ -53,7 +54,12 @@ def ensure_installed() -> Path:
         return bin_dir
     if os.geteuid() != 0:
         pytest.fail(f"PostgreSQL is not installed (no initdb) and we are not root to install it; run: sudo sh -c '{APT}'")
-    out = subprocess.run(["sh", "-c", APT], capture_output=True, text=True, timeout=900)
+    with open(Path(tempfile.gettempdir()) / "alignbench-apt.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # pytest workers (xdist) must not run apt-get side by side
+        bin_dir = find_bin_dir()  # another worker may have installed it while we waited
+        if bin_dir is not None:
+            return bin_dir
+        out = subprocess.run(["sh", "-c", APT], capture_output=True, text=True, timeout=900)
     bin_dir = find_bin_dir()
     if out.returncode != 0 or bin_dir is None:
         pytest.fail(f"could not install PostgreSQL with `{APT}` (exit {out.returncode}): "

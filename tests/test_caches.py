@@ -179,3 +179,59 @@ def test_reward_model_cache(workdir, reward_model_trainings):
     reward_model.load_or_train_reward_model(compose([*FAST, "method=ppo", "method.reward_model.steps=6"]),
                                             models, records)
     assert len(reward_model_trainings) == before + 2  # changed reward-model config
+
+
+# --------------------------------------------------------------------------- a broken entry of each kind
+
+def _truncate_every_entry(cache_dir, kind: str) -> list:
+    """Cut the largest file of each `kind` entry to half (a full disk or a killed copy): returns the entries."""
+    entries = [e for e in (cache_dir / kind).iterdir() if (e / cache.MARKER).exists()]
+    for entry in entries:
+        largest = max((p for p in entry.rglob("*") if p.is_file() and p.name != cache.MARKER),
+                      key=lambda p: p.stat().st_size)
+        largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+    return entries
+
+
+# A cold cache in seconds: a few SFT steps on few examples, tiny evaluation and training.
+TINY_CACHE_RUN = [*FAST, "model.sft.steps=4", "model.sft.n_examples=64", "data.n_train_prompts=40",
+                  "eval.n_prompts=8", "eval.max_new_tokens=8", "eval.n_pref_pairs=8", "train.max_steps=2",
+                  "eval.every_n_steps=0"]
+
+
+def test_a_truncated_entry_of_every_cache_kind_is_rebuilt_and_the_run_goes_on(workdir, tmp_path, caplog,
+                                                                             monkeypatch, reward_model_trainings):
+    """SFT model, built-in pairs, tokens, reference log-probs, reference eval side, reward model:
+    each truncated on disk, then trained on again: one warning naming each entry, each rebuilt, the
+    run finishes (what used to be `SafetensorError: incomplete metadata` on every later run)."""
+    import logging
+
+    from alignbench.models import reward_model
+
+    cache_dir = tmp_path / "cache"
+    dpo = compose([*TINY_CACHE_RUN, f"cache_dir={cache_dir}"])
+    ppo = compose([*TINY_CACHE_RUN, "method=ppo", "method.reward_model.steps=2", f"cache_dir={cache_dir}"])
+    train(dpo, NullTracker())
+    records, models = _records_and_models(dpo)
+    reward_model.load_or_train_reward_model(ppo, models, records)
+
+    kinds = ("sft", "builtin_pairs", "tokens", "ref_logps", "ref_eval", "reward_model")
+    broken = {kind: _truncate_every_entry(cache_dir, kind) for kind in kinds}
+    assert all(broken.values()), broken
+    sft_trainings = count_calls(monkeypatch, models_module, "sft_train")
+    models_module._LOADED.clear()  # a new process: the SFT model is read from disk
+    cache._VERIFIED.clear()
+    with caplog.at_level(logging.WARNING, logger="alignbench.cache"):
+        result = train(dpo, NullTracker())
+        records, models = _records_and_models(dpo)
+        before = len(reward_model_trainings)
+        rm = reward_model.load_or_train_reward_model(ppo, models, records)
+    assert 0 <= result.metrics["eval/win_rate"] <= 1 and len(sft_trainings) == 1
+    assert len(reward_model_trainings) == before + 1 and 0 <= rm.stats["rm/pair_accuracy"] <= 1
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "alignbench.cache"]
+    for kind, entries in broken.items():
+        for entry in entries:
+            assert sum(str(entry) in w for w in warned) <= 1, (entry, warned)
+            if entry.exists():
+                assert cache.check_entry(entry) is None, entry  # rebuilt whole
+        assert any(str(e) in w and "were written" in w for e in entries for w in warned), (kind, warned)

@@ -15,7 +15,9 @@ from alignbench.data.parsing import detect_format, parse_rows
 from alignbench.data.preparing import load_preference_data, log_drops, require_enough, split_records, to_unpaired
 from alignbench.data.reading import read_rows, read_split
 from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord
-from alignbench.data.tokenizing import build_sequences, filter_records, prompt_ids, tokenize_pairs, tokenize_unpaired
+from alignbench.data.measuring import CHARS_PER_TOKEN, LengthLimits, bound_characters, drop_huge_rows, text_chars
+from alignbench.data.tokenizing import (build_sequences, filter_records, fit_prompt, prompt_ids, tokenize_pairs,
+                                        tokenize_unpaired)
 
 PAIRS = [
     {"prompt": "Review the film:", "chosen": " It was great.", "rejected": " It was bad."},
@@ -289,19 +291,70 @@ def test_filter_records_drops_prompts_that_do_not_fit(tiny_tokenizer):
     short = PreferenceRecord("Review the film:", " It was great.", " It was bad.")
     long = PreferenceRecord("Review the film: " * 10, " It was great.", " It was bad.")
     n_short = len(ids(tiny_tokenizer, short.prompt)) + 1  # + BOS
-    kept, drops = filter_records([short, long], tiny_tokenizer, max_length=64, max_prompt_length=n_short)
+    kept, drops, cut = filter_records([short, long], tiny_tokenizer, max_length=64, max_prompt_length=n_short)
     assert kept == [short]
-    assert drops == Counter(prompt_too_long=1)
+    assert drops == Counter(prompt_too_long=1) and cut == Counter()
     # max_length leaves no response token
-    kept, drops = filter_records([short], tiny_tokenizer, max_length=n_short, max_prompt_length=64)
+    kept, drops, _ = filter_records([short], tiny_tokenizer, max_length=n_short, max_prompt_length=64)
     assert kept == [] and drops == Counter(prompt_too_long=1)
     # one response token left: " It" for both, so the pair would carry no signal
-    kept, drops = filter_records([short], tiny_tokenizer, max_length=n_short + 1, max_prompt_length=64)
+    kept, drops, _ = filter_records([short], tiny_tokenizer, max_length=n_short + 1, max_prompt_length=64)
     assert kept == [] and drops == Counter(chosen_equals_rejected=1)
     # unpaired records are filtered on the prompt only
     unpaired = to_unpaired([short, long])
-    kept, drops = filter_records(unpaired, tiny_tokenizer, max_length=64, max_prompt_length=n_short)
+    kept, drops, _ = filter_records(unpaired, tiny_tokenizer, max_length=64, max_prompt_length=n_short)
     assert kept == unpaired[:2] and drops == Counter(prompt_too_long=2)
+
+
+def test_filter_records_truncate_left_keeps_long_prompts_and_counts_cuts(tiny_tokenizer):
+    short = PreferenceRecord("Review the film:", " Great acting, fun story.", " Bad acting, sad story.")
+    long = PreferenceRecord("Review the film: " * 10, short.chosen, short.rejected)
+    n_short = len(ids(tiny_tokenizer, short.prompt)) + 1
+    kept, drops, cut = filter_records([short, long], tiny_tokenizer, max_length=n_short + 2,
+                                      max_prompt_length=n_short, long_prompts="truncate_left")
+    assert kept == [short, long] and drops == Counter()
+    assert cut == Counter(prompt=1, response=2)  # both responses run past the 2 tokens left
+    out = tokenize_pairs(kept, tiny_tokenizer, max_length=n_short + 2, max_prompt_length=n_short)
+    assert out["prompt_lengths"].tolist() == [n_short, n_short]
+    long_ids = [tiny_tokenizer.bos_token_id] + ids(tiny_tokenizer, long.prompt)
+    assert out["chosen_input_ids"][1, :n_short].tolist() == [long_ids[0]] + long_ids[-(n_short - 1):]
+    assert out["chosen_response_mask"].sum(1).tolist() == [2, 2]  # never a prompt token in the response
+
+
+def test_fit_prompt_keeps_bos_and_the_last_tokens():
+    assert fit_prompt([1, 5, 6, 7, 8], 3, bos=1) == [1, 7, 8]
+    assert fit_prompt([5, 6, 7, 8], 3, bos=1) == [6, 7, 8]  # no leading BOS: only the last tokens
+    assert fit_prompt([1, 5], 3, bos=1) == [1, 5]
+
+
+def test_bound_characters_and_huge_rows():
+    limits = LengthLimits(max_length=4, max_prompt_length=2, long_prompts="truncate_left")
+    budget = CHARS_PER_TOKEN * 2
+    long = PreferenceRecord("a" * (budget + 7) + "END", "x" * 500, "y")
+    (cut,), drops = bound_characters([long], limits)
+    assert drops == Counter() and cut.prompt == ("a" * (budget + 7) + "END")[-budget:] and cut.prompt.endswith("END")
+    assert cut.chosen == "x" * CHARS_PER_TOKEN * 4 and cut.rejected == "y"
+    kept, drops = bound_characters([long, PreferenceRecord("p", "a", "b")], LengthLimits(4, 2, "drop"))
+    assert [r.prompt for r in kept] == ["p"] and drops == Counter(prompt_too_long=1)
+    unpaired = UnpairedRecord("p", "z" * 500, True)
+    assert bound_characters([unpaired], limits)[0][0].completion == "z" * CHARS_PER_TOKEN * 4
+    rows = [{"prompt": "p", "chosen": [{"role": "assistant", "content": "c" * 50}], "rejected": "r"}, {"prompt": "q"}]
+    assert text_chars(rows[0]) == 1 + 9 + 50 + 1  # the strings inside message lists count too
+    assert drop_huge_rows(rows, 20) == ([rows[1]], Counter(row_too_long=1))
+    assert drop_huge_rows(rows, None) == (rows, Counter())
+    with pytest.raises(DataError, match="data.long_prompts=keep"):
+        LengthLimits(4, 2, "keep")
+
+
+def test_sft_steps_stop_after_max_epochs():
+    from omegaconf import OmegaConf
+
+    from alignbench.models.builtin import sft_steps
+
+    sft = OmegaConf.create({"steps": 400, "batch_size": 48, "max_epochs": 3})
+    assert sft_steps(sft, 8000) == 400  # the built-in task: 2.4 passes, every step runs
+    assert sft_steps(sft, 1840) == 115  # ceil(3 * 1840 / 48)
+    assert sft_steps(OmegaConf.create({"steps": 400, "batch_size": 48}), 10) == 400
 
 
 def test_to_unpaired_counts_and_order():
@@ -423,8 +476,10 @@ def test_tokenize_pairs_truncation_keeps_prompt(tiny_tokenizer):
     assert chosen[len(p):].tolist() == ids(tok, r.chosen)[:5]  # the response is cut (EOS with it)
     assert out["chosen_response_mask"][0].sum().item() == 5
     assert out["rejected_response_mask"][0].sum().item() == len(ids(tok, " Bad.")) + 1
-    with pytest.raises(DataError, match="max_prompt_length"):
-        tokenize_pairs([r], tok, max_length=64, max_prompt_length=len(p) - 1)
+    # a prompt over max_prompt_length (kept by long_prompts=truncate_left) keeps BOS and its last tokens
+    cut = tokenize_pairs([r], tok, max_length=64, max_prompt_length=len(p) - 1)
+    assert cut["prompt_lengths"].tolist() == [len(p) - 1]
+    assert cut["chosen_input_ids"][0, : len(p) - 1].tolist() == [p[0]] + p[2:]
 
 
 def test_tokenize_does_not_double_bos_from_chat_template(tiny_tokenizer):

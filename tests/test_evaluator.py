@@ -115,3 +115,17 @@ def test_several_samples_per_prompt_rows_and_counts(workdir):
     assert [r["prompt"] for r in result.rows[::3]] == prepared.eval_prompts
     assert len({r["reference_response"] for r in result.rows}) > 6  # a prompt's samples differ
     assert m["eval/win_rate"] == pytest.approx(0.5) and m["eval/ties"] == 18
+
+
+def test_every_evaluation_carries_the_judges_held_out_accuracy(prepared):
+    from alignbench.evaluation.judges import GoldJudge, judge_accuracy
+
+    pairs = prepared.eval_records[: compose(FAST).eval.n_pref_pairs]
+    expected = judge_accuracy(GoldJudge(), pairs)
+    assert expected["eval/judge_n_pairs"] == 16
+    with prepared.models.reference_model() as ref:
+        m = prepared.evaluator.evaluate(ref).metrics
+    for key in ("eval/judge_accuracy", "eval/judge_accuracy_ci_low", "eval/judge_accuracy_ci_high", "eval/judge_n_pairs"):
+        assert m[key] == expected[key], key
+    # Bradley-Terry labels follow the gold reward more often than not
+    assert 0.5 < m["eval/judge_accuracy"] and m["eval/judge_accuracy_ci_low"] < m["eval/judge_accuracy"]

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -221,3 +222,133 @@ def test_same_seed_twice_gives_identical_trials_and_metrics(workdir, monkeypatch
     assert metrics_a[0].keys() >= {"eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl",
                                    "train/loss"}
     assert metrics_a == metrics_b
+
+
+# --------------------------------------------------------------------------- SIGTERM to `alignbench train`
+
+def _run_then_sigterm(cmd: list[str], cwd: Path, env: dict, marker: str, delay: float):
+    """Start `cmd`, wait for `marker` in its output, SIGTERM it `delay` s later: (exit status, stderr,
+    seconds from the signal to the exit)."""
+    err = cwd / "stderr.log"
+    with open(err, "w") as err_fh:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err_fh, text=True)
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if marker in line:
+                break
+        else:
+            raise AssertionError(f"no {marker!r} before exit {proc.wait()}: {''.join(seen)[-3000:]}"
+                                 f"{err.read_text()[-3000:]}")
+        time.sleep(delay)
+        signalled = time.time()
+        proc.send_signal(signal.SIGTERM)
+        proc.stdout.read()
+        proc.wait(timeout=120)
+        elapsed = time.time() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err.read_text(), elapsed
+
+
+@pytest.mark.parametrize("stage, overrides, marker, delay", [
+    # A cold cache and an SFT stage far too long to finish: the signal lands in the tokenizer's or SFT's training.
+    ("sft", ["model.sft.steps=100000"], "SFT stage: training the built-in model", 0.5),
+    ("training", ["fault.sleep_per_step=2"], "step 3: win rate", 0.0),
+])
+def test_sigterm_to_train_is_one_line_exit_130_and_a_killed_run(workdir, shared_cache, tmp_path, stage, overrides,
+                                                                 marker, delay):
+    from conftest import FAST
+
+    from alignbench.training.setup import prepare
+
+    cache_dir = tmp_path / "cold-cache" if stage == "sft" else shared_cache
+    if stage == "training":
+        prepare(compose(FAST))  # the SFT model is cached: the run reaches training quickly
+    env = dict(os.environ, PYTHONUNBUFFERED="1", ALIGNBENCH_CACHE=str(cache_dir))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    status, stderr, elapsed = _run_then_sigterm(alignbench_cmd("train", *FAST, *overrides), workdir, env, marker,
+                                                delay)
+    lines = stderr.strip().splitlines()
+    assert status == 130, stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert lines[0].startswith("alignbench: train interrupted (SIGTERM); MLflow run ") and "KILLED" in lines[0]
+    assert elapsed < 10, f"{stage}: {elapsed:.1f} s from SIGTERM to exit"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("alignbench").experiment_id])
+    assert run.info.run_id in lines[0] and run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"].startswith("interrupted")
+
+
+def test_sigterm_stops_tokenizer_training_within_a_second(tmp_path):
+    """HF tokenizers' BPE training is one long C call: run in the main thread, a signal waits for it
+    to finish (tens of seconds on a big corpus). `train_tokenizer` runs it so SIGTERM ends it at once."""
+    script = (
+        "import random, time\n"
+        "from alignbench.models.builtin import train_tokenizer\n"
+        "from alignbench.process import interrupt_on_sigterm\n"
+        "interrupt_on_sigterm()\n"
+        "rng = random.Random(0)\n"
+        "words = [''.join(rng.choice('abcdefghij') for _ in range(rng.randint(3, 9))) for _ in range(20000)]\n"
+        "texts = [' '.join(rng.choices(words, k=60)) for _ in range(60000)]\n"
+        "print('training', flush=True)\n"
+        "t = time.time()\n"
+        "try:\n"
+        "    train_tokenizer(texts, 4000)\n"
+        "    print(f'finished in {time.time() - t:.1f} s', flush=True)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "training"
+        time.sleep(1.0)
+        signalled = time.time()
+        proc.send_signal(signal.SIGTERM)
+        out = proc.stdout.read()
+        proc.wait(timeout=120)
+        elapsed = time.time() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert out.strip() == "interrupted" and elapsed < 2, (out[-2000:], elapsed)
+
+
+# --------------------------------------------------------------------------- a full disk: the exit status says so
+
+def test_a_sweep_stopped_by_storage_errors_exits_1_naming_the_methods_then_resumes(workdir, monkeypatch, capsys):
+    """Every trial's MLflow write fails as on a full disk (`sqlite3.OperationalError: database or disk
+    is full`): the sweep stops each method after sweep.max_failures, and `alignbench sweep` exits 1
+    with one line naming each method, how far it got and why. With the space back, the same command
+    resumes and exits 0 with the whole budget."""
+    import sqlite3
+
+    from alignbench import cli
+    from alignbench.tracking import mlflow_runs
+
+    warm_cache()
+    args = ["sweep=smoke", "sweep.methods=[dpo,ipo]", "sweep.n_trials=1", "sweep.confirm_seeds=0",
+            "sweep.max_failures=2"]
+
+    def disk_full(self, *a, **k):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as fault:
+        fault.setattr(mlflow_runs.MlflowTracker, "log_params", disk_full)
+        with pytest.raises(SystemExit) as stop:
+            cli.sweep_command(compose(args))
+    assert stop.value.code == 1
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("alignbench: error:")]
+    assert line.startswith("alignbench: error: sweep smoke: 2 of 2 methods ended short of their budget: ")
+    for method in ("dpo", "ipo"):
+        assert (f"{method} 0 of 1 trials (stopped by failures: 2 failed, the last with OperationalError: "
+                "database or disk is full)") in line, line
+
+    cli.sweep_command(compose(args))  # the space is back: resumes, no SystemExit
+    for method in ("dpo", "ipo"):
+        trials = journal_study(f"sweep-smoke/{method}", workdir / "sweeps.journal").trials
+        assert [t.state for t in trials].count(TrialState.FAIL) == 2
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 1  # the whole budget

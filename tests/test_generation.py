@@ -1,4 +1,5 @@
-"""Sampling and the log-probs of what was sampled: seeded, EOS-truncated, equal to a plain forward."""
+"""Sampling and the log-probs of what was sampled: seeded, EOS-truncated, equal to a plain forward;
+responses decoded whole, with no replacement character for bytes that are not a character."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from alignbench.config import compose
-from alignbench.models.generation import response_token_logps, sample
+from alignbench.models.generation import decode_response, response_token_logps, sample
 from alignbench.models.builtin import build_tiny_model
 
 PROMPTS = ["Human: What is a good book to read?", "The food was", "Tell me about the weather today.",
@@ -63,7 +64,8 @@ def test_shapes_masks_and_eos_truncation(model, tiny_tokenizer):
         else:
             assert length == MAX_NEW  # a response without EOS ran to the token budget
         assert (resp[length:] == pad).all() and not s.attention_mask[row, s.prompt_width + length:].any()
-        assert s.responses[row] == tiny_tokenizer.decode(resp[:length], skip_special_tokens=True)
+        whole = tiny_tokenizer.decode(resp[:length], skip_special_tokens=True)
+        assert s.responses[row] == whole.replace("\ufffd", "")  # the untrained model samples stray byte tokens
     assert 0 < ended < n  # the fixture's EOS bias gives both kinds
 
 
@@ -90,3 +92,34 @@ def test_response_token_logps_equal_a_direct_forward(model, tiny_tokenizer, batc
         torch.testing.assert_close(got[row, :length], expected, atol=1e-4, rtol=1e-4)
         assert (got[row, :length] < 0).all()
         assert (got[row, length:] == 0).all()  # nothing counted after EOS
+
+
+def test_decode_response_keeps_whole_characters_only(tiny_tokenizer):
+    ids = tiny_tokenizer("café €", add_special_tokens=False)["input_ids"]
+    assert tiny_tokenizer.decode(ids[-1:]) == "\ufffd"  # "€" is three byte-level tokens here
+    assert decode_response(tiny_tokenizer, ids) == "café €"
+    assert decode_response(tiny_tokenizer, ids[:-1]) == "café "  # cut inside "€": its first two bytes dropped
+    assert decode_response(tiny_tokenizer, ids[:4]) == "caf"  # cut inside "é"
+    stray = ids[:3] + ids[-1:] + ids[:3]  # a lone continuation byte sampled mid-text
+    assert tiny_tokenizer.decode(stray) == "caf\ufffdcaf" and decode_response(tiny_tokenizer, stray) == "cafcaf"
+    assert decode_response(tiny_tokenizer, ids + [tiny_tokenizer.eos_token_id]) == "café €"
+
+
+def test_a_response_cut_inside_a_character_ends_on_a_whole_character(tiny_tokenizer):
+    """A model that spells "café €" token by token, cut by the budget inside the euro sign."""
+    plan = tiny_tokenizer("café €", add_special_tokens=False)["input_ids"]
+    cfg = compose(["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2"])
+    m = build_tiny_model(cfg.model, tiny_tokenizer, seed=0).eval()
+    steps = []
+
+    def spell(module, inputs, logits):
+        forced = torch.full_like(logits, -1e4)
+        forced[..., plan[min(len(steps), len(plan) - 1)]] = 0.0
+        steps.append(1)
+        return forced
+
+    m.lm_head.register_forward_hook(spell)
+    s = sample(m, tiny_tokenizer, PROMPTS[:2], max_new_tokens=len(plan) - 1, temperature=1.0, max_prompt_length=32,
+               batch_size=2, seed=0, device=CPU)
+    assert s.input_ids[:, s.prompt_width:].tolist() == [plan[:-1]] * 2  # the tokens as sampled
+    assert s.responses == ["café ", "café "]

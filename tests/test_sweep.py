@@ -246,7 +246,9 @@ def test_cli_exits_1_when_a_method_stopped_on_failures(workdir):
                           "sweep.methods=[dpo]", "sweep.n_trials=1", "sweep.max_failures=1", *TINY,
                           "fault.raise_at_step=1"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 1, out.stderr[-3000:]
-    assert out.stderr.strip().splitlines()[-1].startswith("alignbench: error: sweep smoke: stopped by failures: dpo ")
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "alignbench: error: sweep smoke: 1 of 1 methods ended short of their budget: dpo 0 of 1 trials "
+        "(stopped by failures: 1 failed, the last with RuntimeError: CUDA out of memory")
     assert parent_runs()[0].info.status == "FINISHED"  # the records are complete; only the outcome failed
 
 

@@ -19,9 +19,9 @@ def test_metrics_are_logged_async_and_flushed_before_the_run_ends(workdir, monke
     gate = threading.Event()
     real_write = tracking.MlflowTracker._write
 
-    def gated_write(self, kind, items):
+    def gated_write(self, **items):
         gate.wait()
-        real_write(self, kind, items)
+        real_write(self, **items)
 
     monkeypatch.setattr(tracking.MlflowTracker, "_write", gated_write)
     with tracking.tracked_run("async-check", async_logging=True) as tracker:
@@ -39,7 +39,7 @@ def test_metrics_are_logged_async_and_flushed_before_the_run_ends(workdir, monke
 def test_a_write_error_in_the_background_reaches_the_caller(workdir, monkeypatch):
     from alignbench.tracking import mlflow_runs as tracking
 
-    def failing_write(self, kind, items):
+    def failing_write(self, **items):
         raise RuntimeError("store unavailable")
 
     with pytest.raises(RuntimeError, match="store unavailable"):
@@ -47,3 +47,152 @@ def test_a_write_error_in_the_background_reaches_the_caller(workdir, monkeypatch
             monkeypatch.setattr(tracking.MlflowTracker, "_write", failing_write)
             tracker.log_metrics({"train/loss": 1.0}, 1)
             tracker.flush()
+
+
+# --- The MLflow UI's experiment tags ----------------------------------------------------------------
+
+
+def test_experiments_open_on_their_runs_in_the_mlflow_ui(workdir):
+    """MLflow 3's UI opens an experiment on the page its kind names (without one, possibly the GenAI
+    traces page): alignbench's experiments are "custom_model_development", also one that existed
+    before without the tag; a user's own machine-learning kind is kept, a GenAI kind is not."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from alignbench.tracking import mlflow_runs as tracking
+    from alignbench.tracking import store
+
+    client = MlflowClient()
+    with tracking.tracked_run("fresh", async_logging=False):
+        pass
+    old = client.create_experiment("made-before")  # as an older alignbench (or a user) left it
+    genai = client.create_experiment("genai", tags={store.KIND_TAG: "genai_development"})
+    mine = client.create_experiment("mine", tags={store.KIND_TAG: "finetuning", store.VIEW_TAG: "{}"})
+    for name in ("made-before", "genai", "mine"):
+        tracking.create_run(name, "r", {})
+    kinds = {e.name: e.tags.get(store.KIND_TAG) for e in client.search_experiments()}
+    assert kinds == {"Default": None, "fresh": "custom_model_development", "made-before": "custom_model_development",
+                     "genai": "custom_model_development", "mine": "finetuning"}
+    assert client.get_experiment(old).tags[store.PRIMARY_METRIC_TAG] == "eval/win_rate"
+    assert client.get_experiment(mine).tags[store.VIEW_TAG] == "{}"  # the user's view is theirs
+    view = json.loads(client.get_experiment(genai).tags[store.VIEW_TAG])
+    columns = json.loads(view["state"])["selectedColumns"]
+    assert view["name"] and isinstance(view["createdAt"], int)
+    assert columns[:4] == ["metrics.`eval/win_rate`", "metrics.`eval/win_rate_ci_low`",
+                           "metrics.`eval/win_rate_ci_high`", "metrics.`eval/kl`"]
+    assert "tags.`method`" in columns
+
+
+# --- Stale train runs --------------------------------------------------------------------------------
+
+
+def test_a_train_run_killed_by_sigkill_is_marked_killed_when_the_store_is_opened(workdir):
+    """`alignbench train` killed with SIGKILL leaves its run RUNNING; the next time alignbench opens
+    the store the run is ended KILLED with the reason. While its process lives it is left alone,
+    and so is a RUNNING run of another host."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    from alignbench.tracking import mlflow_runs as tracking
+    from alignbench.tracking import store
+    from conftest import FAST
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", "train", *FAST, "fault.sleep_per_step=60"],
+                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    client = MlflowClient(tracking_uri=uri)  # a plain client: opening the store through alignbench would reap
+    try:
+        deadline = time.time() + 120
+        runs = []
+        while not runs:
+            assert proc.poll() is None, proc.stderr.read().decode(errors="replace")[-3000:]
+            assert time.time() < deadline, "no RUNNING train run after 120 s"
+            time.sleep(0.3)
+            try:
+                runs = client.search_runs([client.get_experiment_by_name("alignbench").experiment_id],
+                                          "attributes.status = 'RUNNING'")
+            except Exception:  # the store or the experiment is not there yet
+                runs = []
+        (run,) = runs
+        tags = run.data.tags
+        assert (tags["alignbench.role"], tags["alignbench.host"], tags["alignbench.pid"]) == (
+            "train", store.HOST, str(proc.pid))
+        assert store.reap_stale_train_runs(client) == 0  # alive: left alone
+        elsewhere = client.create_run(run.info.experiment_id, tags={
+            **{k: tags[k] for k in ("alignbench.role", "alignbench.pid", "alignbench.process_start")},
+            "alignbench.host": "another-host"}).info.run_id
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"  # nothing ended it
+    tracking.set_uri(uri)  # alignbench opens the store
+    killed = client.get_run(run.info.run_id)
+    assert killed.info.status == "KILLED" and killed.info.end_time is not None
+    assert killed.data.tags["failure_reason"].startswith(f"stale: left RUNNING by process {proc.pid}")
+    assert client.get_run(elsewhere).info.status == "RUNNING"  # another host's run: not ours to judge
+
+
+# --- Round trips of a tracked run -----------------------------------------------------------------
+
+
+def test_a_short_run_writes_its_params_tags_and_metrics_in_one_batch(workdir, monkeypatch):
+    """Everything a short run logs asynchronously reaches the store in one `log_batch` round trip,
+    at its end (`MlflowTracker.WRITE_INTERVAL`), with a tag set twice keeping its last value."""
+    import mlflow
+
+    from alignbench.tracking import mlflow_runs as tracking
+
+    calls = []
+    real = mlflow.MlflowClient.log_batch
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", lambda self, *a, **kw: calls.append(kw) or real(self, *a, **kw))
+    with tracking.tracked_run("one-batch", tags={"method": "dpo"}) as tracker:
+        tracker.log_params({f"p{i}": i for i in range(150)})  # more than one batch's 100 params
+        tracker.set_tags({"state": "running"})
+        for step in range(1, 21):
+            tracker.log_metrics({"train/loss": 1.0 / step}, step)
+        tracker.set_tags({"state": "done"})
+        run_id = tracker.run_id
+    assert len(calls) == 2 and [len(c["params"]) for c in calls] == [100, 50]
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert len(run.data.params) == 150 and run.data.tags["state"] == "done" and run.info.status == "FINISHED"
+    assert len(mlflow.MlflowClient().get_metric_history(run_id, "train/loss")) == 20
+
+
+KILLED_AFTER_THE_RUN = """
+import os, signal, sys
+from alignbench.tracking import mlflow_runs as tracking
+with tracking.tracked_run("killed-after", tags={"method": "dpo"}) as tracker:
+    tracker.log_params({"method.beta": 0.1})
+    tracker.set_tags({"optuna.trial_state": "COMPLETE"})
+    for step in range(1, 6):
+        tracker.log_metrics({"train/loss": 1.0 / step}, step)
+    tracker.log_metrics({"eval/win_rate": 0.6}, 5)
+print(tracker.run_id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # the trial is over: nothing after this point runs
+"""
+
+
+def test_no_record_is_lost_when_the_process_is_killed_after_the_run_ends(workdir):
+    """The writer is closed (everything written) before the run is marked ended: a process
+    SIGKILLed right after its tracked block leaves every param, tag and metric in the store."""
+    import signal
+    import subprocess
+    import sys
+
+    import mlflow
+
+    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_RUN], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    run = mlflow.MlflowClient().get_run(proc.stdout.split()[-1])
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"method.beta": "0.1"} and run.data.tags["optuna.trial_state"] == "COMPLETE"
+    assert run.data.metrics == {"train/loss": 0.2, "eval/win_rate": 0.6}
+    assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/loss")) == 5

@@ -1,10 +1,10 @@
-"""Our side of `alignbench bench` and every measurement: the composed configs (fp32 on CPU, no
-tracking), our DPO loop's timings, a bare forward/backward step on the same batches, and the
-`measure_*` functions whose results are the keys of bench.json (see `alignbench.bench.main`)."""
+"""Our side of `alignbench bench` and the measurements of one run or step: the composed configs
+(fp32 on CPU, no tracking), our DPO loop's timings, a bare forward/backward step on the same
+batches (eager or compiled), and the `measure_*` functions whose results are keys of bench.json
+(see `alignbench.bench.main`; the sweeps are timed in `sweep_timing`)."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -16,13 +16,10 @@ from pathlib import Path
 import torch
 
 from alignbench.bench.sizes import QUICK
-from alignbench.bench.trl_peer import run_trl, sft_model_path
+from alignbench.bench.trl_peer import run_trl, sft_model_path, write_pairs_file
 from alignbench.data.batching import index_batches, trim_padding
 from alignbench.data.tokenizing import tokenize_pairs
 from alignbench.models.logps import pack_batch
-
-BETAS = (0.05, 0.1, 0.2, 0.4)  # the 4-trial DPO beta sweep
-
 
 # --------------------------------------------------------------------------- configs and caches
 
@@ -70,8 +67,10 @@ def run_ours_loop(cfg) -> dict:
             "step_seconds": t["train_seconds"] / cfg.train.max_steps}
 
 
-def bare_step_seconds(cfg, steps: int) -> float:
-    """A bare LM step (forward, cross-entropy, backward, AdamW) on our loop's concatenated batches."""
+def bare_step_times(cfg, steps: int, compiled: bool = False) -> list[float]:
+    """Seconds of each bare LM step (forward, cross-entropy, backward, AdamW) on our loop's
+    concatenated batches; `compiled`: the policy under `torch.compile` (dynamic shapes, as packed
+    rows change length every step), its first step paying for the compilation."""
     from alignbench.training.loop import make_optimizer
     from alignbench.training.setup import prepare
 
@@ -80,16 +79,19 @@ def bare_step_seconds(cfg, steps: int) -> float:
     policy = prepared.models.policy
     policy.train()
     optimizer, _ = make_optimizer(cfg, [p for p in policy.parameters() if p.requires_grad], cfg.method.lr)
-    t0 = time.perf_counter()
+    forward = torch.compile(policy, dynamic=True) if compiled else policy
+    times = []
     for inputs in batches:
+        t0 = time.perf_counter()
         ids = inputs["input_ids"]
-        logits = policy(**inputs, use_cache=False).logits
+        logits = forward(**inputs, use_cache=False).logits
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                                  ids[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return (time.perf_counter() - t0) / steps
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def _loop_batches(cfg, prepared, steps: int) -> list[dict]:
@@ -124,16 +126,14 @@ def measure_throughput(args, sizes) -> dict:
     cfg = compose(args, f"train.max_steps={steps}", "eval.every_n_steps=0", "eval.n_prompts=4",
                   "eval.max_new_tokens=4")
     prepared = prepare(cfg)  # models.load_models on the composed config; warms the SFT model, pairs, caches
-    tokenizer, records = prepared.models.tokenizer, prepared.train_records
+    records = prepared.train_records
     sft = sft_model_path(cfg, prepared.models)
-    from transformers import AutoModelForCausalLM
-
     ours, trl_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
+        pairs = write_pairs_file(records, prepared.models.tokenizer, Path(tmp) / "pairs.jsonl")
         for _ in range(sizes["rounds"]):
             ours.append(run_ours_loop(cfg))
-            model = AutoModelForCausalLM.from_pretrained(sft, use_safetensors=True)
-            trl_runs.append(run_trl(cfg, model, copy.deepcopy(tokenizer), records, steps, cfg.method.beta, tmp))
+            trl_runs.append(run_trl(cfg, sft, pairs, Path(tmp) / "datasets", steps, cfg.method.beta, tmp))
     best_ours = max(r["pairs_per_second"] for r in ours)
     best_trl = max(r["pairs_per_second"] for r in trl_runs)
     return {"dpo_throughput_vs_trl": best_ours / best_trl,
@@ -144,65 +144,15 @@ def measure_throughput(args, sizes) -> dict:
 
 
 def measure_step(args, cfg, sizes) -> dict:
-    """Our DPO step time / a bare forward+backward step on the same batches, alternating rounds, best of each."""
+    """Our DPO step time / a bare eager forward+backward step on the same batches, alternating rounds,
+    best of each. Our step runs as the loop does by default (`train.compile`)."""
     ours, bare = [], []
     for _ in range(sizes["rounds"]):
         ours.append(run_ours_loop(cfg)["step_seconds"])
-        bare.append(bare_step_seconds(cfg, cfg.train.max_steps))
+        bare.append(sum(bare_step_times(cfg, cfg.train.max_steps)) / cfg.train.max_steps)
     return {"dpo_step_vs_forward_backward": min(ours) / min(bare),
             "ours_step_seconds": min(ours), "bare_step_seconds": min(bare),
             "raw_ours_step_seconds": ours, "raw_bare_step_seconds": bare}
-
-
-def measure_sweep(args, sizes, main_cache: Path, scratch: Path) -> dict:
-    """Trial k of our sweep, then TRL's run k, alternating (so a change in machine load hits both
-    sides alike); our caches carry over from trial to trial exactly as in a sweep worker."""
-    from alignbench.training.setup import prepare
-
-    scratch_cache(main_cache, scratch)
-    steps = sizes["sweep_steps"] or int(compose(args).train.max_steps)  # default: a default trial's budget
-    extra = [f"train.max_steps={steps}", f"cache_dir={main_cache}"]
-    prepared = prepare(compose(args, *extra))  # the same records and the SFT path for TRL (not timed)
-    records, tokenizer = prepared.train_records, prepared.models.tokenizer
-    sft = sft_model_path(compose(args, *extra), prepared.models)
-    del prepared
-    extra[-1] = f"cache_dir={scratch}"  # our sweep starts with cold reference and token caches
-    ours, trl_runs = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for beta in BETAS:
-            cfg = compose(args, *extra, f"method.beta={beta}")
-            ours.append(_our_trial(cfg, beta))
-            trl_runs.append(_trl_trial(cfg, sft, tokenizer, records, steps, beta, tmp))
-    ours_s = sum(r["seconds_without_eval"] for r in ours)
-    trl_s = sum(r["wall_seconds"] for r in trl_runs)
-    return {"sweep_speedup_vs_trl": trl_s / ours_s, "sweep_ours_seconds": ours_s, "sweep_trl_seconds": trl_s,
-            "sweep_trials": len(BETAS), "sweep_steps_per_trial": steps, "sweep_eval": "excluded from both sides",
-            "raw_sweep_ours": ours, "raw_sweep_trl": trl_runs}
-
-
-def _our_trial(cfg, beta: float) -> dict:
-    """One trial of our sweep (`training.run.train`), timed, with the evaluation time it included."""
-    from alignbench.tracking.null import NullTracker
-    from alignbench.training.run import train
-
-    t0 = time.perf_counter()
-    result = train(cfg, NullTracker())
-    wall = time.perf_counter() - t0
-    t = result.timings
-    return {"beta": beta, "wall_seconds": wall, "eval_seconds": t["eval_seconds"],
-            "setup_seconds": t["setup_seconds"], "ref_seconds": t["ref_seconds"],
-            "train_seconds": t["train_seconds"], "seconds_without_eval": wall - t["eval_seconds"]}
-
-
-def _trl_trial(cfg, sft: Path, tokenizer, records, steps: int, beta: float, out_dir: str) -> dict:
-    """One TRL run as a TRL user's sweep does it: load the SFT model, then set up and train, timed."""
-    from transformers import AutoModelForCausalLM
-
-    t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(sft, use_safetensors=True)
-    r = run_trl(cfg, model, copy.deepcopy(tokenizer), records, steps, beta, out_dir)
-    r.update(beta=beta, wall_seconds=time.perf_counter() - t0)
-    return r
 
 
 def measure_overhead(args, sizes, workdir: Path) -> dict:
@@ -218,7 +168,7 @@ def measure_overhead(args, sizes, workdir: Path) -> dict:
     share = 1 - (t["train_seconds"] + t["eval_seconds"]) / t["total_seconds"]
     out = {"overhead_share": share, "smoke_timings": dict(t), "smoke_overrides": sizes["smoke"]}
     uri = f"sqlite:///{workdir / 'bench_mlflow.db'}"
-    with tracking.tracked_run("bench-warmup", uri=uri) as tracker:  # creates the store (not timed)
+    with tracking.tracked_run("bench", uri=uri) as tracker:  # the store and experiment, as a sweep's trials find them
         tracker.log_metrics({"x": 1.0}, 0)
     t0 = time.perf_counter()
     with tracking.tracked_run("bench", uri=uri, tags={"method": "dpo"}) as tracker:

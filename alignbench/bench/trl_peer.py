@@ -1,20 +1,47 @@
 """The TRL peer of `alignbench bench`: the same pairs and training settings as our DPO loop, run
-through `trl.DPOTrainer` and timed from `on_train_begin` to `on_train_end`. TRL is imported here
-only (a test/benchmark dependency, never used by the core package)."""
+through `trl.DPOTrainer` the way a TRL user runs it, and timed from `on_train_begin` to
+`on_train_end`. TRL is imported here only (a bench/test dependency, never used by the core package).
+
+As a TRL user does, each run loads the pairs from a file on disk through `datasets.load_dataset`
+with the `datasets` cache on, and its model with `from_pretrained`. TRL then caches its
+tokenised data set and its precomputed reference log-probs under the data set's fingerprint
+(and the model's hash): runs after the first on the same file and model are cache hits, which
+`run_trl` reports as `reference_cache_hit` (no new cache file was written while it set up)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+TRL_MISSING = 'bench compares against TRL, which is not installed: pip install -e ".[bench]"'
 
-def trl_dataset(records, tokenizer):
-    """The same pairs as TRL's standard text format: [BOS] in the prompt text, EOS added by TRL."""
-    from datasets import Dataset
 
+def trl_available() -> bool:
+    """Whether TRL imports (the `bench` extra is installed)."""
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_pairs_file(records, tokenizer, path: Path) -> Path:
+    """The pairs as a TRL user's .jsonl (standard text format): [BOS] in the prompt text, EOS added by TRL."""
     bos = tokenizer.bos_token or ""
-    return Dataset.from_list([{"prompt": bos + r.prompt, "chosen": r.chosen, "rejected": r.rejected}
-                              for r in records])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps({"prompt": bos + r.prompt, "chosen": r.chosen, "rejected": r.rejected}) + "\n")
+    return path
+
+
+def load_pairs(path: Path, cache_dir: Path):
+    """The pairs file through `datasets.load_dataset` (caching on, its cache in `cache_dir`)."""
+    import datasets
+
+    datasets.enable_caching()
+    return datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(cache_dir))
 
 
 def trl_config(cfg, out_dir: str, max_steps: int, beta: float):
@@ -51,24 +78,39 @@ def trl_train_timer():
     return Timer()
 
 
-def run_trl(cfg, model, tokenizer, records, max_steps: int, beta: float, out_dir: str) -> dict:
-    """One TRL DPOTrainer run; seconds of set-up (tokenise + reference precompute) and of training."""
+def _cache_files(dataset) -> set[str]:
+    """The .arrow files in the data set's cache directory (TRL's tokenised and reference caches land there)."""
+    folders = {Path(f["filename"]).parent for f in dataset.cache_files}
+    return {str(p) for d in folders for p in d.glob("*.arrow")}
+
+
+def run_trl(cfg, model_path: Path, pairs_file: Path, datasets_cache: Path, max_steps: int, beta: float,
+            out_dir: str) -> dict:
+    """One TRL DPOTrainer run as a TRL user runs it: load the model and tokenizer, load the pairs
+    file, set up (tokenise, precompute or reuse the reference log-probs), train. Seconds of the
+    loading, of the set-up and of the training steps, and whether the reference log-probs came
+    from TRL's cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback
     from trl import DPOTrainer
 
     timer = trl_train_timer()
     t0 = time.perf_counter()
-    trainer = DPOTrainer(model=model, args=trl_config(cfg, out_dir, max_steps, beta),
-                         train_dataset=trl_dataset(records, tokenizer), processing_class=tokenizer,
-                         callbacks=[timer])
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # TRL still logs every logging_steps, into trainer.state
+    model = AutoModelForCausalLM.from_pretrained(model_path, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    dataset = load_pairs(pairs_file, datasets_cache)
+    before = _cache_files(dataset)
     t1 = time.perf_counter()
-    trainer.train()
+    trainer = DPOTrainer(model=model, args=trl_config(cfg, out_dir, max_steps, beta), train_dataset=dataset,
+                         processing_class=tokenizer, callbacks=[timer])
+    trainer.remove_callback(PrinterCallback)  # TRL still logs every logging_steps, into trainer.state
+    hit = _cache_files(dataset) == before
     t2 = time.perf_counter()
+    trainer.train()
+    t3 = time.perf_counter()
     train_s = timer.end - timer.begin
-    return {"setup_seconds": t1 - t0, "train_seconds": train_s, "total_seconds": t2 - t0,
-            "pairs_per_second": max_steps * cfg.train.batch_size / train_s}
+    return {"load_seconds": t1 - t0, "setup_seconds": t2 - t1, "train_seconds": train_s, "total_seconds": t3 - t0,
+            "pairs_per_second": max_steps * cfg.train.batch_size / train_s, "reference_cache_hit": hit}
 
 
 def sft_model_path(cfg, models) -> Path:

@@ -18,7 +18,7 @@ from alignbench.models.generation import sample
 def builtin_pairs(cfg, models, split: str, n: int) -> list[PreferenceRecord]:
     """n preference pairs on `split`'s prompts: two SFT samples per prompt, Bradley-Terry labelled."""
     d, task_seed = cfg.data, cfg.task_seed
-    key = cache.content_key("builtin-pairs-v2", models.key, split, n, d.bt_temperature, d.sample_max_new_tokens,
+    key = cache.content_key("builtin-pairs-v3", models.key, split, n, d.bt_temperature, d.sample_max_new_tokens,
                             task_seed, cfg.train.max_prompt_length)
 
     def write(path):
@@ -35,5 +35,6 @@ def builtin_pairs(cfg, models, split: str, n: int) -> list[PreferenceRecord]:
             rows.append({"prompt": p, "chosen": ra if a_wins else rb, "rejected": rb if a_wins else ra})
         (path / "pairs.json").write_text(json.dumps(rows))
 
-    path, _ = cache.cached(cfg.cache_dir, "builtin_pairs", key, write)
-    return [PreferenceRecord(**r) for r in json.loads((path / "pairs.json").read_text())]
+    def read(path):
+        return [PreferenceRecord(**r) for r in json.loads((path / "pairs.json").read_text())]
+    return cache.load_cached(cfg.cache_dir, "builtin_pairs", key, write, read)[0]

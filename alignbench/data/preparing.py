@@ -1,7 +1,9 @@
-"""Preparing a hub or local data set for a method. First `read_split_rows` reads the rows and
-splits them BY PROMPT into train / validation / test (seeded by task_seed, before anything is
-trained: the built-in model's SFT corpus comes from the train rows only); then
-`load_preference_data` parses and filters each set, counts and logs what was dropped, and gives
+"""Preparing a hub or local data set for a method. First `read_split_rows` reads the rows, drops
+rows too large to be a conversation (`measuring.drop_huge_rows`) and splits the rest BY PROMPT
+into train / validation / test (seeded by task_seed, before anything is trained: the built-in
+model's SFT corpus, `sft_corpus`, comes from the train rows only); then `load_preference_data`
+parses each set, bounds it in characters and then in tokens (dropping or left-truncating long
+prompts as `data.long_prompts` says), counts and logs what was dropped or cut, and gives
 `PreparedData`. Also `split_records` (the same split over records), `to_unpaired`
 (pairs -> KTO examples) and `require_enough`. The built-in task makes its records in
 `alignbench.data.builtin_task`."""
@@ -13,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
+from alignbench.data.measuring import LengthLimits, bound_characters, drop_huge_rows
 from alignbench.data.parsing import detect_rows_format, parse_rows, row_prompt
 from alignbench.data.reading import cfg_value, read_rows, read_split
 from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord
@@ -76,14 +79,18 @@ def distinct_prompts(records: list) -> list[str]:
     return list(dict.fromkeys(r.prompt for r in records))
 
 
-def log_drops(drops: Counter, total: int, logger=None, prefix: str = "data") -> dict[str, int]:
-    """Logs kept/dropped counts (logger.info, or print) and returns them as metrics:
-    {'data/total': 100, 'data/kept': 97, 'data/dropped/empty_response': 3}."""
-    dropped = sum(drops.values())
+def log_drops(drops: Counter, total: int, logger=None, prefix: str = "data",
+              truncated: Counter | None = None) -> dict[str, int]:
+    """Logs kept/dropped (and cut) counts (logger.info, or print) and returns them as metrics:
+    {'data/total': 100, 'data/kept': 97, 'data/dropped/empty_response': 3, 'data/truncated/prompt': 40}."""
+    dropped, truncated = sum(drops.values()), truncated or Counter()
     metrics = {f"{prefix}/total": total, f"{prefix}/kept": total - dropped}
     metrics.update({f"{prefix}/dropped/{reason}": n for reason, n in sorted(drops.items())})
+    metrics.update({f"{prefix}/truncated/{part}": n for part, n in sorted(truncated.items())})
     detail = ", ".join(f"{reason}={n}" for reason, n in sorted(drops.items())) or "none"
     message = f"{prefix}: kept {total - dropped} of {total} rows; dropped: {detail}"
+    if truncated:
+        message += "; cut to fit: " + ", ".join(f"{part}={n}" for part, n in sorted(truncated.items()))
     (logger.info if logger is not None else print)(message)
     return metrics
 
@@ -107,6 +114,7 @@ class SplitRows:
     validation: list[dict]
     test: list[dict]
     format: str
+    drops: Counter = field(default_factory=Counter)  # rows dropped before the split (row_too_long)
 
 
 @dataclass
@@ -119,6 +127,7 @@ class PreparedData:
     format: str
     drops: Counter = field(default_factory=Counter)
     metrics: dict[str, int] = field(default_factory=dict)
+    truncated: Counter = field(default_factory=Counter)  # train records cut to fit: prompt (left), response
 
     @property
     def paired(self) -> bool:
@@ -129,17 +138,25 @@ class PreparedData:
         return {"validation": self.validation, "test": self.test}[split]
 
 
-def read_split_rows(data_cfg, seed: int) -> SplitRows:
+def read_split_rows(data_cfg, seed: int, logger=None) -> SplitRows:
     """Read a hub or local `data=` config and split its rows by prompt (seeded by task_seed).
 
     Held out: `data_cfg.eval_split` (hub), halved by prompt into validation and test, when set;
     otherwise `validation_fraction` and `test_fraction` of the prompts."""
     fmt = cfg_value(data_cfg, "format", "auto")
-    rows = read_rows(data_cfg)
+    rows, huge = drop_huge_rows(read_rows(data_cfg), cfg_value(data_cfg, "max_row_chars"))
     if not rows:
-        raise DataError(f"no rows in {cfg_value(data_cfg, 'path')!r}")
+        raise DataError(f"no usable rows in {cfg_value(data_cfg, 'path')!r}"
+                        + (f" ({huge['row_too_long']} over data.max_row_chars)" if huge else ""))
+    if huge:
+        (logger.info if logger is not None else print)(
+            f"data: dropped {huge['row_too_long']} rows over data.max_row_chars={cfg_value(data_cfg, 'max_row_chars')} "
+            "characters before parsing (row_too_long)")
     if fmt == "auto":
-        fmt = detect_rows_format(rows)
+        try:
+            fmt = detect_rows_format(rows)
+        except DataError as e:
+            raise DataError(f"{cfg_value(data_cfg, 'path')}: {e}") from None
 
     def prompt_of(row):
         return row_prompt(row, fmt)
@@ -149,42 +166,69 @@ def read_split_rows(data_cfg, seed: int) -> SplitRows:
         if cfg_value(data_cfg, "source") != "hub":
             raise DataError("data.eval_split is only for hub datasets; use data.validation_fraction and "
                             "data.test_fraction for a local file")
-        validation, test = halve_by_prompt(read_split(data_cfg, eval_split), prompt_of, seed)
-        return SplitRows(rows, validation, test, fmt)
+        held_out_rows, held_out_huge = drop_huge_rows(read_split(data_cfg, eval_split),
+                                                      cfg_value(data_cfg, "max_row_chars"))
+        validation, test = halve_by_prompt(held_out_rows, prompt_of, seed)
+        return SplitRows(rows, validation, test, fmt, huge + held_out_huge)
     train, validation, test = split_by_prompt(rows, prompt_of, float(cfg_value(data_cfg, "validation_fraction", 0.1)),
                                               float(cfg_value(data_cfg, "test_fraction", 0.1)), seed)
-    return SplitRows(train, validation, test, fmt)
+    return SplitRows(train, validation, test, fmt, huge)
 
 
-def _usable_records(rows: list[dict], fmt: str, tokenizer, lengths: tuple[int, int], logger, prefix: str,
-                    held_out_prompts: frozenset = frozenset()) -> tuple[list, Counter, dict[str, int]]:
-    """One set's rows parsed and filtered: (records, drops by reason, the logged drop metrics).
+def parse_bounded(rows: list[dict], fmt: str, tokenizer, limits: LengthLimits) -> tuple[list, Counter]:
+    """Rows parsed into records (the plain rendering, or `tokenizer`'s chat template) with text past any token budget
+    cut or dropped in characters (`measuring.bound_characters`): what every later stage reads."""
+    records, drops = parse_rows(rows, fmt, tokenizer)
+    records, too_long = bound_characters(records, limits)
+    return records, drops + too_long
+
+
+def sft_corpus(rows: SplitRows, limits: LengthLimits, n: int) -> list[tuple[str, str]]:
+    """The built-in model's SFT corpus on a data set: (prompt, preferred response) of the TRAIN rows
+    (the DPO paper's recipe; KTO rows: the desirable completions), in the plain rendering (the model's
+    tokenizer does not exist yet), bounded like every other stage's records, at most `n`."""
+    records, drops = parse_bounded(rows.train, rows.format, None, limits)
+    require_enough(records, 8, drops + rows.drops)  # a file with nothing usable: a clear error before SFT
+    return [(r.prompt, r.chosen) if isinstance(r, PreferenceRecord) else (r.prompt, r.completion)
+            for r in records if getattr(r, "desirable", True)][:n]
+
+
+def _usable_records(rows: list[dict], fmt: str, tokenizer, limits: LengthLimits, logger, prefix: str,
+                    held_out_prompts: frozenset = frozenset(),
+                    dropped_before: Counter | None = None) -> tuple[list, Counter, Counter, dict[str, int]]:
+    """One set's rows parsed and filtered: (records, drops by reason, truncations, the logged metrics).
 
     Records whose prompt is in `held_out_prompts` are dropped (`prompt_in_held_out_set`): rows the
     plain-rendering split kept apart can still meet after a chat template, and a hub's own
     train and test splits can share prompts; neither may be trained on."""
-    records, drops = parse_rows(rows, fmt, tokenizer)
-    records, too_long = filter_records(records, tokenizer, *lengths)
-    drops += too_long
+    records, drops = parse_bounded(rows, fmt, tokenizer, limits)
+    records, too_long, truncated = filter_records(records, tokenizer, limits.max_length, limits.max_prompt_length,
+                                                  limits.long_prompts)
+    drops += too_long + (dropped_before or Counter())
     if held_out_prompts:
         kept = [r for r in records if r.prompt not in held_out_prompts]
         if len(kept) < len(records):
             drops["prompt_in_held_out_set"] += len(records) - len(kept)
         records = kept
-    return records, drops, log_drops(drops, len(rows), logger, prefix)
+    total = len(rows) + sum((dropped_before or Counter()).values())
+    return records, drops, truncated, log_drops(drops, total, logger, prefix, truncated)
 
 
 def load_preference_data(data_cfg, tokenizer, *, max_length: int, max_prompt_length: int, seed: int,
-                         min_records: int = 8, logger=None, rows: SplitRows | None = None) -> PreparedData:
-    """Parse, filter and count drops of each set of `rows` (read and split by `read_split_rows`
-    with `seed` when not given). Raises DataError when fewer than min_records train records
-    remain, or when validation or test has none."""
+                         long_prompts: str = "drop", min_records: int = 8, logger=None,
+                         rows: SplitRows | None = None) -> PreparedData:
+    """Parse, bound, filter and count drops (and cuts) of each set of `rows` (read and split by
+    `read_split_rows` with `seed` when not given). Rows dropped before the split are counted with
+    train's. Raises DataError when fewer than min_records train records remain, or when
+    validation or test has none."""
     rows = rows or read_split_rows(data_cfg, seed)
-    lengths = (max_length, max_prompt_length)
-    validation, _, metrics = _usable_records(rows.validation, rows.format, tokenizer, lengths, logger, "data/validation")
-    test, _, test_metrics = _usable_records(rows.test, rows.format, tokenizer, lengths, logger, "data/test")
+    limits = LengthLimits(max_length, max_prompt_length, long_prompts)
+    validation, _, _, metrics = _usable_records(rows.validation, rows.format, tokenizer, limits, logger,
+                                                "data/validation")
+    test, _, _, test_metrics = _usable_records(rows.test, rows.format, tokenizer, limits, logger, "data/test")
     held_out = frozenset(distinct_prompts(validation + test))
-    train, drops, train_metrics = _usable_records(rows.train, rows.format, tokenizer, lengths, logger, "data", held_out)
+    train, drops, truncated, train_metrics = _usable_records(rows.train, rows.format, tokenizer, limits, logger,
+                                                             "data", held_out, rows.drops)
     require_enough(train, min_records, drops)
     for name, records in (("validation", validation), ("test", test)):
         if not records:
@@ -192,4 +236,4 @@ def load_preference_data(data_cfg, tokenizer, *, max_length: int, max_prompt_len
                             "and data.test_fraction")
     metrics.update(test_metrics | train_metrics)
     metrics.update({"data/train": len(train), "data/validation": len(validation), "data/test": len(test)})
-    return PreparedData(train, validation, test, rows.format, drops, metrics)
+    return PreparedData(train, validation, test, rows.format, drops, metrics, truncated)

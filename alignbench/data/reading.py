@@ -1,9 +1,12 @@
 """Reading preference rows: a hub data set (`datasets.load_dataset`) or a local .jsonl/.json/.parquet/.csv
-file becomes a list of plain dicts, capped at `data.max_rows`. Also `cfg_value`, the one way every
+file becomes a list of plain dicts, capped at `data.max_rows`. A local file that cannot be decoded
+or parsed (not UTF-8, binary, compressed, an array where lines were expected, a broken parquet
+file) is one DataError line naming the file, the line or byte, and what was expected. Also `cfg_value`, the one way every
 data stage reads a `data=` config (dict or OmegaConf node)."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -67,38 +70,96 @@ def _read_local(path: Path) -> list[dict]:
         raise DataError(f"unknown data file type {path.suffix!r} for {path}; use one of {', '.join(LOCAL_SUFFIXES)}")
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    if path.suffix == ".jsonl":
-        rows = _read_json_lines(path)
-    elif path.suffix == ".json":
-        text = path.read_text(encoding="utf-8")
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError:
-            rows = _read_json_lines(path)  # a .json file holding JSON lines
-        if not isinstance(rows, list):
-            raise DataError(f"{path}: expected a JSON list of objects or JSON lines, got a {type(rows).__name__}")
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()  # nested message lists stay plain lists/dicts
-    else:  # .csv: every cell is text; an empty cell is "" (so a blank response counts as empty_response)
+    if path.suffix == ".parquet":
+        rows = _read_parquet(path)
+    elif path.suffix == ".csv":  # every cell is text; an empty cell is "" (so a blank response counts as empty_response)
         import pandas as pd
 
-        rows = pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records")
+        try:
+            rows = pd.read_csv(io.StringIO(_utf8_text(path)), dtype=str, keep_default_na=False).to_dict("records")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise DataError(f"{path}: not readable as CSV ({_first_line(e)}); expected a header row "
+                            "and comma-separated columns") from None
+    elif path.suffix == ".json":
+        rows = _read_json(path, _utf8_text(path))
+    else:
+        rows = _read_json_lines(path, _utf8_text(path))
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise DataError(f"{path}: row {i} is a {type(row).__name__}, expected an object")
+            raise DataError(f"{path}: row {i + 1} is a {type(row).__name__}, expected an object")
     return rows
 
 
-def _read_json_lines(path: Path) -> list[dict]:
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+# Signatures of files that are not text, and what to do about each.
+_NOT_TEXT = ((b"\x1f\x8b", "gzip-compressed data; decompress it first (gunzip -c FILE > rows.jsonl)"),
+             (b"PAR1", "a parquet file; name it .parquet"),
+             (b"PK\x03\x04", "a zip archive; extract the data file from it"))
+
+
+def _utf8_text(path: Path) -> str:
+    """The file's text, or a one-line DataError naming the byte offset (and line) where it stops being
+    UTF-8 text: compressed or binary data, or another encoding such as latin-1."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    for magic, what in _NOT_TEXT:
+        if data.startswith(magic):
+            raise DataError(f"{path}: byte 0: {what}; expected UTF-8 text")
+    head = data[: 1 << 16]
+    control = [i for i, b in enumerate(head) if b < 0x20 and b not in (0x09, 0x0A, 0x0D)]
+    if control and (0 in head or len(control) > len(head) // 100):  # text has no NUL and few control bytes
+        raise DataError(f"{path}: byte {control[0]}: binary data (control byte 0x{head[control[0]]:02x}); "
+                        "expected UTF-8 text")
+    try:
+        return data.decode("utf-8-sig")  # a leading byte-order mark is not part of the first row
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: line {line}, byte {e.start}: 0x{data[e.start]:02x} is not UTF-8; expected UTF-8 text "
+                        "(another encoding, e.g. latin-1? convert it: iconv -f latin1 -t utf-8 FILE > rows.jsonl)"
+                        ) from None
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()  # nested message lists stay plain lists/dicts
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({_first_line(e)})") from None
+
+
+def _read_json(path: Path, text: str) -> list:
+    """A .json file: one JSON list of objects, or JSON lines."""
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError:
+        return _read_json_lines(path, text)  # a .json file holding JSON lines
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON list of objects or JSON lines, got a {type(rows).__name__}")
+    return rows
+
+
+def _read_json_lines(path: Path, text: str) -> list[dict]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if lineno == 1 and line.strip() == "[" or line.lstrip().startswith("[{"):
+                raise DataError(f"{path}:{lineno}: a JSON array; expected one JSON object per line "
+                                "(JSON lines; an array belongs in a .json file)") from None
+            raise DataError(f"{path}:{lineno}: invalid JSON at column {e.colno} ({e.msg}); "
+                            "expected one JSON object per line") from None
+        if not isinstance(row, dict):
+            what = "a JSON array" if isinstance(row, list) else f"a JSON {type(row).__name__}"
+            raise DataError(f"{path}:{lineno}: {what}; expected one JSON object per line")
+        rows.append(row)
     return rows

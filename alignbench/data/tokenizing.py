@@ -1,5 +1,6 @@
 """Tokenising records: token ids with BOS first on prompts and EOS last on responses, the token
-budget (`filter_records` drops what cannot fit), and the right-padded training tensors
+budget (`filter_records` drops what cannot fit and counts what is cut; `fit_prompt` cuts a long
+prompt from the left), and the right-padded training tensors
 (`tokenize_pairs`, `tokenize_unpaired`, `build_sequences`) and left-padded generation prompts
 (`prompt_ids`)."""
 
@@ -45,27 +46,48 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer)
 
 
-def filter_records(records: list, tokenizer, max_length: int, max_prompt_length: int) -> tuple[list, Counter]:
-    """Drops 'prompt_too_long' (prompt incl. BOS > max_prompt_length tokens, or no response
-    token left within max_length) and, for pairs, 'chosen_equals_rejected' when truncation to
-    max_length makes the two sequences identical (their loss would carry no signal)."""
+def fit_prompt(tokens: list[int], max_prompt_length: int, bos: int | None) -> list[int]:
+    """A prompt's tokens cut from the LEFT to `max_prompt_length`: BOS (when it leads) and the last
+    tokens, the turns next to the reply. A prompt that fits is returned as it is."""
+    if len(tokens) <= max_prompt_length:
+        return tokens
+    head = [bos] if bos is not None and tokens[:1] == [bos] else []
+    return head + tokens[len(tokens) - (max_prompt_length - len(head)):]
+
+
+def filter_records(records: list, tokenizer, max_length: int, max_prompt_length: int,
+                   long_prompts: str = "drop") -> tuple[list, Counter, Counter]:
+    """(kept records, drops by reason, truncations by part) under the token budget.
+
+    A prompt over max_prompt_length tokens (BOS included) is dropped ('prompt_too_long') with
+    `long_prompts='drop'`, or kept and counted in truncations['prompt'] with 'truncate_left'
+    (tokenising then keeps its last tokens, `fit_prompt`). A prompt that leaves no response token
+    within max_length is always dropped. Pairs whose responses become identical when cut to
+    max_length are dropped ('chosen_equals_rejected': their loss would carry no signal); a response
+    cut at max_length is counted in truncations['response']."""
     if not records:
-        return [], Counter()
+        return [], Counter(), Counter()
+    bos = tokenizer.bos_token_id
     prompts = prompt_tokens(tokenizer, [r.prompt for r in records])
     paired = isinstance(records[0], PreferenceRecord)
-    if paired:
-        chosen = response_tokens(tokenizer, [r.chosen for r in records])
-        rejected = response_tokens(tokenizer, [r.rejected for r in records])
-    kept, drops = [], Counter()
+    responses = ([response_tokens(tokenizer, [r.chosen for r in records]),
+                  response_tokens(tokenizer, [r.rejected for r in records])] if paired
+                 else [response_tokens(tokenizer, [r.completion for r in records])])
+    kept, drops, truncated = [], Counter(), Counter()
     for i, record in enumerate(records):
         n = len(prompts[i])
-        if n > max_prompt_length or n >= max_length:
+        fitted = len(fit_prompt(prompts[i], max_prompt_length, bos)) if long_prompts == "truncate_left" else n
+        if fitted > max_prompt_length or fitted >= max_length:
             drops["prompt_too_long"] += 1
-        elif paired and chosen[i][: max_length - n] == rejected[i][: max_length - n]:
+            continue
+        room = max_length - fitted
+        if paired and responses[0][i][:room] == responses[1][i][:room]:
             drops["chosen_equals_rejected"] += 1
-        else:
-            kept.append(record)
-    return kept, drops
+            continue
+        truncated["prompt"] += n > max_prompt_length
+        truncated["response"] += any(len(side[i]) > room for side in responses)
+        kept.append(record)
+    return kept, drops, +truncated
 
 
 def build_sequences(prompt_tokens: list[list[int]], completion_tokens: list[list[int]], pad_id: int,
@@ -82,7 +104,7 @@ def build_sequences(prompt_tokens: list[list[int]], completion_tokens: list[list
         room = max_length - len(prompt)
         if room < 1:
             raise DataError(f"a prompt of {len(prompt)} tokens leaves no response token within "
-                            f"max_length={max_length}; run filter_records first")
+                            f"max_length={max_length} (records must pass filter_records before tokenising)")
         sequences.append((prompt, completion[:room]))
     width = max((len(p) + len(c) for p, c in sequences), default=0)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -96,13 +118,11 @@ def build_sequences(prompt_tokens: list[list[int]], completion_tokens: list[list
     return input_ids, attention_mask, response_mask
 
 
-def _checked_prompts(tokenizer, prompts: list[str], max_prompt_length: int) -> list[list[int]]:
-    tokens = prompt_tokens(tokenizer, prompts)
-    longest = max((len(t) for t in tokens), default=0)
-    if longest > max_prompt_length:
-        raise DataError(f"a prompt has {longest} tokens > max_prompt_length={max_prompt_length}; "
-                        "run filter_records first")
-    return tokens
+def _fitted_prompts(tokenizer, prompts: list[str], max_prompt_length: int) -> list[list[int]]:
+    """Prompt tokens, each cut from the left to max_prompt_length (`fit_prompt`): only records
+    kept by `filter_records` with long_prompts=truncate_left are ever cut here."""
+    bos = tokenizer.bos_token_id
+    return [fit_prompt(p, max_prompt_length, bos) for p in prompt_tokens(tokenizer, prompts)]
 
 
 def tokenize_pairs(records: list[PreferenceRecord], tokenizer, max_length: int,
@@ -111,7 +131,7 @@ def tokenize_pairs(records: list[PreferenceRecord], tokenizer, max_length: int,
 
     Keys: chosen_input_ids, chosen_attention_mask, chosen_response_mask, the same for
     rejected_*, and prompt_lengths [N] (prompt tokens incl. BOS)."""
-    prompts = _checked_prompts(tokenizer, [r.prompt for r in records], max_prompt_length)
+    prompts = _fitted_prompts(tokenizer, [r.prompt for r in records], max_prompt_length)
     chosen = response_tokens(tokenizer, [r.chosen for r in records])
     rejected = response_tokens(tokenizer, [r.rejected for r in records])
     ids, attn, resp = build_sequences(prompts + prompts, chosen + rejected, pad_id(tokenizer), max_length)
@@ -128,7 +148,7 @@ def tokenize_unpaired(records: list[UnpairedRecord], tokenizer, max_length: int,
     """KTO examples: input_ids, attention_mask, response_mask, desirable (bool), prompt_lengths,
     plus the untruncated token lists prompt_tokens (BOS first) and completion_tokens (EOS last)
     for building mismatched (prompt_i, completion_j) sequences with `build_sequences`."""
-    prompts = _checked_prompts(tokenizer, [r.prompt for r in records], max_prompt_length)
+    prompts = _fitted_prompts(tokenizer, [r.prompt for r in records], max_prompt_length)
     completions = response_tokens(tokenizer, [r.completion for r in records])
     ids, attn, resp = build_sequences(prompts, completions, pad_id(tokenizer), max_length)
     return {
@@ -143,13 +163,7 @@ def tokenize_unpaired(records: list[UnpairedRecord], tokenizer, max_length: int,
 def prompt_ids(prompts: list[str], tokenizer, max_prompt_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """LEFT-padded ([BOS] prompt) input_ids and attention_mask for generation. A prompt longer than
     max_prompt_length keeps BOS and its last tokens (the ones next to the reply)."""
-    rows = []
-    bos = tokenizer.bos_token_id
-    for p in prompt_tokens(tokenizer, prompts):
-        if len(p) > max_prompt_length:
-            head = [bos] if bos is not None and p[:1] == [bos] else []
-            p = head + p[len(p) - (max_prompt_length - len(head)):]
-        rows.append(p)
+    rows = _fitted_prompts(tokenizer, prompts, max_prompt_length)
     width = max((len(r) for r in rows), default=0)
     input_ids = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -26,6 +26,7 @@ from alignbench import cache
 from alignbench.data import builtin_task as task
 from alignbench.models.generation import response_token_logps, sample
 from alignbench.models.logps import pair_logps  # the loop's own scorer, so eval and training agree
+from alignbench.evaluation.judges import judge_accuracy
 from alignbench.evaluation.stats import win_rate_ci
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,11 @@ class EvalResult:
 
 class Evaluator:
     def __init__(self, cfg, models, judge, prompts: list[str], pref_eval=None, builtin_task: bool = False,
-                 prompts_seen_in_training: int = 0):
+                 prompts_seen_in_training: int = 0, held_out_pairs=None):
         """`prompts`: the distinct held-out prompts; `pref_eval`: optional (tokenized pairs dict,
         reference logps dict) for held-out pair accuracy; `prompts_seen_in_training`: the held-out
-        prompts also trained on (0 for any split alignbench makes), logged with every evaluation."""
+        prompts also trained on (0 for any split alignbench makes), logged with every evaluation;
+        `held_out_pairs`: the held-out preference records the judge's own accuracy is measured on."""
         self.cfg, self.models, self.judge, self.prompts = cfg, models, judge, list(prompts)
         self.samples_per_prompt = int(cfg.eval.get("samples_per_prompt", 1))
         # Prompt-major: the samples of prompt i are rows i*S .. i*S + S-1.
@@ -92,6 +94,7 @@ class Evaluator:
         # across the training seeds of a sweep (every run faces the same reference samples).
         self.seed = cfg.task_seed + 10_007
         self.reference = self._reference_side()
+        self.judge_metrics = judge_accuracy(judge, list(held_out_pairs or []))  # fixed for the run: scored once
 
     def _sample(self, model):
         e = self.cfg.eval
@@ -101,9 +104,9 @@ class Evaluator:
 
     def _reference_side(self) -> dict:
         e = self.cfg.eval
-        key = cache.content_key("ref-eval-v2", self.models.key, self.sample_prompts, e.max_new_tokens, e.temperature,
+        key = cache.content_key("ref-eval-v3", self.models.key, self.sample_prompts, e.max_new_tokens, e.temperature,
                                 self.cfg.train.max_prompt_length, self.seed, self.judge.name,
-                                self.cfg.judge.get("path"))
+                                self.cfg.judge.get("path"), getattr(self.judge, "key", None))  # which reward model
 
         def write(path):
             with self.models.reference_model() as ref:
@@ -116,9 +119,9 @@ class Evaluator:
                 side["gold"] = [task.gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses)]
             (path / "reference.json").write_text(json.dumps(side))
 
-        path, hit = cache.cached(self.cfg.cache_dir, "ref_eval", key, write)
-        self.cache_hit = hit
-        return json.loads((path / "reference.json").read_text())
+        side, _, self.cache_hit = cache.load_cached(self.cfg.cache_dir, "ref_eval", key, write,
+                                                    lambda path: json.loads((path / "reference.json").read_text()))
+        return side
 
     def evaluate(self, policy) -> EvalResult:
         t0 = time.time()
@@ -138,6 +141,7 @@ class Evaluator:
             "eval/reference_length": sum(self.reference["lengths"]) / n,
             "eval/prompts_seen_in_training": float(self.prompts_seen_in_training),
         })
+        metrics.update(self.judge_metrics)
         gold = None
         if self.builtin_task:
             gold = scores if self.judge.name == "gold" else [

@@ -1,10 +1,20 @@
-"""Judges score (prompt, response) texts; win rate compares the policy's score with the reference's."""
+"""Judges score (prompt, response) texts; win rate compares the policy's score with the reference's.
+
+A judge is only worth its win rates if it can tell a preferred response from a rejected one:
+`judge_accuracy` measures that on held-out preference pairs (Wilson 95% CI), and the caveats say
+in plain words when its win rates mean nothing or are biased towards one method."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from alignbench import cache
 from alignbench.data import builtin_task as task
+from alignbench.evaluation.stats import win_rate_ci
+
+ONLINE_METHODS = ("ppo", "rloo")
 
 
 class GoldJudge:
@@ -24,6 +34,7 @@ class RewardModelJudge:
     def __init__(self, model, tokenizer, device, batch_size: int = 32, max_length: int = 512):
         self.model, self.tokenizer, self.device = model.eval(), tokenizer, device
         self.batch_size, self.max_length = batch_size, max_length
+        self.key = None  # the saved model's identity (`saved_model_key`): in the key of every cache of its scores
 
     @classmethod
     def from_pretrained(cls, path: str, device, trust_remote_code: bool = False, batch_size: int = 32):
@@ -35,7 +46,9 @@ class RewardModelJudge:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
             model.config.pad_token_id = tokenizer.pad_token_id
-        return cls(model, tokenizer, device, batch_size)
+        judge = cls(model, tokenizer, device, batch_size)
+        judge.key = saved_model_key(path, model)
+        return judge
 
     @torch.no_grad()
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
@@ -46,3 +59,45 @@ class RewardModelJudge:
                                  truncation=True, max_length=self.max_length).to(self.device)
             out += self.model(**enc).logits[:, 0].float().cpu().tolist()
         return out
+
+
+def saved_model_key(path: str, model) -> str:
+    """A saved model's identity: its path, its hub commit and, for a local folder, its files' names,
+    sizes and modification times (a model saved there again is another model)."""
+    folder = Path(path)
+    files = sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else []
+    return cache.content_key("saved-model-v1", str(path), getattr(model.config, "_commit_hash", None), files)
+
+
+def judge_accuracy(judge, pairs) -> dict[str, float]:
+    """How often the judge scores `chosen` above `rejected` on held-out preference pairs (ties 1/2),
+    with its Wilson 95% interval: eval/judge_accuracy, _ci_low, _ci_high, eval/judge_n_pairs ({} without pairs)."""
+    if not pairs:
+        return {}
+    prompts = [p.prompt for p in pairs]
+    chosen = judge.score(prompts, [p.chosen for p in pairs])
+    rejected = judge.score(prompts, [p.rejected for p in pairs])
+    wins = sum(c > r for c, r in zip(chosen, rejected))
+    ties = sum(c == r for c, r in zip(chosen, rejected))
+    accuracy, low, high = win_rate_ci(wins, ties, len(pairs))
+    return {"eval/judge_accuracy": accuracy, "eval/judge_accuracy_ci_low": low, "eval/judge_accuracy_ci_high": high,
+            "eval/judge_n_pairs": float(len(pairs))}
+
+
+def judge_accuracy_caveat(metrics: dict) -> str | None:
+    """The plain warning when the judge's held-out accuracy interval includes 0.5 (None otherwise)."""
+    low, high = metrics.get("eval/judge_accuracy_ci_low"), metrics.get("eval/judge_accuracy_ci_high")
+    if low is None or high is None or not low <= 0.5 <= high:
+        return None
+    return (f"the judge cannot tell chosen from rejected: its accuracy on {int(metrics['eval/judge_n_pairs'])} "
+            f"held-out preference pairs is {metrics['eval/judge_accuracy']:.3f} (95% CI [{low:.3f}, {high:.3f}] "
+            "includes 0.5), so its win rates mean nothing")
+
+
+def judge_bias_caveat(method: str, judge_name: str, judge_path, reward: str | None) -> str | None:
+    """The warning when the judge is the very reward model an online method optimised (None otherwise)."""
+    if method in ONLINE_METHODS and judge_name == "reward_model" and str(judge_path) == "trained" and reward == "model":
+        return (f"the judge is the reward model {method} trained against (judge.path=trained): its win rates are "
+                f"biased in {method}'s favour")
+    return None

@@ -8,11 +8,16 @@ eqs. 7-8, as in TRL's `KTOTrainer(loss_type="kto")`:
 
 z0 is the paper's reference point, a biased but low-variance estimate of KL(pi_theta || pi_ref)
 from (prompt_i, completion_j), j != i, pairs in the same batch; no gradient flows through it.
+Under DDP each process holds a slice of the batch, so the per-process mean is averaged over the
+processes before the clamp (`mean_across_processes`, accelerate's `reduce`; TRL gathers the same
+means), and every process uses the whole batch's z0. Slices of equal size make that the mean over
+the whole batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -48,14 +53,20 @@ def kto_loss(
     beta: float,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
+    mean_across_processes: Callable[[Tensor], Tensor] | None = None,
 ) -> KTOOutput:
     """KTO loss per example. `policy_logps`, `ref_logps`: [B] summed log-probs of (x_i, y_i);
     `desirable`: [B] bool; `*_kl_logps`: [K] summed log-probs of mismatched pairs (see
-    `mismatched_indices`), or None / empty when the batch cannot form them (z0 = 0 then)."""
+    `mismatched_indices`), or None / empty when the batch cannot form them (z0 = 0 then);
+    `mean_across_processes`: averages this process's mean mismatched log-ratio with the other
+    processes' (None: one process)."""
     if policy_kl_logps is None or ref_kl_logps is None or policy_kl_logps.numel() == 0:
         kl = policy_logps.new_zeros(())
     else:
-        kl = (policy_kl_logps - ref_kl_logps).mean().clamp(min=0).detach()
+        kl = (policy_kl_logps - ref_kl_logps).mean().detach()
+        if mean_across_processes is not None:
+            kl = mean_across_processes(kl)
+        kl = kl.clamp(min=0)
     logratios = policy_logps - ref_logps
     desirable = desirable.to(torch.bool)
     desirable_losses = desirable_weight * (1 - torch.sigmoid(beta * (logratios - kl)))

@@ -1,8 +1,13 @@
 """Policy, reference and tokenizer: the built-in tiny model (`builtin`, its SFT stage cached) or a hub model.
 
 Hub models load through `from_pretrained` with safetensors only and `trust_remote_code` off
-unless the config asks for it; LoRA adapters through peft, in which case the reference is the
-same base model with the adapters disabled (no second copy in memory).
+unless the config asks for it; SFT first when `model.sft.enabled` (on the data's preferred
+responses, cached like the built-in model's); LoRA adapters through peft, in which case the
+reference is the same base model with the adapters disabled (no second copy in memory).
+
+The reference runs at the policy's precision: with bf16 the policy runs under accelerate's bf16
+autocast, and `Models.reference_model` enters the same autocast, so at step 0 (policy ==
+reference) log-ratios and the sampled KL are exactly 0.
 """
 
 from __future__ import annotations
@@ -31,17 +36,24 @@ class Models:
     key: str  # content key of the reference model: every cache of reference outputs uses it
     device: torch.device
     padding_free: bool = False  # score sequences packed several to a row (`logps.packed_sequence_logps`)
+    autocast_dtype: torch.dtype | None = None  # bf16: the policy's autocast (accelerate's), the reference's too
+
+    def autocast(self):
+        """The policy's precision as a context: bf16 autocast on the run's device, or nothing (fp32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @contextlib.contextmanager
     def reference_model(self):
-        """The frozen reference, in eval mode, without gradients."""
+        """The frozen reference, in eval mode, without gradients, at the policy's precision."""
         if self.reference is not None:
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 yield self.reference
             return
         was_training = self.policy.training
         self.policy.eval()
-        with torch.no_grad(), self.policy.disable_adapter():
+        with torch.no_grad(), self.autocast(), self.policy.disable_adapter():
             yield self.policy
         self.policy.train(was_training)
 
@@ -72,20 +84,23 @@ def load_builtin(cfg, sft_examples: list[tuple[str, str]], corpus_id: str, devic
         texts = [p + r for p, r in examples]
         tokenizer = train_tokenizer(texts, cfg.model.vocab_size)
         model = build_tiny_model(cfg.model, tokenizer, cfg.task_seed)  # the reference model: fixed across training seeds
-        stats = sft_train(model, tokenizer, examples, cfg.model.sft, cfg.train.max_length, device, cfg.task_seed)
+        stats = sft_train(model, tokenizer, examples, cfg.model.sft, cfg.train.max_length, device, cfg.task_seed,
+                          cfg.train.max_prompt_length, cfg.data.get("long_prompts") or "drop")
         log.info("SFT done: loss %.3f in %.1fs", stats["sft/final_loss"], stats["sft/seconds"])
         model.save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
         (path / "sft_stats.json").write_text(json.dumps(stats))
 
-    path, hit = cache.cached(cfg.cache_dir, "sft", key, write)
+    def read(path: Path):
+        if _LOADED.get("key") != key:  # a sweep worker reads the SFT model from disk once, then copies it
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+            _LOADED.clear()
+            _LOADED.update(key=key, model=model.eval(), tokenizer=tokenizer)
+
+    _, path, hit = cache.load_cached(cfg.cache_dir, "sft", key, write, read)  # a broken entry is rebuilt
     if hit:
         log.info("SFT stage: cache hit %s", path)
-    if _LOADED.get("key") != key:  # a sweep worker reads the SFT model from disk once, then copies it
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
-        _LOADED.clear()
-        _LOADED.update(key=key, model=model.eval(), tokenizer=tokenizer)
     return copy.deepcopy(_LOADED["model"]), copy.deepcopy(_LOADED["tokenizer"]), key, path
 
 
@@ -95,38 +110,66 @@ _LOADED: dict = {}  # the last built-in SFT model loaded in this process (~1 MB)
 
 # --------------------------------------------------------------------------- hub models
 
-def load_hub(cfg, device, dtype):
+def hub_from_pretrained(path, dtype, trust: bool, revision=None):
+    """(causal LM, tokenizer with a pad token) from a hub id or a local folder, safetensors only."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    trust = bool(cfg.model.get("trust_remote_code", False))
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=trust)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust, revision=revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
-        cfg.model.path, dtype=dtype, use_safetensors=True, trust_remote_code=trust)
-    key = cache.content_key("hub-v1", cfg.model.path, str(dtype), cfg.model.get("revision"))
-    return model, tokenizer, key
+        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust, revision=revision)
+    return model, tokenizer
+
+
+def load_hub(cfg, device, dtype, sft_examples=None, corpus_id: str = ""):
+    """(model, tokenizer, key) of a hub model; when `model.sft.enabled` and there are SFT examples
+    (a list, or a callable built only on a cache miss), the model after the SFT stage, which is
+    trained in fp32 once and cached (safetensors) under a key of everything that determines it."""
+    trust, revision = bool(cfg.model.get("trust_remote_code", False)), cfg.model.get("revision")
+    if not (cfg.model.sft.enabled and sft_examples):
+        model, tokenizer = hub_from_pretrained(cfg.model.path, dtype, trust, revision)
+        return model, tokenizer, cache.content_key("hub-v1", cfg.model.path, str(dtype), revision)
+    t = cfg.train
+    key = cache.content_key("hub-sft-v3", cfg.model.path, revision, corpus_id, cfg.model.sft, cfg.task_seed,
+                            t.max_length, t.max_prompt_length, cfg.data.get("long_prompts") or "drop")
+
+    def write(path: Path):
+        log.info("SFT stage: training %s (cached afterwards under %s)", cfg.model.path, key)
+        model, tokenizer = hub_from_pretrained(cfg.model.path, torch.float32, trust, revision)
+        examples = sft_examples() if callable(sft_examples) else sft_examples
+        stats = sft_train(model, tokenizer, examples, cfg.model.sft, t.max_length, device, cfg.task_seed,
+                          t.max_prompt_length, cfg.data.get("long_prompts") or "drop")
+        log.info("SFT done: loss %.3f in %.1fs", stats["sft/final_loss"], stats["sft/seconds"])
+        model.save_pretrained(path, safe_serialization=True)
+        tokenizer.save_pretrained(path)
+        (path / "sft_stats.json").write_text(json.dumps(stats))
+
+    (model, tokenizer), path, hit = cache.load_cached(cfg.cache_dir, "sft", key, write,
+                                                      lambda path: hub_from_pretrained(path, dtype, trust))
+    if hit:
+        log.info("SFT stage: cache hit %s", path)
+    return model, tokenizer, cache.content_key(key, str(dtype))
 
 
 def load_models(cfg, sft_examples=None, corpus_id: str = "") -> Models:
     """Policy + reference + tokenizer on the configured device (before any preference training).
 
     `sft_examples`: (prompt, response) pairs, or a callable returning them (called only when the
-    SFT stage actually runs, so a cache hit does not build the corpus)."""
+    SFT stage actually runs, so a cache hit does not build the corpus). The key names the model
+    and its precision: every cache of reference outputs is keyed on it."""
     device = pick_device(cfg)
-    if callable(sft_examples) and cfg.model.source != "builtin":
-        sft_examples = sft_examples()
     dtype = pick_dtype(cfg, device)
     if cfg.model.source == "builtin":
         base, tokenizer, key, _ = load_builtin(cfg, sft_examples or [], corpus_id, device)
+        if dtype != torch.float32:  # the same SFT model, but reference outputs at another precision
+            key = cache.content_key(key, str(dtype))
     else:
-        base, tokenizer, key = load_hub(cfg, device, dtype)
-        if cfg.model.sft.enabled and sft_examples:
-            key = cache.content_key("hub-sft-v2", key, corpus_id, cfg.model.sft, cfg.task_seed)
-            sft_train(base, tokenizer, sft_examples, cfg.model.sft, cfg.train.max_length, device, cfg.task_seed)
+        base, tokenizer, key = load_hub(cfg, device, dtype, sft_examples, corpus_id)
     base.to(device)
     policy, reference = _policy_and_reference(cfg, base)
-    models = Models(policy=policy, reference=reference, tokenizer=tokenizer, key=key, device=device)
+    models = Models(policy=policy, reference=reference, tokenizer=tokenizer, key=key, device=device,
+                    autocast_dtype=dtype if dtype != torch.float32 else None)
     if cfg.train.padding_free:
         models.padding_free = _packing_agrees(cfg, models)
     return models

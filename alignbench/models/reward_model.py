@@ -56,6 +56,7 @@ class RewardModel(torch.nn.Module):
         self.shift, self.scale = 0.0, 1.0  # normalisation, set after training
         self.stats: dict[str, float] = {}  # rm/pair_accuracy, rm/train_loss, ...
         self.path = None  # cache entry it was loaded from
+        self.key = None  # its content key: part of every cache key that depends on its scores
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Raw (unnormalised) reward [B] at the last non-padding token; works for left padding
@@ -186,13 +187,16 @@ def train_reward_model(cfg, models, train_records) -> RewardModel:
 
 
 def load_or_train_reward_model(cfg, models, train_records) -> RewardModel:
-    """The reward-model stage, cached under a key of the SFT model, the pairs, the RM config,
-    the task seed (the reward model is fixed like the preference data: every training seed and
-    every method that uses it gets the same one) and the max length; a hit loads the weights (safetensors) and skips training."""
+    """The reward-model stage, cached under a key of everything that determines it: the SFT model
+    (and its precision), the pairs, the RM config, the task seed (the reward model is fixed like the
+    preference data: every training seed and every method that uses it gets the same one), the
+    lengths it tokenises to and the shared optimiser settings; a hit loads the weights
+    (safetensors) and skips training. That key is the model's identity (`RewardModel.key`)."""
     from safetensors.torch import load_model, save_model
 
-    rc = _rm_config(cfg)
-    key = cache.content_key("rm-v2", models.key, cache.records_digest(train_records), rc, cfg.task_seed, cfg.train.max_length)
+    rc, t = _rm_config(cfg), cfg.train
+    key = cache.content_key("rm-v3", models.key, cache.records_digest(train_records), rc, cfg.task_seed,
+                            t.max_length, t.max_prompt_length, t.adam_betas, t.weight_decay, t.max_grad_norm)
 
     def write(path):
         rm = train_reward_model(cfg, models, train_records)
@@ -200,11 +204,14 @@ def load_or_train_reward_model(cfg, models, train_records) -> RewardModel:
         meta = {"shift": rm.shift, "scale": rm.scale, "stats": rm.stats, "config": rc}
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
 
-    path, hit = cache.cached(cfg.cache_dir, "reward_model", key, write)
-    rm = build_reward_model(cfg, models)
-    load_model(rm, str(path / "reward_model.safetensors"), device=str(models.device))
-    meta = json.loads((path / "meta.json").read_text())
-    rm.shift, rm.scale, rm.stats, rm.path = meta["shift"], meta["scale"], meta["stats"], path
+    def read(path):
+        rm = build_reward_model(cfg, models)
+        load_model(rm, str(path / "reward_model.safetensors"), device=str(models.device))
+        meta = json.loads((path / "meta.json").read_text())
+        rm.shift, rm.scale, rm.stats, rm.path, rm.key = meta["shift"], meta["scale"], meta["stats"], path, key
+        return rm
+
+    rm, path, hit = cache.load_cached(cfg.cache_dir, "reward_model", key, write, read)  # a broken entry is rebuilt
     for p in rm.parameters():
         p.requires_grad_(False)
     rm.eval()

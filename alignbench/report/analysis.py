@@ -227,6 +227,37 @@ def examples(samples: dict[str, pd.DataFrame], methods: list[str], n: int) -> li
     return out
 
 
+def judge_caveats(trials: pd.DataFrame) -> list[str]:
+    """The report's plain warnings about the judge: its held-out accuracy interval includes 0.5 (the
+    first run that logged it; every run of a sweep has the same judge and held-out pairs), or it is
+    the reward model a PPO/RLOO run trained against."""
+    from alignbench.evaluation.judges import judge_accuracy_caveat, judge_bias_caveat
+
+    keys = ("eval/judge_accuracy", "eval/judge_accuracy_ci_low", "eval/judge_accuracy_ci_high", "eval/judge_n_pairs")
+    notes = []
+    for _, row in trials.iterrows():
+        metrics = {k: row.get(f"metrics.{k}") for k in keys}
+        if all(_number(v) is not None for v in metrics.values()):
+            caveat = judge_accuracy_caveat(metrics)
+            notes += [f"Warning: {caveat}."] if caveat else []
+            break
+    for method in sorted(trials["method"].astype(str).unique()):
+        runs = trials[trials["method"].astype(str) == method]
+        first = runs.iloc[0]
+        caveat = judge_bias_caveat(method, str(first.get("params.judge.name")), first.get("params.judge.path"),
+                                   first.get("params.method.reward"))
+        notes += [f"Warning: {caveat}."] if caveat else []
+    return notes
+
+
+def _number(x) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
 def run_metadata(trials, parent, parents, sweep_name, studies, parent_params) -> list[tuple[str, str]]:
     """(label, value) rows saying what was run where: versions, model, data, judge, hardware, times."""
     def uniq(col):

@@ -32,7 +32,7 @@ import pandas as pd
 
 import alignbench
 from alignbench.report.analysis import (IMPORTANCE_METHOD, SAMPLE_COLUMNS, SEARCH_CAVEAT, best_trials, examples,
-                                        headline_rows, hyperparams, importance_caveat, importances,
+                                        headline_rows, hyperparams, importance_caveat, importances, judge_caveats,
                                         length_control_caveat, length_controlled, paired_comparisons, run_metadata)
 from alignbench.report.confirmation import comparable, confirmation_statistics, method_tables
 from alignbench.report.figures import (CURVE_KEYS, Figure, curves_figure, frontier_figure, history_figure,
@@ -40,7 +40,7 @@ from alignbench.report.figures import (CURVE_KEYS, Figure, curves_figure, fronti
 from alignbench.report.formatting import fmt, fmt_p, slug
 from alignbench.report.reading import (SAMPLES_ARTIFACT, NoStudies, column, find_sweep, load_confirmation_runs,
                                        load_samples, load_studies, load_trials, params_of, study_methods_of)
-from alignbench.report.rendering import render_html, render_markdown, write_runs_csv, write_summary
+from alignbench.report.rendering import render_html, render_markdown, render_note, write_runs_csv, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ def build_report(cfg, studies: dict | None = None) -> Path:
     rng_seed = int(_cfg(cfg, "seed", 0) or 0)
     lc, comparisons = _statistics(samples, headline, rng_seed, notes)
     _length_control_note(trials, notes)
+    notes["headline"].extend(judge_caveats(trials))
     confirmation, verdict = _confirmation(client, parents, parent_params, rng_seed, notes)
     shown = _examples_or_note(samples, methods, int(_cfg(cfg, "report.n_examples", 6)), notes)
     metadata = run_metadata(trials, parent, parents, sweep_name, studies, parent_params)
@@ -102,6 +103,8 @@ def build_report(cfg, studies: dict | None = None) -> Path:
                    version=alignbench.__version__)
     _write_files(out, trials, context)
     client.log_artifacts(context["parent_id"], str(out), "report")
+    # The parent run's description in the MLflow UI: the verdict, the tables and where the report is.
+    client.set_tag(context["parent_id"], "mlflow.note.content", render_note(context, out, str(parent["experiment_id"])))
     log.info("report of sweep %s written to %s and logged on parent run %s", sweep_name, out, context["parent_id"])
     return out
 

@@ -33,6 +33,20 @@ def column(df: pd.DataFrame, name: str) -> pd.Series:
     return df[name] if name in df else pd.Series([None] * len(df), index=df.index, dtype=object)
 
 
+def check_store_exists(name: str | None, uri: str | None) -> None:
+    """LookupError naming the sweep when the tracking store is a SQLite file that does not exist
+    (MLflow would create an empty one, and log about it, just to find nothing in it)."""
+    import mlflow
+
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    uri = mlflow.get_tracking_uri()
+    store = Path(uri[len("sqlite:///"):].split("?")[0]) if uri.startswith("sqlite:///") else None
+    if store is not None and not store.exists():
+        asked = f"report.sweep={name}: no such sweep" if name is not None else "no sweep to report on"
+        raise LookupError(f"{asked}: no MLflow store at {uri} (run `alignbench sweep` here first, or set tracking.uri)")
+
+
 def find_sweep(name: str | None):
     """The sweep's parent run(s) as a DataFrame (latest first) and the sweep's name.
 
@@ -41,11 +55,12 @@ def find_sweep(name: str | None):
     """
     import mlflow
 
+    uri = mlflow.get_tracking_uri()
+    asked = f"report.sweep={name}: no such sweep" if name is not None else "no sweep"
     parents = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`alignbench.role` = 'sweep'",
                                  order_by=["attributes.start_time DESC"])
     if parents.empty:
-        raise LookupError(f"no sweep found in MLflow at {mlflow.get_tracking_uri()} "
-                          "(run `alignbench sweep` first, or set tracking.uri)")
+        raise LookupError(f"{asked}: MLflow at {uri} holds no sweep (run `alignbench sweep` first, or set tracking.uri)")
     exp_names = {e.experiment_id: e.name for e in mlflow.search_experiments()}
     parents["experiment_name"] = parents["experiment_id"].map(exp_names)
     parents["sweep_name"] = column(parents, "tags.sweep.name").fillna(
@@ -58,8 +73,7 @@ def find_sweep(name: str | None):
                       | (parents["experiment_name"] == f"sweep-{name}")]
         if hit.empty:
             known = ", ".join(sorted(set(parents["sweep_name"].astype(str))))
-            raise LookupError(f"report.sweep={name}: no such sweep in MLflow at {mlflow.get_tracking_uri()} "
-                              f"(known: {known})")
+            raise LookupError(f"report.sweep={name}: no such sweep in MLflow at {uri}; the sweeps there: {known}")
     # Every parent run of the chosen sweep (an interrupted sweep resumed later has several).
     first = hit.iloc[0]
     chosen = hit[(hit["experiment_id"] == first["experiment_id"]) & (hit["sweep_name"] == first["sweep_name"])]

@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from alignbench.tracking import store
+
 TEMPLATES = Path(__file__).parent / "templates"
 RUNS_CSV_TAGS = ("tags.failure_reason", "tags.mlflow.runName")
+NOTE_LIMIT = 7800  # MLflow keeps tag values up to 8000 characters
 
 
 def md_cell(s) -> str:
@@ -36,6 +39,14 @@ def render_html(context: dict) -> str:
 def render_markdown(context: dict) -> str:
     # No autoescape: the `md` filter escapes each cell; the file ends with a newline.
     return _render("report.md.j2", context, autoescape=False, keep_trailing_newline=True)
+
+
+def render_note(context: dict, report_dir: Path, experiment_id: str) -> str:
+    """The parent run's description (`mlflow.note.content`) once the report exists: the verdict, the
+    confirmation and search tables, the report's path. Replaces the one the sweep wrote."""
+    note = _render("note.md.j2", dict(context, report_path=str(Path(report_dir).resolve() / "report.html"),
+                                      runs_view=store.view_path(experiment_id)), autoescape=False)
+    return note[:NOTE_LIMIT]
 
 
 def write_runs_csv(trials: pd.DataFrame, path: Path) -> None:

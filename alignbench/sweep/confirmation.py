@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from alignbench.sweep.budget import count, discard, too_many_failures
 from alignbench.sweep.liveness import reap_stale, worker_tag
-from alignbench.sweep.plan import CONFIRM_OVERRIDES, Plan
+from alignbench.sweep.plan import Plan
 from alignbench.sweep.storage import budget_lock
 from alignbench.sweep.studies import best_trial, load_confirm_study, load_study
 from alignbench.sweep.trials import TrialJob, run_trial
@@ -124,18 +124,19 @@ def run_confirmation(plan: Plan, method: str, storage, parent_run_id: str, worke
         if _seed_taken(study, trial, selection):
             discard(study, trial, "over budget: another worker took this seed")
             continue
-        job = confirmation_job(method, trial, selection)
+        job = confirmation_job(plan, method, trial, selection)
         if progress is not None:
             progress.running(job.label, 0, None)
         run_trial(plan, method, study, trial, parent_run_id, progress, job)
 
 
-def confirmation_job(method: str, trial, selection: dict) -> TrialJob:
-    """A confirmation run: the selected params and the seed (Optuna params of the trial), the test split."""
+def confirmation_job(plan: Plan, method: str, trial, selection: dict) -> TrialJob:
+    """A confirmation run: the selected params and the seed (Optuna params of the trial), the test
+    split (`plan.confirm_overrides`)."""
     seed = int(trial.params["seed"])
     return TrialJob(params=dict(trial.params), tags={"alignbench.role": ROLE, "confirmation.seed": seed, **selection},
                     label=f"{method} confirmation seed {seed}", run_name=f"{method}-confirm-seed{seed}",
-                    extra_overrides=list(CONFIRM_OVERRIDES))
+                    extra_overrides=list(plan.confirm_overrides))
 
 
 def _seeds_in(study, selection: dict, state: TrialState) -> set:

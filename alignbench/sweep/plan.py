@@ -4,6 +4,7 @@ is a one-line `ConfigError`. Also composes a trial's config from its overrides."
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import yaml
@@ -13,8 +14,11 @@ from alignbench.config import CONF_DIR, METHODS, ConfigError, compose, validate
 from alignbench.sweep.storage import storage_url
 
 OBJECTIVES = ("win_rate", "pareto")
-CONFIRM_OVERRIDES = ["eval.split=test"]  # confirmation runs are judged on prompts no trial was selected on
+# Confirmation runs are judged on prompts no trial was selected on, once, at the end: nothing is
+# pruned or selected on their intermediate evaluations.
+CONFIRM_OVERRIDES = ["eval.split=test", "eval.every_n_steps=0"]
 PRUNERS = ("median", "none")
+KEEP_POLICIES = ("best", "all", "none")
 
 
 @dataclass
@@ -41,6 +45,8 @@ class Plan:
     started: float = 0.0         # this invocation's start (failures are counted per invocation)
     confirm_seeds: int = 0       # K: the selected trial retrained on seeds seed+1..seed+K (0 = none)
     train_seeds: dict = field(default_factory=dict)  # method -> the search trials' `seed`
+    keep_policies: str = "best"  # whose policy/ artifacts stay: the selected + confirmed runs', all, or none
+    confirm_overrides: list = field(default_factory=list)  # the confirmation runs' overrides: CONFIRM_OVERRIDES + the sweep's
 
     def study_name(self, method: str) -> str:
         return f"{self.experiment}/{method}"
@@ -122,20 +128,46 @@ def plan_sweep(cfg, overrides: list[str] | None = None) -> Plan:
             raise ConfigError(f"sweep.search_space / method_overrides: {m}: unknown method")
     base = list(_container(get("overrides"), []))
     confirm_seeds = _check_confirm_seeds(get("confirm_seeds", 0))
+    confirm_overrides = [*CONFIRM_OVERRIDES, *_container(get("confirm_overrides"), [])]
+    keep_policies = get("keep_policies", "best")
+    if keep_policies not in KEEP_POLICIES:
+        raise ConfigError(f"sweep.keep_policies={keep_policies}: must be best, all or none")
+    no_policy = ["train.save_policy=false"] if keep_policies == "none" else []
+    n_workers, worker_threads = workers_and_threads(get("n_workers", 1), user)
     spaces, trial_overrides, max_steps, train_seeds = {}, {}, {}, {}
     for m in methods:
         spaces[m] = load_space(m, search_keys.get(m))
-        trial_overrides[m] = [f"method={m}", *base, *method_overrides.get(m, []), *user]
-        max_steps[m], train_seeds[m] = _check_trial_configs(m, spaces[m], trial_overrides[m], confirm_seeds)
+        trial_overrides[m] = [f"method={m}", *base, *method_overrides.get(m, []), *user, *no_policy, *worker_threads]
+        max_steps[m], train_seeds[m] = _check_trial_configs(m, spaces[m], trial_overrides[m], confirm_seeds,
+                                                             confirm_overrides)
     track = cfg.tracking
     return Plan(name=name, experiment=get("experiment") or f"sweep-{name}", methods=methods,
                 n_trials=int(get("n_trials")), objective=objective, seed=int(get("seed", cfg.seed)),
                 sampler=_container(get("sampler")), pruner=pruner, storage=storage_url(get("storage")),
                 heartbeat_interval=get("heartbeat_interval"), grace_period=get("grace_period"),
-                n_workers=int(get("n_workers", 1)), max_failures=int(get("max_failures", 3)), spaces=spaces,
+                n_workers=n_workers, max_failures=int(get("max_failures", 3)), spaces=spaces,
                 trial_overrides=trial_overrides,
                 tracking={"uri": track.uri, "async_logging": bool(track.async_logging)}, max_steps=max_steps,
-                confirm_seeds=confirm_seeds, train_seeds=train_seeds)
+                confirm_seeds=confirm_seeds, train_seeds=train_seeds, keep_policies=keep_policies,
+                confirm_overrides=confirm_overrides)
+
+
+def workers_and_threads(n_workers, user: list[str]) -> tuple[int, list[str]]:
+    """`sweep.n_workers` as a number, and the `threads=` override its workers get.
+
+    `auto`: on a CUDA machine one worker (processes on one GPU only contend); on a CPU machine one
+    single-threaded worker per available core. A small model's matrices are too small for torch's
+    intra-op threads to pay: on 2 cores, 2 workers x 1 thread finish a sweep sooner than 1 x 2
+    (measured: README, Performance). A user's own `threads=` is kept."""
+    if n_workers != "auto":
+        return int(n_workers), []
+    import torch
+
+    if torch.cuda.is_available():
+        return 1, []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    user_threads = any(o.split("=", 1)[0].lstrip("+~") == "threads" for o in user)
+    return max(1, cores), ([] if user_threads or cores == 1 else ["threads=1"])
 
 
 def _check_confirm_seeds(value) -> int:
@@ -161,6 +193,8 @@ def _check_objective_and_counts(get) -> str:
         raise ConfigError(f"sweep.objective={objective}: must be win_rate or pareto")
     for key in ("n_trials", "n_workers", "max_failures"):
         value = get(key, 1)
+        if key == "n_workers" and value == "auto":
+            continue
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"sweep.{key}={value}: must be an integer >= 1")
     return objective
@@ -176,7 +210,8 @@ def _pruner(get, objective: str) -> dict:
     return pruner
 
 
-def _check_trial_configs(method: str, space: dict, overrides: list[str], confirm_seeds: int) -> tuple[int, int]:
+def _check_trial_configs(method: str, space: dict, overrides: list[str], confirm_seeds: int,
+                         confirm_overrides: list[str]) -> tuple[int, int]:
     """Validate the method's trial config, at both corners of its space too, and its confirmation
     config; returns its (train.max_steps, seed)."""
     trial_cfg = compose_trial(overrides)
@@ -190,7 +225,7 @@ def _check_trial_configs(method: str, space: dict, overrides: list[str], confirm
                   for k, v in space.items()}
         validate(compose_trial(overrides + param_overrides(values)))
     if confirm_seeds:
-        validate(compose_trial(overrides + [f"seed={int(trial_cfg.seed) + confirm_seeds}", *CONFIRM_OVERRIDES]))
+        validate(compose_trial(overrides + [f"seed={int(trial_cfg.seed) + confirm_seeds}", *confirm_overrides]))
     return int(trial_cfg.train.max_steps), int(trial_cfg.seed)
 
 

@@ -143,6 +143,9 @@ def summarize(plan: Plan, storage, stopped: dict, parent_run_id: str | None) -> 
         search_status, confirm_status = stopped.get(m, ("not run", "not run"))
         entry = {"study": study.study_name, "complete": c.complete, "pruned": c.pruned, "failed": c.failed,
                  "running": c.running, "budget": plan.n_trials, "status": search_status}
+        failures = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        if failures:  # why the last one failed: what a failing sweep's exit message names
+            entry["last_failure"] = str(failures[-1].user_attrs.get("failure_reason", "unknown"))
         if best is not None:
             a = best.user_attrs
             entry["best"] = {"trial": best.number, "split": "validation", "win_rate": a.get("eval/win_rate"),
@@ -180,6 +183,22 @@ def unfinished(summary: dict) -> list[str]:
         elif e.get("confirmation", {}).get("status") in bad:
             out.append(f"{m} (confirmation)")
     return out
+
+
+def shortfall(summary: dict) -> str:
+    """Which methods ended short of their budget, how far and why, in one line (a failing sweep's exit message)."""
+    why = {"failures": "stopped by failures", "incomplete": "its workers did not finish it"}
+    parts = []
+    for m, e in summary["methods"].items():
+        if e["status"] in why:
+            last = e.get("last_failure", "").splitlines()[0][:200] if e.get("last_failure") else ""
+            parts.append(f"{m} {e['complete'] + e['pruned']} of {e['budget']} trials ({why[e['status']]}: "
+                         f"{e['failed']} failed" + (f", the last with {last}" if last else "") + ")")
+        elif e.get("confirmation", {}).get("status") in why:
+            c = e["confirmation"]
+            parts.append(f"{m} confirmation {c['n_seeds']} of {len(c['seeds'])} seeds ({why[c['status']]}: "
+                         f"{c['failed']} failed)")
+    return "; ".join(parts)
 
 
 def print_summary(plan: Plan, storage, summary: dict) -> None:

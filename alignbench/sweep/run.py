@@ -48,14 +48,16 @@ import optuna
 
 from alignbench.sweep.budget import count
 from alignbench.sweep.confirmation import confirmation_of
+from alignbench.sweep.description import sweep_note
 from alignbench.sweep.liveness import heartbeat_stale
 from alignbench.sweep.parent import open_parent_run
 from alignbench.sweep.plan import Plan, plan_sweep
-from alignbench.sweep.progress import Progress, print_summary, summarize, unfinished
+from alignbench.sweep.progress import Progress, print_summary, shortfall, summarize, unfinished
 from alignbench.sweep.storage import make_storage
 from alignbench.sweep.studies import load_study
 from alignbench.sweep.workers import run_worker, run_workers, warm_caches
 from alignbench.tracking import mlflow_runs as tracking
+from alignbench.tracking import store
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,8 @@ def run_sweep(cfg, overrides: list[str] | None = None, live: bool | None = None)
     print_summary(plan, storage, summary)
     failed = unfinished(summary)
     if failed:
-        raise SweepFailed(f"sweep {plan.name}: stopped by failures: {', '.join(failed)} (see the trials' "
-                          f"failure_reason; re-run the same command to retry)", summary)
+        raise SweepFailed(f"sweep {plan.name}: {len(failed)} of {len(plan.methods)} methods ended short of their "
+                          f"budget: {shortfall(summary)}. Re-run the same command to retry them", summary)
     return summary
 
 
@@ -138,9 +140,19 @@ def _run_trials(plan: Plan, storage, parent: str, live: bool | None) -> dict:
 
 
 def _log_summary(tracker, summary: dict) -> None:
+    """The summary on the parent run: `sweep_summary.json`, per-method metrics (`best/<method>/...`,
+    `confirmation/<method>/...`: they sort by kind, then method), the run's description (the
+    summary table, `sweep.description`) and the experiment's saved view, whose columns include
+    the hyperparameters searched."""
     tracker.log_files(documents={"sweep_summary.json": summary})
     for m, e in summary["methods"].items():
-        if "best" in e and e["best"]["win_rate"] is not None:
-            tracker.log_metrics({f"best/{m}/win_rate": e["best"]["win_rate"]}, 0)
+        best = e.get("best") or {}
+        values = {"win_rate": best.get("win_rate"), "win_rate_ci_low": (best.get("win_rate_ci") or [None])[0],
+                  "win_rate_ci_high": (best.get("win_rate_ci") or [None, None])[1], "kl": best.get("kl")}
+        tracker.log_metrics({f"best/{m}/{k}": v for k, v in values.items() if v is not None}, 0)
         if e.get("confirmation", {}).get("mean_win_rate") is not None:
             tracker.log_metrics({f"confirmation/{m}/win_rate": e["confirmation"]["mean_win_rate"]}, 0)
+    experiment_id = tracker.client.get_run(tracker.run_id).info.experiment_id
+    searched = {k for e in summary["methods"].values() for k in (e.get("best") or {}).get("params", {})}
+    store.set_view(tracker.client, experiment_id, sorted(searched))
+    tracker.set_tags({"mlflow.note.content": sweep_note(summary, experiment_id)})

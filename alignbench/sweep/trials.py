@@ -1,7 +1,12 @@
 """One trial of a sweep: sample its params, compose its config, train it inside a child MLflow run
 of the sweep's parent run (reporting `eval/win_rate` at each eval step to the pruner), and tell
 Optuna how it ended (COMPLETE, PRUNED, or FAIL with a `failure_reason` user attr). A confirmation
-run is a trial too, described by its own `TrialJob` (fixed params, a fresh seed, the test split)."""
+run is a trial too, described by its own `TrialJob` (fixed params, a fresh seed, the test split).
+
+A trial killed after a checkpoint (`train.checkpoint_every`) is not started again: the next trial
+with the same params (a search trial is asked again with them: `enqueue_resumable`; a
+confirmation seed is asked again anyway) reopens the killed trial's MLflow run and resumes it from
+its checkpoint (`resumable_run`); the new trial records `alignbench.resumes_trial`."""
 
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ from alignbench.sweep.plan import Plan, compose_trial, param_overrides
 from alignbench.tracking import mlflow_runs as tracking
 
 log = logging.getLogger(__name__)
+
+RESUMABLE = ("stale", "interrupted")  # how a trial ended that a later one may resume (not an error)
+RESUMES = "alignbench.resumes_trial"
 
 # Copied from the final eval onto the Optuna trial, for the summary and the dashboard.
 RESULT_ATTRS = ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl", "eval/kl_per_token",
@@ -111,23 +119,64 @@ def _eval_callback(plan: Plan, method: str, trial, job: TrialJob, progress):
     return on_eval
 
 
+def has_checkpoint(plan: Plan, run_id: str | None) -> bool:
+    from alignbench.training.checkpoint import latest_checkpoint
+
+    return run_id is not None and latest_checkpoint(tracking.open_tracker(run_id, plan.tracking["uri"])) is not None
+
+
+def resumable_run(plan: Plan, study, trial) -> tuple[int, str] | None:
+    """(trial number, MLflow run id) of an earlier trial with this trial's params that was killed
+    after a checkpoint and that no other trial resumes; None when there is none."""
+    trials = study.get_trials(deepcopy=False)
+    taken = {t.user_attrs.get(RESUMES) for t in trials if t.number != trial.number}
+    for t in trials:
+        if (t.state == TrialState.FAIL and t.user_attrs.get("failure_kind") in RESUMABLE and t.number not in taken
+                and t.number != trial.number and t.params == trial.params
+                and has_checkpoint(plan, t.user_attrs.get("mlflow_run_id"))):
+            return t.number, t.user_attrs["mlflow_run_id"]
+    return None
+
+
+def enqueue_resumable(plan: Plan, study) -> None:
+    """Ask the search trials killed after a checkpoint again with their own params (called under
+    the budget lock, before asking), so that `resumable_run` finds and resumes them."""
+    trials = study.get_trials(deepcopy=False)
+    taken = {t.user_attrs.get(RESUMES) for t in trials}
+    for t in trials:
+        if (t.state == TrialState.FAIL and t.user_attrs.get("failure_kind") in RESUMABLE and t.number not in taken
+                and has_checkpoint(plan, t.user_attrs.get("mlflow_run_id"))):
+            study.enqueue_trial(t.params, user_attrs={RESUMES: t.number})
+            log.info("%s: trial %d was killed after a checkpoint: asked again to resume it", study.study_name, t.number)
+
+
 def _train_in_run(plan: Plan, method: str, study, trial, job: TrialJob, parent_run_id: str, on_eval):
-    """Train the trial inside its child MLflow run, which is tagged with how the trial ended."""
+    """Train the trial inside its child MLflow run (the killed run it resumes, if any), which is
+    tagged with how the trial ended. A pruned or failed trial's checkpoint is deleted; an
+    interrupted one's stays, for the trial that resumes it."""
+    from alignbench.training.checkpoint import CHECKPOINTS
     from alignbench.training.run import train
 
     tags = {**job.tags, "sweep.name": plan.name, "method": method,
             "optuna.study": study.study_name, "optuna.trial_number": trial.number}
+    resumed = resumable_run(plan, study, trial)
+    resume_overrides = []
+    if resumed is not None:
+        trial.set_user_attr(RESUMES, resumed[0])
+        tracking.set_run_tags(resumed[1], tags, plan.tracking["uri"])  # this trial's before RUNNING: not an orphan
+        resume_overrides = [f"resume='{resumed[1]}'"]  # quoted: a hex id must stay a string
     with tracking.tracked_run(plan.experiment, run_name=job.run_name, parent_run_id=parent_run_id,
                               tags=tags, async_logging=plan.tracking["async_logging"],
-                              uri=plan.tracking["uri"]) as tracker:
+                              uri=plan.tracking["uri"], run_id=resumed[1] if resumed else None) as tracker:
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
         tracker.log_params(job.params, synchronous=True)  # now, so a run killed during set-up still shows its params
         try:
             overrides = plan.trial_overrides[method] + param_overrides(job.params) + job.extra_overrides
-            trial_cfg = compose_trial(overrides)
+            trial_cfg = compose_trial(overrides + resume_overrides)
             result = train(trial_cfg, tracker, on_eval)
-        except TrialPruned:
-            tracker.set_tags({"optuna.trial_state": "PRUNED"})
+        except (TrialPruned, Exception) as exc:
+            tracker.set_tags({"optuna.trial_state": "PRUNED" if isinstance(exc, TrialPruned) else "FAIL"})
+            tracker.delete_artifacts(CHECKPOINTS)  # never resumed
             raise
         except BaseException:
             tracker.set_tags({"optuna.trial_state": "FAIL"})

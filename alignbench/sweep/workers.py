@@ -19,7 +19,8 @@ from alignbench.sweep.liveness import heartbeat_stale, reap_stale, worker_tag
 from alignbench.sweep.plan import Plan, compose_trial
 from alignbench.sweep.storage import budget_lock, make_storage
 from alignbench.sweep.studies import load_study, make_sampler
-from alignbench.sweep.trials import run_trial
+from alignbench.sweep.policies import prune_policies
+from alignbench.sweep.trials import enqueue_resumable, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def run_method(plan: Plan, method: str, storage, parent_run_id: str, worker: int
                 return "failures"
             if c.done + c.running >= plan.n_trials:
                 return "done"  # the rest is running in other workers; their own loops refill on failure
+            enqueue_resumable(plan, study)
             study.sampler = make_sampler(plan, method, worker, len(study.get_trials(deepcopy=False)))
             trial = study.ask()
             trial.set_user_attr("alignbench.worker", worker_tag())
@@ -56,6 +58,7 @@ def run_worker(plan: Plan, parent_run_id: str, worker: int = 0, progress=None, s
     for m in plan.methods:
         search = run_method(plan, m, storage, parent_run_id, worker, progress)
         stopped[m] = (search, run_confirmation(plan, m, storage, parent_run_id, worker, progress))
+        prune_policies(plan, m, storage)
     return stopped
 
 

@@ -16,6 +16,7 @@ import queue
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -24,19 +25,36 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.time import get_current_time_millis
 
 import alignbench
+from alignbench.tracking import store
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LEN = 6000
 
 
 def set_uri(uri: str | None) -> None:
-    """None keeps MLflow's own default (sqlite:///mlflow.db in the working directory)."""
+    """None keeps MLflow's own default (sqlite:///mlflow.db in the working directory). The first time
+    this process opens a store, `train` runs left RUNNING by a dead process are ended KILLED."""
     if uri:
         mlflow.set_tracking_uri(uri)
-    _create_sqlite_store_once(mlflow.get_tracking_uri())
+    current = mlflow.get_tracking_uri()
+    _create_sqlite_store_once(current)
+    key = _sqlite_path(current) or current
+    if key not in _OPENED_STORES:
+        _OPENED_STORES.add(key)
+        try:
+            store.reap_stale_train_runs(MlflowClient(tracking_uri=current))
+        except mlflow.exceptions.MlflowException as exc:  # a store that cannot be searched still takes runs
+            log.warning("could not look for stale runs in %s: %s", current, exc)
 
 
 _READY_STORES: set = set()
+_OPENED_STORES: set = set()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?")[0]).resolve()  # a relative URI means another file in another cwd
 
 
 def _create_sqlite_store_once(uri: str) -> None:
@@ -46,10 +64,8 @@ def _create_sqlite_store_once(uri: str) -> None:
     instant in a fresh directory (by hand, or Hydra's joblib launcher) race and one fails with
     "table ... already exists". The first one here creates the store while the others wait.
     """
-    if not uri.startswith("sqlite:///"):
-        return
-    db = Path(uri[len("sqlite:///"):].split("?")[0]).resolve()  # a relative URI means another file in another cwd
-    if db in _READY_STORES:
+    db = _sqlite_path(uri)
+    if db is None or db in _READY_STORES:
         return
     import fcntl
 
@@ -74,25 +90,32 @@ def git_commit() -> str | None:
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created with the MLflow UI's tags (`store`), which an existing one gets
+    too when it lacks them."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name)
-    except mlflow.exceptions.MlflowException:  # another worker created it first
-        return client.get_experiment_by_name(name).experiment_id
+    if exp is None:
+        try:
+            return client.create_experiment(name, tags=store.experiment_tags())
+        except mlflow.exceptions.MlflowException:  # another worker created it first
+            exp = client.get_experiment_by_name(name)
+    store.tag_experiment(client, exp)
+    return exp.experiment_id
 
 
 class MlflowTracker:
     """Logs into one MLflow run by id (no global active-run state, so nested runs are explicit).
 
     With `async_logging`, params, tags and metrics go onto a queue that one background thread
-    writes with synchronous `log_batch` calls, coalescing queued metrics into batches; `flush`
-    waits for the queue. Not MLflow's own async queue: its writer polls with a 1-second timeout,
-    so shutting it down at every run's end cost ~1 s per trial (most of a smoke trial).
+    gathers for `WRITE_INTERVAL` seconds and then writes together, params, tags and metrics in
+    one synchronous `log_batch`: a short run's whole record is one round trip, at its end (when
+    `flush` or `close` asks), and the writer does no store work while the run trains. `flush`
+    waits for the queue; `tracked_run` closes the tracker (everything written) before it marks
+    the run ended. Not MLflow's own async queue: its writer polls with a 1-second timeout, so
+    shutting it down at every run's end cost ~1 s per trial (most of a smoke trial).
     """
 
     _STOP = object()
+    WRITE_INTERVAL = 5.0  # seconds: a long run's metrics still reach the store (and the UI) as it goes
 
     def __init__(self, client: MlflowClient, run_id: str, async_logging: bool = True):
         self.client, self.run_id, self.async_logging = client, run_id, async_logging
@@ -101,45 +124,44 @@ class MlflowTracker:
         self._error: BaseException | None = None
 
     # ---- the background writer
-    def _write(self, kind: str, items: list) -> None:
-        if kind == "params":
-            for s in range(0, len(items), 100):  # MLflow's per-batch param limit
-                self.client.log_batch(self.run_id, params=items[s:s + 100], synchronous=True)
-        elif kind == "tags":
-            for s in range(0, len(items), 100):
-                self.client.log_batch(self.run_id, tags=items[s:s + 100], synchronous=True)
-        else:
-            for s in range(0, len(items), 1000):  # the per-batch metric limit
-                self.client.log_batch(self.run_id, metrics=items[s:s + 1000], synchronous=True)
+    def _write(self, params: list = (), tags: list = (), metrics: list = ()) -> None:
+        """Params, tags and metrics in as few `log_batch` calls as MLflow's limits allow (100 params,
+        100 tags, 1000 entities a call); a key logged twice keeps its last value."""
+        params, tags = list({p.key: p for p in params}.values()), list({t.key: t for t in tags}.values())
+        metrics = list(metrics)
+        while params or tags or metrics:
+            p, t = params[:100], tags[:100]
+            params, tags = params[100:], tags[100:]
+            m, metrics = metrics[:1000 - len(p) - len(t)], metrics[1000 - len(p) - len(t):]
+            self.client.log_batch(self.run_id, metrics=m, params=p, tags=t, synchronous=True)
 
     def _worker(self) -> None:
+        pending: dict = {"params": [], "tags": [], "metrics": []}
+        deadline = None  # when the gathered items are written, WRITE_INTERVAL after the first of them
         while True:
-            items = [self._queue.get()]
-            while True:  # take whatever else is queued: consecutive metrics become one batch
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            metrics: list = []
-            for item in items:
-                if isinstance(item, tuple) and item[0] == "metrics":
-                    metrics.extend(item[1])
-                    continue
-                self._safe_write("metrics", metrics)
-                metrics = []
-                if item is self._STOP:
-                    return
-                if isinstance(item, threading.Event):  # a flush marker: all before it is written
-                    item.set()
-                else:
-                    self._safe_write(*item)
-            self._safe_write("metrics", metrics)
+            try:
+                item = self._queue.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                item = None  # the interval is over: write what was gathered
+            if isinstance(item, tuple):
+                pending[item[0]].extend(item[1])
+                deadline = deadline or time.monotonic() + self.WRITE_INTERVAL
+                continue
+            self._safe_write(pending)
+            deadline = None
+            if item is self._STOP:
+                return
+            if isinstance(item, threading.Event):  # a flush marker: all before it is written
+                item.set()
 
-    def _safe_write(self, kind: str, items: list) -> None:
-        if not items or self._error is not None:
+    def _safe_write(self, pending: dict) -> None:
+        items = {kind: values[:] for kind, values in pending.items()}
+        for values in pending.values():
+            values.clear()
+        if self._error is not None or not any(items.values()):
             return
         try:
-            self._write(kind, items)
+            self._write(**items)
         except BaseException as exc:  # reported by the next flush, on the caller's thread
             self._error = exc
 
@@ -147,7 +169,7 @@ class MlflowTracker:
         sync = (not self.async_logging) if synchronous is None else synchronous
         if sync:
             self.flush()  # keep the order of everything logged before
-            self._write(kind, items)
+            self._write(**{kind: items})
             return
         if self._thread is None:
             self._queue = queue.Queue()
@@ -213,6 +235,24 @@ class MlflowTracker:
         if tables:
             self.set_tags({"mlflow.loggedArtifacts": json.dumps([{"path": n, "type": "table"} for n in tables])})
 
+    def log_dir(self, local_dir, artifact_path: str) -> None:
+        """Upload a directory as `artifact_path/` (a saved policy, a checkpoint), after everything queued before it."""
+        self.flush()
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def list_artifacts(self, path: str) -> list[str]:
+        """The artifact paths directly under `path` of this run ([] if none)."""
+        return [f.path for f in self.client.list_artifacts(self.run_id, path)]
+
+    def download_artifacts(self, path: str, dst: str) -> str:
+        import os
+
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar in a run's log
+        return self.client.download_artifacts(self.run_id, path, dst)
+
+    def delete_artifacts(self, path: str) -> bool:
+        return delete_artifacts(self.run_id, path)
+
 
 def standard_tags(extra: dict | None = None) -> dict:
     tags = {"alignbench.version": alignbench.__version__}
@@ -228,11 +268,17 @@ def tracked_run(experiment: str, run_name: str | None = None, parent_run_id: str
                 run_id: str | None = None):
     """An MLflow run whose final status is the truth about how the block ended.
 
-    `run_id` reopens an existing run (a resumed sweep's parent) instead of creating one.
+    `run_id` reopens an existing run (a resumed sweep's parent) instead of creating one. A run
+    without a parent or a role is a `train` run (`alignbench.role=train`); every run records the
+    process that writes it (`store.process_tags`), so a run left RUNNING by a killed process is
+    ended KILLED the next time alignbench opens the store.
     """
     set_uri(uri)
     client = MlflowClient()
     tags = dict(tags or {}) | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})
+    if not parent_run_id and "alignbench.role" not in tags:
+        tags["alignbench.role"] = "train"
+    tags |= store.process_tags()
     if run_id:
         client.update_run(run_id, status="RUNNING")
         if "failure_reason" in client.get_run(run_id).data.tags:
@@ -296,6 +342,13 @@ def create_run(experiment: str, run_name: str | None, tags: dict, uri: str | Non
     return client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags).info.run_id
 
 
+def experiment_links(base: str, uri: str | None = None) -> list[str]:
+    """"<experiment>: <url>" of each experiment with alignbench runs, its runs table opened on the saved
+    view `alignbench` in the UI at `base` (the experiments get the UI's tags on the way)."""
+    set_uri(uri)
+    return [f"{e.name}: {store.view_url(base, e.experiment_id)}" for e in store.alignbench_experiments(MlflowClient())]
+
+
 def delete_run(run_id: str, uri: str | None = None) -> None:
     set_uri(uri)
     MlflowClient().delete_run(run_id)
@@ -306,3 +359,35 @@ def set_run_tags(run_id: str, tags: dict, uri: str | None = None) -> None:
     MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
 
+
+
+def open_tracker(run_id: str, uri: str | None = None) -> MlflowTracker:
+    """A tracker on an existing run, for reading or pruning its artifacts (nothing is reopened)."""
+    set_uri(uri)
+    return MlflowTracker(MlflowClient(), run_id, async_logging=False)
+
+
+def delete_artifacts(run_id: str, path: str, uri: str | None = None) -> bool:
+    """Delete `path` (a file or folder) from a run's artifacts; False, with a warning, where the
+    artifact store cannot delete (some remote stores)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    set_uri(uri)
+    try:
+        get_artifact_repository(MlflowClient().get_run(run_id).info.artifact_uri).delete_artifacts(path)
+    except (NotImplementedError, mlflow.exceptions.MlflowException, OSError) as exc:
+        log.warning("run %s: could not delete artifacts %s (%s)", run_id, path, exc)
+        return False
+    return True
+
+
+def resume_problem(run_id: str, uri: str | None = None) -> str | None:
+    """Why `resume=<run_id>` cannot continue that run (no such run, already FINISHED), or None."""
+    set_uri(uri)
+    try:
+        run = MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return f"resume={run_id}: no such MLflow run in {mlflow.get_tracking_uri()}"
+    if run.info.status == "FINISHED":
+        return f"resume={run_id}: the run is FINISHED; nothing to resume"
+    return None

@@ -25,3 +25,20 @@ class NullTracker:
     def log_files(self, documents: dict | None = None, tables: dict | None = None) -> None:
         self.artifacts.update(documents or {})
         self.artifacts.update(tables or {})
+
+    def log_dir(self, local_dir, artifact_path: str) -> None:
+        """Records each file's size under `artifact_path/` (the files themselves are not kept)."""
+        from pathlib import Path
+
+        for f in sorted(Path(local_dir).rglob("*")):
+            if f.is_file():
+                self.artifacts[f"{artifact_path}/{f.relative_to(local_dir).as_posix()}"] = f.stat().st_size
+
+    def list_artifacts(self, path: str) -> list[str]:
+        return sorted({k[: k.index("/", len(path) + 1)] if "/" in k[len(path) + 1:] else k
+                       for k in self.artifacts if k.startswith(path + "/")})
+
+    def delete_artifacts(self, path: str) -> bool:
+        for k in [k for k in self.artifacts if k == path or k.startswith(path + "/")]:
+            del self.artifacts[k]
+        return True

@@ -1,6 +1,6 @@
 """What the offline and online loops share: the accelerator, AdamW with its schedule, one optimiser
 step (fault drills, the finite-loss check, zero_grad, backward, clipping, step, schedule), when to
-log and evaluate, the bookkeeping of a run's time and tokens, and the run's summary."""
+log, evaluate and checkpoint, the bookkeeping of a run's time and tokens, and the run's summary."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+
+from alignbench.training.checkpoint import LoopState, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,14 @@ def make_optimizer(cfg, params, lr: float):
     warmup = max(1, cfg.train.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     return optimizer, scheduler
+
+
+def compiled_for_training(cfg, policy):
+    """`train.compile`: the policy's training forward (and with it the backward) under `torch.compile`,
+    dynamic shapes because packed rows change length every step. Off by default: on a 2-core CPU
+    it lost to eager even before counting the compilation (README, Performance). Evaluation and
+    checkpoints use the eager module (`Progress.maybe_evaluate` unwraps it)."""
+    return torch.compile(policy, dynamic=True) if cfg.train.get("compile") else policy
 
 
 def check_finite(loss: torch.Tensor, step: int) -> None:
@@ -130,8 +140,21 @@ class Progress:
         every = self.cfg.eval.every_n_steps
         if step == self.cfg.train.max_steps or (every and step % every == 0):
             t_eval = time.time()
+            policy = getattr(policy, "_orig_mod", policy)  # eager for sampling: a compiled one recompiles per shape
             self.result = run_evaluation(self.prepared, policy, step, self.tracker, self.on_eval, self.history)
             self.eval_time += time.time() - t_eval
+
+    def maybe_checkpoint(self, step: int, policy, optimisation: Optimisation, batches_drawn: int) -> None:
+        """Every `train.checkpoint_every` steps (0: never; not at the last step, the run is done then)."""
+        every = self.cfg.train.checkpoint_every
+        if every and step % every == 0 and step < self.cfg.train.max_steps:
+            state = LoopState(step, batches_drawn, self.history, self.train_time, self.eval_time, self.tokens_seen)
+            save_checkpoint(self.cfg, self.tracker, policy, optimisation, state)
+
+    def restore(self, state: LoopState) -> None:
+        """Go on from a checkpoint's bookkeeping (its eval history, seconds and tokens so far)."""
+        self.history = list(state.history)
+        self.train_time, self.eval_time, self.tokens_seen = state.train_time, state.eval_time, state.tokens_seen
 
     def finish(self, timings: dict, extra: dict) -> RunResult:
         """The run's result: the last eval's metrics, the training summary, then the loop's `extra` figures."""

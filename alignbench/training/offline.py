@@ -21,7 +21,9 @@ from alignbench.losses.ipo import ipo_loss
 from alignbench.losses.kto import kto_loss, mismatched_indices
 from alignbench.losses.simpo import resolve_simpo_gamma, simpo_loss
 from alignbench.models.logps import sequence_logps
-from alignbench.training.loop import Optimisation, Progress, RunResult, make_accelerator, make_optimizer, shard
+from alignbench.training.checkpoint import restore_checkpoint
+from alignbench.training.loop import (Optimisation, Progress, RunResult, compiled_for_training, make_accelerator,
+                                     make_optimizer, shard)
 from alignbench.training.reference import cached_tokenize_pairs, reference_pair_logps, reference_unpaired_logps
 
 # batch_loss(policy, batch, ref, device, padding_free) -> (mean loss, train-metrics thunk, tokens in the batch)
@@ -100,9 +102,12 @@ def kto_batch_loss(method_cfg, policy, batch: dict, ref: dict, device, padding_f
             kids, kattn, kresp = trim_padding(batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_response_mask"])
             policy_kl, _ = sequence_logps(policy, kids.to(device), kattn.to(device), kresp.to(device), padding_free)
         ref_kl = ref["kl_logps"].to(device)
+    from accelerate.utils import reduce  # z0 is the whole batch's: averaged over DDP processes
+
     out = kto_loss(logps, ref["logps"].to(device), batch["desirable"].to(device), policy_kl, ref_kl,
                    beta=method_cfg.beta, desirable_weight=method_cfg.desirable_weight,
-                   undesirable_weight=method_cfg.undesirable_weight)
+                   undesirable_weight=method_cfg.undesirable_weight,
+                   mean_across_processes=lambda kl: reduce(kl, reduction="mean"))
     metrics = lambda: {"train/reward": out.rewards.mean().item(), "train/kl_z0": float(out.kl)}  # noqa: E731
     return out.losses.mean(), metrics, int(batch["attention_mask"].sum())
 
@@ -149,7 +154,8 @@ def training_data(cfg, prepared, objective: Objective) -> TrainingData:
     return TrainingData(tokens, ref, len(prepared.train_records), cfg.train.batch_size)
 
 
-def offline_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
+def offline_loop(cfg, prepared, tracker, on_eval=None, checkpoint=None) -> RunResult:
+    """Train `train.max_steps` steps; `checkpoint` (a fetched checkpoint folder): go on from its step."""
     models, objective = prepared.models, offline_objective(cfg.method)
     t_setup = time.time()
     data = training_data(cfg, prepared, objective)
@@ -160,12 +166,19 @@ def offline_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(cfg, params, cfg.method.lr)
     accelerator = make_accelerator(cfg, models.device)
-    policy, optimizer = accelerator.prepare(policy, optimizer)
+    policy, optimizer = accelerator.prepare(compiled_for_training(cfg, policy), optimizer)
     optimisation = Optimisation(cfg, accelerator, optimizer, scheduler, params)
     rng = torch.Generator().manual_seed(cfg.seed)
     order = index_batches(data.n_examples, data.per_step, lambda n: torch.randperm(n, generator=rng))
     progress = Progress(cfg, prepared, tracker, on_eval)
-    for step in range(1, cfg.train.max_steps + 1):
+    first = 1
+    if checkpoint is not None:
+        state = restore_checkpoint(checkpoint, models.policy, optimisation)
+        progress.restore(state)
+        for _ in range(state.batches_drawn):  # the data position: replay the index stream
+            next(order)
+        first = state.step + 1
+    for step in range(first, cfg.train.max_steps + 1):
         t_step = time.time()
         idx = shard(accelerator, next(order))
         batch = {k: v[idx] for k, v in data.tokens.items() if torch.is_tensor(v)}
@@ -177,5 +190,6 @@ def offline_loop(cfg, prepared, tracker, on_eval=None) -> RunResult:
         progress.train_time += time.time() - t_step
         progress.log(step, lambda: optimisation.metrics(loss, grad_norm) | method_metrics())
         progress.maybe_evaluate(step, accelerator.unwrap_model(policy))
+        progress.maybe_checkpoint(step, models.policy, optimisation, batches_drawn=step)
     pairs_per_second = cfg.train.max_steps * cfg.train.batch_size / max(progress.train_time, 1e-9)
     return progress.finish(timings, {"train/pairs_per_second": pairs_per_second})

@@ -2,9 +2,9 @@
 
     reward model (`reward_model_for`, a cached stage) -> repeat until cfg.train.max_steps optimiser steps:
         (`collect_rollout`: steps 1-5; `optimise_on_rollout` / `minibatch_step`: step 6)
-        1. rollout:   sample `rollout_batch_size` responses from the policy (temperature 1)
+        1. rollout:   sample `rollout_batch_size` responses from the policy (temperature 1, dropout off)
         2. score:     reward-model score (method.reward=model) or gold reward (=gold, PPO-GT)
-        3. old stats: policy log-probs and values, reference log-probs (no gradient)
+        3. old stats: policy log-probs and values (dropout off, as sampled), reference log-probs (no gradient)
         4. rewards:   per-token -kl_coef * (log pi - log pi_ref), + score on the last token
         5. GAE:       advantages and returns (gamma, lam); advantages whitened
         6. optimise:  `ppo_epochs` x `n_minibatches` clipped-surrogate + vf_coef * clipped value loss
@@ -33,6 +33,7 @@ train.batch_size by default.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -66,6 +67,17 @@ def policy_forward(policy, value_head, input_ids, attention_mask, prompt_width: 
     if value_head is not None:
         values = value_head(out.hidden_states[-1][:, prompt_width - 1:-1]).squeeze(-1).float()
     return logps, values, out.logits[:, prompt_width - 1:-1]
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """`module` in eval mode (dropout off) inside the block, its own mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def _prompt_stream(prompts: list[str], batch_size: int, seed: int, repeats: int = 1):
@@ -172,8 +184,9 @@ def collect_rollout(cfg, prepared, learner: Learner, reward_model, prompts: list
     rm_scores = reward_model.score_tokens(samples.input_ids, samples.attention_mask) if reward_model else None
     scores = gold if m.reward == "gold" else rm_scores
 
-    # 3. what the rollout policy, its value head and the reference say about the samples
-    with torch.no_grad():
+    # 3. what the rollout policy, its value head and the reference say about the samples; the policy
+    #    in eval mode as when it sampled (dropout off, e.g. LoRA's): the behaviour policy is the sampler
+    with torch.no_grad(), eval_mode(learner.policy):
         old_logps, old_values, _ = policy_forward(learner.policy, learner.value_head, ids, attn, pw)
         old_logps = old_logps * mask
         old_values = torch.zeros_like(old_logps) if critic_free else old_values * mask

@@ -24,8 +24,8 @@ def cached_tokenize_pairs(cfg, records: list[PreferenceRecord], tokenizer, model
         tokens = tokenize_pairs(records, tokenizer, t.max_length, t.max_prompt_length)
         save_file({k: v.contiguous() for k, v in tokens.items()}, str(path / "tokens.safetensors"))
 
-    path, _ = cache.cached(cfg.cache_dir, "tokens", key, write)
-    return load_file(str(path / "tokens.safetensors"))
+    return cache.load_cached(cfg.cache_dir, "tokens", key, write,
+                             lambda path: load_file(str(path / "tokens.safetensors")))[0]
 
 
 def run_reference(models: Models, compute) -> dict[str, torch.Tensor]:
@@ -44,8 +44,8 @@ def _cached_reference(cfg, models: Models, tokens: dict, kind: str, compute) -> 
         out = run_reference(models, compute)
         save_file({k: v.contiguous() for k, v in out.items()}, str(path / "logps.safetensors"))
 
-    path, _ = cache.cached(cfg.cache_dir, "ref_logps", key, write)
-    return load_file(str(path / "logps.safetensors"))
+    return cache.load_cached(cfg.cache_dir, "ref_logps", key, write,
+                             lambda path: load_file(str(path / "logps.safetensors")))[0]
 
 
 def reference_pair_logps(cfg, models: Models, tokens: dict) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""One training run, top to bottom: validate → set-up (models, data, evaluator) → loop → summary.
+"""One training run, top to bottom: validate → (resume: fetch the checkpoint) → set-up (models,
+data, evaluator) → judge caveats → loop → summary → the policy kept (artifact `policy/`).
 
 `train(cfg, tracker, on_eval)` is a plain function: the CLI wraps it in an MLflow run, a sweep
 wraps it in an Optuna trial. Nothing here imports mlflow or optuna. The loop is chosen here:
@@ -10,44 +11,56 @@ online loop (`training.online`: PPO, RLOO on sampled rollouts), built from the s
 from __future__ import annotations
 
 import gc
+import logging
 import time
 
 from omegaconf import OmegaConf
 
 from alignbench.config import validate
 from alignbench.evaluation.evaluator import KL_ESTIMATOR, win_rate_ci_method
+from alignbench.evaluation.judges import judge_accuracy_caveat, judge_bias_caveat
 from alignbench.tracking.null import NullTracker
+from alignbench.training.checkpoint import CHECKPOINTS, fetch_checkpoint, flat, save_policy
 from alignbench.training.loop import RunResult
 from alignbench.training.offline import offline_loop, offline_objective
 from alignbench.training.online import online_loop
 from alignbench.training.setup import Prepared, prepare
 
+log = logging.getLogger(__name__)
+
 
 def run_params(cfg, prepared: Prepared | None = None, method_params: dict | None = None) -> dict:
     """What is logged as params: the flattened resolved config plus the conventions in force
     (`method_params`: the method's own, e.g. IPO's length convention, SimPO's resolved gamma)."""
-    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
-    flat["eval.kl_estimator"] = KL_ESTIMATOR
-    flat["eval.win_rate_ci"] = win_rate_ci_method(int(cfg.eval.get("samples_per_prompt", 1)))
-    flat.update(method_params or {})
+    params = flat(OmegaConf.to_container(cfg, resolve=True))
+    params["eval.kl_estimator"] = KL_ESTIMATOR
+    params["eval.win_rate_ci"] = win_rate_ci_method(int(cfg.eval.get("samples_per_prompt", 1)))
+    params.update(method_params or {})
     if prepared is not None:
-        flat["data.n_train"] = len(prepared.train_records)
-        flat["data.n_eval_prompts"] = len(prepared.eval_prompts)
-        flat["eval.n_prompts_distinct"] = len(prepared.eval_prompts)  # of eval.split (also logged, from the config)
+        params["data.n_train"] = len(prepared.train_records)
+        params["data.n_eval_prompts"] = len(prepared.eval_prompts)
+        params["eval.n_prompts_distinct"] = len(prepared.eval_prompts)  # of eval.split (also logged, from the config)
         for reason, count in prepared.drops.items():
-            flat[f"data.dropped.{reason}"] = count
-    return flat
+            params[f"data.dropped.{reason}"] = count
+        for part, count in prepared.truncated.items():  # kept, but cut to fit the token budget
+            params[f"data.truncated.{part}"] = count
+    return params
 
 
-def flatten(d, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+def judge_caveats(cfg, prepared: Prepared) -> dict:
+    """Tags saying plainly when the judge's win rates mean nothing (it cannot tell chosen from
+    rejected on held-out pairs) or are biased (it is the reward model PPO/RLOO optimised); each is
+    also printed."""
+    tags = {}
+    useless = judge_accuracy_caveat(prepared.evaluator.judge_metrics)
+    if useless:
+        tags["judge.warning"] = useless
+    biased = judge_bias_caveat(cfg.method.name, cfg.judge.name, cfg.judge.get("path"), cfg.method.get("reward"))
+    if biased:
+        tags["judge.bias"] = biased
+    for text in tags.values():
+        log.warning("WARNING: %s", text)
+    return tags
 
 
 def settle_heap() -> None:
@@ -68,18 +81,24 @@ def train(cfg, tracker=None, on_eval=None) -> RunResult:
     settle_heap()
     tracker = tracker or NullTracker()
     t0 = time.time()
+    checkpoint = fetch_checkpoint(cfg, tracker) if cfg.get("resume") else None  # before the set-up: fail fast
     prepared = prepare(cfg)
     online = cfg.method.name in ("ppo", "rloo")  # sampled rollouts scored by a reward model or the gold reward
     method_params = {} if online else offline_objective(cfg.method).params
-    tracker.log_params(run_params(cfg, prepared, method_params))
-    tracker.set_tags({"method": cfg.method.name})
+    if checkpoint is None:  # a resumed run logged its params before its first checkpoint
+        tracker.log_params(run_params(cfg, prepared, method_params))
+    tracker.set_tags({"method": cfg.method.name} | judge_caveats(cfg, prepared))
     if online:
         result = online_loop(cfg, prepared, tracker, on_eval, critic_free=cfg.method.name == "rloo")
     else:
-        result = offline_loop(cfg, prepared, tracker, on_eval)
+        result = offline_loop(cfg, prepared, tracker, on_eval, checkpoint)
     result.timings["total_seconds"] = time.time() - t0
     summary = {k: v for k, v in result.metrics.items() if k.startswith("train/")}  # seconds, tokens, pairs/s
     tracker.log_metrics(summary | {f"time/{k}": v for k, v in result.timings.items()}, cfg.train.max_steps)
     tracker.log_files(documents={"config.yaml": OmegaConf.to_container(cfg, resolve=True)},
                       tables={"eval_samples.json": result.rows})
+    if cfg.train.get("save_policy", True):
+        save_policy(prepared.models, tracker)
+    if cfg.train.get("checkpoint_every") or checkpoint is not None:
+        tracker.delete_artifacts(CHECKPOINTS)  # the run is complete: its policy is kept, its checkpoint is not needed
     return result

@@ -15,10 +15,9 @@ from alignbench import cache
 from alignbench.config import ConfigError
 from alignbench.data import builtin_task as task
 from alignbench.data.builtin_pairs import builtin_pairs
-from alignbench.data.parsing import parse_rows
-from alignbench.data.preparing import (SplitRows, distinct_prompts, load_preference_data, read_split_rows,
-                                       require_enough)
-from alignbench.data.records import PreferenceRecord, UnpairedRecord
+from alignbench.data.measuring import LengthLimits
+from alignbench.data.preparing import SplitRows, distinct_prompts, load_preference_data, read_split_rows, sft_corpus
+from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord
 from alignbench.evaluation.evaluator import Evaluator
 from alignbench.evaluation.judges import GoldJudge, RewardModelJudge
 from alignbench.models.loading import Models, load_models
@@ -40,6 +39,7 @@ class Prepared:
     builtin_task: bool
     timings: dict = field(default_factory=dict)
     prompts_seen_in_training: int = 0
+    truncated: dict = field(default_factory=dict)  # train records cut to fit, by part (prompt, response)
 
 
 @dataclass
@@ -57,6 +57,7 @@ class LoadedData:
     eval_prompts: list[str]
     drops: dict
     prompts_seen_in_training: int = 0
+    truncated: dict = field(default_factory=dict)
 
 
 def count_seen_in_training(held_out_prompts, training_prompts) -> int:
@@ -69,6 +70,9 @@ def make_judge(cfg, models: Models, prepared_records=None):
     if cfg.judge.path == "trained":
         from alignbench.models.reward_model import load_or_train_reward_model
 
+        if prepared_records and isinstance(prepared_records[0], UnpairedRecord):
+            raise DataError(f"judge.path=trained fits a reward model on preference pairs; data={cfg.data.name} is "
+                            "unpaired (KTO rows): set judge.path to a sequence-classification model directory")
         return load_or_train_reward_model(cfg, models, prepared_records)
     return RewardModelJudge.from_pretrained(cfg.judge.path, models.device, cfg.judge.trust_remote_code,
                                             cfg.judge.batch_size)
@@ -89,32 +93,30 @@ def load_builtin_task(cfg) -> LoadedData:
 
 
 def data_sft_examples(cfg, rows: SplitRows) -> list[tuple[str, str]]:
-    """The built-in model's SFT corpus on a data set: the preferred responses of the TRAIN rows
-    (the DPO paper's recipe), in the plain rendering (the model's tokenizer does not exist yet)."""
-    records, parse_drops = parse_rows(rows.train, rows.format)
-    require_enough(records, 8, parse_drops)  # a file with nothing usable: a clear error before SFT
-    return [(r.prompt, r.chosen) if isinstance(r, PreferenceRecord) else (r.prompt, r.completion)
-            for r in records if getattr(r, "desirable", True)][: cfg.model.sft.n_examples]
+    """The SFT corpus on a data set (the built-in model's, or a hub model's with `model.sft.enabled`):
+    the preferred responses of the TRAIN rows, bounded like the preference data (`preparing.sft_corpus`)."""
+    return sft_corpus(rows, LengthLimits.of(cfg), cfg.model.sft.n_examples)
 
 
 def load_data_set(cfg) -> LoadedData:
-    """A hub or local preference data set split by prompt first, then the model (the built-in one
-    SFT on the train rows' preferred responses), then each set parsed for that model."""
-    rows = read_split_rows(cfg.data, cfg.task_seed)
-    sft_examples = []
-    if cfg.model.source == "builtin":
-        sft_examples = data_sft_examples(cfg, rows)
-        models = load_models(cfg, sft_examples, corpus_id=cache.content_key("data-sft-corpus-v2", sft_examples))
-    else:
-        models = load_models(cfg)
-    data = load_preference_data(cfg.data, models.tokenizer, max_length=cfg.train.max_length,
-                                max_prompt_length=cfg.train.max_prompt_length, seed=cfg.task_seed, logger=log,
-                                rows=rows)
+    """A hub or local preference data set split by prompt first, then the model (the built-in one,
+    or a hub model whose `model.sft.enabled`, SFT on the train rows' preferred responses), then
+    each set parsed for that model."""
+    rows = read_split_rows(cfg.data, cfg.task_seed, logger=log)
+    limits = LengthLimits.of(cfg)
+    corpus = []
+    if cfg.model.source == "builtin" or cfg.model.sft.enabled:  # a hub model too when its config says SFT first
+        corpus = data_sft_examples(cfg, rows)
+    models = load_models(cfg, corpus, corpus_id=cache.content_key("data-sft-corpus-v3", corpus, limits))
+    data = load_preference_data(cfg.data, models.tokenizer, max_length=limits.max_length,
+                                max_prompt_length=limits.max_prompt_length, long_prompts=limits.long_prompts,
+                                seed=cfg.task_seed, logger=log, rows=rows)
     eval_prompts = distinct_prompts(data.held_out(cfg.eval.split))
     random.Random(f"eval-prompts-{cfg.eval.split}-{cfg.task_seed}").shuffle(eval_prompts)
-    training = distinct_prompts(data.train) + [p for p, _ in sft_examples]
+    training = distinct_prompts(data.train) + [p for p, _ in corpus]
     seen = count_seen_in_training(distinct_prompts(data.validation + data.test), training)
-    return LoadedData(models, data.train, data.validation, eval_prompts[: cfg.eval.n_prompts], data.drops, seen)
+    return LoadedData(models, data.train, data.validation, eval_prompts[: cfg.eval.n_prompts], data.drops, seen,
+                      dict(data.truncated))
 
 
 def require_pairs_unless_kto(cfg, train_records: list) -> None:
@@ -132,7 +134,8 @@ def make_evaluator(cfg, loaded: LoadedData, builtin_task: bool) -> Evaluator:
         tokens = cached_tokenize_pairs(cfg, paired_eval, models.tokenizer, models.key)
         pref_eval = (tokens, reference_pair_logps(cfg, models, tokens))
     judge = make_judge(cfg, models, loaded.train_records)
-    return Evaluator(cfg, models, judge, loaded.eval_prompts, pref_eval, builtin_task, loaded.prompts_seen_in_training)
+    return Evaluator(cfg, models, judge, loaded.eval_prompts, pref_eval, builtin_task, loaded.prompts_seen_in_training,
+                     held_out_pairs=paired_eval)
 
 
 def prepare(cfg) -> Prepared:
@@ -146,4 +149,5 @@ def prepare(cfg) -> Prepared:
     require_pairs_unless_kto(cfg, loaded.train_records)
     evaluator = make_evaluator(cfg, loaded, builtin_task)
     return Prepared(loaded.models, loaded.train_records, loaded.eval_records, loaded.eval_prompts, dict(loaded.drops),
-                    evaluator, builtin_task, {"setup_seconds": time.time() - t0}, loaded.prompts_seen_in_training)
+                    evaluator, builtin_task, {"setup_seconds": time.time() - t0}, loaded.prompts_seen_in_training,
+                    dict(loaded.truncated))

@@ -1,0 +1,148 @@
+"""What alignbench keeps in an MLflow store besides its runs' own records.
+
+- Experiments are tagged for the MLflow 3 UI: `mlflow.experimentKind` (without it the UI may open
+  an experiment on its GenAI traces page, which reads "0 traces", instead of the runs table), the
+  primary metric, and a saved view `alignbench` (`mlflow.sharedViewState.alignbench`) whose runs
+  table shows the columns a reader compares. Set when an experiment is created, and added to one
+  that lacks them whenever alignbench opens it again.
+- Liveness of `alignbench train` runs: each run records the process that writes it (host, pid,
+  process start time) as tags; when alignbench opens a store, `train` runs left RUNNING by a
+  process that is provably gone on this host (SIGKILL, a crash of the machine's power) are ended
+  KILLED. Runs of other hosts, and of a process that still lives, are left alone. A sweep's trial
+  runs are reaped by the sweep itself (`sweep.liveness`), which also fails their Optuna trials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+
+from mlflow.entities import ViewType
+from mlflow.utils.time import get_current_time_millis
+
+log = logging.getLogger(__name__)
+
+HOST = socket.gethostname()
+KIND_TAG = "mlflow.experimentKind"
+KIND = "custom_model_development"  # the UI's "machine learning" kind: the experiment opens on its runs
+MACHINE_LEARNING_KINDS = {KIND, "finetuning", "regression", "classification", "forecasting", "automl"}
+PRIMARY_METRIC_TAG = "mlflow.experiment.primaryMetric.name"
+VIEW_KEY = "alignbench"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+# The runs table's columns that compare runs; a sweep adds the hyperparameters it searched.
+COMPARE_METRICS = ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl", "eval/gold_reward")
+COMPARE_TAGS = ("method", "alignbench.role", "optuna.trial_state")
+PROCESS_TAGS = ("alignbench.host", "alignbench.pid", "alignbench.process_start")
+
+
+# ---- experiments
+
+
+def column(kind: str, name: str) -> str:
+    """The UI's key of a runs-table column: kind `metrics`, `params` or `tags`."""
+    return f"{kind}.`{name}`"
+
+
+def view_tag(params: list[str] | tuple = ()) -> str:
+    """The saved view's tag value: the envelope MLflow's UI reads, its state the selected columns."""
+    columns = ([column("metrics", m) for m in COMPARE_METRICS] + [column("params", p) for p in params]
+               + [column("tags", t) for t in COMPARE_TAGS] + [column("tags", "mlflow.note.content")])
+    state = {"selectedColumns": columns, "searchFilter": "", "orderByKey": "attributes.start_time",
+             "orderByAsc": False}
+    now = get_current_time_millis()
+    return json.dumps({"name": "alignbench: comparison columns", "createdAt": now, "updatedAt": now,
+                       "state": json.dumps(state)})
+
+
+def experiment_tags() -> dict:
+    return {KIND_TAG: KIND, PRIMARY_METRIC_TAG: "eval/win_rate", VIEW_TAG: view_tag()}
+
+
+def tag_experiment(client, experiment) -> None:
+    """Add the UI tags `experiment` lacks (a user's own machine-learning kind and view are kept)."""
+    tags = experiment.tags or {}
+    if tags.get(KIND_TAG) not in MACHINE_LEARNING_KINDS:
+        client.set_experiment_tag(experiment.experiment_id, KIND_TAG, KIND)
+    for key, value in experiment_tags().items():
+        if key != KIND_TAG and key not in tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+
+
+def set_view(client, experiment_id: str, params: list[str]) -> None:
+    """The saved view `alignbench` of an experiment, with the hyperparameters in `params` as columns."""
+    client.set_experiment_tag(experiment_id, VIEW_TAG, view_tag(sorted(params)))
+
+
+def view_path(experiment_id: str) -> str:
+    """The UI's route to the experiment's runs table with the saved view's columns. MLflow 3.17's UI
+    takes an experiment's kind from its own "GenAI / Model training" switch (default GenAI, kept in
+    the browser), not from the tag: the route names the workflow too."""
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+
+
+def view_url(base: str, experiment_id: str) -> str:
+    return f"{base.rstrip('/')}/{view_path(experiment_id)}"
+
+
+def alignbench_experiments(client) -> list:
+    """The store's active experiments that hold alignbench runs, each given the UI tags it lacks
+    (a store written before alignbench set them gets them here)."""
+    found = []
+    for exp in client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=50000):
+        if client.search_runs([exp.experiment_id], "tags.`alignbench.version` LIKE '%'", max_results=1):
+            tag_experiment(client, exp)
+            found.append(exp)
+    return found
+
+
+# ---- liveness of train runs
+
+
+def process_start(pid: int) -> float | None:
+    """The process's start time (seconds, rounded as `sweep.liveness` records it), None if it is gone."""
+    try:
+        import psutil
+
+        return round(psutil.Process(pid).create_time(), 2)
+    except Exception:
+        return None
+
+
+def process_tags() -> dict:
+    """This process as a run's tags (the run's writer)."""
+    return {"alignbench.host": HOST, "alignbench.pid": os.getpid(),
+            "alignbench.process_start": process_start(os.getpid())}
+
+
+def writer_gone(tags: dict) -> bool:
+    """Whether the process recorded in a run's tags is provably gone: on this host only, and only
+    when the pid is free or now belongs to a process started at another time."""
+    if tags.get("alignbench.host") != HOST or not str(tags.get("alignbench.pid", "")).isdigit():
+        return False
+    started, recorded = process_start(int(tags["alignbench.pid"])), tags.get("alignbench.process_start")
+    if started is None:
+        return True  # no such process
+    return recorded not in (None, "None") and str(started) != recorded  # the pid was reused
+
+
+def reap_stale_train_runs(client) -> int:
+    """End KILLED (with a `failure_reason`) every `train` run of this store left RUNNING by a process
+    of this host that is gone; returns how many."""
+    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=50000)]
+    if not ids:
+        return 0
+    runs = client.search_runs(ids, f"tags.`alignbench.role` = 'train' and attributes.status = 'RUNNING' and "
+                                   f"tags.`alignbench.host` = '{HOST}'", max_results=50000)
+    n = 0
+    for run in runs:
+        if writer_gone(run.data.tags):
+            client.set_tag(run.info.run_id, "failure_reason",
+                           f"stale: left RUNNING by process {run.data.tags['alignbench.pid']} on {HOST}, "
+                           "which is gone (killed?)")
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.warning("MLflow run %s (%s) was left RUNNING by a process that is gone: marked KILLED",
+                        run.info.run_id, run.info.run_name)
+            n += 1
+    return n

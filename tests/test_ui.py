@@ -1,0 +1,104 @@
+"""`alignbench ui` after a real (tiny) smoke sweep, looked at in headless Chromium: the link it prints
+opens the sweep's experiment on its runs table with the comparison columns, the parent run's row
+expands to its trial and confirmation runs, and the parent's description holds the summary table.
+
+Slow (a sweep, the MLflow server and a browser): `pytest -m slow tests/test_ui.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from mlflow import MlflowClient
+
+from chromium import Page, chromium  # noqa: F401  (session fixture: installs chromium when missing)
+from pg import free_port
+from test_sweep import TINY
+
+TEXT = "document.body.innerText"
+
+
+def alignbench(*args: str, cwd, cache) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ALIGNBENCH_CACHE": str(cache)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    out = subprocess.run([sys.executable, "-m", "alignbench.cli", *args], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, f"alignbench {' '.join(args)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+def start_ui(cwd, port: int) -> tuple[subprocess.Popen, str]:
+    """`alignbench ui` in `cwd`; returns the process and the sweep experiment's link it printed."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", "ui", f"ui.port={port}"], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    link, deadline = None, time.time() + 180
+    while link is None:
+        line = proc.stdout.readline()
+        assert line and time.time() < deadline, f"alignbench ui printed no link for sweep-smoke (exit {proc.poll()})"
+        m = re.match(r"\s+sweep-smoke: (http://\S+)", line)
+        link = m.group(1) if m else None
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                return proc, link
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, f"the MLflow UI did not start (exit {proc.poll()})"
+            time.sleep(1)
+
+
+@pytest.mark.slow
+def test_the_ui_opens_the_sweep_on_its_runs_and_the_parent_holds_the_summary(tmp_path, shared_cache, chromium):
+    cwd = tmp_path
+    alignbench("sweep", "sweep=smoke", "sweep.methods=[dpo]", "sweep.n_trials=2", "sweep.confirm_seeds=1",
+               "sweep.pruner.type=none", *TINY, cwd=cwd, cache=shared_cache)
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sweep-smoke")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("alignbench.role") == "sweep"]
+    children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+    assert children == ["dpo-0", "dpo-1", "dpo-confirm-seed1"]
+    summary = json.loads(open(client.download_artifacts(parent.info.run_id, "sweep_summary.json", str(tmp_path))).read())
+    best = summary["methods"]["dpo"]["best"]
+
+    proc, link = start_ui(cwd, free_port())
+    try:
+        assert link.endswith(f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+                             "&viewStateShareKey=alignbench")
+        with Page(chromium) as page:
+            page.goto(link, width=1400, height=900)
+            page.wait_for(f"{TEXT}.includes('matching runs') && {TEXT}.includes('sweep-smoke')", 120)
+            text = page.evaluate(TEXT)
+            # the runs table, not the GenAI overview ("0 traces")
+            assert page.evaluate("location.hash").startswith(f"#/experiments/{exp.experiment_id}/runs")
+            assert "Run Name" in text and "Usage" not in text
+            for column in ("eval/win_rate", "eval/win_rate_ci_low", "eval/kl", "method.beta", "method.lr"):
+                assert column in text, f"column {column} not in the runs table"
+            # the parent's row expands to its children
+            page.evaluate("""[...document.querySelectorAll('a')].find(a => a.innerText.trim() === 'sweep-smoke'
+                && a.href.includes('/runs/')).closest('.ag-cell-value')
+                .querySelector('button[data-component-id*="runnamecellrenderer"]').click()""")
+            page.wait_for(f"['dpo-0', 'dpo-1', 'dpo-confirm-seed1'].every(n => {TEXT}.includes(n))", 60)
+
+            page.goto(link.split("#")[0] + f"#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+                      "?workflowType=machine_learning", width=1400, height=900)
+            page.wait_for(f"{TEXT}.includes('alignbench sweep smoke')", 120)
+            description = page.evaluate("""(() => { const t = document.body.innerText;
+                return t.slice(t.indexOf('alignbench sweep smoke'), t.indexOf('Report:') + 200); })()""")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert "validation win rate [95% CI]" in description and "test win rate (confirmation mean)" in description
+    low, high = best["win_rate_ci"]
+    assert f"{best['win_rate']:.3f} [{low:.3f}, {high:.3f}]" in description  # the summary table's dpo row
+    assert "Verdict: not yet" in description
