@@ -77,11 +77,12 @@ NULL_MEANS_NONE = ("data.max_row_chars",)  # settings with a default where null 
 URI_SCHEMES = ("file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")  # MLflow's stores
 
 
-def check_types(cfg: DictConfig) -> None:
+def check_types(cfg: DictConfig, signs: bool = True) -> None:
     """Every setting keeps the kind of its default in conf/: numbers stay numbers (whole where the
     default is whole, never negative), flags stay true/false, lists stay lists, text stays one value.
     The defaults are the files of conf/ and of the chosen method, model, data, judge and sweep.
-    Interpolations must resolve and the tracking and storage URLs must name a known store."""
+    Interpolations must resolve and the tracking and storage URLs must name a known store.
+    `signs=False` leaves negative numbers to the later, more specific checks of `validate`."""
     from omegaconf.errors import OmegaConfBaseException
 
     try:
@@ -102,7 +103,7 @@ def check_types(cfg: DictConfig) -> None:
         if key in CHECKED_ELSEWHERE or (value is None and (key in TEXT_OR_NULL or key in NUMBER_OR_NULL
                                                            or key in NULL_MEANS_NONE)):  # null: unset
             continue
-        problem = _kind_problem(key, default, value)
+        problem = _kind_problem(key, default, value, signs)
         if problem:
             raise ConfigError(f"{key}={_shown(value)}: {problem}")
     _check_uris(cfg)
@@ -130,7 +131,7 @@ def _shown(value) -> str:
     return "null" if value is None else str(value)
 
 
-def _kind_problem(key: str, default, value) -> str | None:
+def _kind_problem(key: str, default, value, signs: bool = True) -> str | None:
     """Why `value` cannot stand where conf/ has `default`, or None."""
     if isinstance(default, dict):
         return None if value is None or OmegaConf.is_dict(value) else "must be a group of settings, not one value"
@@ -144,8 +145,8 @@ def _kind_problem(key: str, default, value) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return "must be a number"
         if isinstance(default, int) and not isinstance(value, int) and key not in WHOLE_OR_FRACTION:
-            return "must be a whole number"
-        return "must be >= 0" if value < 0 else None
+            return "must be an integer"
+        return "must be >= 0" if signs and value < 0 else None
     if OmegaConf.is_config(value):
         return "must be one value, not a list or group"
     return None
@@ -159,7 +160,7 @@ def _positive(cfg, key: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on the first bad value."""
-    check_types(cfg)
+    check_types(cfg, signs=False)  # kinds first: the checks below compare numbers
     name = OmegaConf.select(cfg, "method.name")
     if name not in METHODS:
         raise ConfigError(f"method.name={name}: unknown method (choose from {', '.join(METHODS)})")
@@ -169,6 +170,7 @@ def validate(cfg: DictConfig) -> None:
     check_data(cfg)
     check_model_and_judge(cfg)
     check_device(cfg)
+    check_types(cfg)  # any negative number the specific checks above did not name
     check_checkpointing(cfg)
 
 

@@ -199,6 +199,30 @@ TINY_CACHE_RUN = [*FAST, "model.sft.steps=4", "model.sft.n_examples=64", "data.n
                   "eval.every_n_steps=0"]
 
 
+def test_a_truncated_sft_model_is_warned_about_and_rebuilt(tmp_path, caplog, monkeypatch):
+    """The issue's case: `model.safetensors` of the SFT cache cut short. The next load warns once,
+    naming the entry, trains the SFT stage again and returns a working model."""
+    import logging
+
+    cfg = compose([*TINY_CACHE_RUN, f"cache_dir={tmp_path}"])
+    examples = [(f"Review {i}:", " it was good and fun.") for i in range(32)]
+    device = torch.device("cpu")
+    models_module.load_builtin(cfg, examples, "test-corpus", device)
+    (entry,) = _truncate_every_entry(tmp_path, "sft")
+    assert (entry / "model.safetensors").exists()
+    sft_trainings = count_calls(monkeypatch, models_module, "sft_train")
+    models_module._LOADED.clear()
+    cache._VERIFIED.clear()
+    with caplog.at_level(logging.WARNING, logger="alignbench.cache"):
+        model, tokenizer, key, path = models_module.load_builtin(cfg, examples, "test-corpus", device)
+    assert path == entry and len(sft_trainings) == 1 and cache.check_entry(entry) is None
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(entry) in warning and "model.safetensors has" in warning and "were written" in warning
+    ids = tokenizer("Review 3:", return_tensors="pt").input_ids
+    assert torch.isfinite(model(ids).logits).all()
+
+
+@pytest.mark.slow  # ~6 min on a 2-core machine under load average 15 (two cold trainings)
 def test_a_truncated_entry_of_every_cache_kind_is_rebuilt_and_the_run_goes_on(workdir, tmp_path, caplog,
                                                                              monkeypatch, reward_model_trainings):
     """SFT model, built-in pairs, tokens, reference log-probs, reference eval side, reward model:

@@ -13,7 +13,8 @@ import pytest
 
 from alignbench.config import compose
 from alignbench.data.parsing import parse_rows
-from alignbench.data.preparing import read_split_rows
+from alignbench.data.measuring import LengthLimits
+from alignbench.data.preparing import read_split_rows, sft_corpus
 from alignbench.data.records import DataError
 from alignbench.tracking.null import NullTracker
 from conftest import count_calls
@@ -124,8 +125,14 @@ def test_a_10mb_prompt_is_dropped_before_tokenizer_sft_or_split_and_counted(work
     split = read_split_rows({"source": "local", "path": str(path), "max_row_chars": 100_000}, seed=0)
     assert time.perf_counter() - t0 < 5 and split.drops["row_too_long"] == 1  # measured in characters, not tokens
     assert sum(map(len, (split.train, split.validation, split.test))) == 200
+    without = workdir / "without.jsonl"
+    make_files.write_jsonl(without, rows[:57] + rows[58:])
+    limits = LengthLimits.of(compose(["data=local", f"data.path={without}"]))
+    same = read_split_rows({"source": "local", "path": str(without), "max_row_chars": 100_000}, seed=0)
+    assert sft_corpus(split, limits, 8000) == sft_corpus(same, limits, 8000)  # the rest of the run is the same run
     tokenizer_texts = count_calls(monkeypatch, loading, "train_tokenizer")
     tracker = NullTracker()
-    train(compose(["data=local", f"data.path={path}", *TINY]), tracker)
+    train(compose(["data=local", f"data.path={path}", *TINY, "train.max_length=96", "train.max_prompt_length=64"]),
+          tracker)
     assert tracker.params["data.dropped.row_too_long"] == 1
     assert max(len(t) for t in tokenizer_texts[0][0]) < 20_000  # the tokenizer never saw it

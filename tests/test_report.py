@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -19,6 +18,7 @@ from alignbench.report.build import build_report
 from alignbench.report.formatting import fmt
 from alignbench.report.reading import load_studies
 from alignbench.report.rendering import md_cell
+from chromium import chromium  # noqa: F401  (session fixture: installs chromium when missing)
 from fake_sweep import HOSTILE, SPACES, fabricate_sweep
 
 N_PROMPTS = 24
@@ -231,17 +231,13 @@ def test_load_studies_reads_parent_params(store):
     assert len(studies["ipo"].trials) == 3
 
 
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
-def test_html_renders_offline_in_headless_chromium(main_report, tmp_path):
+def test_html_renders_offline_in_headless_chromium(main_report, tmp_path, chromium):
     import numpy as np
     from matplotlib.image import imread
 
     _, out, _, _ = main_report
     shot = tmp_path / "shot.png"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
            "--disable-background-networking", "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,4000", f"--screenshot={shot}",
            (out / "report.html").as_uri()]
@@ -254,6 +250,38 @@ def test_html_renders_offline_in_headless_chromium(main_report, tmp_path):
     rows_with_content = (img[..., :3].std(axis=(1, 2)) > 0.02).mean()
     assert rows_with_content > 0.3  # not a blank page: text and figures fill much of it
     assert len(np.unique((img[::8, ::8, :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+
+
+def test_report_fits_the_page_at_common_widths(main_report, confirmed_report, chromium):
+    """At 1,000-1,600 px no element reaches past the viewport (a table wider than its box would scroll
+    inside it), and at 1,400 px and up every table fits its box: nothing to scroll."""
+    from chromium import OVERFLOWING_JS, Page
+
+    wide_boxes = ("[...document.querySelectorAll('.wide')].filter(d => d.scrollWidth > d.clientWidth + 1)"
+                  ".map(d => [d.firstElementChild.id, d.scrollWidth, d.clientWidth])")
+    with Page(chromium) as page:
+        for _, out, _, _ in (main_report, confirmed_report):
+            for width in (1000, 1400, 1600):
+                page.goto((out / "report.html").as_uri(), width=width, height=900)
+                assert page.evaluate("document.documentElement.clientWidth") == width
+                assert page.evaluate("document.documentElement.scrollWidth") == width, (out.name, width)
+                assert page.evaluate(OVERFLOWING_JS) == [], (out.name, width)
+                if width >= 1400:
+                    assert page.evaluate(wide_boxes) == [], (out.name, width)
+                assert page.evaluate("document.querySelectorAll('#headline-table tr').length") >= 2
+
+
+def test_parent_run_description_has_the_verdict_tables_and_report_path(confirmed_report):
+    fake, out, summary, _ = confirmed_report
+    note = MlflowClient(tracking_uri=fake.uri).get_run(fake.parent_run_id).data.tags["mlflow.note.content"]
+    assert f"**Verdict:** {md_cell(summary['verdict']['statement'])}" in note
+    rows = {line.split(" | ")[0].strip("| *"): line for line in note.splitlines() if line.startswith("| **")}
+    for m, r in summary["confirmation"]["methods"].items():  # the confirmation table, then the search table
+        assert f"| **{fmt(r['win_rate_mean'])}** | [{fmt(r['win_rate_ci_low'])}, {fmt(r['win_rate_ci_high'])}] |" in note
+        assert f"| {fmt(r['kl_mean'])} |" in note and m in rows
+    assert note.count("| **dpo** |") == 2
+    assert f"**Report:** `{(out / 'report.html').resolve()}`" in note
+    assert "viewStateShareKey=alignbench" in note and len(note) < 8000
 
 
 def test_examples_are_the_prompts_where_the_methods_disagree_most():

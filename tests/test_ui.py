@@ -7,7 +7,6 @@ Slow (a sweep, the MLflow server and a browser): `pytest -m slow tests/test_ui.p
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -58,9 +57,13 @@ def start_ui(cwd, port: int) -> tuple[subprocess.Popen, str]:
 
 @pytest.mark.slow
 def test_the_ui_opens_the_sweep_on_its_runs_and_the_parent_holds_the_summary(tmp_path, shared_cache, chromium):
-    cwd = tmp_path
     alignbench("sweep", "sweep=smoke", "sweep.methods=[dpo]", "sweep.n_trials=2", "sweep.confirm_seeds=1",
-               "sweep.pruner.type=none", *TINY, cwd=cwd, cache=shared_cache)
+               "sweep.pruner.type=none", *TINY, cwd=tmp_path, cache=shared_cache)
+    look_at_the_ui(tmp_path, chromium)
+
+
+def look_at_the_ui(cwd, chromium: str) -> None:
+    """The checks, on the smoke sweep of dpo (2 trials, 1 confirmation seed) recorded in `cwd`."""
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sweep-smoke")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -68,20 +71,19 @@ def test_the_ui_opens_the_sweep_on_its_runs_and_the_parent_holds_the_summary(tmp
     (parent,) = [r for r in runs if r.data.tags.get("alignbench.role") == "sweep"]
     children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
     assert children == ["dpo-0", "dpo-1", "dpo-confirm-seed1"]
-    summary = json.loads(open(client.download_artifacts(parent.info.run_id, "sweep_summary.json", str(tmp_path))).read())
-    best = summary["methods"]["dpo"]["best"]
+    best = {k: parent.data.metrics[f"best/dpo/{k}"] for k in ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "kl")}
 
     proc, link = start_ui(cwd, free_port())
     try:
         assert link.endswith(f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
                              "&viewStateShareKey=alignbench")
         with Page(chromium) as page:
-            page.goto(link, width=1400, height=900)
-            page.wait_for(f"{TEXT}.includes('matching runs') && {TEXT}.includes('sweep-smoke')", 120)
+            page.goto(link, width=2400, height=900)  # wide: the grid renders only the columns in view
+            page.wait_for(f"/[1-9][0-9]* matching runs/.test({TEXT}) && {TEXT}.includes('Run Name')", 120)
             text = page.evaluate(TEXT)
             # the runs table, not the GenAI overview ("0 traces")
             assert page.evaluate("location.hash").startswith(f"#/experiments/{exp.experiment_id}/runs")
-            assert "Run Name" in text and "Usage" not in text
+            assert "Run Name" in text, text[:2000]
             for column in ("eval/win_rate", "eval/win_rate_ci_low", "eval/kl", "method.beta", "method.lr"):
                 assert column in text, f"column {column} not in the runs table"
             # the parent's row expands to its children
@@ -99,6 +101,24 @@ def test_the_ui_opens_the_sweep_on_its_runs_and_the_parent_holds_the_summary(tmp
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
     assert "validation win rate [95% CI]" in description and "test win rate (confirmation mean)" in description
-    low, high = best["win_rate_ci"]
-    assert f"{best['win_rate']:.3f} [{low:.3f}, {high:.3f}]" in description  # the summary table's dpo row
+    # the summary table's dpo row: its best trial's win rate with its interval, and its KL
+    assert f"{best['win_rate']:.3f} [{best['win_rate_ci_low']:.3f}, {best['win_rate_ci_high']:.3f}]" in description
+    assert f"{best['kl']:.2f}" in description
     assert "Verdict: not yet" in description
+
+
+def test_the_sweeps_description_has_a_row_per_method_and_says_the_verdict_is_to_come():
+    """The parent run's description after a sweep (fast: from a summary as `progress.summarize` makes it)."""
+    from alignbench.sweep.description import sweep_note
+
+    best = {"trial": 3, "win_rate": 0.6251, "win_rate_ci": [0.5, 0.74], "kl": 2.345, "params": {"method.beta": 0.1234}}
+    summary = {"sweep": "s", "objective": "win_rate", "n_trials": 4, "methods": {
+        "dpo": {"complete": 3, "pruned": 1, "failed": 0, "best": best,
+                "confirmation": {"mean_win_rate": 0.61, "n_seeds": 2, "seeds": [1, 2, 3]}},
+        "ipo": {"complete": 0, "pruned": 0, "failed": 3}}}
+    note = sweep_note(summary, "7")
+    rows = [line for line in note.splitlines() if line.startswith("| **")]
+    assert rows == ["| **dpo** | 3 / 1 / 0 | 3 | 0.625 [0.500, 0.740] | 2.35 | `method.beta`=0.123 | 0.610 | 2/3 |",
+                    "| **ipo** | 0 / 0 / 3 | — | — | — | — | — | 0/0 |"]
+    assert "(#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=alignbench)" in note
+    assert "**Verdict:** not yet; `alignbench report report.sweep=s`" in note

@@ -189,7 +189,7 @@ def _measure_all(args, sizes: dict) -> dict:
         print("bench: DPO step vs bare forward+backward ...", flush=True)
         res.update(measure_step(args, cfg, sizes))
         print("bench: torch.compile vs eager ...", flush=True)
-        res.update(measure_compile(args, cfg, sizes))
+        res.update(measure_compile(args, cfg, sizes, tmp))
         print("bench: 4-trial beta sweep, ours vs TRL ...", flush=True)
         res.update(measure_sweep(args, sizes, Path(cfg.cache_dir), tmp / "cache"))
         print("bench: overhead share of a smoke trial ...", flush=True)

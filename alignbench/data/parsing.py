@@ -25,7 +25,9 @@ Drop reasons (Counter keys): ``missing_field`` (a needed column is absent/None, 
 is empty), ``empty_response`` (a response is blank), ``chosen_equals_rejected`` (identical
 responses, also when identical after truncation to ``max_length``), ``bad_format`` (wrong
 types, no/unshared "\\n\\nAssistant:" prefix, last message not from the assistant, label not
-a boolean, chat template error), ``prompt_too_long`` (from `tokenizing.filter_records`).
+a boolean, chat template error). Length drops come later: ``row_too_long`` (`measuring.drop_huge_rows`,
+before parsing) and ``prompt_too_long`` (`measuring.bound_characters`, `tokenizing.filter_records`,
+with ``data.long_prompts=drop``).
 """
 
 from __future__ import annotations
