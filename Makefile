@@ -19,6 +19,6 @@ run: install
 	HF_HUB_OFFLINE=1 $(BIN)/alignbench train
 
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -n 2 --dist loadfile
 
 .PHONY: install run test

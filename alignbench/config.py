@@ -155,7 +155,17 @@ def _kind_problem(key: str, default, value, signs: bool = True) -> str | None:
 def _positive(cfg, key: str) -> None:
     value = OmegaConf.select(cfg, key)
     if value is None or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{key}={value}: must be > 0")
+        raise ConfigError(f"{key}={value}{source_of(cfg, key)}: must be > 0")
+
+
+def source_of(cfg, key: str) -> str:
+    """" (from data.max_length)" when `key`'s value is an interpolation of another key (what the user set), else ""."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    raw = OmegaConf.to_container(node, resolve=False).get(leaf) if OmegaConf.is_dict(node) else None
+    if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}") and ":" not in raw:
+        return f" (from {raw[2:-1]})"
+    return ""
 
 
 def validate(cfg: DictConfig) -> None:
@@ -226,7 +236,9 @@ def check_budget(cfg: DictConfig) -> None:
                 "eval.n_prompts", "eval.max_new_tokens", "eval.batch_size"):
         _positive(cfg, key)
     if cfg.train.max_prompt_length >= cfg.train.max_length:
-        raise ConfigError(f"train.max_prompt_length={cfg.train.max_prompt_length}: must be < train.max_length={cfg.train.max_length}")
+        raise ConfigError(f"train.max_prompt_length={cfg.train.max_prompt_length}"
+                          f"{source_of(cfg, 'train.max_prompt_length')}: must be < "
+                          f"train.max_length={cfg.train.max_length}{source_of(cfg, 'train.max_length')}")
     context = OmegaConf.select(cfg, "model.context_length", default=None)  # the built-in model's positions
     longest = max(cfg.train.max_length, cfg.train.max_prompt_length + cfg.eval.max_new_tokens)
     if context is not None and longest > context:

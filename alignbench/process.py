@@ -64,10 +64,11 @@ def exit_interrupted(what: str, exc: BaseException, outcome: str = "") -> None:
 
 
 def quiet_libraries() -> None:
-    """No per-load progress bars from transformers/datasets in our logs."""
+    """No per-load progress bars from transformers/datasets, no MLflow store set-up chatter, in our logs."""
     import datasets
     import transformers
 
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     datasets.utils.logging.disable_progress_bar()

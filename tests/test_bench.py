@@ -94,6 +94,7 @@ def test_trl_peer_loads_a_pairs_file_with_the_datasets_cache_on(tmp_path, tiny_t
     assert ds.cache_files and all(str(tmp_path / "datasets") in f["filename"] for f in ds.cache_files)
 
 
+@pytest.mark.slow  # inductor compiles C++ kernels for the forward and the backward: minutes on 2 busy cores
 def test_compiled_policy_gives_eagers_log_probs_on_packed_rows_of_changing_width():
     """`train.compile`: the compiled policy (dynamic shapes) scores packed batches of two widths
     like the eager one, to 1e-5, and its gradients match too."""

@@ -62,6 +62,7 @@ def test_saved_policy_loads_with_the_same_logps(workdir, monkeypatch):
         assert not torch.equal(pair_logps(ref, tokens, 8, torch.device("cpu"), False)["chosen"], loaded["chosen"])
 
 
+@pytest.mark.slow  # a LoRA block changes the SFT cache key: its own SFT stage
 def test_lora_policy_is_an_adapter_loadable_with_peft(workdir):
     from peft import AutoPeftModelForCausalLM
 
@@ -149,6 +150,7 @@ def test_kill_9_after_the_first_checkpoint_then_resume_matches_an_uninterrupted_
 
 # --------------------------------------------------------------------------- sweeps
 
+@pytest.mark.slow  # two sweeps, three trials
 def test_killed_sweep_trial_resumes_from_its_checkpoint_and_only_the_best_policy_is_kept(workdir, monkeypatch):
     from test_sweep import child_runs, studies, sweep
 

@@ -158,3 +158,22 @@ def check_refused(capsys, command: str, overrides: list[str], key: str) -> None:
     lines = out.err.strip().splitlines()
     assert len(lines) == 1, out.err
     assert lines[0].startswith("alignbench: error: ") and key in lines[0], lines[0]
+
+
+def test_report_of_an_unknown_sweep_names_it_and_lists_the_sweeps_there(workdir, capsys):
+    import mlflow
+
+    from alignbench.tracking.mlflow_runs import set_uri
+
+    set_uri(None)  # MLflow's default store in this directory, created here
+    client = mlflow.MlflowClient()
+    for name in ("smoke", "dpo_beta"):
+        experiment = client.create_experiment(f"sweep-{name}")
+        client.create_run(experiment, tags={"alignbench.role": "sweep", "sweep.name": name})
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        cli.report_command(compose(["report.sweep=nope"]))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"alignbench: error: report.sweep=nope: no such sweep in MLflow at {mlflow.get_tracking_uri()}; "
+        "the sweeps there: dpo_beta, smoke"]

@@ -17,7 +17,10 @@ def measure_compile(args, cfg, sizes, workdir: Path) -> dict:
     compiled side adding its first step's compilation: `compile_speedup_default_run` > 1 means
     compiling pays over a default run. Inductor's kernel cache starts empty in `workdir` (a new
     machine's first run; a shared one could also be half-written by another process)."""
+    import torch._inductor.config
+
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(workdir / "inductor")
+    torch._inductor.config.compile_threads = 1  # in this process: a worker pool started earlier keeps the old cache dir
     steps = cfg.train.max_steps
     eager, compiled = [], []
     for _ in range(sizes["rounds"]):
