@@ -105,7 +105,7 @@ def check_entry(entry: Path) -> str | None:
 
 def discard(entry: Path, problem: str) -> None:
     """Warn, then remove a broken entry (moved aside first: a concurrent worker sees it whole or not at all)."""
-    log.warning("cache entry %s is unusable (%s); rebuilding it", entry, problem)
+    log.warning("WARNING: cache entry %s is unusable (%s); rebuilding it", entry, problem)
     trash = entry.parent / f".discarded-{entry.name}-{uuid.uuid4().hex[:8]}"
     try:
         os.rename(entry, trash)
