@@ -17,7 +17,7 @@ import alignbench
 from alignbench.evaluation.stats import holm, length_controlled_win_rate, paired_bootstrap, sign_test
 from alignbench.report.formatting import duration, fmt, number, short_value, text
 from alignbench.report.reading import column
-from alignbench.sweep.selection import best_index
+from alignbench.sweep.selection import best_index, finite_number
 
 STATES = ("COMPLETE", "PRUNED", "FAIL")
 # Params that differ between trials without being hyperparameters.
@@ -237,7 +237,7 @@ def judge_caveats(trials: pd.DataFrame) -> list[str]:
     notes = []
     for _, row in trials.iterrows():
         metrics = {k: row.get(f"metrics.{k}") for k in keys}
-        if all(_number(v) is not None for v in metrics.values()):
+        if all(finite_number(v) is not None for v in metrics.values()):
             caveat = judge_accuracy_caveat(metrics)
             notes += [f"Warning: {caveat}."] if caveat else []
             break
@@ -248,14 +248,6 @@ def judge_caveats(trials: pd.DataFrame) -> list[str]:
                                    first.get("params.method.reward"))
         notes += [f"Warning: {caveat}."] if caveat else []
     return notes
-
-
-def _number(x) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
 
 
 def run_metadata(trials, parent, parents, sweep_name, studies, parent_params) -> list[tuple[str, str]]:

@@ -18,18 +18,19 @@ def best_index(objectives: Sequence, kls: Sequence | None = None, trial_numbers:
     ranks last among ties; the candidates' order breaks any tie left."""
     best_key, best = None, None
     for i, objective in enumerate(objectives):
-        value = _number(objective)
+        value = finite_number(objective)
         if value is None:
             continue
-        kl = _number(kls[i]) if kl_tiebreak and kls is not None else 0.0
-        number = _number(trial_numbers[i]) if trial_numbers is not None else 0.0
+        kl = finite_number(kls[i]) if kl_tiebreak and kls is not None else 0.0
+        number = finite_number(trial_numbers[i]) if trial_numbers is not None else 0.0
         key = (-value, math.inf if kl is None else kl, math.inf if number is None else number)
         if best_key is None or key < best_key:
             best_key, best = key, i
     return best
 
 
-def _number(x) -> float | None:
+def finite_number(x) -> float | None:
+    """x as a float, or None when it is not a number or is NaN (a missing metric)."""
     try:
         v = float(x)
     except (TypeError, ValueError):
