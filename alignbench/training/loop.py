@@ -55,8 +55,8 @@ def make_optimizer(cfg, params, lr: float):
 def compiled_for_training(cfg, policy):
     """`train.compile`: the policy's training forward (and with it the backward) under `torch.compile`,
     dynamic shapes because packed rows change length every step. Off by default: on a 2-core CPU
-    it lost to eager even before counting the compilation (README, Performance). Evaluation and
-    checkpoints use the eager module (`Progress.maybe_evaluate` unwraps it)."""
+    compiling (~2 minutes) costs more than its faster steps save over a default run (README,
+    Performance). Evaluation and checkpoints use the eager module (`Progress.maybe_evaluate` unwraps it)."""
     return torch.compile(policy, dynamic=True) if cfg.train.get("compile") else policy
 
 
