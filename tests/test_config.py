@@ -58,6 +58,16 @@ def test_every_sweep_file_composes_and_validates(sweep):
         validate(compose(plan.trial_overrides[method]))
 
 
+def test_the_defaults_sweep_searches_nothing_for_any_of_its_methods():
+    """`sweep=defaults` measures each method at its defaults: a method missing from its
+    `search_space` block would be searched over its whole space instead (RLOO once was)."""
+    from alignbench.sweep.plan import plan_sweep
+
+    plan = plan_sweep(compose(["sweep=defaults"]), overrides=[])
+    assert plan.methods == ["ppo", "dpo", "ipo", "kto", "simpo", "rloo"]
+    assert {m: plan.spaces[m] for m in plan.methods} == {m: {} for m in plan.methods}
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["method.beta=0"], "method.beta=0: must be > 0"),
     (["method.beta=-0.1"], "method.beta=-0.1: must be > 0"),
