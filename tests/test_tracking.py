@@ -3,6 +3,8 @@ flushes them before the run ends, and hands a write error back to the caller."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -175,6 +177,10 @@ with tracking.tracked_run("killed-after", tags={"method": "dpo"}) as tracker:
     for step in range(1, 6):
         tracker.log_metrics({"train/loss": 1.0 / step}, step)
     tracker.log_metrics({"eval/win_rate": 0.6}, 5)
+    tracker.log_files(documents={"config.yaml": {"method": {"beta": 0.1}}},
+                      tables={"eval_samples.json": [{"prompt": "p", "reward": 1.5}]})
+    with tracker.artifact_dir("policy") as out:  # as save_policy writes it
+        (out / "model.safetensors").write_bytes(b"weights")
 print(tracker.run_id, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)  # the trial is over: nothing after this point runs
 """
@@ -182,7 +188,8 @@ os.kill(os.getpid(), signal.SIGKILL)  # the trial is over: nothing after this po
 
 def test_no_record_is_lost_when_the_process_is_killed_after_the_run_ends(workdir):
     """The writer is closed (everything written) before the run is marked ended: a process
-    SIGKILLed right after its tracked block leaves every param, tag and metric in the store."""
+    SIGKILLed right after its tracked block leaves every param, tag, metric and artifact in the store."""
+    import json
     import signal
     import subprocess
     import sys
@@ -196,3 +203,54 @@ def test_no_record_is_lost_when_the_process_is_killed_after_the_run_ends(workdir
     assert run.data.params == {"method.beta": "0.1"} and run.data.tags["optuna.trial_state"] == "COMPLETE"
     assert run.data.metrics == {"train/loss": 0.2, "eval/win_rate": 0.6}
     assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/loss")) == 5
+    assert json.loads(run.data.tags["mlflow.loggedArtifacts"]) == [{"path": "eval_samples.json", "type": "table"}]
+    files = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(workdir / "got")))
+    assert (files / "config.yaml").read_text() == "method:\n  beta: 0.1\n"
+    assert json.loads((files / "eval_samples.json").read_text()) == {"columns": ["prompt", "reward"], "data": [["p", 1.5]]}
+    assert (files / "policy" / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_artifacts_of_a_local_store_are_written_in_place(workdir, monkeypatch):
+    """On a local artifact store the files are written once, into the run's artifact directory:
+    no upload (`log_artifacts` copies) and no read of the run to find where its artifacts go."""
+    import mlflow
+
+    from alignbench.tracking import mlflow_runs as tracking
+
+    calls = []
+    for name in ("log_artifacts", "get_run"):
+        real = getattr(mlflow.MlflowClient, name)
+        monkeypatch.setattr(mlflow.MlflowClient, name, lambda self, *a, _n=name, _r=real, **kw: calls.append(_n) or _r(self, *a, **kw))
+    with tracking.tracked_run("in-place") as tracker:
+        tracker.log_files(documents={"config.yaml": {"a": 1}}, tables={"eval_samples.json": [{"x": 1}]})
+        with tracker.artifact_dir("policy") as out:
+            (out / "model.safetensors").write_bytes(b"w")
+    assert calls == []
+    assert sorted(f.path for f in mlflow.MlflowClient().list_artifacts(tracker.run_id)) == ["config.yaml", "eval_samples.json", "policy"]
+    assert [f.path for f in mlflow.MlflowClient().list_artifacts(tracker.run_id, "policy")] == ["policy/model.safetensors"]
+
+
+def test_artifacts_of_a_remote_store_are_uploaded_once_the_block_ends(workdir, monkeypatch):
+    """Where artifacts are not on this machine (an MLflow server, S3) the files go to a temporary
+    directory uploaded in one `log_artifacts` call; nothing is uploaded when the writing fails."""
+    import mlflow
+
+    from alignbench.tracking import artifacts
+    from alignbench.tracking import mlflow_runs as tracking
+
+    assert artifacts.local_dir("file:///tmp/a/artifacts") == Path("/tmp/a/artifacts")
+    assert artifacts.local_dir("/tmp/a/artifacts") == Path("/tmp/a/artifacts")
+    assert artifacts.local_dir("mlflow-artifacts:/1/abc/artifacts") is None
+    assert artifacts.local_dir("s3://bucket/1/abc/artifacts") is None
+    monkeypatch.setattr(artifacts, "local_dir", lambda uri: None)  # this store's artifacts, as if remote
+    uploads = []
+    real = mlflow.MlflowClient.log_artifacts
+    monkeypatch.setattr(mlflow.MlflowClient, "log_artifacts", lambda self, *a: uploads.append(a[2:]) or real(self, *a))
+    with tracking.tracked_run("remote") as tracker:
+        with pytest.raises(OSError):
+            with tracker.artifact_dir("broken"):
+                raise OSError("disk full")
+        with tracker.artifact_dir("policy") as out:
+            (out / "model.safetensors").write_bytes(b"w")
+    assert uploads == [("policy",)]
+    assert [f.path for f in mlflow.MlflowClient().list_artifacts(tracker.run_id)] == ["policy"]

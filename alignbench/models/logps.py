@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -78,10 +79,12 @@ class PackedBatch:
     response_mask: torch.Tensor
     sequence: torch.Tensor  # index of the source row of each token (0 on padding)
     n_sequences: int
+    targets: torch.Tensor | None = None  # `pack_batch`'s `targets`, packed alike
 
 
-def pack_batch(input_ids, attention_mask, response_mask) -> PackedBatch:
-    """Pack a padded batch first-fit into rows as wide as the batch (see `packed_sequence_logps`)."""
+def pack_batch(input_ids, attention_mask, response_mask, targets=None) -> PackedBatch:
+    """Pack a padded batch first-fit into rows as wide as the batch (see `packed_sequence_logps`);
+    `targets`: one more [batch, width] tensor to pack alongside."""
     device = input_ids.device
     batch, width = input_ids.shape
     keep = attention_mask.bool()
@@ -99,7 +102,8 @@ def pack_batch(input_ids, attention_mask, response_mask) -> PackedBatch:
 
     return PackedBatch(input_ids=packed(input_ids[keep]), position_ids=packed(within.to(device)),
                        response_mask=packed(response_mask[keep]),
-                       sequence=packed(torch.arange(batch).repeat_interleave(lengths).to(device)), n_sequences=batch)
+                       sequence=packed(torch.arange(batch).repeat_interleave(lengths).to(device)), n_sequences=batch,
+                       targets=None if targets is None else packed(targets[keep]))
 
 
 def packed_sequence_logps(model, input_ids, attention_mask, response_mask) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,18 +114,79 @@ def packed_sequence_logps(model, input_ids, attention_mask, response_mask) -> tu
     at 0 for each sequence (and no attention mask) makes transformers build a block-diagonal
     causal mask, so no token attends across sequences: the padding-free layout of TRL's
     `padding_free` and of flash-attention varlen kernels. Trailing padding in a row has position
-    0 throughout, so each pad token is a one-token sequence of its own. A sequence's first token
-    is never scored (as in the padded layout, where it has no predecessor).
+    0 throughout, so each pad token is a one-token sequence of its own.
+
+    Each packed token carries the token after it in its sequence as its target: a sequence's last
+    token is not fed (its output would score nothing, and under a causal mask nothing else
+    depends on it), its first is never a target (as in the padded layout, where it has no
+    predecessor). Logits are computed only at the columns whose target is a response token
+    (`scored_logits`).
     """
-    p = pack_batch(input_ids, attention_mask, response_mask)
-    logits = model(input_ids=p.input_ids, position_ids=p.position_ids, use_cache=False).logits
-    per_token = token_logps(logits, p.input_ids)
-    # column t scores token t+1; a sequence's first token (position 0) has no predecessor in it
-    mask = ((p.response_mask[:, 1:] != 0) & (p.position_ids[:, 1:] != 0)).to(per_token.dtype)
-    index = p.sequence[:, 1:].reshape(-1)
-    sums = per_token.new_zeros(p.n_sequences).index_add(0, index, (per_token * mask).reshape(-1))
-    counts = mask.new_zeros(p.n_sequences).index_add(0, index, mask.reshape(-1))
+    next_of = lambda t: torch.nn.functional.pad(t[:, 1:], (0, 1))  # noqa: E731 - t[b, i+1] at column i
+    has_next = attention_mask.bool() & next_of(attention_mask).bool()
+    p = pack_batch(input_ids, has_next, next_of(response_mask), targets=next_of(input_ids))
+    scores = p.response_mask != 0  # padding's is 0
+    # selected before the forward: on a GPU the boolean indexing syncs while nothing is queued yet
+    targets, index = p.targets[scores].unsqueeze(-1), p.sequence[scores]
+    logits = scored_logits(model, p.input_ids, p.position_ids, scores).float()
+    per_token = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    sums = per_token.new_zeros(p.n_sequences).index_add(0, index, per_token)
+    counts = per_token.new_zeros(p.n_sequences).index_add(0, index, torch.ones_like(per_token))
     return sums, counts
+
+
+def scored_logits(model, input_ids, position_ids, keep: torch.Tensor) -> torch.Tensor:
+    """The logits [K, V] of the K `keep` columns of a [rows, width] batch, in row-major order.
+
+    Through transformers' `logits_to_keep` (a boolean mask) where the model honours it: the LM
+    head and the log-softmax then run on the scored columns only (prompts are a third of the
+    built-in task's tokens, and the head is a large share of a small model's step). The full
+    logits otherwise (`selects_logits`).
+    """
+    if selects_logits(model):
+        return model(input_ids=input_ids, position_ids=position_ids, use_cache=False, logits_to_keep=keep).logits
+    return model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[keep]
+
+
+_SELECTS_LOGITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def selects_logits(model) -> bool:
+    """Whether `model(..., logits_to_keep=<bool [rows, width]>)` returns the logits of those columns.
+
+    transformers >= 5 decoders (Llama, Qwen2, GPTNeoX, ...) and peft wrappers of them do; an older
+    or custom model may ignore the argument, reject it or read it as something else. Checked once
+    per model object on a synthetic batch in eval mode (no dropout), against the full logits;
+    compiled models keep the full logits (a boolean mask's data-dependent shape breaks the graph).
+    """
+    module = getattr(model, "module", model)  # DDP: check the wrapped model, not a collective forward
+    if module not in _SELECTS_LOGITS:
+        _SELECTS_LOGITS[module] = not hasattr(module, "_orig_mod") and _selected_logits_agree(module)
+    return _SELECTS_LOGITS[module]
+
+
+@torch.no_grad()
+def _selected_logits_agree(model) -> bool:
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not vocab_size:
+        return False
+    device = next(model.parameters()).device
+    ids = torch.randint(0, vocab_size, (2, 6), generator=torch.Generator().manual_seed(0)).to(device)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 1, 2, 0, 1, 2]], device=device)
+    keep = torch.tensor([[0, 1, 1, 0, 1, 0], [1, 0, 1, 1, 0, 0]], dtype=torch.bool, device=device)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        full = model(input_ids=ids, position_ids=positions, use_cache=False).logits[keep].float()
+        kept = model(input_ids=ids, position_ids=positions, use_cache=False, logits_to_keep=keep).logits.float()
+    except Exception:  # noqa: BLE001 - a model that rejects the argument keeps the full logits
+        return False
+    finally:
+        for m, training in modes:
+            m.training = training
+    # 1% of the largest logit: above a bf16 (autocast) head's rounding, far below what other columns give
+    tol = 1e-2 * float(full.abs().max())
+    return kept.shape == full.shape and bool(torch.allclose(kept, full, rtol=0, atol=tol))
 
 
 @torch.no_grad()

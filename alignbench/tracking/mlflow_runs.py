@@ -25,7 +25,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.time import get_current_time_millis
 
 import alignbench
-from alignbench.tracking import store
+from alignbench.tracking import artifacts, store
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LEN = 6000
@@ -37,8 +37,8 @@ def set_uri(uri: str | None) -> None:
     if uri:
         mlflow.set_tracking_uri(uri)
     current = mlflow.get_tracking_uri()
-    _create_sqlite_store_once(current)
-    key = _sqlite_path(current) or current
+    store.create_sqlite_store_once(current)
+    key = store.sqlite_path(current) or current
     if key not in _OPENED_STORES:
         _OPENED_STORES.add(key)
         try:
@@ -47,36 +47,7 @@ def set_uri(uri: str | None) -> None:
             log.warning("could not look for stale runs in %s: %s", current, exc)
 
 
-_READY_STORES: set = set()
 _OPENED_STORES: set = set()
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///"):].split("?")[0]).resolve()  # a relative URI means another file in another cwd
-
-
-def _create_sqlite_store_once(uri: str) -> None:
-    """Create a SQLite tracking store under a file lock.
-
-    MLflow creates its tables on first use without a lock, so workers started at the same
-    instant in a fresh directory (by hand, or Hydra's joblib launcher) race and one fails with
-    "table ... already exists". The first one here creates the store while the others wait.
-    """
-    db = _sqlite_path(uri)
-    if db is None or db in _READY_STORES:
-        return
-    import fcntl
-
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates the tables if missing
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    _READY_STORES.add(db)
 
 
 @functools.lru_cache(maxsize=1)
@@ -117,8 +88,9 @@ class MlflowTracker:
     _STOP = object()
     WRITE_INTERVAL = 5.0  # seconds: a long run's metrics still reach the store (and the UI) as it goes
 
-    def __init__(self, client: MlflowClient, run_id: str, async_logging: bool = True):
+    def __init__(self, client: MlflowClient, run_id: str, async_logging: bool = True, artifact_uri: str | None = None):
         self.client, self.run_id, self.async_logging = client, run_id, async_logging
+        self.artifact_uri = artifact_uri  # known when the run was created or reopened here; else read when needed
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -216,24 +188,35 @@ class MlflowTracker:
         self._log("metrics", [Metric(k, float(v), now, step) for k, v in metrics.items()], None)
 
     def log_files(self, documents: dict | None = None, tables: dict | None = None) -> None:
-        """Write artifacts in one upload: `documents` {name.yaml|name.json: object}, and `tables`
-        {name.json: list of row dicts} in `MlflowClient.log_table`'s format (pandas "split" JSON),
-        tagged `mlflow.loggedArtifacts` so the MLflow UI shows them as tables. One
-        `log_artifacts` call instead of log_dict + log_table, which reads the whole run back."""
-        import pandas as pd
-        import yaml
-
+        """Write artifacts in one go: `documents` {name.yaml|name.json: object}, and `tables`
+        {name.json: list of row dicts} in `MlflowClient.log_table`'s format, tagged
+        `mlflow.loggedArtifacts` so the MLflow UI shows them as tables. Not log_dict + log_table,
+        which reads the whole run back."""
         documents, tables = documents or {}, tables or {}
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, obj in documents.items():
-                text = (yaml.safe_dump(obj, sort_keys=False) if name.endswith((".yaml", ".yml"))
-                        else json.dumps(obj, indent=2, default=str))
-                (Path(tmp) / name).write_text(text)
-            for name, rows in tables.items():
-                pd.DataFrame(rows).to_json(Path(tmp) / name, orient="split", index=False, date_format="iso")
-            self.client.log_artifacts(self.run_id, tmp)
-        if tables:
+        if tables:  # queued first: written with the rest while the files are (`artifact_dir`)
             self.set_tags({"mlflow.loggedArtifacts": json.dumps([{"path": n, "type": "table"} for n in tables])})
+        with self.artifact_dir() as out:
+            artifacts.write_files(out, documents, tables)
+
+    @contextlib.contextmanager
+    def artifact_dir(self, artifact_path: str = ""):
+        """A directory whose files are the run's artifacts under `artifact_path` once the block ends:
+        the run's own artifact directory on a local store (`artifacts`), else a temporary one
+        uploaded at the end of the block (nothing is uploaded when the block raises). The writer
+        writes what is queued meanwhile: a short run's record and its artifacts are written together."""
+        if self._thread is not None:
+            self._queue.put(threading.Event())  # a flush marker nobody waits for
+        if self.artifact_uri is None:
+            self.artifact_uri = self.client.get_run(self.run_id).info.artifact_uri
+        local = artifacts.local_dir(self.artifact_uri)
+        if local is not None:
+            out = local / artifact_path
+            out.mkdir(parents=True, exist_ok=True)
+            yield out
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            yield Path(tmp)
+            self.client.log_artifacts(self.run_id, tmp, artifact_path or None)
 
     def log_dir(self, local_dir, artifact_path: str) -> None:
         """Upload a directory as `artifact_path/` (a saved policy, a checkpoint), after everything queued before it."""
@@ -281,12 +264,13 @@ def tracked_run(experiment: str, run_name: str | None = None, parent_run_id: str
     tags |= store.process_tags()
     if run_id:
         client.update_run(run_id, status="RUNNING")
-        if "failure_reason" in client.get_run(run_id).data.tags:
+        run = client.get_run(run_id)
+        if "failure_reason" in run.data.tags:
             client.delete_tag(run_id, "failure_reason")
         set_run_tags(run_id, standard_tags(tags))
     else:
-        run_id = create_run(experiment, run_name, tags)
-    tracker = MlflowTracker(client, run_id, async_logging)
+        run = new_run(client, experiment, run_name, tags)
+    tracker = MlflowTracker(client, run.info.run_id, async_logging, run.info.artifact_uri)
     try:
         yield tracker
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -337,9 +321,12 @@ def search_runs(experiment: str, filter_string: str = "", uri: str | None = None
 
 def create_run(experiment: str, run_name: str | None, tags: dict, uri: str | None = None) -> str:
     set_uri(uri)
-    client = MlflowClient()
+    return new_run(MlflowClient(), experiment, run_name, tags).info.run_id
+
+
+def new_run(client: MlflowClient, experiment: str, run_name: str | None, tags: dict):
     tags = {k: str(v) for k, v in standard_tags(tags).items()}  # the REST store (http:// URI) takes strings only
-    return client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags).info.run_id
+    return client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags)
 
 
 def experiment_links(base: str, uri: str | None = None) -> list[str]:
@@ -357,8 +344,6 @@ def delete_run(run_id: str, uri: str | None = None) -> None:
 def set_run_tags(run_id: str, tags: dict, uri: str | None = None) -> None:
     set_uri(uri)
     MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
-
-
 
 
 def open_tracker(run_id: str, uri: str | None = None) -> MlflowTracker:

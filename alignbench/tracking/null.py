@@ -3,6 +3,10 @@ attributes, for tests, benchmarks and `alignbench train tracking.enabled=false`.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from pathlib import Path
+
 
 class NullTracker:
     """Keeps what would be logged in memory (tests, benchmarks, tracking disabled)."""
@@ -28,11 +32,16 @@ class NullTracker:
 
     def log_dir(self, local_dir, artifact_path: str) -> None:
         """Records each file's size under `artifact_path/` (the files themselves are not kept)."""
-        from pathlib import Path
-
         for f in sorted(Path(local_dir).rglob("*")):
             if f.is_file():
                 self.artifacts[f"{artifact_path}/{f.relative_to(local_dir).as_posix()}"] = f.stat().st_size
+
+    @contextlib.contextmanager
+    def artifact_dir(self, artifact_path: str = ""):
+        """A temporary directory recorded as by `log_dir` when the block ends."""
+        with tempfile.TemporaryDirectory() as tmp:
+            yield Path(tmp)
+            self.log_dir(tmp, artifact_path)
 
     def list_artifacts(self, path: str) -> list[str]:
         return sorted({k[: k.index("/", len(path) + 1)] if "/" in k[len(path) + 1:] else k

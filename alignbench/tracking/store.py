@@ -1,5 +1,6 @@
 """What alignbench keeps in an MLflow store besides its runs' own records.
 
+- A SQLite store is created under a file lock (MLflow's own first use races between workers).
 - Experiments are tagged for the MLflow 3 UI: `mlflow.experimentKind` (without it the UI may open
   an experiment on its GenAI traces page, which reads "0 traces", instead of the runs table), the
   primary metric, and a saved view `alignbench` (`mlflow.sharedViewState.alignbench`) whose runs
@@ -18,7 +19,9 @@ import json
 import logging
 import os
 import socket
+from pathlib import Path
 
+import mlflow
 from mlflow.entities import ViewType
 from mlflow.utils.time import get_current_time_millis
 
@@ -35,6 +38,39 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 COMPARE_METRICS = ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl", "eval/gold_reward")
 COMPARE_TAGS = ("method", "alignbench.role", "optuna.trial_state")
 PROCESS_TAGS = ("alignbench.host", "alignbench.pid", "alignbench.process_start")
+
+
+# ---- the store itself
+
+_READY_STORES: set = set()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?")[0]).resolve()  # a relative URI means another file in another cwd
+
+
+def create_sqlite_store_once(uri: str) -> None:
+    """Create a SQLite tracking store under a file lock.
+
+    MLflow creates its tables on first use without a lock, so workers started at the same
+    instant in a fresh directory (by hand, or Hydra's joblib launcher) race and one fails with
+    "table ... already exists". The first one here creates the store while the others wait.
+    """
+    db = sqlite_path(uri)
+    if db is None or db in _READY_STORES:
+        return
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates the tables if missing
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY_STORES.add(db)
 
 
 # ---- experiments

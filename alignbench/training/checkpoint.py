@@ -39,11 +39,11 @@ MAY_DIFFER = ("resume", "fault.", "tracking.", "threads", "cache_dir")
 
 
 def save_policy(models, tracker) -> None:
-    """The trained policy and its tokenizer as the run's `policy/` artifact (`save_pretrained`, safetensors)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        models.policy.save_pretrained(tmp, safe_serialization=True)
-        models.tokenizer.save_pretrained(tmp)
-        tracker.log_dir(tmp, POLICY)
+    """The trained policy and its tokenizer as the run's `policy/` artifact (`save_pretrained`,
+    safetensors), written where the tracker keeps it (on a local store, written once in place)."""
+    with tracker.artifact_dir(POLICY) as out:
+        models.policy.save_pretrained(out, safe_serialization=True)
+        models.tokenizer.save_pretrained(out)
 
 
 @dataclass
