@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -25,25 +24,14 @@ from pathlib import Path
 
 import pytest
 
-APT = "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium"
-
+from pg import apt_install
 
 def find_chromium() -> str | None:
     return shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
 def ensure_installed() -> str:
-    exe = find_chromium()
-    if exe is not None:
-        return exe
-    if os.geteuid() != 0:
-        pytest.skip(f"chromium is not installed and we are not root to install it; run: sudo sh -c '{APT}'")
-    out = subprocess.run(["sh", "-c", APT], capture_output=True, text=True, timeout=1200)
-    exe = find_chromium()
-    if out.returncode != 0 or exe is None:
-        pytest.skip(f"chromium could not be installed with `{APT}` (exit {out.returncode}): "
-                    f"{(out.stderr or out.stdout).strip()[-800:]}")
-    return exe
+    return apt_install("chromium", find_chromium, pytest.skip)  # a browser check is skipped, not failed, without one
 
 
 @pytest.fixture(scope="session")

@@ -27,9 +27,6 @@ from pathlib import Path
 
 import pytest
 
-APT = "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql"
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,23 +45,32 @@ def find_bin_dir() -> Path | None:
     return Path(versions[-1]).parent if versions else None
 
 
-def ensure_installed() -> Path:
-    bin_dir = find_bin_dir()
-    if bin_dir is not None:
-        return bin_dir
+def apt_install(package: str, find, give_up):
+    """`find()`, after installing Debian's `package` with apt-get when it finds nothing (CI runs on a
+    fresh machine, as root). One apt-get at a time across pytest's xdist workers (dpkg's lock would
+    fail the second), and a worker that waited looks again first. `give_up(reason)` (pytest.fail or
+    pytest.skip) when it is missing and cannot be installed."""
+    apt = f"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}"
+    found = find()
+    if found is not None:
+        return found
     if os.geteuid() != 0:
-        pytest.fail(f"PostgreSQL is not installed (no initdb) and we are not root to install it; run: sudo sh -c '{APT}'")
+        give_up(f"{package} is not installed and we are not root to install it; run: sudo sh -c '{apt}'")
     with open(Path(tempfile.gettempdir()) / "alignbench-apt.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # pytest workers (xdist) must not run apt-get side by side
-        bin_dir = find_bin_dir()  # another worker may have installed it while we waited
-        if bin_dir is not None:
-            return bin_dir
-        out = subprocess.run(["sh", "-c", APT], capture_output=True, text=True, timeout=900)
-    bin_dir = find_bin_dir()
-    if out.returncode != 0 or bin_dir is None:
-        pytest.fail(f"could not install PostgreSQL with `{APT}` (exit {out.returncode}): "
-                    f"{(out.stderr or out.stdout).strip()[-1500:]}")
-    return bin_dir
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = find()
+        if found is not None:
+            return found
+        out = subprocess.run(["sh", "-c", apt], capture_output=True, text=True, timeout=1200)
+    found = find()
+    if out.returncode != 0 or found is None:
+        give_up(f"could not install {package} with `{apt}` (exit {out.returncode}): "
+                f"{(out.stderr or out.stdout).strip()[-1500:]}")
+    return found
+
+
+def ensure_installed() -> Path:
+    return apt_install("postgresql", find_bin_dir, pytest.fail)
 
 
 class Cluster:

@@ -152,17 +152,10 @@ def test_kill_9_after_the_first_checkpoint_then_resume_matches_an_uninterrupted_
 
 @pytest.mark.slow  # two sweeps, three trials
 def test_killed_sweep_trial_resumes_from_its_checkpoint_and_only_the_best_policy_is_kept(workdir, monkeypatch):
-    from test_sweep import child_runs, studies, sweep
-
-    real = loop_mod.inject_faults
-
-    def interrupt_at_3(cfg, loss, step):
-        if step == 3:
-            raise KeyboardInterrupt("simulated Ctrl-C")
-        return real(cfg, loss, step)
+    from test_sweep import child_runs, interrupt_at, studies, sweep
 
     user = ("train.checkpoint_every=2",)
-    monkeypatch.setattr(loop_mod, "inject_faults", interrupt_at_3)
+    real = interrupt_at(monkeypatch, 3)
     with pytest.raises(SystemExit):
         sweep("sweep.methods=[dpo]", "sweep.n_trials=1", user=user)
     monkeypatch.setattr(loop_mod, "inject_faults", real)

@@ -20,6 +20,7 @@ from alignbench.sweep import run as run_mod
 from alignbench.sweep import storage as storage_mod
 from alignbench.sweep import studies as studies_mod
 from alignbench.training import loop as train_mod
+from test_sweep import interrupt_at
 
 TINY = ["train.max_steps=4", "eval.every_n_steps=0", "eval.n_prompts=12", "eval.max_new_tokens=12"]
 KEYS = ("sweep.n_trials=1", "sweep.confirm_seeds=2", "sweep.pruner.type=none")
@@ -49,14 +50,7 @@ def finished_confirmations(method: str) -> list:
 
 def test_confirmation_runs_are_tagged_parented_and_resume_without_duplicates(workdir, monkeypatch):
     # 1st invocation, killed (Ctrl-C) during ipo's second confirmation run.
-    real = train_mod.inject_faults
-
-    def interrupt_second_ipo_seed(cfg, loss, step):
-        if cfg.method.name == "ipo" and cfg.seed == 2 and step == 2:
-            raise KeyboardInterrupt("simulated Ctrl-C")
-        return real(cfg, loss, step)
-
-    monkeypatch.setattr(train_mod, "inject_faults", interrupt_second_ipo_seed)
+    real = interrupt_at(monkeypatch, 2, when=lambda cfg: cfg.method.name == "ipo" and cfg.seed == 2)
     with pytest.raises(SystemExit) as exc:
         sweep("sweep.methods=[dpo,ipo]")
     assert exc.value.code == 130

@@ -24,6 +24,7 @@ from alignbench.sweep import plan as plan_mod
 from alignbench.sweep import run as run_mod
 from alignbench.sweep import storage as storage_mod
 from alignbench.sweep import studies as studies_mod
+from alignbench.tracking import store
 from alignbench.training import loop as train_mod
 from alignbench.config import ConfigError, compose, validate
 
@@ -173,15 +174,22 @@ def test_a_bad_trial_is_pruned(workdir):
     assert "eval/win_rate" in run.data.metrics
 
 
-def test_interrupt_finalises_both_records(workdir, monkeypatch):
+def interrupt_at(monkeypatch, step: int, when=lambda cfg: True):
+    """A simulated Ctrl-C (KeyboardInterrupt) at optimiser step `step` of the runs `when(cfg)` picks;
+    returns the real `inject_faults`, to put back."""
     real = train_mod.inject_faults
 
-    def interrupt_at_2(cfg, loss, step):
-        if step == 2:
+    def interrupt(cfg, loss, at):
+        if at == step and when(cfg):
             raise KeyboardInterrupt("simulated Ctrl-C")
-        return real(cfg, loss, step)
+        return real(cfg, loss, at)
 
-    monkeypatch.setattr(train_mod, "inject_faults", interrupt_at_2)
+    monkeypatch.setattr(train_mod, "inject_faults", interrupt)
+    return real
+
+
+def test_interrupt_finalises_both_records(workdir, monkeypatch):
+    interrupt_at(monkeypatch, 2)
     with pytest.raises(SystemExit) as exc:
         sweep("sweep.methods=[dpo]", "sweep.n_trials=1")
     assert exc.value.code == 130
@@ -358,6 +366,9 @@ def _wait_for_running_child(timeout=300):
         time.sleep(1)
         if not Path("mlflow.db").exists():
             continue
+        # under the CLI's own lock: a bare MlflowClient here would create the tables at the same
+        # moment as the CLI does and make it fail with "table ... already exists"
+        store.create_sqlite_store_once(f"sqlite:///{Path('mlflow.db').resolve()}")
         try:
             runs = child_runs()
         except Exception:

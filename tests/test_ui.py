@@ -20,18 +20,10 @@ from mlflow import MlflowClient
 
 from chromium import Page, chromium  # noqa: F401  (session fixture: installs chromium when missing)
 from pg import free_port
+from test_end_to_end import alignbench
 from test_sweep import TINY
 
 TEXT = "document.body.innerText"
-
-
-def alignbench(*args: str, cwd, cache) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ALIGNBENCH_CACHE": str(cache)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    out = subprocess.run([sys.executable, "-m", "alignbench.cli", *args], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=900)
-    assert out.returncode == 0, f"alignbench {' '.join(args)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
-    return out
 
 
 def start_ui(cwd, port: int) -> tuple[subprocess.Popen, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import socket
 import warnings
 
 import optuna
@@ -17,27 +16,18 @@ from optuna.trial import TrialState
 from alignbench.sweep.plan import Plan
 from alignbench.sweep.storage import lock_path
 from alignbench.tracking import mlflow_runs as tracking
+from alignbench.tracking.store import HOST, process_start  # one notion of "this process" for runs and trials
 
 log = logging.getLogger(__name__)
 
-HOST = socket.gethostname()
 ACTIVE: set = set()  # (study name, trial number) run by this process right now
 ORPHAN_AFTER_SECONDS = 60  # another host's worker ends a trial's run right after telling Optuna
 UNTAGGED_STALE_SECONDS = 120  # a trial without a worker record, on storage without a local lock
 
 
-def _process_start(pid: int) -> float | None:
-    try:
-        import psutil
-
-        return round(psutil.Process(pid).create_time(), 2)
-    except Exception:
-        return None
-
-
 def worker_tag() -> dict:
     """This process as a trial's `alignbench.worker` user attr."""
-    return {"host": HOST, "pid": os.getpid(), "start": _process_start(os.getpid())}
+    return {"host": HOST, "pid": os.getpid(), "start": process_start(os.getpid())}
 
 
 def is_stale(plan: Plan, study, trial) -> bool:
@@ -49,7 +39,7 @@ def is_stale(plan: Plan, study, trial) -> bool:
         return lock_path(plan) is not None or age > UNTAGGED_STALE_SECONDS
     if w.get("host") != HOST:
         return False  # another machine's worker: Optuna's heartbeat (RDB storage) judges it
-    if w.get("pid") == os.getpid() and w.get("start") == _process_start(os.getpid()):
+    if w.get("pid") == os.getpid() and w.get("start") == process_start(os.getpid()):
         return (study.study_name, trial.number) not in ACTIVE
     return bool(_worker_gone(w))
 
@@ -59,7 +49,7 @@ def _worker_gone(w: dict | None) -> bool | None:
     where it cannot be told (another host, or no record)."""
     if w is None or w.get("host") != HOST:
         return None
-    start = _process_start(int(w["pid"]))
+    start = process_start(int(w["pid"]))
     return start is None or (w.get("start") is not None and start != w["start"])
 
 
