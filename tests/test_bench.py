@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from alignbench.bench.main import COMPILE_KEYS
 from alignbench.cli import main
 
 KEYS = ("dpo_throughput_vs_trl", "sweep_speedup_vs_trl", "dpo_step_vs_forward_backward", "overhead_share",
         "overhead_share_tracked", "peak_rss_mb", "ours_pairs_per_second", "trl_pairs_per_second",
-        "sweep_ours_seconds", "sweep_trl_seconds", "ours_step_seconds", "bare_step_seconds",
-        "compile_speedup_default_run", "compiled_step_seconds", "eager_step_seconds", "trl_reference_cache_hits")
+        "sweep_ours_seconds", "sweep_trl_seconds", "ours_step_seconds", "bare_step_seconds", "trl_reference_cache_hits")
 CONSOLE_SCRIPT = Path(sys.executable).with_name("alignbench")
 
 
@@ -32,6 +32,9 @@ def test_bench_quick_console_script_exits_zero_and_writes_bench_json(workdir):
     result = json.loads((workdir / "bench.json").read_text())
     for key in KEYS:
         assert isinstance(result[key], (int, float)) and math.isfinite(result[key]), key
+    assert all(math.isnan(result[key]) for key in COMPILE_KEYS)  # --quick leaves torch.compile out
+    (row,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("torch.compile speed-up")]
+    assert row.split()[4:6] == ["nan", ">="] and "not measured (--compile on measures it)" in row
     assert 0 <= result["overhead_share"] <= 1 and 0 <= result["overhead_share_tracked"] <= 1
     assert result["trl_reference_cache_hits"] == result["sweep_trials"] - 1  # TRL's cache worked
     assert [r["reference_cache_hit"] for r in result["raw_sweep_trl"]] == [False, True, True, True]

@@ -33,6 +33,8 @@ Measurements (keys of bench.json):
   `train.padding_free` is on, as by default). Rounds alternate; best of each side.
 - ``compile_speedup_default_run``: `torch.compile` (dynamic shapes) of that bare step against eager,
   over a default run's steps with the compilation counted (`compiled_step_vs_eager` per step).
+  Not with `--quick` unless `--compile on` (inductor compiles for about a minute whatever the
+  size): its keys are then NaN.
 - ``overhead_share``: 1 - (train_seconds + eval_seconds) / total_seconds of a smoke-sized trial
   on a warm cache (`RunResult.timings`); ``overhead_share_tracked`` is the same with an MLflow
   run around the trial and the wall time of the whole tracked block as the denominator.
@@ -51,6 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -62,6 +65,10 @@ import torch
 
 from alignbench.bench.sizes import sizes_for
 from alignbench.bench.trl_peer import TRL_MISSING, trl_available
+
+# NaN when the compile measurement is not run (`--compile`)
+COMPILE_KEYS = ("compile_speedup_default_run", "compiled_step_vs_eager", "eager_step_seconds",
+                "compiled_step_seconds", "compile_seconds")
 
 
 def parse_args(argv):
@@ -76,6 +83,9 @@ def parse_args(argv):
                    help="torch threads for both sides (default 1: on a shared machine, other processes stall "
                         "multi-threaded ops at every barrier, which swamps the comparison; 0 = torch's default)")
     p.add_argument("--skip-rss", action="store_true", help="skip the peak-memory subprocess")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="measure torch.compile against eager (auto: not with --quick, since inductor "
+                        "compiles for about a minute whatever the size)")
     p.add_argument("--with-sweep", action="store_true",
                    help="also time the default comparison `alignbench sweep` end to end (~10+ minutes; "
                         "with --quick: the smoke sweep)")
@@ -115,6 +125,7 @@ def print_table(res: dict) -> None:
         ("DPO step / bare forward+backward", res["dpo_step_vs_forward_backward"], "<= 1.10",
          f"{1e3 * res['ours_step_seconds']:.1f} ms vs {1e3 * res['bare_step_seconds']:.1f} ms (eager)"),
         ("torch.compile speed-up, default run", res["compile_speedup_default_run"], ">= 1.10",
+         "not measured (--compile on measures it)" if math.isnan(res["compile_seconds"]) else
          f"compiled step {1e3 * res['compiled_step_seconds']:.1f} ms vs eager {1e3 * res['eager_step_seconds']:.1f}"
          f" ms; compiling {res['compile_seconds']:.1f} s"),
         ("overhead share of a smoke trial", res["overhead_share"], "<= 0.10", ""),
@@ -188,8 +199,11 @@ def _measure_all(args, sizes: dict) -> dict:
         res.update(tp)
         print("bench: DPO step vs bare forward+backward ...", flush=True)
         res.update(measure_step(args, cfg, sizes))
-        print("bench: torch.compile vs eager ...", flush=True)
-        res.update(measure_compile(args, cfg, sizes, tmp))
+        if args.compile == "on" or (args.compile == "auto" and not args.quick):
+            print("bench: torch.compile vs eager ...", flush=True)
+            res.update(measure_compile(args, cfg, sizes, tmp))
+        else:
+            res.update(dict.fromkeys(COMPILE_KEYS, float("nan")))
         print("bench: 4-trial beta sweep, ours vs TRL ...", flush=True)
         res.update(measure_sweep(args, sizes, Path(cfg.cache_dir), tmp / "cache"))
         print("bench: overhead share of a smoke trial ...", flush=True)
