@@ -210,7 +210,7 @@ def _log_trial(setup: _Setup, study, method: str, mi: int, state: str, hostile_a
             "mlflow.source.git.commit": "0123456789abcdef0123456789abcdef01234567"}
     if state == "FAIL":
         tags["failure_reason"] = "FloatingPointError: loss is NaN at step 2"
-    rid = client.create_run(s.experiment_id, run_name=f"{method}-{trial.number}", tags=tags, start_time=t).info.run_id
+    rid = client.create_run(s.experiment_id, run_name=f"{method}-{trial.number:03d}", tags=tags, start_time=t).info.run_id
     client.log_batch(rid, params=[Param(k, str(v)) for k, v in cfg_params.items()], synchronous=True)
     metrics = _metric_history(s, trial, state, quality, final, t)
     seconds = 3.0 + s.rng.random()

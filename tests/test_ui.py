@@ -62,7 +62,7 @@ def look_at_the_ui(cwd, chromium: str) -> None:
     runs = client.search_runs([exp.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("alignbench.role") == "sweep"]
     children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
-    assert children == ["dpo-0", "dpo-1", "dpo-confirm-seed1"]
+    assert children == ["dpo-000", "dpo-001", "dpo-confirm-seed1"]
     best = {k: parent.data.metrics[f"best/dpo/{k}"] for k in ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "kl")}
 
     proc, link = start_ui(cwd, free_port())
@@ -82,7 +82,7 @@ def look_at_the_ui(cwd, chromium: str) -> None:
             page.evaluate("""[...document.querySelectorAll('a')].find(a => a.innerText.trim() === 'sweep-smoke'
                 && a.href.includes('/runs/')).closest('.ag-cell-value')
                 .querySelector('button[data-component-id*="runnamecellrenderer"]').click()""")
-            page.wait_for(f"['dpo-0', 'dpo-1', 'dpo-confirm-seed1'].every(n => {TEXT}.includes(n))", 60)
+            page.wait_for(f"['dpo-000', 'dpo-001', 'dpo-confirm-seed1'].every(n => {TEXT}.includes(n))", 60)
 
             page.goto(link.split("#")[0] + f"#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
                       "?workflowType=machine_learning", width=1400, height=900)

@@ -54,7 +54,7 @@ def search_job(plan: Plan, method: str, trial) -> TrialJob:
     """A search trial: its params sampled from the method's space (by the study's sampler)."""
     return TrialJob(params=sample_params(trial, plan.spaces[method]), tags={"alignbench.role": "trial"},
                     label=f"{method} trial {trial.number}", objective=plan.objective,
-                    run_name=f"{method}-{trial.number}")
+                    run_name=f"{method}-{trial.number:03d}")  # zero-padded: dpo-002 sorts before dpo-010 in the UI
 
 
 def sample_params(trial, space: dict) -> dict:
