@@ -106,6 +106,11 @@ def pack_batch(input_ids, attention_mask, response_mask, targets=None) -> Packed
                        targets=None if targets is None else packed(targets[keep]))
 
 
+def next_of(t: torch.Tensor) -> torch.Tensor:
+    """t[:, i + 1] at column i (0 in the last column): each token's successor, in place of the token."""
+    return torch.nn.functional.pad(t[:, 1:], (0, 1))
+
+
 def packed_sequence_logps(model, input_ids, attention_mask, response_mask) -> tuple[torch.Tensor, torch.Tensor]:
     """`sequence_logps` with the batch's sequences packed several to a row, no padding computed.
 
@@ -122,7 +127,6 @@ def packed_sequence_logps(model, input_ids, attention_mask, response_mask) -> tu
     predecessor). Logits are computed only at the columns whose target is a response token
     (`scored_logits`).
     """
-    next_of = lambda t: torch.nn.functional.pad(t[:, 1:], (0, 1))  # noqa: E731 - t[b, i+1] at column i
     has_next = attention_mask.bool() & next_of(attention_mask).bool()
     p = pack_batch(input_ids, has_next, next_of(response_mask), targets=next_of(input_ids))
     scores = p.response_mask != 0  # padding's is 0
