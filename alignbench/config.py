@@ -86,7 +86,7 @@ def check_types(cfg: DictConfig, signs: bool = True) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        OmegaConf.to_container(cfg, resolve=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(one_line(exc)) from None
     files = [("", CONF_DIR / "config.yaml")]
@@ -99,7 +99,7 @@ def check_types(cfg: DictConfig, signs: bool = True) -> None:
     checks = [(key, default) for prefix, path in files for key, default in _leaves(_defaults_of(path), prefix)]
     checks += [(key, "") for key in TEXT_OR_NULL] + list(NUMBER_OR_NULL.items()) + [("model.lora", {"r": 16})]
     for key, default in checks:
-        value = OmegaConf.select(cfg, key, default=None)
+        value = _lookup(resolved, key)  # plain dicts: ~10x faster than OmegaConf.select, run before every trial
         if key in CHECKED_ELSEWHERE or (value is None and (key in TEXT_OR_NULL or key in NUMBER_OR_NULL
                                                            or key in NULL_MEANS_NONE)):  # null: unset
             continue
@@ -125,6 +125,16 @@ def _check_uris(cfg: DictConfig) -> None:
                               f"knows ({one_line(exc)})") from None
 
 
+def _lookup(resolved: dict, key: str):
+    """`key`'s value in a resolved config (None when absent or "???"), as OmegaConf.select(default=None)."""
+    node = resolved
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return None if node == "???" else node
+
+
 def _shown(value) -> str:
     if OmegaConf.is_config(value):
         value = OmegaConf.to_container(value, resolve=True)
@@ -134,11 +144,11 @@ def _shown(value) -> str:
 def _kind_problem(key: str, default, value, signs: bool = True) -> str | None:
     """Why `value` cannot stand where conf/ has `default`, or None."""
     if isinstance(default, dict):
-        return None if value is None or OmegaConf.is_dict(value) else "must be a group of settings, not one value"
+        return None if value is None or isinstance(value, dict) else "must be a group of settings, not one value"
     if value is None:
         return f"must be set (default {_shown(default)})"
     if isinstance(default, list):
-        return None if OmegaConf.is_list(value) else f"must be a list, e.g. {_shown(default).replace(' ', '')}"
+        return None if isinstance(value, list) else f"must be a list, e.g. {_shown(default).replace(' ', '')}"
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "must be true or false"
     if isinstance(default, (int, float)):
@@ -147,7 +157,7 @@ def _kind_problem(key: str, default, value, signs: bool = True) -> str | None:
         if isinstance(default, int) and not isinstance(value, int) and key not in WHOLE_OR_FRACTION:
             return "must be an integer"
         return "must be >= 0" if signs and value < 0 else None
-    if OmegaConf.is_config(value):
+    if isinstance(value, (dict, list)):
         return "must be one value, not a list or group"
     return None
 

@@ -36,6 +36,12 @@ def test_bench_quick_console_script_exits_zero_and_writes_bench_json(workdir):
     (row,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("torch.compile speed-up")]
     assert row.split()[4:6] == ["nan", ">="] and "not measured (--compile on measures it)" in row
     assert 0 <= result["overhead_share"] <= 1 and 0 <= result["overhead_share_tracked"] <= 1
+    assert len(result["raw_overhead_share"]) == len(result["raw_overhead_share_tracked"]) == 3  # median of 3
+    assert result["overhead_share"] in result["raw_overhead_share"]
+    assert 0 < result["overhead_share_tracked_first_trial"] < 1
+    # MLflow's own record of a trial (params, tags, metrics) is part of the tracked extra time, not more
+    assert 0 < result["mlflow_record_seconds"] < result["smoke_tracked_extra_seconds"]
+    assert result["mlflow_record_entities"]["params"] > 50 and result["mlflow_record_entities"]["metrics"] > 20
     assert result["trl_reference_cache_hits"] == result["sweep_trials"] - 1  # TRL's cache worked
     assert [r["reference_cache_hit"] for r in result["raw_sweep_trl"]] == [False, True, True, True]
     assert result["peak_rss_mb"] > 10

@@ -254,3 +254,46 @@ def test_artifacts_of_a_remote_store_are_uploaded_once_the_block_ends(workdir, m
             (out / "model.safetensors").write_bytes(b"w")
     assert uploads == [("policy",)]
     assert [f.path for f in mlflow.MlflowClient().list_artifacts(tracker.run_id)] == ["policy"]
+
+
+def test_a_process_looks_up_an_experiment_once_per_store(workdir, monkeypatch):
+    """A sweep worker's trials after its first skip the experiment lookup; the same relative URI in
+    another directory is another store, whose runs still land in the experiment they name."""
+    import mlflow
+
+    from alignbench.tracking import mlflow_runs as tracking
+
+    RELATIVE = "sqlite:///runs.db"  # a file in the working directory, whichever it is
+    lookups = []
+    real = mlflow.MlflowClient.get_experiment_by_name
+    monkeypatch.setattr(mlflow.MlflowClient, "get_experiment_by_name",
+                        lambda self, name: lookups.append(name) or real(self, name))
+    run_ids = []
+    for _ in range(3):
+        with tracking.tracked_run("cached", uri=RELATIVE) as tracker:
+            run_ids.append(tracker.run_id)
+    assert lookups.count("cached") == 1
+    assert {mlflow.get_run(r).info.experiment_id for r in run_ids} == {real(mlflow.MlflowClient(), "cached").experiment_id}
+
+    (workdir / "elsewhere").mkdir()
+    monkeypatch.chdir(workdir / "elsewhere")  # the same URI, now another file
+    with tracking.tracked_run("decoy", uri=RELATIVE):  # takes the id "cached" has in the first store
+        pass
+    with tracking.tracked_run("cached", uri=RELATIVE) as tracker:
+        pass
+    client = mlflow.MlflowClient()
+    assert client.get_experiment(client.get_run(tracker.run_id).info.experiment_id).name == "cached"
+    assert lookups.count("cached") == 2
+
+
+def test_objects_made_by_opening_a_store_are_frozen_out_of_later_collections(workdir):
+    """Opening a store makes ~150k long-lived objects; frozen then, the next trial's full collection
+    (`settle_heap`) does not walk them."""
+    import gc
+
+    from alignbench.tracking import mlflow_runs as tracking
+
+    frozen = gc.get_freeze_count()
+    tracking.set_uri(f"sqlite:///{workdir / 'fresh.db'}")
+    assert gc.get_freeze_count() > frozen
+    assert gc.get_count()[0] < 1000  # just frozen: hardly anything young left to collect

@@ -17,6 +17,7 @@ Everything here is pure Python and deterministic given a seed. See docs/builtin_
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
@@ -153,9 +154,14 @@ def sft_response(prompt: str, rng: random.Random) -> str:
 def sft_prompts(n: int, seed: int) -> list[str]:
     """The SFT corpus's prompts (train split only), drawn on their own stream so they can be
     listed without writing the responses (and apart from the preference pairs' prompts)."""
+    return list(_drawn_sft_prompts(n, seed))
+
+
+@functools.lru_cache(maxsize=8)  # every trial counts the held-out prompts SFT saw: drawn once per process
+def _drawn_sft_prompts(n: int, seed: int) -> tuple[str, ...]:
     pool = split_prompts("train")
     rng = random.Random(f"sft-prompts-{seed}")
-    return [rng.choice(pool) for _ in range(n)]
+    return tuple(rng.choice(pool) for _ in range(n))
 
 
 def sft_corpus(n: int, seed: int) -> list[tuple[str, str]]:

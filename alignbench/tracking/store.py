@@ -92,6 +92,47 @@ def view_tag(params: list[str] | tuple = ()) -> str:
                        "state": json.dumps(state)})
 
 
+def experiment_id(client: mlflow.MlflowClient, name: str) -> str:
+    """The experiment's id, created with the MLflow UI's tags (`experiment_tags`), which an existing one gets
+    too when it lacks them. Looked up once per store and process (`new_run` looks again when a run
+    cannot be created in it: the experiment was deleted meanwhile)."""
+    key = (_store_identity(client.tracking_uri), name)
+    if key not in _EXPERIMENT_IDS:
+        _EXPERIMENT_IDS[key] = _find_or_create_experiment(client, name)
+    return _EXPERIMENT_IDS[key]
+
+
+_EXPERIMENT_IDS: dict = {}  # (store, experiment name) -> id
+
+
+def _store_identity(uri: str):
+    """A SQLite store's file (absolute path and inode: a relative URI in another directory, or a
+    file deleted and made again, is another store), else the URI."""
+    db = sqlite_path(uri)
+    if db is None:
+        return uri
+    try:
+        return db, db.stat().st_ino
+    except OSError:
+        return db, None
+
+
+def _find_or_create_experiment(client: mlflow.MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, tags=experiment_tags())
+        except mlflow.exceptions.MlflowException:  # another worker created it first
+            exp = client.get_experiment_by_name(name)
+    tag_experiment(client, exp)
+    return exp.experiment_id
+
+
+def forget_experiment_id(client: mlflow.MlflowClient, name: str) -> bool:
+    """Drop the remembered id of experiment `name` (True if one was remembered)."""
+    return _EXPERIMENT_IDS.pop((_store_identity(client.tracking_uri), name), None) is not None
+
+
 def experiment_tags() -> dict:
     return {KIND_TAG: KIND, PRIMARY_METRIC_TAG: "eval/win_rate", VIEW_TAG: view_tag()}
 
