@@ -179,8 +179,7 @@ def measure_overhead(args, sizes, workdir: Path) -> dict:
     first = _tracked_trial(cfg, uri)  # a sweep worker's first trial
     tracked = [_tracked_trial(cfg, uri) for _ in range(SMOKE_REPEATS)]
     records = [_record_seconds(record, uri) for _ in range(SMOKE_REPEATS)]
-    at = sorted(range(SMOKE_REPEATS), key=lambda i: shares[i])[SMOKE_REPEATS // 2]
-    tracked_at = sorted(range(SMOKE_REPEATS), key=lambda i: tracked[i]["share"])[SMOKE_REPEATS // 2]
+    at, tracked_at = _median_at(shares), _median_at([r["share"] for r in tracked])
     return {"overhead_share": shares[at], "smoke_timings": dict(untracked[at]), "smoke_overrides": sizes["smoke"],
             "overhead_share_tracked": tracked[tracked_at]["share"],
             "smoke_tracked_wall_seconds": tracked[tracked_at]["wall"],
@@ -193,6 +192,11 @@ def measure_overhead(args, sizes, workdir: Path) -> dict:
             "mlflow_record_entities": {"params": len(record.params), "tags": len(record.tags),
                                        "metrics": sum(len(m) for _, m in record.metrics)},
             "raw_overhead_share": shares, "raw_overhead_share_tracked": [r["share"] for r in tracked]}
+
+
+def _median_at(values: list) -> int:
+    """The index of the median of an odd number of values (its trial's timings go with it)."""
+    return sorted(range(len(values)), key=values.__getitem__)[len(values) // 2]
 
 
 def _tracked_trial(cfg, uri: str) -> dict:
