@@ -186,6 +186,69 @@ def test_keep_policies_setting():
         plan("sweep.keep_policies=some")
 
 
+def test_a_search_trial_that_cannot_be_selected_does_not_write_its_policy():
+    """keep_policies=best: a trial below a finished trial's validation win rate skips its policy
+    (it can never be selected); one at or above the best so far, the first trial, a confirmation
+    run, and every trial under keep_policies=all write theirs."""
+    import optuna
+
+    from alignbench.sweep.trials import TrialJob, _policy_skipper, search_job
+    from test_sweep import plan
+
+    study = optuna.create_study(direction="maximize")
+    best = plan()
+    trial_job = search_job(best, "dpo", study.ask())
+    skip = _policy_skipper(best, study, trial_job)
+    assert skip({"eval/win_rate": 0.1}) is None  # nothing finished yet
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    study.add_trial(optuna.trial.create_trial(value=0.75))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+    assert skip({"eval/win_rate": 0.75}) is None and skip({"eval/win_rate": 0.8}) is None
+    assert skip({"eval/win_rate": 0.7}) == ("validation win rate 0.700 is below the best trial's so far (0.750), "
+                                            "so this trial cannot be selected (sweep.keep_policies=best)")
+    assert skip({"eval/win_rate": float("nan")}) is None  # not a number: not judged here (the trial fails)
+    confirmation = TrialJob(params={}, tags={"alignbench.role": "confirmation"}, label="dpo seed 1")
+    assert _policy_skipper(best, study, confirmation) is None
+    assert _policy_skipper(plan("sweep.keep_policies=all"), study, trial_job) is None
+
+
+def test_a_sweep_writes_only_the_policies_of_trials_that_may_be_selected(workdir):
+    """A finished trial at win rate 1.0 is already in the study: each new trial below it tags its run
+    instead of writing a policy, and pruning (the 1.0 trial, without a run, is selected) leaves none."""
+    import optuna
+
+    from alignbench.sweep import storage as storage_mod
+    from alignbench.sweep import studies as studies_mod
+    from test_sweep import child_runs, plan, studies, sweep
+
+    over = ("sweep.methods=[dpo]", "sweep.n_trials=3", "sweep.pruner.type=none")
+    p = plan(*over)
+    studies_mod.load_study(p, "dpo", storage_mod.make_storage(p)).add_trial(optuna.trial.create_trial(
+        params={"method.beta": 0.1, "method.lr": 5e-4}, value=1.0,
+        distributions={"method.beta": optuna.distributions.FloatDistribution(0.01, 0.5, log=True),
+                       "method.lr": optuna.distributions.FloatDistribution(1.7e-4, 1.5e-3, log=True)}))
+    sweep(*over)
+    fake, *trials = studies()["dpo"].trials
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
+    runs = {r.info.run_id: r for r in child_runs()}
+    for t in trials:
+        tags = runs[t.user_attrs["mlflow_run_id"]].data.tags
+        assert ("alignbench.policy_not_saved" in tags) == (t.value < 1.0), (t.value, tags)
+    assert not [r for r in runs if "policy" in [a.rsplit("/", 1)[-1] for a in artifacts(r)]]
+
+
+def test_a_skipped_policy_is_not_written_and_the_run_says_why(workdir):
+    from alignbench.tracking.null import NullTracker
+
+    tracker = NullTracker()
+    run_mod.train(compose(FAST), tracker, skip_policy=lambda metrics: f"below ({metrics['eval/win_rate']:.3f})")
+    assert not [k for k in tracker.artifacts if k.startswith("policy/")]
+    assert tracker.tags["alignbench.policy_not_saved"].startswith("below (")
+    kept = NullTracker()
+    run_mod.train(compose(FAST), kept, skip_policy=lambda metrics: None)
+    assert "policy/model.safetensors" in kept.artifacts and "alignbench.policy_not_saved" not in kept.tags
+
+
 def test_latest_checkpoint_ignores_an_incomplete_one():
     from alignbench.tracking.null import NullTracker
 

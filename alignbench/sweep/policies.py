@@ -1,10 +1,12 @@
 """Which trained policies a sweep keeps (`sweep.keep_policies`).
 
-Every trial's run saves its final policy (artifact `policy/`), because which trial is best is known
-only once the method's search is over. After each method's search and confirmation,
-`prune_policies` deletes the `policy/` of every finished run but the keepers': with `best`, the
-selected trial's run and its confirmation runs; `all` deletes nothing; `none` saves nothing in the
-first place (trials run with `train.save_policy=false`). Pruning is idempotent, so a resumed sweep
+A trial's run saves its final policy (artifact `policy/`) while it may still be selected: which
+trial is best is known only once the method's search is over, but with `best` a trial whose
+validation win rate is below a finished trial's can never be, so it saves none (tag
+`alignbench.policy_not_saved`; `trials._policy_skipper`). After each method's search and
+confirmation, `prune_policies` deletes the `policy/` of every finished run but the keepers': with
+`best`, the selected trial's run and its confirmation runs; `all` keeps every trial's; `none` saves
+nothing in the first place (trials run with `train.save_policy=false`). Pruning is idempotent, so a resumed sweep
 prunes whatever a killed one left; a run still RUNNING is never touched.
 """
 

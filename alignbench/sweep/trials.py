@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from alignbench.sweep.liveness import ACTIVE
 from alignbench.sweep.plan import Plan, compose_trial, param_overrides
+from alignbench.sweep.selection import finite_number
 from alignbench.tracking import mlflow_runs as tracking
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def _train_in_run(plan: Plan, method: str, study, trial, job: TrialJob, parent_r
         try:
             overrides = plan.trial_overrides[method] + param_overrides(job.params) + job.extra_overrides
             trial_cfg = compose_trial(overrides + resume_overrides)
-            result = train(trial_cfg, tracker, on_eval)
+            result = train(trial_cfg, tracker, on_eval, skip_policy=_policy_skipper(plan, study, job))
         except (TrialPruned, Exception) as exc:
             tracker.set_tags({"optuna.trial_state": "PRUNED" if isinstance(exc, TrialPruned) else "FAIL"})
             tracker.delete_artifacts(CHECKPOINTS)  # never resumed
@@ -183,6 +184,26 @@ def _train_in_run(plan: Plan, method: str, study, trial, job: TrialJob, parent_r
             raise
         tracker.set_tags({"optuna.trial_state": "COMPLETE"})
     return result
+
+
+def _policy_skipper(plan: Plan, study, job: TrialJob):
+    """With `sweep.keep_policies=best`, a search trial's policy is saved only when its validation
+    win rate is at least the best COMPLETE trial's so far. Selection takes the highest win rate
+    (`studies.best_trial`) and a COMPLETE trial stays so, so a trial below that can never be
+    selected: its policy would be written only for `prune_policies` to delete it (for a real model,
+    gigabytes per trial). Ties are saved, and so is every confirmation run. None: always save."""
+    if plan.keep_policies != "best" or job.tags.get("alignbench.role") != "trial":
+        return None
+
+    def skip(metrics: dict) -> str | None:
+        win_rate = finite_number(metrics.get("eval/win_rate"))
+        done = [finite_number(t.values[0]) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        best = max((v for v in done if v is not None), default=None)
+        if win_rate is None or best is None or win_rate >= best:
+            return None
+        return (f"validation win rate {win_rate:.3f} is below the best trial's so far ({best:.3f}), so this "
+                f"trial cannot be selected (sweep.keep_policies=best)")
+    return skip
 
 
 def _tell_result(job: TrialJob, study, trial, result) -> None:

@@ -1,7 +1,7 @@
 """One training run, top to bottom: validate → (resume: fetch the checkpoint) → set-up (models,
 data, evaluator) → judge caveats → loop → summary → the policy kept (artifact `policy/`).
 
-`train(cfg, tracker, on_eval)` is a plain function: the CLI wraps it in an MLflow run, a sweep
+`train(cfg, tracker, on_eval, skip_policy)` is a plain function: the CLI wraps it in an MLflow run, a sweep
 wraps it in an Optuna trial. Nothing here imports mlflow or optuna. The loop is chosen here:
 the offline loop (`training.offline`: DPO, IPO, KTO, SimPO on fixed preference data) or the
 online loop (`training.online`: PPO, RLOO on sampled rollouts), built from the same parts
@@ -75,8 +75,10 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def train(cfg, tracker=None, on_eval=None) -> RunResult:
-    """Validate, prepare, train and evaluate one run; log through `tracker` (an MLflow run or NullTracker)."""
+def train(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunResult:
+    """Validate, prepare, train and evaluate one run; log through `tracker` (an MLflow run or NullTracker).
+    `skip_policy(final metrics)`: why the trained policy is not worth saving (tag
+    `alignbench.policy_not_saved`), or None to save it (a sweep's trial that can no longer be selected)."""
     validate(cfg)
     settle_heap()
     tracker = tracker or NullTracker()
@@ -97,7 +99,10 @@ def train(cfg, tracker=None, on_eval=None) -> RunResult:
     tracker.log_metrics(summary | {f"time/{k}": v for k, v in result.timings.items()}, cfg.train.max_steps)
     tracker.log_files(documents={"config.yaml": OmegaConf.to_container(cfg, resolve=True)},
                       tables={"eval_samples.json": result.rows})
-    if cfg.train.get("save_policy", True):
+    not_saved = skip_policy(result.metrics) if skip_policy is not None else None
+    if not_saved:
+        tracker.set_tags({"alignbench.policy_not_saved": not_saved})
+    elif cfg.train.get("save_policy", True):
         save_policy(prepared.models, tracker)
     if cfg.train.get("checkpoint_every") or checkpoint is not None:
         tracker.delete_artifacts(CHECKPOINTS)  # the run is complete: its policy is kept, its checkpoint is not needed
