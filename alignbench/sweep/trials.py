@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from alignbench.sweep.liveness import ACTIVE
 from alignbench.sweep.plan import Plan, compose_trial, param_overrides
 from alignbench.sweep.selection import finite_number
+from alignbench.sweep.studies import best_trial
 from alignbench.tracking import mlflow_runs as tracking
 
 log = logging.getLogger(__name__)
@@ -197,8 +198,8 @@ def _policy_skipper(plan: Plan, study, job: TrialJob):
 
     def skip(metrics: dict) -> str | None:
         win_rate = finite_number(metrics.get("eval/win_rate"))
-        done = [finite_number(t.values[0]) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        best = max((v for v in done if v is not None), default=None)
+        selected = best_trial(plan, study)  # the highest win rate so far (pareto too: it is on the front)
+        best = None if selected is None else finite_number(selected.values[0])
         if win_rate is None or best is None or win_rate >= best:
             return None
         return (f"validation win rate {win_rate:.3f} is below the best trial's so far ({best:.3f}), so this "
