@@ -8,7 +8,6 @@ evaluation (samples, judge scores, log-probs), and the PPO reward model.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 
 import pytest
 import torch
@@ -163,8 +162,6 @@ def test_reference_eval_side_cached(workdir):
     assert prepare(compose([*FAST, "eval.n_prompts=20"])).evaluator.cache_hit is False  # other prompts
 
 
-@pytest.mark.skipif(importlib.util.find_spec("alignbench.models.reward_model") is None,
-                    reason="alignbench/reward_model.py not written yet")
 def test_reward_model_cache(workdir, reward_model_trainings):
     from alignbench.models import reward_model as reward_model
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
 from alignbench.config import CONF_DIR, ConfigError, compose, group_options, validate
@@ -124,8 +126,19 @@ def test_cli_config_errors_exit_2_with_one_line_before_any_work(tmp_path):
     assert not (tmp_path / ".alignbench_cache").exists()
 
 
-def test_conf_dir_is_the_repository_conf():
-    assert (CONF_DIR / "config.yaml").exists()
+def test_every_default_in_the_defaults_list_is_a_file_of_the_repository_conf():
+    """The installed package composes from this checkout's conf/, and each `group: option` of
+    config.yaml's defaults list names a file there (`sweep: null` is the one optional group)."""
+    import yaml
+
+    assert CONF_DIR == Path(__file__).resolve().parent.parent / "conf"
+    defaults = yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]
+    groups = {k: v for d in defaults if isinstance(d, dict) for k, v in d.items() if not k.startswith("override")}
+    assert groups == {"method": "dpo", "model": "tiny", "data": "builtin", "judge": "gold", "sweep": None}
+    for group, option in groups.items():
+        assert (CONF_DIR / group).is_dir(), group
+        if option is not None:
+            assert (CONF_DIR / group / f"{option}.yaml").is_file(), (group, option)
 
 
 def _listening_addresses(port: int) -> set[str]:
