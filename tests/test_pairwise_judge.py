@@ -205,3 +205,39 @@ def test_a_bad_judge_path_on_the_command_line_is_one_line_and_exit_2(workdir):
     assert out.stderr.strip().splitlines()[-1] == (
         "alignbench: error: judge=llm_pairwise: set judge.path to a causal LM (a local folder or hub id)")
     assert "Traceback" not in out.stderr
+
+
+def test_the_judge_model_is_loaded_once_per_process_and_again_when_its_files_change(saved_causal_lm, tmp_path):
+    import shutil
+
+    path = tmp_path / "copy"
+    shutil.copytree(saved_causal_lm[0], path)
+    first = PairwiseJudge.from_pretrained(str(path), torch.device("cpu"))
+    again = PairwiseJudge.from_pretrained(str(path), torch.device("cpu"), max_response_tokens=8)
+    assert again.model is first.model and again.key != first.key  # same weights, another question budget
+    (path / "config.json").write_text((path / "config.json").read_text() + "\n")  # saved again: another model
+    assert PairwiseJudge.from_pretrained(str(path), torch.device("cpu")).model is not first.model
+
+
+def test_the_judges_held_out_accuracy_is_cached_under_its_key(tmp_path):
+    from types import SimpleNamespace
+
+    from alignbench.evaluation.evaluator import Evaluator
+
+    class CountingJudge(StubJudge):
+        calls = 0
+
+        def margins(self, prompts, a, b):
+            CountingJudge.calls += 1
+            return super().margins(prompts, a, b)
+
+    judge = CountingJudge(lambda a, b: float(len(a) - len(b)))
+    owner = SimpleNamespace(judge=judge, cfg=SimpleNamespace(cache_dir=str(tmp_path)))
+    judge.key = "judge-one"
+    first = Evaluator._judge_accuracy(owner, PAIRS)
+    assert first == judge_accuracy(LONGER, PAIRS) and CountingJudge.calls == 1  # both orders in one pass
+    assert Evaluator._judge_accuracy(owner, PAIRS) == first and CountingJudge.calls == 1  # a hit: not judged again
+    Evaluator._judge_accuracy(owner, PAIRS[:3])
+    judge.key = "judge-two"
+    Evaluator._judge_accuracy(owner, PAIRS)
+    assert CountingJudge.calls == 3  # other pairs, another judge: each judged
