@@ -72,7 +72,7 @@ def _leaves(node, prefix: str = ""):
 WHOLE_OR_FRACTION = ("model.lora.alpha",)  # whole-number defaults that may take any number
 # Settings whose default is null, by the kind of value they take when set.
 TEXT_OR_NULL = ("tracking.uri", "tracking.run_name", "sweep.storage", "sweep.experiment", "report.sweep", "resume")
-NUMBER_OR_NULL = {"threads": 1, "sweep.grace_period": 1.0, "method.target_kl": 1.0}  # key: a default of its kind
+NUMBER_OR_NULL = {"threads": 1, "sweep.grace_period": 1.0, "method.target_kl": 1.0, "sweep.confirm_seeds_max": 1}  # key: a default of its kind
 CHECKED_ELSEWHERE = ("cache_dir", "sweep.n_workers")  # an interpolation; a number or "auto" (sweep/plan.py)
 NULL_MEANS_NONE = ("data.max_row_chars",)  # settings with a default where null means "no limit"
 URI_SCHEMES = ("file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")  # MLflow's stores
