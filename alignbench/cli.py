@@ -29,6 +29,7 @@ Add --help after a subcommand for its config groups and options."""
 def train_command(cfg: DictConfig) -> None:
     from alignbench.tracking import mlflow_runs as tracking
     from alignbench.data.records import DataError
+    from alignbench.evaluation.judges import judge_summary
     from alignbench.tracking.null import NullTracker
     from alignbench.training.run import train
 
@@ -58,6 +59,7 @@ def train_command(cfg: DictConfig) -> None:
           f"95% CI [{m['eval/win_rate_ci_low']:.3f}, {m['eval/win_rate_ci_high']:.3f}] "
           f"KL={m['eval/kl']:.2f} nats/seq ({m['eval/kl_per_token']:.3f}/token)"
           + (f" gold={m['eval/gold_reward']:.3f} (ref {m['eval/reference_gold_reward']:.3f})" if "eval/gold_reward" in m else "")
+          + judge_summary(m)
           + (f" mlflow_run={run_id}" if run_id else ""))
 
 

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 METHODS = ("ppo", "dpo", "ipo", "kto", "simpo", "rloo")
 GROUPS = ("method", "model", "data", "judge", "sweep")
+JUDGES = ("gold", "reward_model", "llm_pairwise")
 
 
 class ConfigError(ValueError):
@@ -71,7 +72,7 @@ def _leaves(node, prefix: str = ""):
 WHOLE_OR_FRACTION = ("model.lora.alpha",)  # whole-number defaults that may take any number
 # Settings whose default is null, by the kind of value they take when set.
 TEXT_OR_NULL = ("tracking.uri", "tracking.run_name", "sweep.storage", "sweep.experiment", "report.sweep", "resume")
-NUMBER_OR_NULL = {"threads": 1, "sweep.grace_period": 1.0, "method.target_kl": 1.0}  # key: a default of its kind
+NUMBER_OR_NULL = {"threads": 1, "sweep.grace_period": 1.0, "method.target_kl": 1.0, "sweep.confirm_seeds_max": 1}  # key: a default of its kind
 CHECKED_ELSEWHERE = ("cache_dir", "sweep.n_workers")  # an interpolation; a number or "auto" (sweep/plan.py)
 NULL_MEANS_NONE = ("data.max_row_chars",)  # settings with a default where null means "no limit"
 URI_SCHEMES = ("file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")  # MLflow's stores
@@ -298,10 +299,30 @@ def check_model_and_judge(cfg: DictConfig) -> None:
         raise ConfigError(f"model.source={cfg.model.source}: must be builtin or hub")
     if cfg.judge.name == "gold" and cfg.data.source != "builtin":
         raise ConfigError(f"judge=gold: the gold reward exists only on data=builtin (data={cfg.data.name}); use judge=reward_model")
+    if cfg.judge.name not in JUDGES:
+        raise ConfigError(f"judge.name={cfg.judge.name}: unknown judge (choose from {', '.join(JUDGES)})")
+    if cfg.judge.name == "llm_pairwise":
+        check_pairwise_judge(cfg.judge)
     if cfg.judge.name == "reward_model":
         path = str(cfg.judge.path)
         if path != "trained" and path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
             raise ConfigError(f"judge.path={path}: not found")
+
+
+def check_pairwise_judge(judge: DictConfig) -> None:
+    """judge=llm_pairwise names a causal LM (a local folder or hub id; a GGUF file in that folder)."""
+    if judge.get("path") in (None, "", "trained"):
+        raise ConfigError("judge=llm_pairwise: set judge.path to a causal LM (a local folder or hub id)")
+    path = Path(str(judge.path)).expanduser()
+    if str(judge.path).startswith(("/", ".", "~")) and not path.exists():
+        raise ConfigError(f"judge.path={judge.path}: not found")
+    gguf = judge.get("gguf_file")
+    if gguf and path.is_dir() and not (path / str(gguf)).is_file():
+        raise ConfigError(f"judge.gguf_file={gguf}: not found in {judge.path}")
+    for key in ("batch_size", "max_prompt_tokens", "max_response_tokens"):
+        value = judge.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"judge.{key}={value}: must be an integer >= 1")
 
 
 def check_device(cfg: DictConfig) -> None:

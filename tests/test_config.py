@@ -23,7 +23,7 @@ def test_groups_have_the_presets_the_brief_names():
     assert {"tiny", "smollm2-135m", "qwen2.5-0.5b-instruct", "pythia-160m"} <= set(MODELS)
     assert {"builtin", "hh-rlhf", "ultrafeedback", "local"} <= set(DATASETS)
     assert {"smoke", "default", "beta_frontier"} <= set(group_options("sweep"))
-    assert JUDGES == ["gold", "reward_model"]
+    assert JUDGES == ["gold", "llm_pairwise", "reward_model"]
     assert SWEEP_FILES == group_options("sweep")  # conf/sweep is sweeps/
 
 
@@ -37,6 +37,8 @@ def test_every_method_model_data_judge_composes_and_validates(method, model, dat
         path = tmp_path / "pairs.jsonl"
         path.write_text("{}\n")
         overrides.append(f"data.path={path}")
+    if judge == "llm_pairwise":  # it has no default judge model
+        overrides.append("judge.path=HuggingFaceTB/SmolLM2-135M-Instruct")
     cfg = compose(overrides)
     assert (cfg.method.name, cfg.model.name, cfg.data.name, cfg.judge.name) == (method, model, data, judge)
     if judge == "gold" and data != "builtin":  # invalid by design: the gold reward is the built-in task's

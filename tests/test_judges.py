@@ -79,12 +79,13 @@ def test_judge_accuracy_with_its_wilson_interval_and_the_plain_warning():
 
     sure = judge_accuracy(LengthJudge(), PAIRS)
     assert sure == {"eval/judge_accuracy": 1.0, "eval/judge_accuracy_ci_low": pytest.approx(win_rate_ci(20, 0, 20)[1]),
-                    "eval/judge_accuracy_ci_high": 1.0, "eval/judge_n_pairs": 20.0}
+                    "eval/judge_accuracy_ci_high": 1.0, "eval/judge_ties": 0.0, "eval/judge_n_pairs": 20.0}
     assert sure["eval/judge_accuracy_ci_low"] > 0.5 and judge_accuracy_caveat(sure) is None
     blind = judge_accuracy(ConstantJudge(), PAIRS)  # every pair a tie: 1/2
     assert blind["eval/judge_accuracy"] == 0.5 and blind["eval/judge_accuracy_ci_low"] < 0.5
     assert judge_accuracy_caveat(blind) == (
-        "the judge cannot tell chosen from rejected: its accuracy on 20 held-out preference pairs is 0.500 "
+        "the judge cannot tell chosen from rejected: its accuracy on 20 held-out preference pairs (20 of them ties) "
+        "is 0.500 "
         f"(95% CI [{blind['eval/judge_accuracy_ci_low']:.3f}, {blind['eval/judge_accuracy_ci_high']:.3f}] "
         "includes 0.5), so its win rates mean nothing")
     assert judge_accuracy(ConstantJudge(), []) == {} and judge_accuracy_caveat({}) is None

@@ -2,7 +2,8 @@
 
 Policy and reference each sample `eval.samples_per_prompt` responses per held-out prompt (the
 distinct prompts of `eval.split`) with the same decoding and seeds; the judge scores both; win
-rate = P(policy preferred) over all pairs, ties 1/2, with a Wilson 95% CI whose sample size is
+rate = P(policy preferred) over all pairs, ties 1/2 (a pairwise judge compares each policy sample
+with the reference's sample of the same prompt and seed), with a Wilson 95% CI whose sample size is
 divided by the design effect of clustering by prompt (`clustered_win_rate_ci`; with one sample
 per prompt it is the plain Wilson interval). KL(pi || pi_ref) = mean over policy samples of sum_t [log pi(y_t) - log pi_ref(y_t)], nats per
 sequence (and per token): the sampled, unbiased "k1" estimator, valid at temperature 1.
@@ -26,7 +27,7 @@ from alignbench import cache
 from alignbench.data import builtin_task as task
 from alignbench.models.generation import response_token_logps, sample
 from alignbench.models.logps import pair_logps  # the loop's own scorer, so eval and training agree
-from alignbench.evaluation.judges import judge_accuracy
+from alignbench.evaluation.judges import judge_accuracy, preference_outcomes
 from alignbench.evaluation.stats import win_rate_ci
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,24 @@ class Evaluator:
         # From task_seed, not seed: fixed across evals of a run (curves compare like with like) and
         # across the training seeds of a sweep (every run faces the same reference samples).
         self.seed = cfg.task_seed + 10_007
+        self.pairwise = hasattr(judge, "compare")
         self.reference = self._reference_side()
-        self.judge_metrics = judge_accuracy(judge, list(held_out_pairs or []))  # fixed for the run: scored once
+        self.judge_metrics = self._judge_accuracy(list(held_out_pairs or []))  # fixed for the run: scored once
+
+    def _judge_accuracy(self, pairs) -> dict[str, float]:
+        """The judge's held-out accuracy, cached under the judge's identity and the pairs' text when the
+        judge has one (a saved model: an LLM judge takes minutes on CPU, and every trial of a sweep asks)."""
+        judge_key = getattr(self.judge, "key", None)
+        if judge_key is None or not pairs:
+            return judge_accuracy(self.judge, pairs)
+        key = cache.content_key("judge-accuracy-v1", self.judge.name, judge_key, cache.records_digest(pairs))
+
+        def write(path):
+            (path / "judge_accuracy.json").write_text(json.dumps(judge_accuracy(self.judge, pairs)))
+
+        metrics, _, _ = cache.load_cached(self.cfg.cache_dir, "judge_accuracy", key, write,
+                                          lambda path: json.loads((path / "judge_accuracy.json").read_text()))
+        return metrics
 
     def _sample(self, model):
         e = self.cfg.eval
@@ -112,7 +129,8 @@ class Evaluator:
             with self.models.reference_model() as ref:
                 samples = self._sample(ref)
                 logps = response_token_logps(ref, samples, e.batch_size, self.models.device).sum(-1)
-            scores = self.judge.score(samples.prompts, samples.responses)
+            # A pairwise judge has no score of a response alone: it compares each policy sample with this one.
+            scores = None if self.pairwise else self.judge.score(samples.prompts, samples.responses)
             side = {"responses": samples.responses, "scores": scores,
                     "lengths": samples.lengths.tolist(), "logps": logps.tolist()}
             if self.builtin_task:
@@ -128,8 +146,7 @@ class Evaluator:
         samples = self._sample(policy)
         kl_seq = self._sampled_kl(policy, samples)
         lengths = samples.lengths.float()
-        scores = self.judge.score(samples.prompts, samples.responses)
-        ref_scores = self.reference["scores"]
+        scores, ref_scores = self._judge_scores(samples)
         n = len(scores)
         metrics = self._win_rate_metrics(scores, ref_scores)
         metrics.update({
@@ -151,7 +168,16 @@ class Evaluator:
         if self.pref_eval is not None:
             metrics["eval/pref_accuracy"] = self._pref_accuracy(policy)
         metrics["eval/seconds"] = time.time() - t0
-        return EvalResult(metrics=metrics, rows=self._rows(samples, scores, lengths, kl_seq, gold))
+        return EvalResult(metrics=metrics, rows=self._rows(samples, scores, ref_scores, lengths, kl_seq, gold))
+
+    def _judge_scores(self, samples) -> tuple[list[float], list[float]]:
+        """(policy scores, reference scores) of the policy's samples and the reference's. A pairwise
+        judge's policy score is its verdict (1 win, 1/2 tie, 0 loss) and the reference's is 1 minus it,
+        so every comparison of scores below reads the verdict."""
+        if not self.pairwise:
+            return self.judge.score(samples.prompts, samples.responses), self.reference["scores"]
+        verdicts = preference_outcomes(self.judge, samples.prompts, samples.responses, self.reference["responses"])
+        return verdicts, [1.0 - v for v in verdicts]
 
     @torch.no_grad()
     def _sampled_kl(self, policy, samples) -> torch.Tensor:
@@ -176,12 +202,12 @@ class Evaluator:
                 "eval/wins": float(wins), "eval/ties": float(ties), "eval/n": float(len(outcomes)),
                 "eval/n_prompts": float(len(self.prompts))}
 
-    def _rows(self, samples, scores, lengths, kl_seq, gold) -> list[dict]:
+    def _rows(self, samples, scores, ref_scores, lengths, kl_seq, gold) -> list[dict]:
         """The samples table: one row per (prompt, sample), prompt-major."""
         ref, s = self.reference, self.samples_per_prompt
         rows = []
         for i, prompt in enumerate(self.sample_prompts):
-            p, r = scores[i], ref["scores"][i]
+            p, r = scores[i], ref_scores[i]
             row = {"prompt": prompt, "prompt_index": i // s, "sample_index": i % s,
                    "policy_response": samples.responses[i], "reference_response": ref["responses"][i],
                    "policy_score": p, "reference_score": r,

@@ -1,4 +1,6 @@
 """Judges score (prompt, response) texts; win rate compares the policy's score with the reference's.
+A pairwise judge (`pairwise_judge.PairwiseJudge`) instead compares two responses to one prompt
+(`compare`); `preference_outcomes` puts both kinds behind one verdict per pair.
 
 A judge is only worth its win rates if it can tell a preferred response from a rejected one:
 `judge_accuracy` measures that on held-out preference pairs (Wilson 95% CI), and the caveats say
@@ -67,22 +69,32 @@ def saved_model_key(path: str, model) -> str:
     folder = Path(path)
     files = sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
                    for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else []
-    return cache.content_key("saved-model-v1", str(path), getattr(model.config, "_commit_hash", None), files)
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)  # model=None: before loading it
+    return cache.content_key("saved-model-v1", str(path), commit, files)
+
+
+def preference_outcomes(judge, prompts: list[str], first: list[str], second: list[str]) -> list[float]:
+    """Per pair, the judge's verdict on `first` against `second`: 1 preferred, 1/2 tie, 0 not.
+    A pairwise judge (`compare`) gives it directly; a scoring judge compares its two scores."""
+    if hasattr(judge, "compare"):
+        return judge.compare(prompts, first, second)
+    a, b = judge.score(prompts, first), judge.score(prompts, second)
+    return [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)]
 
 
 def judge_accuracy(judge, pairs) -> dict[str, float]:
-    """How often the judge scores `chosen` above `rejected` on held-out preference pairs (ties 1/2),
-    with its Wilson 95% interval: eval/judge_accuracy, _ci_low, _ci_high, eval/judge_n_pairs ({} without pairs)."""
+    """How often the judge prefers `chosen` to `rejected` on held-out preference pairs, ties counted 1/2
+    (and counted apart: a pairwise judge ties when its two orders disagree), with its Wilson 95% interval:
+    eval/judge_accuracy, _ci_low, _ci_high, eval/judge_ties, eval/judge_n_pairs ({} without pairs)."""
     if not pairs:
         return {}
-    prompts = [p.prompt for p in pairs]
-    chosen = judge.score(prompts, [p.chosen for p in pairs])
-    rejected = judge.score(prompts, [p.rejected for p in pairs])
-    wins = sum(c > r for c, r in zip(chosen, rejected))
-    ties = sum(c == r for c, r in zip(chosen, rejected))
+    outcomes = preference_outcomes(judge, [p.prompt for p in pairs], [p.chosen for p in pairs],
+                                   [p.rejected for p in pairs])
+    wins = sum(o == 1.0 for o in outcomes)
+    ties = sum(o == 0.5 for o in outcomes)
     accuracy, low, high = win_rate_ci(wins, ties, len(pairs))
     return {"eval/judge_accuracy": accuracy, "eval/judge_accuracy_ci_low": low, "eval/judge_accuracy_ci_high": high,
-            "eval/judge_n_pairs": float(len(pairs))}
+            "eval/judge_ties": float(ties), "eval/judge_n_pairs": float(len(pairs))}
 
 
 def judge_accuracy_caveat(metrics: dict) -> str | None:
@@ -90,9 +102,21 @@ def judge_accuracy_caveat(metrics: dict) -> str | None:
     low, high = metrics.get("eval/judge_accuracy_ci_low"), metrics.get("eval/judge_accuracy_ci_high")
     if low is None or high is None or not low <= 0.5 <= high:
         return None
+    ties = metrics.get("eval/judge_ties")
+    of_them = f" ({int(ties)} of them ties)" if ties else ""
     return (f"the judge cannot tell chosen from rejected: its accuracy on {int(metrics['eval/judge_n_pairs'])} "
-            f"held-out preference pairs is {metrics['eval/judge_accuracy']:.3f} (95% CI [{low:.3f}, {high:.3f}] "
+            f"held-out preference pairs{of_them} is {metrics['eval/judge_accuracy']:.3f} (95% CI [{low:.3f}, {high:.3f}] "
             "includes 0.5), so its win rates mean nothing")
+
+
+def judge_summary(metrics: dict) -> str:
+    """The judge's part of a run's one-line output: its held-out accuracy, and AT CHANCE when the caveat holds."""
+    if "eval/judge_accuracy" not in metrics:
+        return ""
+    m = metrics
+    at_chance = " AT CHANCE: its win rate means nothing" if judge_accuracy_caveat(m) else ""
+    return (f" judge_accuracy={m['eval/judge_accuracy']:.3f} [{m['eval/judge_accuracy_ci_low']:.3f}, "
+            f"{m['eval/judge_accuracy_ci_high']:.3f}]{at_chance}")
 
 
 def judge_bias_caveat(method: str, judge_name: str, judge_path, reward: str | None) -> str | None:

@@ -89,6 +89,11 @@ def holm(pvalues) -> list[float]:
     return adjusted
 
 
+def _sigmoid(z: float) -> float:
+    """1 / (1 + e^-z) without overflow: an all-loss run's interval reaches z of -1e3 and below."""
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
 def length_controlled_win_rate(preferences, length_diffs, l2: float = 1e-3) -> dict:
     """Length-controlled win rate, as AlpacaEval 2 does it (Dubois et al. 2024), simplified.
 
@@ -123,16 +128,15 @@ def length_controlled_win_rate(preferences, length_diffs, l2: float = 1e-3) -> d
     res = minimize(loss, np.zeros(2), jac=True, method="L-BFGS-B", bounds=[(-30, 30), (-30, 30)],
                    options={"gtol": 1e-10, "ftol": 1e-15, "maxiter": 1000})
     a, b = (float(v) for v in res.x)
-    sig = lambda z: 1.0 / (1.0 + math.exp(-z))
-    w = np.array([sig(a + b * xi) for xi in x])
+    w = np.array([_sigmoid(a + b * xi) for xi in x])
     w = w * (1.0 - w)
     info = np.array([[w.sum(), (w * x).sum()], [(w * x).sum(), (w * x * x).sum() + l2]])
     try:
         se = math.sqrt(max(float(np.linalg.inv(info)[0, 0]), 0.0))
-        ci = (sig(a - 1.959964 * se), sig(a + 1.959964 * se))
+        ci = (_sigmoid(a - 1.959964 * se), _sigmoid(a + 1.959964 * se))
     except np.linalg.LinAlgError:  # all wins or all losses: no finite interval from the fit
         ci = (float("nan"), float("nan"))
-    return {"lc_win_rate": sig(a), "lc_win_rate_ci": ci, "raw_win_rate": float(y.mean()),
+    return {"lc_win_rate": _sigmoid(a), "lc_win_rate_ci": ci, "raw_win_rate": float(y.mean()),
             "intercept": a, "slope": b, "n": n}
 
 
@@ -288,8 +292,8 @@ def _no_difference_clause(groups: list[list[str]]) -> str:
     return "no difference " + ", or ".join(parts) if parts else ""
 
 
-def verdict(means: dict, comparisons: list[dict], *, alpha: float = 0.05, n_seeds: int, n_prompts: int,
-            higher_is_better: bool = True) -> dict:
+def verdict(means: dict, comparisons: list[dict], *, alpha: float = 0.05, n_seeds: int | str, n_prompts: int,
+            higher_is_better: bool = True, decided: set | None = None) -> dict:
     """Plain-language verdict of a method comparison.
 
     Methods are ranked by mean (best first; ties in name order). A pair differs when its
@@ -300,6 +304,8 @@ def verdict(means: dict, comparisons: list[dict], *, alpha: float = 0.05, n_seed
     difference among A, B and C (α = 0.05, Holm-corrected, 3 seeds × 128 test prompts)."
     Returns {"text", "statement", "intervals", "groups", "ranking"}: text = statement + newline
     + intervals, the line saying what the (1 - alpha) intervals include.
+    `decided` (a race, `racing.race`): the pairs (frozensets) that differ, each decided at its own
+    look's level, instead of p_holm <= alpha; `n_seeds` may then be a range such as "2-5".
     """
     if not means:
         raise ValueError("verdict needs at least one method")
@@ -310,20 +316,21 @@ def verdict(means: dict, comparisons: list[dict], *, alpha: float = 0.05, n_seed
         key = frozenset((x, y))
         if key not in p_holm:
             raise ValueError(f"verdict: no comparison given for the pair {x} vs {y}")
-        return p_holm[key] <= alpha
+        return key in decided if decided is not None else p_holm[key] <= alpha
 
     groups = indistinguishable_groups(ranking, significant)
     design = f"{n_seeds} seed{'s' if n_seeds != 1 else ''} × {n_prompts} test prompts"
+    held = f"α = {alpha:g} spent over the race's looks, Holm-corrected" if decided is not None else f"α = {alpha:g}, Holm-corrected"
     if len(ranking) == 1:
         statement = f"Only one method, {ranking[0]}: nothing to compare ({design})."
     elif len(groups) == 1:
-        statement = f"No method is distinguishable from the others (α = {alpha:g}, Holm-corrected, {design})."
+        statement = f"No method is distinguishable from the others ({held}, {design})."
     else:
         clauses = _ahead_clauses(ranking, significant)
         body = "; ".join(clauses + [c for c in [_no_difference_clause(groups)] if c])
-        statement = f"{body} (α = {alpha:g}, Holm-corrected, {design})."
+        statement = f"{body} ({held}, {design})."
     level = f"{100 * (1 - alpha):g}%"
-    if n_seeds > 1:
+    if n_seeds != 1:
         intervals = f"{level} intervals from a two-level bootstrap over seeds and prompts."
     else:
         intervals = f"{level} intervals from a bootstrap over prompts only (one seed: no seed-to-seed variance)."

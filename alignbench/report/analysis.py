@@ -227,17 +227,35 @@ def examples(samples: dict[str, pd.DataFrame], methods: list[str], n: int) -> li
     return out
 
 
+JUDGE_ACCURACY_KEYS = ("eval/judge_accuracy", "eval/judge_accuracy_ci_low", "eval/judge_accuracy_ci_high",
+                       "eval/judge_n_pairs")
+
+
+def judge_accuracy_note(trials: pd.DataFrame) -> str:
+    """The judge's held-out accuracy as the report's run metadata shows it (its first run that logged
+    it), with "at chance" when its interval includes 0.5; "" when no run logged it."""
+    for _, row in trials.iterrows():
+        m = [finite_number(row.get(f"metrics.{k}")) for k in JUDGE_ACCURACY_KEYS]
+        if all(v is not None for v in m):
+            ties = finite_number(row.get("metrics.eval/judge_ties"))
+            tie_note = f", {int(ties)} ties counted 1/2" if ties is not None else ""
+            chance = ": AT CHANCE, its win rates mean nothing" if m[1] <= 0.5 <= m[2] else ""
+            return (f"; held-out accuracy {m[0]:.3f} (95% CI [{m[1]:.3f}, {m[2]:.3f}], {int(m[3])} pairs"
+                    f"{tie_note}){chance}")
+    return ""
+
+
 def judge_caveats(trials: pd.DataFrame) -> list[str]:
     """The report's plain warnings about the judge: its held-out accuracy interval includes 0.5 (the
     first run that logged it; every run of a sweep has the same judge and held-out pairs), or it is
     the reward model a PPO/RLOO run trained against."""
     from alignbench.evaluation.judges import judge_accuracy_caveat, judge_bias_caveat
 
-    keys = ("eval/judge_accuracy", "eval/judge_accuracy_ci_low", "eval/judge_accuracy_ci_high", "eval/judge_n_pairs")
     notes = []
     for _, row in trials.iterrows():
-        metrics = {k: row.get(f"metrics.{k}") for k in keys}
+        metrics = {k: row.get(f"metrics.{k}") for k in JUDGE_ACCURACY_KEYS}
         if all(finite_number(v) is not None for v in metrics.values()):
+            metrics["eval/judge_ties"] = finite_number(row.get("metrics.eval/judge_ties"))  # None in older runs
             caveat = judge_accuracy_caveat(metrics)
             notes += [f"Warning: {caveat}."] if caveat else []
             break
@@ -273,7 +291,7 @@ def run_metadata(trials, parent, parents, sweep_name, studies, parent_params) ->
         ("git commit", uniq("tags.mlflow.source.git.commit")),
         ("model", uniq("params.model.name")),
         ("data", uniq("params.data.name")),
-        ("judge", uniq("params.judge.name")),
+        ("judge", uniq("params.judge.name") + judge_accuracy_note(trials)),
         ("seeds", uniq("params.seed")),
         ("device", uniq("params.device")),
         ("hardware", hardware),

@@ -34,7 +34,7 @@ import alignbench
 from alignbench.report.analysis import (IMPORTANCE_METHOD, SAMPLE_COLUMNS, SEARCH_CAVEAT, best_trials, examples,
                                         headline_rows, hyperparams, importance_caveat, importances, judge_caveats,
                                         length_control_caveat, length_controlled, paired_comparisons, run_metadata)
-from alignbench.report.confirmation import comparable, confirmation_statistics, method_tables
+from alignbench.report.confirmation import comparable, confirmation_statistics, method_tables, race_statistics
 from alignbench.report.figures import (CURVE_KEYS, Figure, curves_figure, frontier_figure, history_figure,
                                        importance_figure, method_color, sensitivity_figure)
 from alignbench.report.formatting import fmt, fmt_p, slug
@@ -281,6 +281,8 @@ def _confirmation(client, parents: pd.DataFrame, parent_params: dict, rng_seed: 
             notes["confirmation"].append(why + ".")
         else:
             tables[method] = t
+    if parent_params.get("sweep.confirm") == "race":
+        return _raced(tables, parent_params, notes)
     compared, left_out = comparable(tables)
     notes["confirmation"] += [n + "." for n in left_out]
     if not compared:
@@ -292,6 +294,30 @@ def _confirmation(client, parents: pd.DataFrame, parent_params: dict, rng_seed: 
         notes["confirmation"].append(f"The sweep asked for {expected} confirmation seeds; {n_seeds} finished "
                                      "for every compared method, and only those are compared.")
     return confirmation_statistics(compared, rng_seed=rng_seed)
+
+
+def _raced(tables: dict, parent_params: dict, notes: dict) -> tuple[dict | None, dict | None]:
+    """A raced confirmation: the race replayed with the sweep's settings and seed (its bootstrap
+    draws), so the report makes the sweep's stops and verdict. Methods on other prompts are left out."""
+    if not tables:
+        notes["confirmation"].append("No method has usable confirmation results, so this report makes no verdict.")
+        return None, None
+    by_prompts: dict[tuple, list[str]] = {}
+    for m, t in sorted(tables.items()):
+        by_prompts.setdefault(tuple(t.prompts), []).append(m)
+    kept = max(by_prompts.values(), key=len)
+    notes["confirmation"] += [f"{m}: evaluated on other test prompts than {', '.join(kept)}, so it is not compared."
+                              for m in sorted(tables) if m not in kept]
+    given = {k: parent_params.get(f"sweep.race.{k}") for k in ("min_seeds", "min_effect", "spending", "futility")}
+    settings = {"min_seeds": int(given["min_seeds"] or 2), "min_effect": float(given["min_effect"] or 0.05),
+                "spending": given["spending"] or "obrien_fleming", "futility": float(given["futility"] or 0.0)}
+    confirmation, verdict = race_statistics({m: tables[m] for m in kept}, settings,
+                                            int(parent_params.get("sweep.confirm_seeds") or 0),
+                                            rng_seed=int(parent_params.get("sweep.seed") or 0))
+    if not confirmation["race"]["finished"]:
+        notes["confirmation"].append("The race has not finished (a method still needs seeds): the verdict is "
+                                     "that of its looks so far.")
+    return confirmation, verdict
 
 
 def _no_confirmation_reason(confirm_seeds) -> str:

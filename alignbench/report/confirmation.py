@@ -119,3 +119,41 @@ def confirmation_statistics(methods: dict[str, MethodTables], n_boot: int = 2000
                     "n_boot": n_boot, "has_gold": all("gold" in t.tables for t in methods.values()),
                     "methods": summaries, "pairwise": pairs}
     return confirmation, result
+
+
+def race_statistics(methods: dict[str, MethodTables], settings: dict, max_seeds: int, n_boot: int = 2000,
+                    alpha: float = 0.05, rng_seed: int = 0) -> tuple[dict, dict]:
+    """(confirmation, verdict) of a raced confirmation (`sweep.confirm=race`): the race replayed on
+    the methods' seeds (`racing.race`, as the sweep ran it), each method's summary on the seeds the
+    race gave it, the pairs as the race settled them and the verdict on those decisions. `settings`:
+    the sweep's race settings (min_seeds, min_effect, spending)."""
+    from alignbench.evaluation.racing import race
+
+    prompts = {tuple(t.prompts) for t in methods.values()}
+    if len(prompts) > 1:
+        raise ValueError("a race compares methods on the same test prompts")
+    wins = {m: t.tables["win"].to_numpy(dtype=float) for m, t in methods.items()}
+    state = race(wins, max_seeds=max_seeds, min_seeds=int(settings["min_seeds"]),
+                 min_effect=float(settings["min_effect"]), alpha=alpha, spending=str(settings["spending"]),
+                 futility=float(settings.get("futility", 0.0)), rng_seed=rng_seed)
+    used = {m: state.stops[m][0] if m in state.stops else len(t.seeds) for m, t in methods.items()}
+    summaries = {}
+    for m, t in sorted(methods.items()):
+        kept = t.seeds[:used[m]]
+        cut = MethodTables(m, {q: table.loc[kept] for q, table in t.tables.items()}, t.run_ids)
+        summaries[m] = method_summary(cut, n_boot, alpha, rng_seed) | {
+            "race_seeds": used[m], "race_stop": state.stops[m][1] if m in state.stops else "still racing"}
+    counts = sorted(set(used.values()))
+    n_seeds = counts[0] if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    decided = {frozenset((p["a"], p["b"])) for p in state.pairs if p["status"] == "ordered"}
+    means = {m: s["win_rate_mean"] for m, s in summaries.items()}
+    n_prompts = len(next(iter(methods.values())).prompts)
+    result = verdict(means, state.pairs, alpha=alpha, n_seeds=n_seeds, n_prompts=n_prompts, decided=decided)
+    seeds = sorted({s for m, t in methods.items() for s in t.seeds[:used[m]]})
+    confirmation = {"n_seeds": n_seeds, "n_prompts": n_prompts, "seeds": seeds, "alpha": alpha, "n_boot": n_boot,
+                    "has_gold": all("gold" in t.tables for t in methods.values()), "methods": summaries,
+                    "pairwise": state.pairs,
+                    "race": {**settings, "max_seeds": max_seeds, "finished": state.finished, "looks": state.looks,
+                             "levels": {str(k): v for k, v in state.levels.items()},
+                             "runs": sum(used.values()), "full_runs": max_seeds * len(methods)}}
+    return confirmation, result

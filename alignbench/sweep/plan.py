@@ -18,6 +18,7 @@ OBJECTIVES = ("win_rate", "pareto")
 # pruned or selected on their intermediate evaluations.
 CONFIRM_OVERRIDES = ["eval.split=test", "eval.every_n_steps=0"]
 PRUNERS = ("median", "none")
+CONFIRM_MODES = ("full", "race")  # every seed for every method | seed by seed until the order is settled
 KEEP_POLICIES = ("best", "all", "none")
 
 
@@ -47,6 +48,8 @@ class Plan:
     train_seeds: dict = field(default_factory=dict)  # method -> the search trials' `seed`
     keep_policies: str = "best"  # whose policy/ artifacts stay: the selected + confirmed runs', all, or none
     confirm_overrides: list = field(default_factory=list)  # the confirmation runs' overrides: CONFIRM_OVERRIDES + the sweep's
+    confirm: str = "full"        # full: K seeds per method | race: seed by seed, at most K (= confirm_seeds_max)
+    race: dict = field(default_factory=dict)  # min_seeds, min_effect, spending (`evaluation.racing`)
 
     def study_name(self, method: str) -> str:
         return f"{self.experiment}/{method}"
@@ -127,7 +130,7 @@ def plan_sweep(cfg, overrides: list[str] | None = None) -> Plan:
         if m not in METHODS:
             raise ConfigError(f"sweep.search_space / method_overrides: {m}: unknown method")
     base = list(_container(get("overrides"), []))
-    confirm_seeds = _check_confirm_seeds(get("confirm_seeds", 0))
+    confirm, confirm_seeds, race = _check_confirm(get)
     confirm_overrides = [*CONFIRM_OVERRIDES, *_container(get("confirm_overrides"), [])]
     keep_policies = get("keep_policies", "best")
     if keep_policies not in KEEP_POLICIES:
@@ -149,7 +152,7 @@ def plan_sweep(cfg, overrides: list[str] | None = None) -> Plan:
                 trial_overrides=trial_overrides,
                 tracking={"uri": track.uri, "async_logging": bool(track.async_logging)}, max_steps=max_steps,
                 confirm_seeds=confirm_seeds, train_seeds=train_seeds, keep_policies=keep_policies,
-                confirm_overrides=confirm_overrides)
+                confirm_overrides=confirm_overrides, confirm=confirm, race=race)
 
 
 def workers_and_threads(n_workers, user: list[str]) -> tuple[int, list[str]]:
@@ -170,10 +173,46 @@ def workers_and_threads(n_workers, user: list[str]) -> tuple[int, list[str]]:
     return max(1, cores), ([] if user_threads or cores == 1 else ["threads=1"])
 
 
-def _check_confirm_seeds(value) -> int:
+def _check_confirm_seeds(value, key: str = "confirm_seeds") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"sweep.confirm_seeds={value}: must be an integer >= 0 (0 = no confirmation)")
+        raise ConfigError(f"sweep.{key}={value}: must be an integer >= 0 (0 = no confirmation)")
     return value
+
+
+def _check_confirm(get) -> tuple[str, int, dict]:
+    """(sweep.confirm, the number of confirmation seeds, the race settings). A race's seeds are
+    seed+1 .. seed+confirm_seeds_max (null: confirm_seeds); it needs race.min_seeds of them at least."""
+    from alignbench.evaluation.racing import SPENDING
+
+    mode = get("confirm", "full")
+    if mode not in CONFIRM_MODES:
+        raise ConfigError(f"sweep.confirm={mode}: must be full or race")
+    seeds = _check_confirm_seeds(get("confirm_seeds", 0))
+    if mode == "full":
+        return mode, seeds, {}
+    if get("confirm_seeds_max") is not None:
+        seeds = _check_confirm_seeds(get("confirm_seeds_max"), "confirm_seeds_max")
+    race = {"min_seeds": get("race.min_seeds", 2), "min_effect": get("race.min_effect", 0.05),
+            "spending": get("race.spending", "obrien_fleming"), "futility": get("race.futility", 0.1), "alpha": 0.05}
+    min_seeds = race["min_seeds"]
+    if isinstance(min_seeds, bool) or not isinstance(min_seeds, int) or min_seeds < 1:
+        raise ConfigError(f"sweep.race.min_seeds={min_seeds}: must be an integer >= 1")
+    if seeds and min_seeds > seeds:
+        raise ConfigError(f"sweep.race.min_seeds={min_seeds}: more than the race's maximum of {seeds} seeds "
+                          "(sweep.confirm_seeds_max, or confirm_seeds when that is null)")
+    effect = race["min_effect"]
+    if isinstance(effect, bool) or not isinstance(effect, (int, float)) or not 0 <= effect < 1:
+        raise ConfigError(f"sweep.race.min_effect={effect}: must be a win-rate difference in [0, 1) (0 = no "
+                          "equivalence stops)")
+    futility = race["futility"]
+    if isinstance(futility, bool) or not isinstance(futility, (int, float)) or not 0 <= futility < 1:
+        raise ConfigError(f"sweep.race.futility={futility}: must be a conditional power in [0, 1) (0 = no "
+                          "futility stops)")
+    race["futility"] = float(futility)
+    if race["spending"] not in SPENDING:
+        raise ConfigError(f"sweep.race.spending={race['spending']}: must be {' or '.join(SPENDING)}")
+    race["min_effect"] = float(effect)
+    return mode, seeds, race
 
 
 def _check_methods(methods: list) -> list:

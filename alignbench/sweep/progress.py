@@ -13,6 +13,7 @@ import optuna
 from alignbench.sweep.budget import Counts, count
 from alignbench.sweep.confirmation import Confirmation, confirm_seeds, confirmation_of
 from alignbench.sweep.plan import Plan
+from alignbench.sweep.race import race_outcome
 from alignbench.sweep.storage import journal_path
 from alignbench.sweep.studies import best_trial
 
@@ -136,6 +137,7 @@ def summarize(plan: Plan, storage, stopped: dict, parent_run_id: str | None) -> 
     stopped, its best trial (selected on validation), its confirmation on test and (pareto) its
     front. `stopped`: {method: (why the search stopped, why the confirmation stopped)}."""
     methods = {}
+    raced = race_outcome(plan, storage)[0] if plan.confirm == "race" and plan.confirm_seeds else None
     for m in plan.methods:
         study = optuna.load_study(study_name=plan.study_name(m), storage=storage)
         c = count(plan, study)
@@ -154,11 +156,13 @@ def summarize(plan: Plan, storage, stopped: dict, parent_run_id: str | None) -> 
                              "params": dict(best.params), "mlflow_run_id": a.get("mlflow_run_id")}
         if plan.confirm_seeds:
             entry["confirmation"] = _confirmation_entry(plan, m, storage, confirm_status)
+            if raced is not None:
+                entry["confirmation"]["race"] = raced[m]
         if plan.objective == "pareto":
             entry["pareto_front"] = [{"trial": t.number, "win_rate": t.values[0], "kl": t.values[1],
                                       "params": dict(t.params)} for t in study.best_trials]
         methods[m] = entry
-    return {"sweep": plan.name, "experiment": plan.experiment, "objective": plan.objective,
+    return {"sweep": plan.name, "experiment": plan.experiment, "objective": plan.objective, "confirm": plan.confirm,
             "storage": plan.storage, "parent_run_id": parent_run_id, "n_trials": plan.n_trials,
             "methods": methods}
 

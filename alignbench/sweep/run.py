@@ -52,6 +52,7 @@ from alignbench.sweep.description import sweep_note
 from alignbench.sweep.liveness import heartbeat_stale
 from alignbench.sweep.parent import open_parent_run
 from alignbench.sweep.plan import Plan, plan_sweep
+from alignbench.sweep.race import race_outcome
 from alignbench.sweep.progress import Progress, print_summary, shortfall, summarize, unfinished
 from alignbench.sweep.storage import make_storage
 from alignbench.sweep.studies import load_study
@@ -113,7 +114,8 @@ def _record_sweep(plan: Plan, tracker, parent: str, created: bool) -> str:
     info = {"sweep.name": plan.name, "sweep.methods": ",".join(plan.methods), "sweep.n_trials": plan.n_trials,
             "sweep.objective": plan.objective, "sweep.seed": plan.seed, "sweep.pruner": plan.pruner,
             "sweep.storage": plan.storage, "sweep.confirm_seeds": plan.confirm_seeds,
-            "sweep.study_names": ",".join(plan.study_name(m) for m in plan.methods)}
+            "sweep.study_names": ",".join(plan.study_name(m) for m in plan.methods), "sweep.confirm": plan.confirm,
+            **{f"sweep.race.{k}": v for k, v in plan.race.items() if k != "alpha"}}
     if created or not tracker.client.get_run(parent).data.params:
         tracker.log_params(info)  # params are immutable: logged once; the tags follow the last invocation
     tracker.set_tags({k: v for k, v in info.items() if k != "sweep.pruner"})
@@ -130,10 +132,12 @@ def _run_trials(plan: Plan, storage, parent: str, live: bool | None) -> dict:
         warm_caches(plan)
         run_workers(plan, parent, progress)
     stopped = {}
+    raced = race_outcome(plan, storage)[1] if plan.confirm == "race" and plan.confirm_seeds else None
     for m in plan.methods:
         search = "done" if count(plan, load_study(plan, m, storage)).done >= plan.n_trials else "incomplete"
         conf = confirmation_of(plan, m, storage)
-        confirmed = ("off" if not plan.confirm_seeds else "done" if len(conf.win_rates) == len(conf.seeds)
+        full = len(conf.win_rates) == len(conf.seeds)
+        confirmed = ("off" if not plan.confirm_seeds else "done" if (raced if raced is not None else full)
                      else "incomplete")
         stopped[m] = (search, confirmed)
     return stopped
@@ -152,6 +156,9 @@ def _log_summary(tracker, summary: dict) -> None:
         tracker.log_metrics({f"best/{m}/{k}": v for k, v in values.items() if v is not None}, 0)
         if e.get("confirmation", {}).get("mean_win_rate") is not None:
             tracker.log_metrics({f"confirmation/{m}/win_rate": e["confirmation"]["mean_win_rate"]}, 0)
+        if "race" in e.get("confirmation", {}):  # how many seeds the race gave the method, and why it stopped
+            race = e["confirmation"]["race"]
+            tracker.set_tags({f"race.{m}.n_seeds": race["n_seeds"], f"race.{m}.stop": race["stop"]})
     experiment_id = tracker.client.get_run(tracker.run_id).info.experiment_id
     searched = {k for e in summary["methods"].values() for k in (e.get("best") or {}).get("params", {})}
     store.set_view(tracker.client, experiment_id, sorted(searched))

@@ -20,6 +20,7 @@ from alignbench.sweep.plan import Plan, compose_trial
 from alignbench.sweep.storage import budget_lock, make_storage
 from alignbench.sweep.studies import load_study, make_sampler
 from alignbench.sweep.policies import prune_policies
+from alignbench.sweep.race import run_race
 from alignbench.sweep.trials import enqueue_resumable, run_trial
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,16 @@ def run_worker(plan: Plan, parent_run_id: str, worker: int = 0, progress=None, s
     stopped = {}
     for m in plan.methods:
         search = run_method(plan, m, storage, parent_run_id, worker, progress)
+        if plan.confirm == "race":  # after every search: a race compares the methods round by round
+            stopped[m] = (search, None)
+            continue
         stopped[m] = (search, run_confirmation(plan, m, storage, parent_run_id, worker, progress))
         prune_policies(plan, m, storage)
+    if plan.confirm == "race":
+        raced = run_race(plan, storage, parent_run_id, worker, progress)
+        for m in plan.methods:
+            stopped[m] = (stopped[m][0], raced.get(m, "not run"))
+            prune_policies(plan, m, storage)
     return stopped
 
 

@@ -20,7 +20,8 @@ from alignbench.data.preparing import SplitRows, distinct_prompts, load_preferen
 from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord
 from alignbench.evaluation.evaluator import Evaluator
 from alignbench.evaluation.judges import GoldJudge, RewardModelJudge
-from alignbench.models.loading import Models, load_models
+from alignbench.evaluation.pairwise_judge import PairwiseJudge
+from alignbench.models.loading import Models, load_models, pick_dtype
 from alignbench.training.reference import cached_tokenize_pairs, reference_pair_logps
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,12 @@ def count_seen_in_training(held_out_prompts, training_prompts) -> int:
 def make_judge(cfg, models: Models, prepared_records=None):
     if cfg.judge.name == "gold":
         return GoldJudge()
+    if cfg.judge.name == "llm_pairwise":
+        j = cfg.judge
+        return PairwiseJudge.from_pretrained(str(j.path), models.device, pick_dtype(cfg, models.device),
+                                             j.get("gguf_file"), bool(j.trust_remote_code), batch_size=j.batch_size,
+                                             max_prompt_tokens=j.max_prompt_tokens,
+                                             max_response_tokens=j.max_response_tokens)
     if cfg.judge.path == "trained":
         from alignbench.models.reward_model import load_or_train_reward_model
 
