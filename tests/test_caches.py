@@ -21,7 +21,7 @@ from alignbench.training import reference as reference_module
 from alignbench.training.reference import reference_pair_logps
 from alignbench.training.run import train
 from alignbench.training.setup import prepare
-from conftest import FAST, count_calls
+from helpers import FAST, count_calls
 
 
 class Trained(Exception):

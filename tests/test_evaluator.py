@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alignbench.config import compose
-from conftest import FAST
+from helpers import FAST
 
 METRICS = ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl")
 COLUMNS = {"prompt", "policy_response", "reference_response", "policy_score", "reference_score",

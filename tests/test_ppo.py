@@ -15,9 +15,8 @@ from alignbench.tracking.null import NullTracker
 from alignbench.training.loop import NonFiniteLoss
 from alignbench.training.run import train
 from alignbench.training.setup import prepare
-from conftest import FAST
+from helpers import FAST, PPO_FAST, RLOO_FAST
 
-PPO_FAST = ["method=ppo", *FAST, "method.reward_model.steps=10", "method.rollout_batch_size=8"]
 REQUIRED = ["train/loss", "ppo/kl", "ppo/clipfrac", "ppo/approx_kl", "ppo/value_loss", "ppo/entropy",
             "ppo/kl_coef", "ppo/rm_score", "ppo/gold_reward"]
 
@@ -107,7 +106,6 @@ def test_ppo_nan_loss_fails_the_run(workdir):
 
 # --------------------------------------------------------------------------- RLOO (critic-free, the same loop)
 
-RLOO_FAST = ["method=rloo", *FAST, "method.reward_model.steps=10", "method.rollout_batch_size=8", "method.rloo_k=2"]
 
 
 def test_rloo_end_to_end_fast_has_no_critic(workdir, monkeypatch):
