@@ -67,7 +67,7 @@ def test_second_dpo_run_does_no_reference_forward(workdir, reference_forwards):
     before = len(reference_forwards)
     result = train(compose([*FAST, "method=dpo", "method.beta=0.3", "method.lr=1e-3"]), NullTracker())
     assert len(reference_forwards) == before  # a new trial (beta, lr) with the same reference
-    assert result.timings["ref_seconds"] < 5
+    assert result.timings["reference_seconds"] < 5
 
 
 def test_second_kto_run_does_no_reference_forward(workdir, reference_forwards):

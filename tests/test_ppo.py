@@ -84,7 +84,7 @@ def test_ppo_end_to_end_fast(workdir):
     assert {"rm/pair_accuracy", "rm/train_loss"} <= {k for _, m in tracker.metrics for k in m}
     for key in ("eval/win_rate", "eval/win_rate_ci_low", "eval/kl", "train/seconds", "train/tokens"):
         assert math.isfinite(result.metrics[key]), key
-    assert {"setup_seconds", "ref_seconds", "train_seconds", "eval_seconds"} <= set(result.timings)
+    assert {"setup_seconds", "reward_model_seconds", "train_seconds", "eval_seconds"} <= set(result.timings)
     assert [s for s, _ in result.history] == [3, 6]
 
 
