@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignbench import cache
-from alignbench.config import ConfigError
+from alignbench.config import CONF_DIR, ConfigError
 from alignbench.data import builtin_task as task
 from alignbench.training.builtin_pairs import builtin_pairs
 from alignbench.data.measuring import LengthLimits
@@ -22,6 +22,7 @@ from alignbench.evaluation.evaluator import Evaluator
 from alignbench.evaluation.judges import GoldJudge, RewardModelJudge
 from alignbench.evaluation.pairwise_judge import PairwiseJudge
 from alignbench.models.loading import Models, load_models, pick_dtype
+from alignbench.models.reward_model import RewardModelSettings
 from alignbench.training.reference import cached_tokenize_pairs, reference_pair_logps
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def make_judge(cfg, models: Models, prepared_records=None):
         if prepared_records and isinstance(prepared_records[0], UnpairedRecord):
             raise DataError(f"judge.path=trained fits a reward model on preference pairs; data={cfg.data.name} is "
                             "unpaired (KTO rows): set judge.path to a sequence-classification model directory")
-        return load_or_train_reward_model(cfg, models, prepared_records)
+        return load_or_train_reward_model(reward_model_settings(cfg), models, prepared_records)
     return RewardModelJudge.from_pretrained(cfg.judge.path, models.device, cfg.judge.trust_remote_code,
                                             cfg.judge.batch_size)
 
@@ -130,6 +131,24 @@ def require_pairs_unless_kto(cfg, train_records: list) -> None:
     """Only KTO trains on unpaired examples; the data's format is known only once it is read."""
     if isinstance(train_records[0], UnpairedRecord) and cfg.method.name != "kto":
         raise ConfigError(f"method={cfg.method.name} needs paired data; data={cfg.data.name} is unpaired (use method=kto)")
+
+
+def reward_model_settings(cfg) -> RewardModelSettings:
+    """The reward-model stage's settings: the method's `reward_model` block (PPO, RLOO), or PPO's
+    (conf/method/ppo.yaml) for a method without one, whose `judge.path=trained` is the reward model
+    PPO would train."""
+    block = cfg.method.get("reward_model")
+    if block is None:
+        from omegaconf import OmegaConf
+
+        block = OmegaConf.load(CONF_DIR / "method" / "ppo.yaml").reward_model
+    t = cfg.train
+    return RewardModelSettings(steps=int(block.steps), lr=float(block.lr), batch_size=int(block.batch_size),
+                               heldout_fraction=float(block.heldout_fraction), max_length=int(t.max_length),
+                               max_prompt_length=int(t.max_prompt_length),
+                               adam_betas=tuple(float(b) for b in t.adam_betas), weight_decay=float(t.weight_decay),
+                               max_grad_norm=float(t.max_grad_norm), seed=int(cfg.task_seed),
+                               score_batch_size=int(cfg.eval.batch_size), cache_dir=cfg.cache_dir)
 
 
 def make_evaluator(cfg, loaded: LoadedData, builtin_task: bool) -> Evaluator:
