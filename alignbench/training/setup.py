@@ -100,10 +100,17 @@ def load_builtin_task(cfg) -> LoadedData:
     return LoadedData(models, train_records, held_out_pairs, eval_prompts, {}, seen)
 
 
+def length_limits(cfg) -> LengthLimits:
+    """The token and character limits of a run: train.max_length / max_prompt_length,
+    data.long_prompts / max_row_chars (every data config sets both; the defaults are conf/data/*.yaml's)."""
+    return LengthLimits(int(cfg.train.max_length), int(cfg.train.max_prompt_length), str(cfg.data.long_prompts),
+                        cfg.data.max_row_chars)
+
+
 def data_sft_examples(cfg, rows: SplitRows) -> list[tuple[str, str]]:
     """The SFT corpus on a data set (the built-in model's, or a hub model's with `model.sft.enabled`):
     the preferred responses of the TRAIN rows, bounded like the preference data (`preparing.sft_corpus`)."""
-    return sft_corpus(rows, LengthLimits.of(cfg), cfg.model.sft.n_examples)
+    return sft_corpus(rows, length_limits(cfg), cfg.model.sft.n_examples)
 
 
 def load_data_set(cfg) -> LoadedData:
@@ -111,7 +118,7 @@ def load_data_set(cfg) -> LoadedData:
     or a hub model whose `model.sft.enabled`, SFT on the train rows' preferred responses), then
     each set parsed for that model."""
     rows = read_split_rows(cfg.data, cfg.task_seed, logger=log)
-    limits = LengthLimits.of(cfg)
+    limits = length_limits(cfg)
     corpus = []
     if cfg.model.source == "builtin" or cfg.model.sft.enabled:  # a hub model too when its config says SFT first
         corpus = data_sft_examples(cfg, rows)
@@ -134,14 +141,14 @@ def require_pairs_unless_kto(cfg, train_records: list) -> None:
 
 
 def reward_model_settings(cfg) -> RewardModelSettings:
-    """The reward-model stage's settings: the method's `reward_model` block (PPO, RLOO), or PPO's
-    (conf/method/ppo.yaml) for a method without one, whose `judge.path=trained` is the reward model
-    PPO would train."""
-    block = cfg.method.get("reward_model")
-    if block is None:
-        from omegaconf import OmegaConf
+    """The reward-model stage's settings: the method's `reward_model` block (PPO, RLOO). A method
+    without one (`judge.path=trained` with DPO, say) gets the reward model PPO would train: PPO's block
+    (conf/method/ppo.yaml) under whatever `+method.reward_model.*` the user added."""
+    from omegaconf import OmegaConf
 
-        block = OmegaConf.load(CONF_DIR / "method" / "ppo.yaml").reward_model
+    # PPO's and RLOO's own blocks are complete, so the merge changes nothing for them.
+    block = OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / "ppo.yaml").reward_model,
+                            cfg.method.get("reward_model") or {})
     t = cfg.train
     return RewardModelSettings(steps=int(block.steps), lr=float(block.lr), batch_size=int(block.batch_size),
                                heldout_fraction=float(block.heldout_fraction), max_length=int(t.max_length),
