@@ -297,6 +297,10 @@ def check_data(cfg: DictConfig) -> None:
 def check_model_and_judge(cfg: DictConfig) -> None:
     if cfg.model.source not in ("builtin", "hub"):
         raise ConfigError(f"model.source={cfg.model.source}: must be builtin or hub")
+    if cfg.model.get("gguf"):  # before any work: the package holding the file must be installed
+        from alignbench.models.gguf import gguf_file
+
+        gguf_file(cfg.model.gguf)
     if cfg.judge.name == "gold" and cfg.data.source != "builtin":
         raise ConfigError(f"judge=gold: the gold reward exists only on data=builtin (data={cfg.data.name}); use judge=reward_model")
     if cfg.judge.name not in JUDGES:
