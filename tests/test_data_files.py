@@ -17,7 +17,7 @@ from alignbench.data.measuring import LengthLimits
 from alignbench.data.preparing import read_split_rows, sft_corpus
 from alignbench.data.records import DataError
 from alignbench.tracking.null import NullTracker
-from conftest import count_calls
+from helpers import count_calls
 
 _spec = importlib.util.spec_from_file_location("make_files", Path(__file__).parent / "data" / "make_files.py")
 make_files = importlib.util.module_from_spec(_spec)
@@ -38,7 +38,7 @@ def judge_dir(tmp_path_factory):
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from conftest import make_tiny_tokenizer
+    from helpers import make_tiny_tokenizer
 
     tokenizer = make_tiny_tokenizer(300)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import mlflow
 import pytest
@@ -13,7 +11,7 @@ from alignbench.data.records import PreferenceRecord
 from alignbench.evaluation.judges import judge_accuracy, judge_accuracy_caveat, judge_summary
 from alignbench.evaluation.pairwise_judge import PLAIN_ENDING, PairwiseJudge, swap_outcomes
 from alignbench.evaluation.stats import win_rate_ci
-from conftest import FAST, make_tiny_tokenizer
+from helpers import FAST, make_tiny_tokenizer, run_cli
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -143,9 +141,8 @@ def test_a_random_judge_is_called_at_chance(saved_causal_lm):
 
 def test_a_pairwise_judge_judges_a_run_from_the_command_line(workdir, saved_causal_lm):
     path = saved_causal_lm[0]
-    out = subprocess.run([sys.executable, "-m", "alignbench.cli", "train", *FAST, "judge=llm_pairwise",
-                          f"judge.path={path}", "judge.max_prompt_tokens=64", "judge.max_response_tokens=32"],
-                         capture_output=True, text=True, timeout=300)
+    out = run_cli("train", *FAST, "judge=llm_pairwise", f"judge.path={path}", "judge.max_prompt_tokens=64",
+                  "judge.max_response_tokens=32", timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     line = [l for l in out.stdout.splitlines() if l.startswith("method=dpo win_rate=")]
     assert line and " judge_accuracy=" in line[0]
@@ -199,9 +196,44 @@ def test_bad_pairwise_judge_settings_fail_with_one_line(overrides, message, tmp_
 
 
 def test_a_bad_judge_path_on_the_command_line_is_one_line_and_exit_2(workdir):
-    out = subprocess.run([sys.executable, "-m", "alignbench.cli", "train", "judge=llm_pairwise"],
-                         capture_output=True, text=True, timeout=120)
+    out = run_cli("train", "judge=llm_pairwise", timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (
         "alignbench: error: judge=llm_pairwise: set judge.path to a causal LM (a local folder or hub id)")
     assert "Traceback" not in out.stderr
+
+
+def test_the_judge_model_is_loaded_once_per_process_and_again_when_its_files_change(saved_causal_lm, tmp_path):
+    import shutil
+
+    path = tmp_path / "copy"
+    shutil.copytree(saved_causal_lm[0], path)
+    first = PairwiseJudge.from_pretrained(str(path), torch.device("cpu"))
+    again = PairwiseJudge.from_pretrained(str(path), torch.device("cpu"), max_response_tokens=8)
+    assert again.model is first.model and again.key != first.key  # same weights, another question budget
+    (path / "config.json").write_text((path / "config.json").read_text() + "\n")  # saved again: another model
+    assert PairwiseJudge.from_pretrained(str(path), torch.device("cpu")).model is not first.model
+
+
+def test_the_judges_held_out_accuracy_is_cached_under_its_key(tmp_path):
+    from types import SimpleNamespace
+
+    from alignbench.evaluation.evaluator import Evaluator
+
+    class CountingJudge(StubJudge):
+        calls = 0
+
+        def margins(self, prompts, a, b):
+            CountingJudge.calls += 1
+            return super().margins(prompts, a, b)
+
+    judge = CountingJudge(lambda a, b: float(len(a) - len(b)))
+    owner = SimpleNamespace(judge=judge, cfg=SimpleNamespace(cache_dir=str(tmp_path)))
+    judge.key = "judge-one"
+    first = Evaluator._judge_accuracy(owner, PAIRS)
+    assert first == judge_accuracy(LONGER, PAIRS) and CountingJudge.calls == 1  # both orders in one pass
+    assert Evaluator._judge_accuracy(owner, PAIRS) == first and CountingJudge.calls == 1  # a hit: not judged again
+    Evaluator._judge_accuracy(owner, PAIRS[:3])
+    judge.key = "judge-two"
+    Evaluator._judge_accuracy(owner, PAIRS)
+    assert CountingJudge.calls == 3  # other pairs, another judge: each judged

@@ -1,5 +1,6 @@
-"""tools/structure.py over alignbench/: no import cycle (lazy imports count), no file over 400 lines,
-no function over 80 lines — the layout docs/ARCHITECTURE.md describes stays true."""
+"""tools/structure.py over alignbench/: no import cycle (lazy imports count), no import against the
+layer order docs/ARCHITECTURE.md declares, no file over 400 lines, no function over 80 lines — the
+layout docs/ARCHITECTURE.md describes stays true."""
 
 import subprocess
 import sys
@@ -13,6 +14,23 @@ def test_package_has_no_cycle_no_long_file_no_long_function():
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.startswith("cycles=0 "), out.stdout
+    assert " upward_imports=0 " in out.stdout, out.stdout  # the doc's layers: line was found and holds
+
+
+def test_an_import_against_the_declared_layers_fails_the_check(tmp_path):
+    """A miniature project: docs/ARCHITECTURE.md declares `low | high`; low importing high is upward."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "ARCHITECTURE.md").write_text("# x\n\n    layers: low | high\n")
+    pkg = tmp_path / "pkg"
+    for sub, body in (("low", "from pkg.high import mod\n"), ("high", "from pkg.low import mod\n")):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text('"""doc"""\n')
+        (pkg / sub / "mod.py").write_text(body if sub == "low" else "x = 1\n")
+    (pkg / "__init__.py").write_text('"""doc"""\n')
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "structure.py"), str(pkg)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1, out.stdout
+    assert "upward_imports=1 [('pkg.low.mod', 'high', 'layer 1 >= 0')]" in out.stdout, out.stdout
 
 
 def test_package_inits_hold_only_a_docstring():

@@ -103,14 +103,15 @@ def test_a_train_run_killed_by_sigkill_is_marked_killed_when_the_store_is_opened
 
     from alignbench.tracking import mlflow_runs as tracking
     from alignbench.tracking import store
-    from conftest import FAST
+    from helpers import FAST, cli_env
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", "train", *FAST, "fault.sleep_per_step=60"],
-                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     client = MlflowClient(tracking_uri=uri)  # a plain client: opening the store through alignbench would reap
+    # Create the store's tables before the child starts: two processes migrating one new SQLite file
+    # at once can fail in either of them.
+    client.search_experiments()
+    proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", "train", *FAST, "fault.sleep_per_step=60"],
+                            cwd=workdir, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
         runs = []
@@ -132,7 +133,8 @@ def test_a_train_run_killed_by_sigkill_is_marked_killed_when_the_store_is_opened
             **{k: tags[k] for k in ("alignbench.role", "alignbench.pid", "alignbench.process_start")},
             "alignbench.host": "another-host"}).info.run_id
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # an exited child has nothing to kill, and its failure is the one to show
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     assert client.get_run(run.info.run_id).info.status == "RUNNING"  # nothing ended it
     tracking.set_uri(uri)  # alignbench opens the store

@@ -6,11 +6,11 @@ Each DIR holds a finished `alignbench sweep` with `sweep.confirm=full` (its ./ml
 looks at a prefix of the same seeds (round k trains confirmation seed k, the same run as full
 confirmation's seed k: same selection, seed, config), so what a race would have done on that sweep
 is computed exactly from the full runs' eval samples: `evaluation.racing.race` on each method's
-[seeds x prompts] win table (`report.confirmation.method_tables`, as the report builds it), with the
+[seeds x prompts] win table (`evaluation.confirmation.method_tables`, as the report builds it), with the
 sweep's seed for the bootstrap draws, as a raced sweep runs it.
 
 Per DIR and alpha spending it prints and returns:
-- the verdicts: full confirmation's (`report.confirmation.confirmation_statistics`, the report's)
+- the verdicts: full confirmation's (`evaluation.confirmation.confirmation_statistics`, the report's)
   and the race's (`race_statistics`), compared as the sets of ordered pairs ("a ahead of b");
 - compute: the summed `time/total_seconds` of the confirmation runs the race uses over that of all
   of full confirmation's runs. Each sweep worker trains single-threaded, so a run's wall time is
@@ -39,8 +39,9 @@ def load_sweep(folder: Path):
     import mlflow
     import pandas as pd
 
-    from alignbench.report.confirmation import method_tables
-    from alignbench.report.reading import find_sweep, load_confirmation_runs, load_samples, params_of
+    from alignbench.evaluation.confirmation import method_tables
+    from alignbench.report.reading import find_sweep, load_confirmation_runs, params_of
+    from alignbench.tracking.artifacts import load_samples
 
     mlflow.set_tracking_uri(f"sqlite:///{(folder / 'mlflow.db').resolve()}")
     client = mlflow.MlflowClient()
@@ -59,7 +60,7 @@ def load_sweep(folder: Path):
 
 
 def replay(folder: Path, min_seeds: int, min_effect: float, futility: float = 0.0) -> dict:
-    from alignbench.report.confirmation import confirmation_statistics, race_statistics
+    from alignbench.evaluation.confirmation import confirmation_statistics, race_statistics
 
     tables, seconds, seed = load_sweep(folder)
     k = min(len(t.seeds) for t in tables.values())

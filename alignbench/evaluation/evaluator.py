@@ -96,7 +96,22 @@ class Evaluator:
         self.seed = cfg.task_seed + 10_007
         self.pairwise = hasattr(judge, "compare")
         self.reference = self._reference_side()
-        self.judge_metrics = judge_accuracy(judge, list(held_out_pairs or []))  # fixed for the run: scored once
+        self.judge_metrics = self._judge_accuracy(list(held_out_pairs or []))  # fixed for the run: scored once
+
+    def _judge_accuracy(self, pairs) -> dict[str, float]:
+        """The judge's held-out accuracy, cached under the judge's identity and the pairs' text when the
+        judge has one (a saved model: an LLM judge takes minutes on CPU, and every trial of a sweep asks)."""
+        judge_key = getattr(self.judge, "key", None)
+        if judge_key is None or not pairs:
+            return judge_accuracy(self.judge, pairs)
+        key = cache.content_key("judge-accuracy-v1", self.judge.name, judge_key, cache.records_digest(pairs))
+
+        def write(path):
+            (path / "judge_accuracy.json").write_text(json.dumps(judge_accuracy(self.judge, pairs)))
+
+        metrics, _, _ = cache.load_cached(self.cfg.cache_dir, "judge_accuracy", key, write,
+                                          lambda path: json.loads((path / "judge_accuracy.json").read_text()))
+        return metrics
 
     def _sample(self, model):
         e = self.cfg.eval

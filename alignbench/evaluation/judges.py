@@ -69,7 +69,8 @@ def saved_model_key(path: str, model) -> str:
     folder = Path(path)
     files = sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
                    for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else []
-    return cache.content_key("saved-model-v1", str(path), getattr(model.config, "_commit_hash", None), files)
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)  # model=None: before loading it
+    return cache.content_key("saved-model-v1", str(path), commit, files)
 
 
 def preference_outcomes(judge, prompts: list[str], first: list[str], second: list[str]) -> list[float]:

@@ -23,6 +23,7 @@ from alignbench.data.tokenizing import fit_prompt, prompt_tokens
 from alignbench.models.logps import position_ids_from_mask
 
 log = logging.getLogger(__name__)
+_LOADED: dict = {}  # the last judge model loaded in this process (never trained, so shared): id, model, tokenizer, key
 
 TEMPLATE_VERSION = "pairwise-v1"  # in the judge's key: a changed question is another judge
 QUESTION = (
@@ -74,13 +75,18 @@ class PairwiseJudge:
         from alignbench import cache
         from alignbench.evaluation.judges import saved_model_key
 
-        weights = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                  **({"gguf_file": gguf_file} if gguf_file else {}))
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                     **weights).to(device)
-        judge = cls(model, tokenizer, device, **budgets)
-        judge.key = cache.content_key(TEMPLATE_VERSION, saved_model_key(path, model), gguf_file, str(dtype),
+        loaded = (saved_model_key(path, None), gguf_file, str(dtype), str(device), trust_remote_code)  # files too
+        if _LOADED.get("id") != loaded:  # a sweep worker loads (and dequantises) its judge once, not per trial
+            weights = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                      **({"gguf_file": gguf_file} if gguf_file else {}))
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                         **weights).to(device).eval().requires_grad_(False)
+            _LOADED.clear()
+            _LOADED.update(id=loaded, model=model, tokenizer=tokenizer,
+                           key=saved_model_key(path, model))  # the files as they were when loaded
+        judge = cls(_LOADED["model"], _LOADED["tokenizer"], device, **budgets)
+        judge.key = cache.content_key(TEMPLATE_VERSION, _LOADED["key"], gguf_file, str(dtype),
                                       judge.max_prompt_tokens, judge.max_response_tokens)
         return judge
 

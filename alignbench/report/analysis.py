@@ -10,7 +10,6 @@ import math
 import re
 import warnings
 
-import numpy as np
 import pandas as pd
 
 import alignbench
@@ -18,6 +17,7 @@ from alignbench.evaluation.stats import holm, length_controlled_win_rate, paired
 from alignbench.report.formatting import duration, fmt, number, short_value, text
 from alignbench.report.reading import column
 from alignbench.sweep.selection import best_index, finite_number
+from alignbench.evaluation.confirmation import win_indicator
 
 STATES = ("COMPLETE", "PRUNED", "FAIL")
 # Params that differ between trials without being hyperparameters.
@@ -86,11 +86,6 @@ def headline_rows(trials: pd.DataFrame, methods: list[str], best: dict[str, pd.S
             row.update({k: number(b.get(f"metrics.{k}")) for k in HEADLINE_METRICS})
         rows.append(row)
     return rows
-
-
-def win_indicator(samples: pd.DataFrame) -> np.ndarray:
-    """Per prompt: 1 policy preferred, 1/2 tie, 0 reference preferred (as the win rate counts them)."""
-    return samples["winner"].map({"policy": 1.0, "tie": 0.5, "reference": 0.0}).to_numpy(dtype=float)
 
 
 def align_samples(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -31,16 +31,17 @@ from pathlib import Path
 import pandas as pd
 
 import alignbench
+from alignbench.evaluation.confirmation import comparable, confirmation_statistics, method_tables, race_statistics
 from alignbench.report.analysis import (IMPORTANCE_METHOD, SAMPLE_COLUMNS, SEARCH_CAVEAT, best_trials, examples,
                                         headline_rows, hyperparams, importance_caveat, importances, judge_caveats,
                                         length_control_caveat, length_controlled, paired_comparisons, run_metadata)
-from alignbench.report.confirmation import comparable, confirmation_statistics, method_tables, race_statistics
 from alignbench.report.figures import (CURVE_KEYS, Figure, curves_figure, frontier_figure, history_figure,
                                        importance_figure, method_color, sensitivity_figure)
 from alignbench.report.formatting import fmt, fmt_p, slug
-from alignbench.report.reading import (SAMPLES_ARTIFACT, NoStudies, column, find_sweep, load_confirmation_runs,
-                                       load_samples, load_studies, load_trials, params_of, study_methods_of)
+from alignbench.report.reading import (NoStudies, column, find_sweep, load_confirmation_runs,
+                                       load_studies, load_trials, params_of, study_methods_of)
 from alignbench.report.rendering import render_html, render_markdown, render_note, write_runs_csv, write_summary
+from alignbench.tracking.artifacts import SAMPLES_ARTIFACT, load_samples
 
 log = logging.getLogger(__name__)
 

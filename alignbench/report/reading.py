@@ -5,11 +5,8 @@ Everything here returns pandas tables or Optuna studies; nothing is computed or 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +15,6 @@ from alignbench.sweep.storage import open_storage
 
 log = logging.getLogger(__name__)
 
-SAMPLES_ARTIFACT = "eval_samples.json"
 CONFIRMATION_ROLE = "confirmation"
 STATUS_TO_STATE = {"FINISHED": "COMPLETE", "FAILED": "FAIL", "KILLED": "KILLED", "RUNNING": "RUNNING",
                    "SCHEDULED": "RUNNING"}
@@ -201,16 +197,3 @@ def params_of(run) -> dict:
             out |= {k[len(prefix):]: v for k, v in run.items() if k.startswith(prefix) and isinstance(v, str)}
         return out
     return dict(run)
-
-
-def load_samples(client, run_id: str) -> pd.DataFrame | None:
-    """A run's eval samples table (`MlflowClient.log_table` JSON: columns + data), or None."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run_id, SAMPLES_ARTIFACT, tmp)
-        except Exception as exc:  # noqa: BLE001 — missing artifact, unreachable store
-            log.warning("run %s: no %s (%s)", run_id, SAMPLES_ARTIFACT, exc)
-            return None
-        obj = json.loads(Path(path).read_text())
-    return pd.DataFrame(obj["data"], columns=obj["columns"])

@@ -3,7 +3,7 @@ is settled (`alignbench.evaluation.racing`: the stopping rule, its alpha spendin
 
 The race starts once every method's search is complete. Its state is never stored: it is replayed
 from the confirmation runs there are (their eval samples, the same [seeds x prompts] tables the
-report builds, `report.confirmation.method_tables`) every time a worker asks for work, under the
+report builds, `evaluation.confirmation.method_tables`) every time a worker asks for work, under the
 budget lock, so a re-run resumes it and several workers share it: each takes a (method, seed) the
 next look needs that no other worker runs, and waits while the look waits on runs of others.
 
@@ -52,7 +52,7 @@ class SamplesCache:
 
     def get(self, run_id: str):
         if run_id not in self.samples:
-            from alignbench.report.reading import load_samples
+            from alignbench.tracking.artifacts import load_samples
 
             if self._client is None:
                 from mlflow import MlflowClient
@@ -99,7 +99,7 @@ def _complete_runs(plan: Plan, method: str, study, selected) -> list[tuple[int, 
 
 def race_state(plan: Plan, ent: Entrants, cache: SamplesCache) -> tuple[Race, dict]:
     """The race replayed on the confirmation runs there are; also {method: [(seed, run id)]}."""
-    from alignbench.report.confirmation import method_tables
+    from alignbench.evaluation.confirmation import method_tables
 
     runs, wins = {}, {}
     for m, selected in ent.selected.items():

@@ -8,8 +8,17 @@ included) and the run read-back MLflow does to find where a run's artifacts go.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+SAMPLES_ARTIFACT = "eval_samples.json"  # a run's per-prompt evaluation table
 
 
 def local_dir(artifact_uri: str | None) -> Path | None:
@@ -40,3 +49,16 @@ def write_files(out: Path, documents: dict, tables: dict) -> None:
 
         for name, rows in tables.items():
             pd.DataFrame(rows).to_json(out / name, orient="split", index=False, date_format="iso")
+
+
+def load_samples(client, run_id: str) -> pd.DataFrame | None:
+    """A run's eval samples table (`MlflowClient.log_table` JSON: columns + data), or None."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, SAMPLES_ARTIFACT, tmp)
+        except Exception as exc:  # noqa: BLE001 — missing artifact, unreachable store
+            log.warning("run %s: no %s (%s)", run_id, SAMPLES_ARTIFACT, exc)
+            return None
+        obj = json.loads(Path(path).read_text())
+    return pd.DataFrame(obj["data"], columns=obj["columns"])

@@ -295,8 +295,7 @@ def online_loop(cfg, prepared, tracker, on_eval=None, critic_free: bool = False)
     m = cfg.method
     t_setup = time.time()
     reward_model = reward_model_for(cfg, prepared, tracker)
-    # "ref_seconds" is the stage before the loop, as for the offline methods: here the reward model.
-    timings = dict(prepared.timings, ref_seconds=time.time() - t_setup)
+    timings = dict(prepared.timings, reward_model_seconds=time.time() - t_setup)
     learner = make_learner(cfg, prepared.models, critic_free)
     kl_ctl = AdaptiveKLController(m.kl_coef, m.adaptive_kl_target, m.adaptive_kl_horizon) if m.adaptive_kl else None
     kl_coef = float(m.kl_coef)

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from alignbench.config import validate
 from alignbench.evaluation.evaluator import KL_ESTIMATOR, win_rate_ci_method
 from alignbench.evaluation.judges import judge_accuracy_caveat, judge_bias_caveat
+from alignbench.tracking.artifacts import SAMPLES_ARTIFACT
 from alignbench.tracking.null import NullTracker
 from alignbench.training.checkpoint import CHECKPOINTS, fetch_checkpoint, flat, save_policy
 from alignbench.training.loop import RunResult
@@ -98,7 +99,7 @@ def train(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunResult:
     summary = {k: v for k, v in result.metrics.items() if k.startswith("train/")}  # seconds, tokens, pairs/s
     tracker.log_metrics(summary | {f"time/{k}": v for k, v in result.timings.items()}, cfg.train.max_steps)
     tracker.log_files(documents={"config.yaml": OmegaConf.to_container(cfg, resolve=True)},
-                      tables={"eval_samples.json": result.rows})
+                      tables={SAMPLES_ARTIFACT: result.rows})
     not_saved = skip_policy(result.metrics) if skip_policy is not None else None
     if not_saved:
         tracker.set_tags({"alignbench.policy_not_saved": not_saved})

@@ -14,7 +14,7 @@ import torch
 from alignbench import cache
 from alignbench.config import ConfigError
 from alignbench.data import builtin_task as task
-from alignbench.data.builtin_pairs import builtin_pairs
+from alignbench.training.builtin_pairs import builtin_pairs
 from alignbench.data.measuring import LengthLimits
 from alignbench.data.preparing import SplitRows, distinct_prompts, load_preference_data, read_split_rows, sft_corpus
 from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from alignbench.evaluation.stats import pairwise_comparisons, two_level_bootstrap_ci, verdict
-from alignbench.report.analysis import win_indicator
 
 QUANTITIES = ("win", "kl", "gold")  # win: 1 policy preferred, 1/2 tie, 0 reference preferred
 
@@ -32,6 +31,11 @@ class MethodTables:
     @property
     def prompts(self) -> list:
         return list(self.tables["win"].columns)
+
+
+def win_indicator(samples: pd.DataFrame) -> np.ndarray:
+    """Per prompt: 1 policy preferred, 1/2 tie, 0 reference preferred (as the win rate counts them)."""
+    return samples["winner"].map({"policy": 1.0, "tie": 0.5, "reference": 0.0}).to_numpy(dtype=float)
 
 
 def prompt_means(samples: pd.DataFrame, by_index: bool) -> pd.DataFrame:
