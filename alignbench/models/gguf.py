@@ -4,35 +4,21 @@ The package is found with `importlib.util.find_spec`, never imported: such packa
 pulls in their own runtime (`llm`, `llama_cpp`), which alignbench does not need. transformers
 dequantises the GGUF (`from_pretrained(..., gguf_file=...)`, ~17 s for 135M parameters on 2 cores);
 the dequantised model and tokenizer are saved once as safetensors in the content-keyed cache, keyed
-by the file's name, size and mtime, so later runs load a plain local folder.
+by the file's name, size and mtime and the transformers version, so later runs load a plain local folder.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from pathlib import Path
 
 from alignbench import cache
-from alignbench.config import ConfigError
+from alignbench.config import ConfigError, gguf_path
 
 log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
-
-
-def gguf_file(spec) -> Path:
-    """The GGUF file named by a model config's `gguf` block; ConfigError (one line naming the
-    install command) when its package is not installed or the file is missing."""
-    found = importlib.util.find_spec(spec.package)
-    locations = list(found.submodule_search_locations or []) if found is not None else []
-    if not locations:
-        raise ConfigError(f"model.gguf.package={spec.package}: not installed; install it with `{spec.install}`")
-    path = Path(locations[0]) / spec.file
-    if not path.is_file():
-        raise ConfigError(f"model.gguf.file={spec.file}: not found in {locations[0]}; reinstall with `{spec.install}`")
-    return path
 
 
 def check_gguf_header(path: Path) -> None:
@@ -45,9 +31,11 @@ def check_gguf_header(path: Path) -> None:
 
 def dequantised_folder(cfg) -> Path:
     """A local folder holding the dequantised model (safetensors) and its tokenizer, built once."""
-    path = gguf_file(cfg.model.gguf)
-    stat = path.stat()
-    key = cache.content_key("gguf-v1", path.name, stat.st_size, stat.st_mtime_ns)
+    import transformers
+
+    path = gguf_path(cfg.model.gguf)
+    stat = path.stat()  # a file's identity as judges.saved_model_key has it; the dequantiser's version too
+    key = cache.content_key("gguf-v1", path.name, stat.st_size, stat.st_mtime_ns, transformers.__version__)
 
     def write(out: Path):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -61,6 +49,10 @@ def dequantised_folder(cfg) -> Path:
         except (ValueError, OSError, KeyError, IndexError, EOFError) as exc:  # gguf's reader on a broken file
             raise ConfigError(f"{path}: cannot be read as GGUF ({type(exc).__name__}: {str(exc)[:120]}); "
                               f"reinstall with `{cfg.model.gguf.install}`") from None
+        # The weights are plain fp32 tensors now; transformers still marks the model as GGUF-quantised,
+        # which its save_pretrained refuses (and a folder saved with the mark would reload as GGUF).
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         log.info("GGUF %s dequantised in %.1fs (cached under %s)", path.name, time.perf_counter() - start, key)
