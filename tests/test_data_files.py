@@ -13,7 +13,7 @@ import pytest
 
 from alignbench.config import compose
 from alignbench.data.parsing import parse_rows
-from alignbench.data.measuring import LengthLimits
+from alignbench.training.setup import length_limits
 from alignbench.data.preparing import read_split_rows, sft_corpus
 from alignbench.data.records import DataError
 from alignbench.tracking.null import NullTracker
@@ -127,7 +127,7 @@ def test_a_10mb_prompt_is_dropped_before_tokenizer_sft_or_split_and_counted(work
     assert sum(map(len, (split.train, split.validation, split.test))) == 200
     without = workdir / "without.jsonl"
     make_files.write_jsonl(without, rows[:57] + rows[58:])
-    limits = LengthLimits.of(compose(["data=local", f"data.path={without}"]))
+    limits = length_limits(compose(["data=local", f"data.path={without}"]))
     same = read_split_rows({"source": "local", "path": str(without), "max_row_chars": 100_000}, seed=0)
     assert sft_corpus(split, limits, 8000) == sft_corpus(same, limits, 8000)  # the rest of the run is the same run
     tokenizer_texts = count_calls(monkeypatch, loading, "train_tokenizer")
