@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from alignbench import cache
+from alignbench.config import ConfigError
 from alignbench.models.builtin import build_tiny_model, sft_train, train_tokenizer
 from alignbench.models.gguf import dequantised_folder
 from alignbench.models.logps import packing_agrees
@@ -157,6 +158,18 @@ def load_hub(cfg, device, dtype, sft_examples=None, corpus_id: str = ""):
     return model, tokenizer, cache.content_key(key, str(dtype))
 
 
+def check_context(cfg, model) -> None:
+    """A hub model's positions (known once it is loaded) hold the longest sequence the run builds:
+    a training sequence, or a prompt plus a sampled reply; one line otherwise, before any work."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    t = cfg.train
+    longest = max(t.max_length, t.max_prompt_length + cfg.eval.max_new_tokens)
+    if context and longest > context:
+        raise ConfigError(f"train.max_length={t.max_length}: with train.max_prompt_length={t.max_prompt_length} + "
+                          f"eval.max_new_tokens={cfg.eval.max_new_tokens}, needs {longest} positions > the context of "
+                          f"model={cfg.model.name} ({context}, max_position_embeddings); lower them")
+
+
 def load_models(cfg, sft_examples=None, corpus_id: str = "") -> Models:
     """Policy + reference + tokenizer on the configured device (before any preference training).
 
@@ -171,6 +184,7 @@ def load_models(cfg, sft_examples=None, corpus_id: str = "") -> Models:
             key = cache.content_key(key, str(dtype))
     else:
         base, tokenizer, key = load_hub(cfg, device, dtype, sft_examples, corpus_id)
+        check_context(cfg, base)
     base.to(device)
     policy, reference = _policy_and_reference(cfg, base)
     models = Models(policy=policy, reference=reference, tokenizer=tokenizer, key=key, device=device,
