@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 # what tells runs apart in the MLflow UI and what the report reads back. Every `method.*` and
 # `judge.*` key (a sweep's searched ones among them), the model, data, seeds and budget; nothing
 # of other commands (`report.*`, `ui.*`, `tracking.*`) or of the set-up (SFT, batching, faults).
-KEY_PARAMS = ("seed", "task_seed", "device", "precision", "model.name", "model.path", "data.name", "data.path",
-              "train.max_steps", "train.batch_size", "eval.split", "eval.n_prompts", "eval.samples_per_prompt")
+KEY_PARAMS = ("seed", "task_seed", "device", "precision", "model.name", "model.path", "model.gguf.file",
+              "data.name", "data.path", "train.max_steps", "train.batch_size", "eval.split", "eval.n_prompts",
+              "eval.samples_per_prompt")
 KEY_PARAM_PREFIXES = ("method.", "judge.", "model.lora.")
 
 
