@@ -1,4 +1,5 @@
-"""Shared test fixtures: a tiny tokenizer, fast run overrides, a shared cache."""
+"""Shared test fixtures: a tiny tokenizer, a shared cache, a fresh working directory (what the
+fixtures use lives in helpers.py)."""
 
 from __future__ import annotations
 
@@ -6,20 +7,9 @@ import os
 
 import pytest
 
-from alignbench.bench.sizes import QUICK_RUN
-from alignbench.models.builtin import train_tokenizer
+from helpers import count_calls, make_tiny_tokenizer
 from pg import mlflow_server, pg_url, postgres  # noqa: F401  (PostgreSQL / MLflow server fixtures)
 
-_SENTENCES = [
-    "Human: What is a good book to read?",
-    "Assistant: I liked the film, the acting was great and the story was fun.",
-    "The food was bad and the service was slow, but the music was lovely.",
-    "User: Tell me about the weather today. Assistant: It is sunny and warm.",
-    "A short review of a long movie with a happy ending and a sad middle.",
-]
-
-# A run small enough for the default test suite (seconds, not minutes) on the built-in task.
-FAST = list(QUICK_RUN)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest workers on two cores: one torch thread each (and in the CLI
@@ -30,28 +20,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-def make_tiny_tokenizer(vocab_size: int = 400):
-    """The project's byte-level BPE tokenizer trained on a few sentences (no download)."""
-    return train_tokenizer(_SENTENCES * 4, vocab_size)
-
-
 @pytest.fixture
 def tiny_tokenizer():
     return make_tiny_tokenizer()
-
-
-def count_calls(monkeypatch, module, name: str) -> list:
-    """Wrap `module.name` so every call is recorded (its args) and still runs: a test asserts how
-    often a stage really ran, e.g. that a cache hit trains or computes nothing."""
-    calls = []
-    real = getattr(module, name)
-
-    def counted(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, counted)
-    return calls
 
 
 @pytest.fixture

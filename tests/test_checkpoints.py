@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,17 +20,10 @@ from alignbench.tracking import mlflow_runs as tracking
 from alignbench.training import checkpoint as checkpoint_mod
 from alignbench.training import loop as loop_mod
 from alignbench.training import run as run_mod
-from conftest import FAST
+from helpers import FAST, alignbench_cmd, cli_env, run_cli, tracked_train
 
 COMPARED = ("eval/win_rate", "eval/kl", "train/loss", "eval/win_rate_ci_low", "eval/pref_accuracy")
 CHECKPOINTED = [*FAST, "train.checkpoint_every=2"]
-
-
-def tracked_train(overrides, run_id=None, experiment="test"):
-    cfg = compose(overrides)
-    with tracking.tracked_run(experiment, tags={"method": cfg.method.name}, run_id=run_id) as tracker:
-        result = run_mod.train(cfg, tracker)
-    return result, tracker.run_id
 
 
 def final_metrics(run_id) -> dict:
@@ -114,14 +106,9 @@ def test_resume_refuses_another_config_online_methods_and_finished_runs(workdir)
     assert "no such MLflow run" in tracking.resume_problem("0" * 32)
 
 
-def cli(*args) -> list[str]:
-    return [sys.executable, "-m", "alignbench.cli", "train", *args]
-
-
 @pytest.mark.slow  # three processes; the in-process crash-and-resume test above runs by default
 def test_kill_9_after_the_first_checkpoint_then_resume_matches_an_uninterrupted_run(workdir):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    killed = subprocess.Popen(cli(*CHECKPOINTED, "fault.sleep_per_step=1.5"), env=env, stdout=subprocess.DEVNULL,
+    killed = subprocess.Popen(alignbench_cmd("train", *CHECKPOINTED, "fault.sleep_per_step=1.5"), env=cli_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     markers = []
@@ -134,7 +121,7 @@ def test_kill_9_after_the_first_checkpoint_then_resume_matches_an_uninterrupted_
     run_id = markers[0].parents[3].name
     assert mlflow.MlflowClient().get_run(run_id).info.status == "RUNNING"  # kill -9: nothing ended the run
 
-    out = subprocess.run(cli(*CHECKPOINTED, f"resume={run_id}"), env=env, capture_output=True, text=True, timeout=300)
+    out = run_cli("train", *CHECKPOINTED, f"resume={run_id}", timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith(f"mlflow_run={run_id}")
     _, full_id = tracked_train(CHECKPOINTED)  # uninterrupted, same seed
@@ -143,7 +130,7 @@ def test_kill_9_after_the_first_checkpoint_then_resume_matches_an_uninterrupted_
     for key in COMPARED:
         assert final_metrics(run_id)[key] == final_metrics(full_id)[key], key
 
-    again = subprocess.run(cli(*CHECKPOINTED, f"resume={run_id}"), env=env, capture_output=True, text=True, timeout=300)
+    again = run_cli("train", *CHECKPOINTED, f"resume={run_id}", timeout=300)
     assert again.returncode == 2 and again.stderr.strip() == (f"alignbench: error: resume={run_id}: the run is "
                                                                "FINISHED; nothing to resume")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from alignbench.config import CONF_DIR, ConfigError, compose, group_options, validate
+from helpers import cli_env, run_cli
 
 METHODS = group_options("method")
 MODELS = group_options("model")
@@ -102,16 +103,11 @@ def test_unknown_method_is_one_line():
         compose(["method=foo"])
 
 
-def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "alignbench.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
-
-
 def test_cli_help_and_cfg_job_behave_like_hydra(tmp_path):
-    help_out = _cli("train", "--help", cwd=tmp_path)
+    help_out = run_cli("train", "--help", cwd=tmp_path)
     assert help_out.returncode == 0
     assert "method: dpo, ipo, kto, ppo, rloo, simpo" in help_out.stdout
-    job = _cli("train", "--cfg", "job", "method=ipo", "method.tau=0.3", cwd=tmp_path)
+    job = run_cli("train", "--cfg", "job", "method=ipo", "method.tau=0.3", cwd=tmp_path)
     assert job.returncode == 0
     assert "name: ipo" in job.stdout and "tau: 0.3" in job.stdout
     assert not (tmp_path / "mlflow.db").exists()  # --cfg job prints, runs nothing
@@ -121,7 +117,7 @@ def test_cli_config_errors_exit_2_with_one_line_before_any_work(tmp_path):
     for args, needle in [(("train", "method=foo"), "method=foo: unknown method"),
                          (("train", "method.beta=-1"), "method.beta=-1: must be > 0"),
                          (("train", "data=local", "judge=reward_model"), "data.path: required")]:
-        out = _cli(*args, cwd=tmp_path)
+        out = run_cli(*args, cwd=tmp_path)
         assert out.returncode == 2, out.stderr
         lines = [line for line in out.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("alignbench: error: ") and needle in lines[0]
@@ -164,8 +160,7 @@ def test_alignbench_ui_serves_the_runs_on_loopback_only(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", "ui", f"ui.port={port}"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", "ui", f"ui.port={port}"], cwd=tmp_path, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline, body = time.time() + 120, None

@@ -21,8 +21,8 @@ from alignbench.sweep import storage as storage_mod
 from alignbench.sweep import studies as studies_mod
 from alignbench.training import loop as train_mod
 from test_sweep import interrupt_at
+from helpers import TINY_NO_EVAL as TINY
 
-TINY = ["train.max_steps=4", "eval.every_n_steps=0", "eval.n_prompts=12", "eval.max_new_tokens=12"]
 KEYS = ("sweep.n_trials=1", "sweep.confirm_seeds=2", "sweep.pruner.type=none")
 
 

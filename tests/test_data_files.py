@@ -13,11 +13,11 @@ import pytest
 
 from alignbench.config import compose
 from alignbench.data.parsing import parse_rows
-from alignbench.data.measuring import LengthLimits
+from alignbench.training.setup import length_limits
 from alignbench.data.preparing import read_split_rows, sft_corpus
 from alignbench.data.records import DataError
 from alignbench.tracking.null import NullTracker
-from conftest import count_calls
+from helpers import count_calls
 
 _spec = importlib.util.spec_from_file_location("make_files", Path(__file__).parent / "data" / "make_files.py")
 make_files = importlib.util.module_from_spec(_spec)
@@ -38,7 +38,7 @@ def judge_dir(tmp_path_factory):
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from conftest import make_tiny_tokenizer
+    from helpers import make_tiny_tokenizer
 
     tokenizer = make_tiny_tokenizer(300)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -127,7 +127,7 @@ def test_a_10mb_prompt_is_dropped_before_tokenizer_sft_or_split_and_counted(work
     assert sum(map(len, (split.train, split.validation, split.test))) == 200
     without = workdir / "without.jsonl"
     make_files.write_jsonl(without, rows[:57] + rows[58:])
-    limits = LengthLimits.of(compose(["data=local", f"data.path={without}"]))
+    limits = length_limits(compose(["data=local", f"data.path={without}"]))
     same = read_split_rows({"source": "local", "path": str(without), "max_row_chars": 100_000}, seed=0)
     assert sft_corpus(split, limits, 8000) == sft_corpus(same, limits, 8000)  # the rest of the run is the same run
     tokenizer_texts = count_calls(monkeypatch, loading, "train_tokenizer")

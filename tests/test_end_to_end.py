@@ -1,39 +1,27 @@
 """A real smoke sweep through the CLI, then `alignbench report` on it: the outputs a user reads.
 
-The sweep is the smoke sweep cut to two methods with the trial budget of tests/test_sweep.py, and
+The sweep is the smoke sweep cut to two methods with the trial budget `TINY` of tests/helpers.py, and
 no pruner, so each study has two complete trials: enough for Optuna's importances and history.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from mlflow import MlflowClient
 
-from test_sweep import TINY
+from helpers import TINY, run_cli
 
 METHODS = ("dpo", "ipo")
-
-
-def alignbench(*args: str, cwd, cache) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ALIGNBENCH_CACHE": str(cache)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    out = subprocess.run([sys.executable, "-m", "alignbench.cli", *args], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, f"alignbench {' '.join(args)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
-    return out
 
 
 @pytest.fixture(scope="module")
 def smoke_report(tmp_path_factory, shared_cache):
     cwd = tmp_path_factory.mktemp("e2e")
-    alignbench("sweep", "sweep=smoke", f"sweep.methods=[{','.join(METHODS)}]", "sweep.n_trials=2",
-               "sweep.pruner.type=none", *TINY, cwd=cwd, cache=shared_cache)
-    printed = alignbench("report", cwd=cwd, cache=shared_cache).stdout
+    run_cli("sweep", "sweep=smoke", f"sweep.methods=[{','.join(METHODS)}]", "sweep.n_trials=2",
+            "sweep.pruner.type=none", *TINY, cwd=cwd, cache=shared_cache, check=True)
+    printed = run_cli("report", cwd=cwd, cache=shared_cache, check=True).stdout
     out = cwd / "reports" / "smoke"
     assert f"report: {out.relative_to(cwd)}" in printed or f"report: {out}" in printed
     return cwd, out

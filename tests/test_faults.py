@@ -28,9 +28,8 @@ from optuna.trial import TrialState
 
 from alignbench.sweep import run as run_mod
 from alignbench.config import compose
-from test_postgres import alignbench_cmd, check_consistent, mlflow_runs, start_workers, warm_cache
+from helpers import alignbench_cmd, check_consistent, mlflow_runs, start_workers, warm_cache
 
-STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
 
 
 def wait_for(predicate, timeout: float, what: str, procs=()):
@@ -261,7 +260,7 @@ def _run_then_sigterm(cmd: list[str], cwd: Path, env: dict, marker: str, delay: 
 ])
 def test_sigterm_to_train_is_one_line_exit_130_and_a_killed_run(workdir, shared_cache, tmp_path, stage, overrides,
                                                                  marker, delay):
-    from conftest import FAST
+    from helpers import FAST
 
     from alignbench.training.setup import prepare
 

@@ -24,7 +24,7 @@ from alignbench.models.logps import pair_logps, position_ids_from_mask, sequence
 from alignbench.training import online
 from alignbench.training.loop import make_accelerator
 from alignbench.training.setup import load_data_set, prepare
-from conftest import FAST, count_calls, make_tiny_tokenizer
+from helpers import FAST, count_calls, make_tiny_tokenizer
 
 CPU = torch.device("cpu")
 PROMPTS = ["Human: What is a good book to read?", "The food was", "Tell me about the weather today.",

@@ -10,7 +10,7 @@ from alignbench.data.records import PreferenceRecord
 from alignbench.evaluation.judges import (GoldJudge, RewardModelJudge, judge_accuracy, judge_accuracy_caveat,
                                           judge_bias_caveat)
 from alignbench.models.loading import train_tokenizer
-from conftest import _SENTENCES
+from helpers import SENTENCES
 
 PROMPTS = task.make_prompts(5, seed=0)
 RESPONSES = ["I loved it, the story was great and fun.", "", "bad bad bad", "The weather is sunny and warm today.",
@@ -29,7 +29,7 @@ def saved_reward_model(tmp_path):
     """A tiny Llama sequence classifier (one logit) + the project's tokenizer, saved as safetensors."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    tokenizer = train_tokenizer(_SENTENCES * 4, 300)
+    tokenizer = train_tokenizer(SENTENCES * 4, 300)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256, num_labels=1,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
@@ -104,7 +104,7 @@ def test_a_local_reward_model_judges_a_run_end_to_end(workdir, saved_reward_mode
     from alignbench.config import compose
     from alignbench.tracking.null import NullTracker
     from alignbench.training.run import train
-    from conftest import FAST
+    from helpers import FAST
 
     path = saved_reward_model[0]
     tracker = NullTracker()

@@ -97,7 +97,7 @@ def test_loaded_model_falls_back_to_padding_when_packing_disagrees(monkeypatch, 
     from alignbench.models import loading as models_mod
     from alignbench.config import compose
     from alignbench.training.setup import prepare
-    from conftest import FAST
+    from helpers import FAST
 
     assert prepare(compose(FAST)).models.padding_free  # the built-in model packs
     assert not prepare(compose([*FAST, "train.padding_free=false"])).models.padding_free

@@ -18,7 +18,7 @@ from alignbench.config import ConfigError, compose, validate
 from alignbench.losses.common import LossOutput
 from alignbench.methods import METHODS, Method
 from alignbench.tracking.null import NullTracker
-from conftest import FAST
+from helpers import FAST
 
 ROOT = Path(__file__).resolve().parent.parent
 

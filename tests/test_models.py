@@ -16,13 +16,13 @@ from alignbench.models.builtin import build_tiny_model, train_tokenizer
 from alignbench.models.loading import load_models
 from alignbench.tracking.null import NullTracker
 from alignbench.training.run import train
-from conftest import FAST, _SENTENCES
+from helpers import FAST, SENTENCES
 
 
 @pytest.fixture
 def saved_model(tmp_path):
     """A tiny causal LM + tokenizer saved like a hub checkpoint (safetensors)."""
-    tokenizer = train_tokenizer(_SENTENCES * 4, 300)
+    tokenizer = train_tokenizer(SENTENCES * 4, 300)
     cfg = compose(["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2"])
     model = build_tiny_model(cfg.model, tokenizer, seed=0)
     path = tmp_path / "tiny-hub-model"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import mlflow
 import pytest
@@ -13,7 +11,7 @@ from alignbench.data.records import PreferenceRecord
 from alignbench.evaluation.judges import judge_accuracy, judge_accuracy_caveat, judge_summary
 from alignbench.evaluation.pairwise_judge import PLAIN_ENDING, PairwiseJudge, swap_outcomes
 from alignbench.evaluation.stats import win_rate_ci
-from conftest import FAST, make_tiny_tokenizer
+from helpers import FAST, make_tiny_tokenizer, run_cli
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -143,9 +141,8 @@ def test_a_random_judge_is_called_at_chance(saved_causal_lm):
 
 def test_a_pairwise_judge_judges_a_run_from_the_command_line(workdir, saved_causal_lm):
     path = saved_causal_lm[0]
-    out = subprocess.run([sys.executable, "-m", "alignbench.cli", "train", *FAST, "judge=llm_pairwise",
-                          f"judge.path={path}", "judge.max_prompt_tokens=64", "judge.max_response_tokens=32"],
-                         capture_output=True, text=True, timeout=300)
+    out = run_cli("train", *FAST, "judge=llm_pairwise", f"judge.path={path}", "judge.max_prompt_tokens=64",
+                  "judge.max_response_tokens=32", timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     line = [l for l in out.stdout.splitlines() if l.startswith("method=dpo win_rate=")]
     assert line and " judge_accuracy=" in line[0]
@@ -199,8 +196,7 @@ def test_bad_pairwise_judge_settings_fail_with_one_line(overrides, message, tmp_
 
 
 def test_a_bad_judge_path_on_the_command_line_is_one_line_and_exit_2(workdir):
-    out = subprocess.run([sys.executable, "-m", "alignbench.cli", "train", "judge=llm_pairwise"],
-                         capture_output=True, text=True, timeout=120)
+    out = run_cli("train", "judge=llm_pairwise", timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (
         "alignbench: error: judge=llm_pairwise: set judge.path to a causal LM (a local folder or hub id)")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
@@ -19,94 +17,12 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from optuna.trial import TrialState
 
-from alignbench.sweep import plan as plan_mod
 from alignbench.sweep import run as run_mod
-from alignbench.sweep.workers import warm_caches
 from alignbench.config import compose
+from helpers import check_consistent, mlflow_runs, start_workers, wait_all, warm_cache
 
 pytestmark = pytest.mark.postgres
-
-STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
-
-
-def alignbench_cmd(*args: str) -> list[str]:
-    """`alignbench <args>` from this environment (the console script next to the interpreter)."""
-    exe = Path(sys.executable).with_name("alignbench")
-    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "alignbench.cli", *args]
-
-
-def warm_cache(*overrides: str) -> None:
-    """Train the shared SFT model and the reference samples once, before workers start in parallel."""
-    cfg = compose(["sweep=smoke", "sweep.methods=[dpo]", *overrides])
-    warm_caches(plan_mod.plan_sweep(cfg, overrides=list(overrides)))
-
-
-def start_workers(n: int, args: list[str], cwd: Path, tag: str) -> list[tuple[subprocess.Popen, Path]]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    procs = []
-    for i in range(n):
-        log = cwd / f"{tag}-worker{i}.log"
-        with open(log, "wb") as fh:
-            procs.append((subprocess.Popen(alignbench_cmd("sweep", *args), cwd=cwd, env=env, stdout=fh,
-                                           stderr=subprocess.STDOUT), log))
-    return procs
-
-
-def wait_all(procs, timeout: float = 900) -> None:
-    deadline = time.time() + timeout
-    for proc, log in procs:
-        try:
-            proc.wait(timeout=max(1, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            for p, _ in procs:
-                p.kill()
-            raise AssertionError(f"worker {proc.pid} did not finish: {log.read_text(errors='replace')[-3000:]}")
-        assert proc.returncode == 0, f"worker exit {proc.returncode}: {log.read_text(errors='replace')[-3000:]}"
-
-
-def mlflow_runs(uri: str, experiment: str) -> tuple[list, list]:
-    """(parent runs, child runs) of a sweep's experiment, through an explicit client (no global URI)."""
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, f"no MLflow experiment {experiment}"
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return ([r for r in runs if r.data.tags.get("alignbench.role") == "sweep"],
-            [r for r in runs if r.data.tags.get("alignbench.role") == "trial"])
-
-
-def check_consistent(study: optuna.Study, parents: list, children: list, budget: int) -> list:
-    """Exactly `budget` COMPLETE+PRUNED trials; one child run per (non-discarded) trial, nothing duplicated;
-    params equal between Optuna and MLflow; states agree; nothing RUNNING."""
-    trials = [t for t in study.trials if not t.user_attrs.get("alignbench.discarded")]
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == budget
-    assert all(t.state != TrialState.RUNNING for t in study.trials)
-    numbers = Counter(int(r.data.tags["optuna.trial_number"]) for r in children)
-    assert all(n == 1 for n in numbers.values()), f"duplicated child runs: {numbers}"
-    assert len({t.number for t in study.trials}) == len(study.trials)
-    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
-    assert set(by_number) == {t.number for t in trials}
-    parent_ids = {p.info.run_id for p in parents}
-    for t in trials:
-        run = by_number[t.number]
-        assert run.data.tags["optuna.study"] == study.study_name
-        assert run.data.tags["mlflow.parentRunId"] in parent_ids
-        assert run.info.status != "RUNNING"
-        assert run.data.tags["optuna.trial_state"] == t.state.name
-        if t.state == TrialState.FAIL and t.user_attrs.get("failure_kind") != "error":
-            assert run.info.status == "KILLED", (t.number, t.user_attrs)
-        else:
-            assert run.info.status == STATUS[t.state.name], (t.number, t.state, run.info.status)
-        assert t.params and set(t.params) <= set(run.data.params)
-        for k, v in t.params.items():
-            assert run.data.params[k] == repr(v), k
-        assert t.user_attrs.get("mlflow_run_id") in (None, run.info.run_id)
-    for p in parents:
-        assert p.info.status != "RUNNING"
-    return trials
-
 
 def test_three_workers_share_one_study_on_postgres(workdir, pg_url, mlflow_server):
     """Three `alignbench sweep` processes started together on one study: exactly the budget, nothing lost

@@ -15,9 +15,8 @@ from alignbench.tracking.null import NullTracker
 from alignbench.training.loop import NonFiniteLoss
 from alignbench.training.run import train
 from alignbench.training.setup import prepare
-from conftest import FAST
+from helpers import FAST, PPO_FAST, RLOO_FAST
 
-PPO_FAST = ["method=ppo", *FAST, "method.reward_model.steps=10", "method.rollout_batch_size=8"]
 REQUIRED = ["train/loss", "ppo/kl", "ppo/clipfrac", "ppo/approx_kl", "ppo/value_loss", "ppo/entropy",
             "ppo/kl_coef", "ppo/rm_score", "ppo/gold_reward"]
 
@@ -32,9 +31,13 @@ def _logged(tracker: NullTracker, key: str) -> list[float]:
     return [m[key] for _, m in tracker.metrics if key in m]
 
 
-def test_reward_model_learns_and_is_cached(prepared_fast, reward_model_trainings):
-    cfg, prepared = prepared_fast
-    rm = rm_module.load_or_train_reward_model(cfg, prepared.models, prepared.train_records)
+def test_reward_model_learns_and_is_cached(prepared_fast, reward_model_trainings, shared_cache):
+    _, prepared = prepared_fast
+    # Plain settings, no config: the reward model's module reads nothing else.
+    settings = rm_module.RewardModelSettings(steps=40, lr=1e-3, batch_size=32, heldout_fraction=0.1, max_length=128,
+                                             max_prompt_length=64, adam_betas=(0.9, 0.999), weight_decay=0.0,
+                                             max_grad_norm=1.0, seed=0, score_batch_size=16, cache_dir=str(shared_cache))
+    rm = rm_module.load_or_train_reward_model(settings, prepared.models, prepared.train_records)
     stats = rm.stats
     assert {"rm/pair_accuracy", "rm/train_loss"} <= set(stats)
     assert stats["rm/train_loss"] < math.log(2)  # below the loss of a constant reward
@@ -47,9 +50,10 @@ def test_reward_model_learns_and_is_cached(prepared_fast, reward_model_trainings
     agree = sum((a > b) == g for a, b, g in zip(r_c, r_r, gold)) / len(pairs)
     assert agree > 0.6, agree
     assert rm.name == "reward_model" and len(r_c) == len(pairs)
+    assert rm.stats["rm/n_heldout_pairs"] == max(1, int(len(prepared.train_records) * 0.1))
 
     trained = len(reward_model_trainings)
-    again = rm_module.load_or_train_reward_model(cfg, prepared.models, prepared.train_records)
+    again = rm_module.load_or_train_reward_model(settings, prepared.models, prepared.train_records)
     assert again.path == rm.path
     assert len(reward_model_trainings) == trained  # the second call trained nothing
     assert again.score(["Describe the hotel.\n"], ["the room was great."]) == \
@@ -85,7 +89,7 @@ def test_ppo_end_to_end_fast(workdir):
     assert {"rm/pair_accuracy", "rm/train_loss"} <= {k for _, m in tracker.metrics for k in m}
     for key in ("eval/win_rate", "eval/win_rate_ci_low", "eval/kl", "train/seconds", "train/tokens"):
         assert math.isfinite(result.metrics[key]), key
-    assert {"setup_seconds", "ref_seconds", "train_seconds", "eval_seconds"} <= set(result.timings)
+    assert {"setup_seconds", "reward_model_seconds", "train_seconds", "eval_seconds"} <= set(result.timings)
     assert [s for s, _ in result.history] == [3, 6]
 
 
@@ -107,7 +111,6 @@ def test_ppo_nan_loss_fails_the_run(workdir):
 
 # --------------------------------------------------------------------------- RLOO (critic-free, the same loop)
 
-RLOO_FAST = ["method=rloo", *FAST, "method.reward_model.steps=10", "method.rollout_batch_size=8", "method.rloo_k=2"]
 
 
 def test_rloo_end_to_end_fast_has_no_critic(workdir, monkeypatch):

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from alignbench.config import ConfigError, compose
 from alignbench.evaluation.racing import look_levels, look_n_boot, race, spent
 from alignbench.sweep import plan as plan_mod
+from helpers import TINY_NO_EVAL as TINY
 
 P = 64  # prompts per seed in the hand-made tables
 
@@ -137,7 +138,6 @@ def test_race_settings_are_read_and_checked():
 # --- a raced smoke sweep and its report ---------------------------------------------------------
 
 
-TINY = ["train.max_steps=4", "eval.every_n_steps=0", "eval.n_prompts=12", "eval.max_new_tokens=12"]
 
 
 def test_a_raced_sweep_stops_early_and_the_report_shows_seeds_and_stop_reasons(workdir):

@@ -13,7 +13,7 @@ from alignbench.data import builtin_task as task
 from alignbench.data.preparing import (SplitRows, distinct_prompts, load_preference_data, read_split_rows,
                                        split_by_prompt)
 from alignbench.tracking.null import NullTracker
-from conftest import FAST
+from helpers import FAST
 
 # ------------------------------------------------------------------------------ the built-in task
 

@@ -27,9 +27,9 @@ from alignbench.sweep import studies as studies_mod
 from alignbench.tracking import store
 from alignbench.training import loop as train_mod
 from alignbench.config import ConfigError, compose, validate
+from helpers import TINY
 
 # Smaller than the smoke sweep's own overrides: 4 steps, evals at 2 and 4.
-TINY = ["train.max_steps=4", "eval.every_n_steps=2", "eval.n_prompts=12", "eval.max_new_tokens=12"]
 STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
 NO_CONFIRM = "sweep.confirm_seeds=0"  # these tests are about the search; tests/test_confirmation.py covers the rest
 

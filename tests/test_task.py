@@ -67,7 +67,7 @@ def test_sft_reference_wins_about_half_against_itself(workdir):
     from alignbench.config import compose
     from alignbench.models.generation import sample
     from alignbench.training.setup import prepare
-    from conftest import FAST
+    from helpers import FAST
 
     cfg = compose(FAST + ["eval.n_prompts=64", "data.n_eval_prompts=64"])
     prepared = prepare(cfg)

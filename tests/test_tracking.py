@@ -103,17 +103,15 @@ def test_a_train_run_killed_by_sigkill_is_marked_killed_when_the_store_is_opened
 
     from alignbench.tracking import mlflow_runs as tracking
     from alignbench.tracking import store
-    from conftest import FAST
+    from helpers import FAST, cli_env
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
     client = MlflowClient(tracking_uri=uri)  # a plain client: opening the store through alignbench would reap
     # Create the store's tables before the child starts: two processes migrating one new SQLite file
     # at once can fail in either of them.
     client.search_experiments()
     proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", "train", *FAST, "fault.sleep_per_step=60"],
-                            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=workdir, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
         runs = []

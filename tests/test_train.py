@@ -4,32 +4,22 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import mlflow
 import pytest
 import yaml
 
-from alignbench.tracking import mlflow_runs as tracking
 from alignbench.config import compose
 from alignbench.tracking.null import NullTracker
 from alignbench.training.loop import NonFiniteLoss
 from alignbench.training.run import train
-from conftest import FAST
+from helpers import FAST, run_cli, tracked_train
 
 REQUIRED = ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl", "train/loss")
 
 
-def tracked_train(overrides, experiment="test"):
-    cfg = compose([*FAST, *overrides])
-    with tracking.tracked_run(experiment, tags={"method": cfg.method.name}) as tracker:
-        result = train(cfg, tracker)
-    return result, tracker.run_id
-
-
 def test_dpo_run_lands_in_mlflow(workdir):
-    result, run_id = tracked_train(["method=dpo"])
+    result, run_id = tracked_train([*FAST, "method=dpo"])
     runs = mlflow.search_runs(experiment_names=["test"])
     assert len(runs) == 1 and runs.loc[0, "run_id"] == run_id
     assert runs.loc[0, "status"] == "FINISHED"
@@ -76,7 +66,7 @@ def test_ipo_convention_and_simpo_gamma_are_logged(workdir):
 
 def test_a_crash_ends_failed_with_the_reason(workdir):
     with pytest.raises(RuntimeError, match="simulated"):
-        tracked_train(["fault.raise_at_step=2"])
+        tracked_train([*FAST, "fault.raise_at_step=2"])
     run = mlflow.search_runs(experiment_names=["test"]).iloc[0]
     assert run["status"] == "FAILED"
     assert "out of memory" in run["tags.failure_reason"]
@@ -84,13 +74,12 @@ def test_a_crash_ends_failed_with_the_reason(workdir):
 
 def test_nan_loss_fails_instead_of_training_on_garbage(workdir):
     with pytest.raises(NonFiniteLoss, match="loss is nan at step 2"):
-        tracked_train(["fault.nan_loss_at_step=2"])
+        tracked_train([*FAST, "fault.nan_loss_at_step=2"])
     assert mlflow.search_runs(experiment_names=["test"]).iloc[0]["status"] == "FAILED"
 
 
 def test_cli_train_prints_win_rate_and_is_searchable(workdir):
-    out = subprocess.run([sys.executable, "-m", "alignbench.cli", "train", *FAST], capture_output=True, text=True,
-                         timeout=300)
+    out = run_cli("train", *FAST, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     line = [l for l in out.stdout.splitlines() if l.startswith("method=dpo win_rate=")]
     assert line and "95% CI [" in line[0] and "KL=" in line[0]

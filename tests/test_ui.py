@@ -20,17 +20,14 @@ from mlflow import MlflowClient
 
 from chromium import Page, chromium  # noqa: F401  (session fixture: installs chromium when missing)
 from pg import free_port
-from test_end_to_end import alignbench
-from test_sweep import TINY
+from helpers import TINY, cli_env, run_cli
 
 TEXT = "document.body.innerText"
 
 
 def start_ui(cwd, port: int) -> tuple[subprocess.Popen, str]:
     """`alignbench ui` in `cwd`; returns the process and the sweep experiment's link it printed."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", "ui", f"ui.port={port}"], cwd=cwd, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", "ui", f"ui.port={port}"], cwd=cwd, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     link, deadline = None, time.time() + 180
     while link is None:
@@ -49,8 +46,8 @@ def start_ui(cwd, port: int) -> tuple[subprocess.Popen, str]:
 
 @pytest.mark.slow
 def test_the_ui_opens_the_sweep_on_its_runs_and_the_parent_holds_the_summary(tmp_path, shared_cache, chromium):
-    alignbench("sweep", "sweep=smoke", "sweep.methods=[dpo]", "sweep.n_trials=2", "sweep.confirm_seeds=1",
-               "sweep.pruner.type=none", *TINY, cwd=tmp_path, cache=shared_cache)
+    run_cli("sweep", "sweep=smoke", "sweep.methods=[dpo]", "sweep.n_trials=2", "sweep.confirm_seeds=1",
+            "sweep.pruner.type=none", *TINY, cwd=tmp_path, cache=shared_cache, check=True)
     look_at_the_ui(tmp_path, chromium)
 
 

@@ -57,7 +57,7 @@ def _our_trial(cfg, beta: float) -> dict:
     wall = time.perf_counter() - t0
     t = result.timings
     return {"beta": beta, "wall_seconds": wall, "eval_seconds": t["eval_seconds"],
-            "setup_seconds": t["setup_seconds"], "ref_seconds": t["ref_seconds"],
+            "setup_seconds": t["setup_seconds"], "reference_seconds": t["reference_seconds"],
             "train_seconds": t["train_seconds"], "seconds_without_eval": wall - t["eval_seconds"]}
 
 

@@ -45,13 +45,6 @@ class LengthLimits:
         if self.long_prompts not in LONG_PROMPTS:
             raise DataError(f"data.long_prompts={self.long_prompts}: must be one of {', '.join(LONG_PROMPTS)}")
 
-    @classmethod
-    def of(cls, cfg) -> "LengthLimits":
-        """The limits of a run config: train.max_length / max_prompt_length, data.long_prompts / max_row_chars."""
-        data = cfg.data
-        return cls(int(cfg.train.max_length), int(cfg.train.max_prompt_length),
-                   str(data.get("long_prompts") or "drop"), data.get("max_row_chars"))
-
 
 def text_chars(value) -> int:
     """Characters of every string in a row's value (message lists and nested dicts included)."""

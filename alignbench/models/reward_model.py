@@ -13,6 +13,9 @@ Read top to bottom:
 3. `load_or_train_reward_model` — the stage, cached on disk (safetensors) under a content key
    of everything that determines it; every PPO trial with the same inputs reuses it.
 
+Its settings come in as a frozen `RewardModelSettings` (built from the config once, in
+`training.setup.reward_model_settings`), never as the config itself.
+
 The same object is a judge (`name`, `score(prompts, responses)`) for `judge=reward_model
 judge.path=trained` — biased in PPO's favour, since PPO optimised against it.
 """
@@ -23,6 +26,7 @@ import copy
 import json
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -33,9 +37,30 @@ from alignbench.models.logps import position_ids_from_mask
 
 log = logging.getLogger(__name__)
 
-# Used when cfg.method has no reward_model block (judge.path=trained with a non-PPO method);
-# the same numbers as conf/method/ppo.yaml.
-DEFAULTS = {"steps": 150, "lr": 1.0e-3, "batch_size": 32, "heldout_fraction": 0.1}
+@dataclass(frozen=True)
+class RewardModelSettings:
+    """Everything that decides a trained reward model besides the SFT model and the pairs; built once
+    from the config (`training.setup.reward_model_settings`), so this module never reads it."""
+
+    steps: int              # Bradley-Terry training steps
+    lr: float               # AdamW learning rate (whole backbone + head)
+    batch_size: int         # pairs per step
+    heldout_fraction: float  # the last pairs kept out of training, for the held-out pair accuracy
+    max_length: int         # token budget of prompt + response, as the policy's training data
+    max_prompt_length: int
+    adam_betas: tuple[float, float]
+    weight_decay: float
+    max_grad_norm: float
+    seed: int               # the task seed: every training seed and method gets the same reward model
+    score_batch_size: int = 32  # sequences per forward when scoring (not part of what is trained)
+    cache_dir: str | None = None  # where the trained model is cached (not part of what is trained)
+
+    def training_key(self) -> tuple:
+        """What the trained weights depend on (the cache key's share of these settings)."""
+        trained = {"steps": self.steps, "lr": self.lr, "batch_size": self.batch_size,
+                   "heldout_fraction": self.heldout_fraction}
+        return (trained, self.seed, self.max_length, self.max_prompt_length, list(self.adam_betas),
+                self.weight_decay, self.max_grad_norm)
 
 
 class RewardModel(torch.nn.Module):
@@ -43,7 +68,7 @@ class RewardModel(torch.nn.Module):
 
     name = "reward_model"
 
-    def __init__(self, backbone: torch.nn.Module, hidden_size: int, tokenizer, cfg, device):
+    def __init__(self, backbone: torch.nn.Module, hidden_size: int, tokenizer, settings: RewardModelSettings, device):
         super().__init__()
         self.backbone = backbone
         self.head = torch.nn.Linear(hidden_size, 1)
@@ -51,8 +76,8 @@ class RewardModel(torch.nn.Module):
         torch.nn.init.zeros_(self.head.bias)
         self.head.to(device=device, dtype=next(backbone.parameters()).dtype)
         self.tokenizer, self.device = tokenizer, device
-        self.max_length, self.max_prompt_length = cfg.train.max_length, cfg.train.max_prompt_length
-        self.batch_size = int(cfg.eval.batch_size)
+        self.max_length, self.max_prompt_length = settings.max_length, settings.max_prompt_length
+        self.batch_size = settings.score_batch_size
         self.shift, self.scale = 0.0, 1.0  # normalisation, set after training
         self.stats: dict[str, float] = {}  # rm/pair_accuracy, rm/train_loss, ...
         self.path = None  # cache entry it was loaded from
@@ -98,14 +123,6 @@ class RewardModel(torch.nn.Module):
 
 # --------------------------------------------------------------------------- building
 
-def _rm_config(cfg) -> dict:
-    block = cfg.method.get("reward_model") if "method" in cfg else None
-    out = dict(DEFAULTS)
-    if block is not None:
-        out.update({k: block[k] for k in block})
-    return out
-
-
 def _backbone_source(models):
     """The SFT model the RM starts from: the frozen reference, or (LoRA) the base with adapters merged
     before any training (LoRA's B matrices start at 0, so merging changes nothing)."""
@@ -114,13 +131,13 @@ def _backbone_source(models):
     return copy.deepcopy(models.policy).merge_and_unload()
 
 
-def build_reward_model(cfg, models) -> RewardModel:
+def build_reward_model(settings: RewardModelSettings, models) -> RewardModel:
     src = _backbone_source(models)
     backbone = src.base_model  # the transformer without its LM head (LlamaModel for LlamaForCausalLM)
     for p in backbone.parameters():
         p.requires_grad_(True)
     backbone.train()
-    return RewardModel(backbone, src.config.hidden_size, models.tokenizer, cfg, models.device)
+    return RewardModel(backbone, src.config.hidden_size, models.tokenizer, settings, models.device)
 
 
 # --------------------------------------------------------------------------- training
@@ -149,44 +166,43 @@ def _evaluate_pairs(rm: RewardModel, tokens: dict, batch_size: int) -> tuple[flo
     return correct / max(n, 1), torch.cat(rewards)
 
 
-def train_reward_model(cfg, models, train_records) -> RewardModel:
+def train_reward_model(settings: RewardModelSettings, models, train_records) -> RewardModel:
     """Bradley-Terry training on all but a held-out slice of `train_records` (the last pairs)."""
-    rc = _rm_config(cfg)
+    st = settings
     t0 = time.time()
-    torch.manual_seed(cfg.task_seed)
-    rm = build_reward_model(cfg, models)
-    n_held = max(1, int(len(train_records) * rc["heldout_fraction"])) if len(train_records) > 1 else 0
+    torch.manual_seed(st.seed)
+    rm = build_reward_model(st, models)
+    n_held = max(1, int(len(train_records) * st.heldout_fraction)) if len(train_records) > 1 else 0
     fit, held = train_records[: len(train_records) - n_held], train_records[len(train_records) - n_held:]
-    tok = lambda recs: tokenize_pairs(recs, models.tokenizer, cfg.train.max_length, cfg.train.max_prompt_length)
+    tok = lambda recs: tokenize_pairs(recs, models.tokenizer, st.max_length, st.max_prompt_length)  # noqa: E731
     fit_tokens = tok(fit)
-    optimizer = torch.optim.AdamW(rm.parameters(), lr=rc["lr"], betas=tuple(cfg.train.adam_betas),
-                                  weight_decay=cfg.train.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.task_seed)
-    losses, batch_size = [], min(int(rc["batch_size"]), len(fit))
+    optimizer = torch.optim.AdamW(rm.parameters(), lr=st.lr, betas=tuple(st.adam_betas), weight_decay=st.weight_decay)
+    gen = torch.Generator().manual_seed(st.seed)
+    losses, batch_size = [], min(st.batch_size, len(fit))
     order = index_batches(len(fit), batch_size, lambda n: torch.randperm(n, generator=gen))
-    for step in range(int(rc["steps"])):
+    for step in range(st.steps):
         idx = next(order)
         r_w, r_l = _pair_rewards(rm, fit_tokens, idx)
         loss = -torch.nn.functional.logsigmoid(r_w - r_l).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.train.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(rm.parameters(), st.max_grad_norm)
         optimizer.step()
         losses.append(loss.item())
-    train_acc, fit_rewards = _evaluate_pairs(rm, fit_tokens, cfg.eval.batch_size)
-    held_acc = _evaluate_pairs(rm, tok(held), cfg.eval.batch_size)[0] if held else float("nan")
+    train_acc, fit_rewards = _evaluate_pairs(rm, fit_tokens, st.score_batch_size)
+    held_acc = _evaluate_pairs(rm, tok(held), st.score_batch_size)[0] if held else float("nan")
     rm.shift, rm.scale = fit_rewards.mean().item(), max(fit_rewards.std().item(), 1e-6)
     tail = losses[-20:] or [float("nan")]
     rm.stats = {"rm/pair_accuracy": held_acc, "rm/train_pair_accuracy": train_acc,
                 "rm/train_loss": sum(tail) / len(tail), "rm/seconds": time.time() - t0,
                 "rm/n_train_pairs": float(len(fit)), "rm/n_heldout_pairs": float(len(held))}
     log.info("reward model: held-out pair accuracy %.3f (train %.3f), loss %.3f, %d steps in %.1fs",
-             held_acc, train_acc, rm.stats["rm/train_loss"], rc["steps"], rm.stats["rm/seconds"])
+             held_acc, train_acc, rm.stats["rm/train_loss"], st.steps, rm.stats["rm/seconds"])
     rm.eval()
     return rm
 
 
-def load_or_train_reward_model(cfg, models, train_records) -> RewardModel:
+def load_or_train_reward_model(settings: RewardModelSettings, models, train_records) -> RewardModel:
     """The reward-model stage, cached under a key of everything that determines it: the SFT model
     (and its precision), the pairs, the RM config, the task seed (the reward model is fixed like the
     preference data: every training seed and every method that uses it gets the same one), the
@@ -194,24 +210,23 @@ def load_or_train_reward_model(cfg, models, train_records) -> RewardModel:
     (safetensors) and skips training. That key is the model's identity (`RewardModel.key`)."""
     from safetensors.torch import load_model, save_model
 
-    rc, t = _rm_config(cfg), cfg.train
-    key = cache.content_key("rm-v3", models.key, cache.records_digest(train_records), rc, cfg.task_seed,
-                            t.max_length, t.max_prompt_length, t.adam_betas, t.weight_decay, t.max_grad_norm)
+    trained, *rest = settings.training_key()
+    key = cache.content_key("rm-v3", models.key, cache.records_digest(train_records), trained, *rest)
 
     def write(path):
-        rm = train_reward_model(cfg, models, train_records)
+        rm = train_reward_model(settings, models, train_records)
         save_model(rm, str(path / "reward_model.safetensors"))
-        meta = {"shift": rm.shift, "scale": rm.scale, "stats": rm.stats, "config": rc}
+        meta = {"shift": rm.shift, "scale": rm.scale, "stats": rm.stats, "config": trained}
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
 
     def read(path):
-        rm = build_reward_model(cfg, models)
+        rm = build_reward_model(settings, models)
         load_model(rm, str(path / "reward_model.safetensors"), device=str(models.device))
         meta = json.loads((path / "meta.json").read_text())
         rm.shift, rm.scale, rm.stats, rm.path, rm.key = meta["shift"], meta["scale"], meta["stats"], path, key
         return rm
 
-    rm, path, hit = cache.load_cached(cfg.cache_dir, "reward_model", key, write, read)  # a broken entry is rebuilt
+    rm, path, hit = cache.load_cached(settings.cache_dir, "reward_model", key, write, read)  # a broken entry is rebuilt
     for p in rm.parameters():
         p.requires_grad_(False)
     rm.eval()

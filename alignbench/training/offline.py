@@ -146,7 +146,7 @@ def offline_loop(cfg, prepared, tracker, on_eval=None, checkpoint=None) -> RunRe
     models, objective = prepared.models, offline_objective(cfg.method)
     t_setup = time.time()
     data = training_data(cfg, prepared, objective)
-    timings = dict(prepared.timings, ref_seconds=time.time() - t_setup)
+    timings = dict(prepared.timings, reference_seconds=time.time() - t_setup)  # training data + reference log-probs
 
     policy = models.policy
     policy.train()

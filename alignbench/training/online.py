@@ -135,8 +135,9 @@ def reward_model_for(cfg, prepared, tracker):
         reward_model = judge
     elif cfg.method.reward == "model":
         from alignbench.models.reward_model import load_or_train_reward_model
+        from alignbench.training.setup import reward_model_settings
 
-        reward_model = load_or_train_reward_model(cfg, prepared.models, prepared.train_records)
+        reward_model = load_or_train_reward_model(reward_model_settings(cfg), prepared.models, prepared.train_records)
     if reward_model is not None:
         tracker.log_metrics(reward_model.stats, 0)
     return reward_model
@@ -292,8 +293,7 @@ def online_loop(cfg, prepared, tracker, on_eval=None, critic_free: bool = False)
     m = cfg.method
     t_setup = time.time()
     reward_model = reward_model_for(cfg, prepared, tracker)
-    # "ref_seconds" is the stage before the loop, as for the offline methods: here the reward model.
-    timings = dict(prepared.timings, ref_seconds=time.time() - t_setup)
+    timings = dict(prepared.timings, reward_model_seconds=time.time() - t_setup)
     learner = make_learner(cfg, prepared.models, critic_free)
     kl_ctl = AdaptiveKLController(m.kl_coef, m.adaptive_kl_target, m.adaptive_kl_horizon) if m.adaptive_kl else None
     kl_coef = float(m.kl_coef)

@@ -3,9 +3,9 @@ data, evaluator) → judge caveats → loop → summary → the policy kept (art
 
 `train(cfg, tracker, on_eval, skip_policy)` is a plain function: the CLI wraps it in an MLflow run, a sweep
 wraps it in an Optuna trial. Nothing here imports mlflow or optuna. The loop is chosen here, from
-the method's row in `alignbench.methods.METHODS`: the offline loop (`training.offline`: DPO, IPO, KTO, SimPO on fixed preference data) or the
-online loop (`training.online`: PPO, RLOO on sampled rollouts), built from the same parts
-(`training.loop`).
+the method's row in `alignbench.methods.METHODS`: the offline loop (`training.offline`: DPO, IPO,
+KTO, SimPO on fixed preference data) or the online loop (`training.online`: PPO, RLOO on sampled
+rollouts), built from the same parts (`training.loop`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignbench import cache
-from alignbench.config import ConfigError
+from alignbench.config import CONF_DIR, ConfigError
 from alignbench.data import builtin_task as task
 from alignbench.training.builtin_pairs import builtin_pairs
 from alignbench.data.measuring import LengthLimits
@@ -23,6 +23,7 @@ from alignbench.evaluation.judges import GoldJudge, RewardModelJudge
 from alignbench.evaluation.pairwise_judge import PairwiseJudge
 from alignbench.methods import METHODS
 from alignbench.models.loading import Models, load_models, pick_dtype
+from alignbench.models.reward_model import RewardModelSettings
 from alignbench.training.reference import cached_tokenize_pairs, reference_pair_logps
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def make_judge(cfg, models: Models, prepared_records=None):
         if prepared_records and isinstance(prepared_records[0], UnpairedRecord):
             raise DataError(f"judge.path=trained fits a reward model on preference pairs; data={cfg.data.name} is "
                             "unpaired (KTO rows): set judge.path to a sequence-classification model directory")
-        return load_or_train_reward_model(cfg, models, prepared_records)
+        return load_or_train_reward_model(reward_model_settings(cfg), models, prepared_records)
     return RewardModelJudge.from_pretrained(cfg.judge.path, models.device, cfg.judge.trust_remote_code,
                                             cfg.judge.batch_size)
 
@@ -100,10 +101,17 @@ def load_builtin_task(cfg) -> LoadedData:
     return LoadedData(models, train_records, held_out_pairs, eval_prompts, {}, seen)
 
 
+def length_limits(cfg) -> LengthLimits:
+    """The token and character limits of a run: train.max_length / max_prompt_length,
+    data.long_prompts / max_row_chars (every data config sets both; the defaults are conf/data/*.yaml's)."""
+    return LengthLimits(int(cfg.train.max_length), int(cfg.train.max_prompt_length), str(cfg.data.long_prompts),
+                        cfg.data.max_row_chars)
+
+
 def data_sft_examples(cfg, rows: SplitRows) -> list[tuple[str, str]]:
     """The SFT corpus on a data set (the built-in model's, or a hub model's with `model.sft.enabled`):
     the preferred responses of the TRAIN rows, bounded like the preference data (`preparing.sft_corpus`)."""
-    return sft_corpus(rows, LengthLimits.of(cfg), cfg.model.sft.n_examples)
+    return sft_corpus(rows, length_limits(cfg), cfg.model.sft.n_examples)
 
 
 def load_data_set(cfg) -> LoadedData:
@@ -111,7 +119,7 @@ def load_data_set(cfg) -> LoadedData:
     or a hub model whose `model.sft.enabled`, SFT on the train rows' preferred responses), then
     each set parsed for that model."""
     rows = read_split_rows(cfg.data, cfg.task_seed, logger=log)
-    limits = LengthLimits.of(cfg)
+    limits = length_limits(cfg)
     corpus = []
     if cfg.model.source == "builtin" or cfg.model.sft.enabled:  # a hub model too when its config says SFT first
         corpus = data_sft_examples(cfg, rows)
@@ -132,6 +140,24 @@ def require_pairs_unless_kto(cfg, train_records: list) -> None:
     if isinstance(train_records[0], UnpairedRecord) and not METHODS[cfg.method.name].unpaired:
         unpaired = ", ".join(f"method={name}" for name, method in METHODS.items() if method.unpaired)
         raise ConfigError(f"method={cfg.method.name} needs paired data; data={cfg.data.name} is unpaired (use {unpaired})")
+
+
+def reward_model_settings(cfg) -> RewardModelSettings:
+    """The reward-model stage's settings: the method's `reward_model` block (PPO, RLOO). A method
+    without one (`judge.path=trained` with DPO, say) gets the reward model PPO would train: PPO's block
+    (conf/method/ppo.yaml) under whatever `+method.reward_model.*` the user added."""
+    from omegaconf import OmegaConf
+
+    # PPO's and RLOO's own blocks are complete, so the merge changes nothing for them.
+    block = OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / "ppo.yaml").reward_model,
+                            cfg.method.get("reward_model") or {})
+    t = cfg.train
+    return RewardModelSettings(steps=int(block.steps), lr=float(block.lr), batch_size=int(block.batch_size),
+                               heldout_fraction=float(block.heldout_fraction), max_length=int(t.max_length),
+                               max_prompt_length=int(t.max_prompt_length),
+                               adam_betas=tuple(float(b) for b in t.adam_betas), weight_decay=float(t.weight_decay),
+                               max_grad_norm=float(t.max_grad_norm), seed=int(cfg.task_seed),
+                               score_batch_size=int(cfg.eval.batch_size), cache_dir=cfg.cache_dir)
 
 
 def make_evaluator(cfg, loaded: LoadedData, builtin_task: bool) -> Evaluator:
