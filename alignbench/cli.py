@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from alignbench.config import CONF_DIR, ConfigError, check_overrides, check_types, one_line, validate
+from alignbench.config import CONF_DIR, ConfigError, apply_model_budget, check_overrides, check_types, one_line, validate
 from alignbench.process import exit_interrupted, fail, interrupt_on_sigterm, quiet_libraries, setup_logging
 
 USAGE = """usage: alignbench {train,sweep,report,ui,bench} [hydra overrides]
@@ -149,7 +149,8 @@ def run_command(command: str, rest: list[str]) -> None:
         rest = ["sweep=default", *rest]
     setup_logging()
     quiet_libraries()
-    app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)(COMMANDS[command])
+    app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)(
+        with_model_budget(COMMANDS[command], [a for a in rest if not a.startswith("-")]))
     sys.argv = [f"alignbench {command}", *rest]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors to us (one line below) instead of printing three
     try:
@@ -157,6 +158,17 @@ def run_command(command: str, rest: list[str]) -> None:
     except (HydraException, OmegaConfBaseException) as exc:  # bad override syntax, unknown key, broken interpolation
         fail(one_line(exc) if not isinstance(exc, OverrideParseException)
              else f"{unparsable([a for a in rest if not a.startswith('-')])}: {one_line(exc)}")
+
+
+def with_model_budget(command, overrides: list[str]):
+    """`command` on the config with its model's budget applied (`config.apply_model_budget`)."""
+    def task(cfg: DictConfig) -> None:
+        try:
+            apply_model_budget(cfg, overrides)
+        except ConfigError as exc:
+            fail(str(exc))
+        command(cfg)
+    return task
 
 
 def unparsable(overrides: list[str]) -> str:

@@ -43,6 +43,26 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = hydra_compose(config_name=config_name, overrides=overrides)
+    return apply_model_budget(cfg, overrides)
+
+
+def apply_model_budget(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """A model's `budget` block over the shared defaults: settings sized for that model on 2 CPU cores,
+    under `all` and under `method=<name>` / `data=<name>` for one method's or one data set's own
+    settings. A key given as an override (command line, a sweep's overrides) keeps the given value;
+    `model.budget=null` keeps the shared defaults. Applied here and by the CLI, the two places a run
+    config is composed."""
+    budget = OmegaConf.select(cfg, "model.budget", default=None)
+    if not budget:
+        return cfg
+    given = {item.lstrip("+~").partition("=")[0] for item in overrides}
+    sections = ("all", f"method={OmegaConf.select(cfg, 'method.name')}", f"data={OmegaConf.select(cfg, 'data.name')}")
+    for key, value in ((k, v) for name in sections for k, v in budget.get(name, {}).items()):
+        if key in given:
+            continue
+        if OmegaConf.select(cfg, key, default="???") == "???":  # absent: a typo in the model's budget
+            raise ConfigError(f"model.budget: {key} is not a setting")
+        OmegaConf.update(cfg, key, value)
     return cfg
 
 
@@ -259,6 +279,8 @@ def check_data(cfg: DictConfig) -> None:
 def check_model_and_judge(cfg: DictConfig) -> None:
     if cfg.model.source not in ("builtin", "hub"):
         raise ConfigError(f"model.source={cfg.model.source}: must be builtin or hub")
+    if cfg.model.get("gguf"):  # before any work: the package holding the file must be installed
+        gguf_path(cfg.model.gguf)
     if cfg.judge.name == "gold" and cfg.data.source != "builtin":
         raise ConfigError(f"judge=gold: the gold reward exists only on data=builtin (data={cfg.data.name}); use judge=reward_model")
     if cfg.judge.name not in JUDGES:
@@ -269,6 +291,22 @@ def check_model_and_judge(cfg: DictConfig) -> None:
         path = str(cfg.judge.path)
         if path != "trained" and path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
             raise ConfigError(f"judge.path={path}: not found")
+
+
+def gguf_path(spec) -> Path:
+    """The GGUF file named by a model config's `gguf` block, in its installed package (found with
+    `find_spec`, never imported: such packages' `__init__` pulls in their own runtime, e.g. llama_cpp);
+    ConfigError naming the install command when the package or the file is missing."""
+    import importlib.util
+
+    found = importlib.util.find_spec(spec.package)
+    locations = list(found.submodule_search_locations or []) if found is not None else []
+    if not locations:
+        raise ConfigError(f"model.gguf.package={spec.package}: not installed; install it with {spec.install}")
+    path = Path(locations[0]) / spec.file
+    if not path.is_file():
+        raise ConfigError(f"model.gguf.file={spec.file}: not found in {locations[0]}; reinstall with {spec.install}")
+    return path
 
 
 def check_pairwise_judge(judge: DictConfig) -> None:

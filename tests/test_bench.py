@@ -19,7 +19,7 @@ from alignbench.bench.main import COMPILE_KEYS
 from alignbench.cli import main
 
 KEYS = ("dpo_throughput_vs_trl", "sweep_speedup_vs_trl", "dpo_step_vs_forward_backward", "overhead_share",
-        "overhead_share_tracked", "peak_rss_mb", "ours_pairs_per_second", "trl_pairs_per_second",
+        "overhead_share_tracked", "overhead_share_tracked_default", "mlflow_record_ms_per_trial", "peak_rss_mb", "ours_pairs_per_second", "trl_pairs_per_second",
         "sweep_ours_seconds", "sweep_trl_seconds", "ours_step_seconds", "bare_step_seconds", "trl_reference_cache_hits")
 CONSOLE_SCRIPT = Path(sys.executable).with_name("alignbench")
 
@@ -41,7 +41,9 @@ def test_bench_quick_console_script_exits_zero_and_writes_bench_json(workdir):
     assert 0 < result["overhead_share_tracked_first_trial"] < 1
     # MLflow's own record of a trial (params, tags, metrics) is part of the tracked extra time, not more
     assert 0 < result["mlflow_record_seconds"] < result["smoke_tracked_extra_seconds"]
-    assert result["mlflow_record_entities"]["params"] > 50 and result["mlflow_record_entities"]["metrics"] > 20
+    assert result["mlflow_record_ms_per_trial"] == pytest.approx(1e3 * result["mlflow_record_seconds"])
+    assert 10 < result["mlflow_record_entities"]["params"] < 30 and result["mlflow_record_entities"]["metrics"] > 20
+    assert 0 < result["overhead_share_tracked_default"] < result["overhead_share_tracked"]  # a longer trial
     assert result["trl_reference_cache_hits"] == result["sweep_trials"] - 1  # TRL's cache worked
     assert [r["reference_cache_hit"] for r in result["raw_sweep_trl"]] == [False, True, True, True]
     assert result["peak_rss_mb"] > 10
@@ -87,6 +89,25 @@ def test_quick_sizes_and_overrides():
     assert over[3:-1] == QUICK and over[-1] == "seed=5"
     assert set(QUICK) < set(QUICK_RUN)
     assert not parse_args([]).with_sweep and parse_args(["--with-sweep"]).with_sweep
+
+
+def test_only_picks_measurements_and_the_table_shows_what_was_measured(capsys):
+    from alignbench.bench.main import parse_args, table_rows, wanted
+
+    args = parse_args(["--only", "overhead,overhead_default"])
+    assert [n for n in ("throughput", "compile", "overhead", "overhead_default", "rss") if wanted(args, n)] == [
+        "overhead", "overhead_default"]
+    everything = parse_args(["--quick", "--skip-rss"])
+    assert wanted(everything, "throughput") and not wanted(everything, "compile") and not wanted(everything, "rss")
+    rows = table_rows({"overhead_share_tracked_default": 0.0125, "default_tracked_extra_seconds": 0.4,
+                       "default_tracked_wall_seconds": 32.0})
+    assert rows == [("tracked overhead share, default trial", 0.0125, "<= 0.02", "0.40 s of 32.0 s")]
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--only", "overhead,speed"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "alignbench: error: bench --only: unknown measurement speed (choose from throughput, step, compile, sweep, "
+        "overhead, overhead_default, rss, sweep_default)"]
 
 
 def test_trl_peer_loads_a_pairs_file_with_the_datasets_cache_on(tmp_path, tiny_tokenizer):

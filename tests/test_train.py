@@ -38,6 +38,16 @@ def test_dpo_run_lands_in_mlflow(workdir):
     assert {"prompt", "policy_response", "reference_response", "policy_score", "reference_score", "winner"} <= set(table["columns"])
     config = yaml.safe_load(open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml")))
     assert config["method"]["name"] == "dpo"
+    # The key params are params; the whole resolved config, other commands' sections included, is config.yaml.
+    params = mlflow.get_run(run_id).data.params
+    assert {"method.beta", "method.lr", "seed", "train.max_steps", "eval.n_prompts", "data.n_train"} <= set(params)
+    assert not [k for k in params if k.startswith(("report.", "ui.", "tracking.", "model.sft.", "fault."))]
+    assert len(params) < 30 and config["tracking"]["experiment"] == "alignbench" and config["model"]["sft"]["steps"] == 60
+    # A figure every evaluation shares is logged once (step 0), with the value the evaluations returned.
+    for key in ("eval/judge_accuracy", "eval/judge_accuracy_ci_low", "eval/reference_gold_reward", "eval/n_prompts"):
+        assert [(m.step, m.value) for m in mlflow.MlflowClient().get_metric_history(run_id, key)] == [
+            (0, pytest.approx(result.metrics[key]))], key
+    assert result.metrics["eval/n_prompts"] == 24
 
 
 @pytest.mark.parametrize("method", ["ipo", "kto", "simpo"])

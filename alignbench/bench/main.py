@@ -40,12 +40,17 @@ Measurements (keys of bench.json):
   run around the trial and the wall time of the whole tracked block as the denominator. Each is
   the median of 3 trials after a warm-up one, as a sweep worker's later trials run;
   ``overhead_share_tracked_first_trial`` is the warm-up's (the store opened in the process), and
-  ``mlflow_record_seconds`` what MLflow's store alone takes to record one trial's params, tags
-  and metrics (``mlflow_record_entities``), the floor of the tracked overhead.
+  ``mlflow_record_ms_per_trial`` (``mlflow_record_seconds``) what MLflow's store alone takes to
+  record one trial's params, tags and metrics (``mlflow_record_entities``), the floor of the
+  tracked overhead. ``overhead_share_tracked_default``: the same tracked share for one trial at
+  the default budget (the config's sizes; `--quick`'s with `--quick`), after an untracked warm-up
+  trial of that size.
 - ``peak_rss_mb``: peak resident memory (`resource.getrusage`) of a subprocess running
   `alignbench train tracking.enabled=false` with the default model, data, batch and eval sizes.
 - ``default_sweep_seconds`` (only with `--with-sweep`, ~10+ minutes): `alignbench sweep`, the
   default comparison, end to end with the SFT model cached (`--quick`: the smoke sweep).
+
+`--only NAME,...` runs some of the measurements (`MEASUREMENTS`); bench.json then holds their keys only.
 
 Here: the command line, the order of the measurements, bench.json and the table. The TRL side
 is `trl_peer`, our side and the run/step measurements `measurements`, the sweeps `sweep_timing`,
@@ -73,6 +78,8 @@ from alignbench.bench.trl_peer import TRL_MISSING, trl_available
 # NaN when the compile measurement is not run (`--compile`)
 COMPILE_KEYS = ("compile_speedup_default_run", "compiled_step_vs_eager", "eager_step_seconds",
                 "compiled_step_seconds", "compile_seconds")
+# What `--only` picks from, in the order they run (`sweep_default` is `--with-sweep`'s).
+MEASUREMENTS = ("throughput", "step", "compile", "sweep", "overhead", "overhead_default", "rss", "sweep_default")
 
 
 def parse_args(argv):
@@ -93,8 +100,28 @@ def parse_args(argv):
     p.add_argument("--with-sweep", action="store_true",
                    help="also time the default comparison `alignbench sweep` end to end (~10+ minutes; "
                         "with --quick: the smoke sweep)")
+    p.add_argument("--only", default=None, metavar="NAME,...",
+                   help=f"run only these measurements, comma-separated: {', '.join(MEASUREMENTS)}")
     p.add_argument("overrides", nargs="*", help="hydra overrides applied to every alignbench config")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    only = [] if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in only if n not in MEASUREMENTS]
+    if unknown or (args.only is not None and not only):
+        from alignbench.process import fail
+
+        fail(f"bench --only: unknown measurement {', '.join(unknown) or repr(args.only)} "
+             f"(choose from {', '.join(MEASUREMENTS)})")
+    args.only = set(only) or None
+    return args
+
+
+def wanted(args, name: str) -> bool:
+    """Whether this invocation runs measurement `name` (`--only`, `--compile`, `--skip-rss`, `--with-sweep`)."""
+    if args.only is not None:
+        return name in args.only
+    if name == "compile":
+        return args.compile == "on" or (args.compile == "auto" and not args.quick)
+    return {"rss": not args.skip_rss, "sweep_default": args.with_sweep}.get(name, True)
 
 
 def machine_info() -> dict:
@@ -118,29 +145,45 @@ def _cpu_model() -> str | None:
     return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None)
 
 
-def print_table(res: dict) -> None:
-    """Each headline measurement beside its target, then the machine line."""
-    rows = [
-        ("DPO throughput vs TRL (pairs/s ratio)", res["dpo_throughput_vs_trl"], ">= 2.0",
-         f"{res['ours_pairs_per_second']:.0f} vs {res['trl_pairs_per_second']:.0f} pairs/s"),
-        ("4-trial beta sweep speed-up vs TRL", res["sweep_speedup_vs_trl"], ">= 2.0",
-         f"{res['sweep_ours_seconds']:.1f} s vs {res['sweep_trl_seconds']:.1f} s (eval excluded); "
-         f"TRL reference cache hits {res['trl_reference_cache_hits']}/{res['sweep_trials'] - 1}"),
-        ("DPO step / bare forward+backward", res["dpo_step_vs_forward_backward"], "<= 1.10",
-         f"{1e3 * res['ours_step_seconds']:.1f} ms vs {1e3 * res['bare_step_seconds']:.1f} ms (eager)"),
-        ("torch.compile speed-up, default run", res["compile_speedup_default_run"], ">= 1.10",
-         "not measured (--compile on measures it)" if math.isnan(res["compile_seconds"]) else
-         f"compiled step {1e3 * res['compiled_step_seconds']:.1f} ms vs eager {1e3 * res['eager_step_seconds']:.1f}"
-         f" ms; compiling {res['compile_seconds']:.1f} s"),
-        ("overhead share of a smoke trial", res["overhead_share"], "<= 0.10",
-         f"{1e3 * res['smoke_untracked_extra_seconds']:.0f} ms outside training and evaluation (median of 3)"),
-        ("  ... inside an MLflow run", res["overhead_share_tracked"], "<= 0.15",
-         f"{1e3 * res['smoke_tracked_extra_seconds']:.0f} ms; MLflow's record alone "
-         f"{1e3 * res['mlflow_record_seconds']:.0f} ms; first trial {res['overhead_share_tracked_first_trial']:.3f}"),
-        ("peak RSS of a default train run (MB)", res["peak_rss_mb"], "-", ""),
-    ]
+def table_rows(res: dict) -> list[tuple]:
+    """(name, value, target, detail) of each headline measurement in `res` (`--only` leaves some out)."""
+    rows = []
+    if "dpo_throughput_vs_trl" in res:
+        rows.append(("DPO throughput vs TRL (pairs/s ratio)", res["dpo_throughput_vs_trl"], ">= 2.0",
+                     f"{res['ours_pairs_per_second']:.0f} vs {res['trl_pairs_per_second']:.0f} pairs/s"))
+    if "sweep_speedup_vs_trl" in res:
+        rows.append(("4-trial beta sweep speed-up vs TRL", res["sweep_speedup_vs_trl"], ">= 2.0",
+                     f"{res['sweep_ours_seconds']:.1f} s vs {res['sweep_trl_seconds']:.1f} s (eval excluded); "
+                     f"TRL reference cache hits {res['trl_reference_cache_hits']}/{res['sweep_trials'] - 1}"))
+    if "dpo_step_vs_forward_backward" in res:
+        rows.append(("DPO step / bare forward+backward", res["dpo_step_vs_forward_backward"], "<= 1.10",
+                     f"{1e3 * res['ours_step_seconds']:.1f} ms vs {1e3 * res['bare_step_seconds']:.1f} ms (eager)"))
+    if "compile_speedup_default_run" in res:
+        rows.append(("torch.compile speed-up, default run", res["compile_speedup_default_run"], ">= 1.10",
+                     "not measured (--compile on measures it)" if math.isnan(res["compile_seconds"]) else
+                     f"compiled step {1e3 * res['compiled_step_seconds']:.1f} ms vs eager "
+                     f"{1e3 * res['eager_step_seconds']:.1f} ms; compiling {res['compile_seconds']:.1f} s"))
+    if "overhead_share" in res:
+        rows += [("overhead share of a smoke trial", res["overhead_share"], "<= 0.10",
+                  f"{1e3 * res['smoke_untracked_extra_seconds']:.0f} ms outside training and evaluation (median of 3)"),
+                 ("  ... inside an MLflow run", res["overhead_share_tracked"], "-",
+                  f"{1e3 * res['smoke_tracked_extra_seconds']:.0f} ms; first trial "
+                  f"{res['overhead_share_tracked_first_trial']:.3f}"),
+                 ("MLflow's record of one trial (ms)", res["mlflow_record_ms_per_trial"], "<= 40",
+                  ", ".join(f"{v} {k}" for k, v in res["mlflow_record_entities"].items()))]
+    if "overhead_share_tracked_default" in res:
+        rows.append(("tracked overhead share, default trial", res["overhead_share_tracked_default"], "<= 0.02",
+                     f"{res['default_tracked_extra_seconds']:.2f} s of {res['default_tracked_wall_seconds']:.1f} s"))
+    if "peak_rss_mb" in res:
+        rows.append(("peak RSS of a default train run (MB)", res["peak_rss_mb"], "-", ""))
     if "default_sweep_seconds" in res:
         rows.append(("default comparison sweep (s)", res["default_sweep_seconds"], "-", res["default_sweep_command"]))
+    return rows
+
+
+def print_table(res: dict) -> None:
+    """Each headline measurement beside its target, then the machine line."""
+    rows = table_rows(res)
     print(f"\n{'measurement':<40} {'value':>9}  {'target':<8} detail")
     for name, value, target, detail in rows:
         print(f"{name:<40} {value:>9.3f}  {target:<8} {detail}")
@@ -194,37 +237,46 @@ def _quiet_process(args) -> None:
 def _measure_all(args, sizes: dict) -> dict:
     """Each measurement in turn, in a scratch directory (the sweep's cold caches, the MLflow store, the RSS run)."""
     from alignbench.bench.compile_step import measure_compile
-    from alignbench.bench.measurements import measure_overhead, measure_rss, measure_step, measure_throughput
+    from alignbench.bench.measurements import (measure_default_overhead, measure_overhead, measure_rss, measure_step,
+                                               measure_throughput, throughput_config)
     from alignbench.bench.sweep_timing import measure_default_sweep, measure_sweep
 
     res: dict = {}
     with tempfile.TemporaryDirectory(prefix="alignbench-bench-") as tmp:
         tmp = Path(tmp)
-        print("bench: throughput, ours vs TRL ...", flush=True)
-        tp = measure_throughput(args, sizes)
-        cfg = tp.pop("_cfg")
-        res.update(tp)
-        print("bench: DPO step vs bare forward+backward ...", flush=True)
-        res.update(measure_step(args, cfg, sizes))
-        if args.compile == "on" or (args.compile == "auto" and not args.quick):
+        cfg = None
+        if wanted(args, "throughput"):
+            print("bench: throughput, ours vs TRL ...", flush=True)
+            tp = measure_throughput(args, sizes)
+            cfg = tp.pop("_cfg")
+            res.update(tp)
+        cfg = cfg or throughput_config(args, sizes)
+        if wanted(args, "step"):
+            print("bench: DPO step vs bare forward+backward ...", flush=True)
+            res.update(measure_step(args, cfg, sizes))
+        if wanted(args, "compile"):
             print("bench: torch.compile vs eager ...", flush=True)
             res.update(measure_compile(args, cfg, sizes, tmp))
-        else:
+        elif args.only is None:
             res.update(dict.fromkeys(COMPILE_KEYS, float("nan")))
-        print("bench: 4-trial beta sweep, ours vs TRL ...", flush=True)
-        res.update(measure_sweep(args, sizes, Path(cfg.cache_dir), tmp / "cache"))
-        print("bench: overhead share of a smoke trial ...", flush=True)
-        res.update(measure_overhead(args, sizes, tmp))
-        if args.skip_rss:
-            res["peak_rss_mb"] = float("nan")
-        else:
+        if wanted(args, "sweep"):
+            print("bench: 4-trial beta sweep, ours vs TRL ...", flush=True)
+            res.update(measure_sweep(args, sizes, Path(cfg.cache_dir), tmp / "cache"))
+        if wanted(args, "overhead"):
+            print("bench: overhead share of a smoke trial ...", flush=True)
+            res.update(measure_overhead(args, sizes, tmp))
+        if wanted(args, "overhead_default"):
+            print("bench: tracked overhead share of a default trial ...", flush=True)
+            res.update(measure_default_overhead(args, tmp))
+        if wanted(args, "rss"):
             print("bench: peak RSS of a default train run ...", flush=True)
             res.update(measure_rss(args, cfg, tmp, sizes))
-        if args.with_sweep:
+        elif args.only is None:
+            res["peak_rss_mb"] = float("nan")
+        if wanted(args, "sweep_default"):
             print("bench: the default comparison sweep, end to end ...", flush=True)
             res.update(measure_default_sweep(args, Path(cfg.cache_dir), tmp))
     return res
-
 
 if __name__ == "__main__":
     main()

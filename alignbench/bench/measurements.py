@@ -118,13 +118,18 @@ def _loop_batches(cfg, prepared, steps: int) -> list[dict]:
 
 # --------------------------------------------------------------------------- measurements
 
+def throughput_config(args, sizes):
+    """The config of the throughput and step measurements: `sizes["steps"]` steps, a token evaluation."""
+    return compose(args, f"train.max_steps={sizes['steps']}", "eval.every_n_steps=0", "eval.n_prompts=4",
+                   "eval.max_new_tokens=4")
+
+
 def measure_throughput(args, sizes) -> dict:
     """Training pairs/s of our DPO loop and of TRL's DPOTrainer, alternating rounds, best of each side."""
     from alignbench.training.setup import prepare
 
     steps = sizes["steps"]
-    cfg = compose(args, f"train.max_steps={steps}", "eval.every_n_steps=0", "eval.n_prompts=4",
-                  "eval.max_new_tokens=4")
+    cfg = throughput_config(args, sizes)
     prepared = prepare(cfg)  # models.load_models on the composed config; warms the SFT model, pairs, caches
     records = prepared.train_records
     sft = sft_model_path(cfg, prepared.models)
@@ -188,10 +193,24 @@ def measure_overhead(args, sizes, workdir: Path) -> dict:
             "smoke_untracked_extra_seconds": median(t["total_seconds"] - t["train_seconds"] - t["eval_seconds"]
                                                     for t in untracked),
             "smoke_tracked_extra_seconds": median(r["extra"] for r in tracked),
-            "mlflow_record_seconds": median(records),
+            "mlflow_record_seconds": median(records), "mlflow_record_ms_per_trial": 1e3 * median(records),
             "mlflow_record_entities": {"params": len(record.params), "tags": len(record.tags),
                                        "metrics": sum(len(m) for _, m in record.metrics)},
             "raw_overhead_share": shares, "raw_overhead_share_tracked": [r["share"] for r in tracked]}
+
+
+def measure_default_overhead(args, workdir: Path) -> dict:
+    """`overhead_share_tracked_default`: the tracked overhead share of one trial at the default budget
+    (these bench arguments' config, no smoke overrides), 1 - (train + eval seconds) / the tracked
+    block's wall time, after an untracked trial of the same size has warmed its caches (the
+    evaluator's reference side), as a sweep's later trials find them."""
+    from alignbench.training.run import train
+
+    cfg = compose(args)
+    train(cfg)  # untracked: warms this size's caches
+    trial = _tracked_trial(cfg, f"sqlite:///{workdir / 'bench_mlflow.db'}")
+    return {"overhead_share_tracked_default": trial["share"], "default_tracked_wall_seconds": trial["wall"],
+            "default_tracked_extra_seconds": trial["extra"], "default_tracked_timings": trial["timings"]}
 
 
 def _median_at(values: list) -> int:

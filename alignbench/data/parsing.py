@@ -163,6 +163,15 @@ def render_prompt(messages: list[dict], tokenizer=None) -> tuple[str, str]:
     return "\n\n".join(turns + ["Assistant:"]), " "
 
 
+def chat_prompts(prompts: list[str], tokenizer) -> list[str]:
+    """Plain prompts (the built-in task's) as one user message each through `tokenizer`'s chat
+    template, for a chat model; unchanged for a tokenizer without one (the built-in model's)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return list(prompts)
+    rendered = {p: render_prompt([{"role": "user", "content": p.strip()}], tokenizer)[0] for p in set(prompts)}
+    return [rendered[p] for p in prompts]
+
+
 def _with_prefix(prefix: str, response: str) -> str:
     return response if not prefix or response[:1].isspace() else prefix + response
 

@@ -82,7 +82,7 @@ class Evaluator:
                  prompts_seen_in_training: int = 0, held_out_pairs=None):
         """`prompts`: the distinct held-out prompts; `pref_eval`: optional (tokenized pairs dict,
         reference logps dict) for held-out pair accuracy; `prompts_seen_in_training`: the held-out
-        prompts also trained on (0 for any split alignbench makes), logged with every evaluation;
+        prompts also trained on (0 for any split alignbench makes), logged once per run (`constant_metrics`);
         `held_out_pairs`: the held-out preference records the judge's own accuracy is measured on."""
         self.cfg, self.models, self.judge, self.prompts = cfg, models, judge, list(prompts)
         self.samples_per_prompt = int(cfg.eval.get("samples_per_prompt", 1))
@@ -98,6 +98,22 @@ class Evaluator:
         self.pairwise = hasattr(judge, "compare")
         self.reference = self._reference_side()
         self.judge_metrics = self._judge_accuracy(list(held_out_pairs or []))  # fixed for the run: scored once
+        self.constant_metrics = self._constant_metrics()
+
+    def _constant_metrics(self) -> dict[str, float]:
+        """The figures every evaluation of a run shares, known before the first one: the judge's
+        held-out accuracy and its interval, the reference side (its length, gold reward and, for a
+        pointwise judge, its score; a pairwise judge's reference score is 1 minus each verdict, so
+        it moves) and the counts. A run logs them once; `evaluate` returns them with the rest."""
+        n = len(self.sample_prompts)
+        metrics = {"eval/n": float(n), "eval/n_prompts": float(len(self.prompts)),
+                   "eval/reference_length": sum(self.reference["lengths"]) / n,
+                   "eval/prompts_seen_in_training": float(self.prompts_seen_in_training)}
+        if not self.pairwise:
+            metrics["eval/reference_reward"] = sum(self.reference["scores"]) / n
+        if self.builtin_task:
+            metrics["eval/reference_gold_reward"] = sum(self.reference["gold"]) / n
+        return metrics | self.judge_metrics
 
     def _judge_accuracy(self, pairs) -> dict[str, float]:
         """The judge's held-out accuracy, cached under the judge's identity and the pairs' text when the
@@ -156,16 +172,13 @@ class Evaluator:
             "eval/policy_reward": sum(scores) / n,
             "eval/reference_reward": sum(ref_scores) / n,
             "eval/policy_length": lengths.mean().item(),
-            "eval/reference_length": sum(self.reference["lengths"]) / n,
-            "eval/prompts_seen_in_training": float(self.prompts_seen_in_training),
         })
-        metrics.update(self.judge_metrics)
         gold = None
         if self.builtin_task:
             gold = scores if self.judge.name == "gold" else [
                 task.gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses)]
             metrics["eval/gold_reward"] = sum(gold) / n
-            metrics["eval/reference_gold_reward"] = sum(self.reference["gold"]) / n
+        metrics.update(self.constant_metrics)
         if self.pref_eval is not None and self.implicit_reward is not None:
             metrics["eval/pref_accuracy"] = self._pref_accuracy(policy)
         metrics["eval/seconds"] = time.time() - t0
@@ -200,8 +213,7 @@ class Evaluator:
         wins = sum(o == 1.0 for o in outcomes)
         ties = sum(o == 0.5 for o in outcomes)
         return {"eval/win_rate": rate, "eval/win_rate_ci_low": low, "eval/win_rate_ci_high": high,
-                "eval/wins": float(wins), "eval/ties": float(ties), "eval/n": float(len(outcomes)),
-                "eval/n_prompts": float(len(self.prompts))}
+                "eval/wins": float(wins), "eval/ties": float(ties)}
 
     def _rows(self, samples, scores, ref_scores, lengths, kl_seq, gold) -> list[dict]:
         """The samples table: one row per (prompt, sample), prompt-major."""

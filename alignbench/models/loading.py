@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 
 from alignbench import cache
+from alignbench.config import ConfigError
 from alignbench.models.builtin import build_tiny_model, sft_train, train_tokenizer
+from alignbench.models.gguf import dequantised_folder
 from alignbench.models.logps import packing_agrees
 
 log = logging.getLogger(__name__)
@@ -127,16 +129,20 @@ def load_hub(cfg, device, dtype, sft_examples=None, corpus_id: str = ""):
     (a list, or a callable built only on a cache miss), the model after the SFT stage, which is
     trained in fp32 once and cached (safetensors) under a key of everything that determines it."""
     trust, revision = bool(cfg.model.get("trust_remote_code", False)), cfg.model.get("revision")
+    source, source_id = cfg.model.path, cfg.model.path
+    if cfg.model.get("gguf"):  # a GGUF file in an installed package, dequantised once into a local folder
+        source = dequantised_folder(cfg)
+        source_id = f"gguf:{source.name}"
     if not (cfg.model.sft.enabled and sft_examples):
-        model, tokenizer = hub_from_pretrained(cfg.model.path, dtype, trust, revision)
-        return model, tokenizer, cache.content_key("hub-v1", cfg.model.path, str(dtype), revision)
+        model, tokenizer = hub_from_pretrained(source, dtype, trust, revision)
+        return model, tokenizer, cache.content_key("hub-v1", source_id, str(dtype), revision)
     t = cfg.train
-    key = cache.content_key("hub-sft-v3", cfg.model.path, revision, corpus_id, cfg.model.sft, cfg.task_seed,
+    key = cache.content_key("hub-sft-v3", source_id, revision, corpus_id, cfg.model.sft, cfg.task_seed,
                             t.max_length, t.max_prompt_length, cfg.data.get("long_prompts") or "drop")
 
     def write(path: Path):
-        log.info("SFT stage: training %s (cached afterwards under %s)", cfg.model.path, key)
-        model, tokenizer = hub_from_pretrained(cfg.model.path, torch.float32, trust, revision)
+        log.info("SFT stage: training %s (cached afterwards under %s)", source_id, key)
+        model, tokenizer = hub_from_pretrained(source, torch.float32, trust, revision)
         examples = sft_examples() if callable(sft_examples) else sft_examples
         stats = sft_train(model, tokenizer, examples, cfg.model.sft, t.max_length, device, cfg.task_seed,
                           t.max_prompt_length, cfg.data.get("long_prompts") or "drop")
@@ -150,6 +156,18 @@ def load_hub(cfg, device, dtype, sft_examples=None, corpus_id: str = ""):
     if hit:
         log.info("SFT stage: cache hit %s", path)
     return model, tokenizer, cache.content_key(key, str(dtype))
+
+
+def check_context(cfg, model) -> None:
+    """A hub model's positions (known once it is loaded) hold the longest sequence the run builds:
+    a training sequence, or a prompt plus a sampled reply; one line otherwise, before any work."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    t = cfg.train
+    longest = max(t.max_length, t.max_prompt_length + cfg.eval.max_new_tokens)
+    if context and longest > context:
+        raise ConfigError(f"train.max_length={t.max_length}: with train.max_prompt_length={t.max_prompt_length} + "
+                          f"eval.max_new_tokens={cfg.eval.max_new_tokens}, needs {longest} positions > the context of "
+                          f"model={cfg.model.name} ({context}, max_position_embeddings); lower them")
 
 
 def load_models(cfg, sft_examples=None, corpus_id: str = "") -> Models:
@@ -166,6 +184,7 @@ def load_models(cfg, sft_examples=None, corpus_id: str = "") -> Models:
             key = cache.content_key(key, str(dtype))
     else:
         base, tokenizer, key = load_hub(cfg, device, dtype, sft_examples, corpus_id)
+        check_context(cfg, base)
     base.to(device)
     policy, reference = _policy_and_reference(cfg, base)
     models = Models(policy=policy, reference=reference, tokenizer=tokenizer, key=key, device=device,

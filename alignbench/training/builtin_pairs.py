@@ -11,6 +11,7 @@ import random
 
 from alignbench import cache
 from alignbench.data import builtin_task as task
+from alignbench.data.parsing import chat_prompts
 from alignbench.data.records import PreferenceRecord
 from alignbench.models.generation import sample
 
@@ -22,7 +23,7 @@ def builtin_pairs(cfg, models, split: str, n: int) -> list[PreferenceRecord]:
                             task_seed, cfg.train.max_prompt_length)
 
     def write(path):
-        prompts = task.make_prompts(n, task_seed, split)
+        prompts = chat_prompts(task.make_prompts(n, task_seed, split), models.tokenizer)  # a chat model: its template
         with models.reference_model() as sft:
             kw = dict(max_new_tokens=d.sample_max_new_tokens, temperature=1.0,
                       max_prompt_length=cfg.train.max_prompt_length, batch_size=256, device=models.device)

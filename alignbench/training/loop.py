@@ -79,7 +79,8 @@ def inject_faults(cfg, loss: torch.Tensor, step: int) -> torch.Tensor:
 
 def run_evaluation(prepared, policy, step: int, tracker, on_eval, history: list):
     result = prepared.evaluator.evaluate(policy)
-    tracker.log_metrics(result.metrics, step)
+    constant = prepared.evaluator.constant_metrics  # logged once, before the first evaluation (`train`)
+    tracker.log_metrics({k: v for k, v in result.metrics.items() if k not in constant}, step)
     history.append((step, result.metrics))
     log.info("step %d: win rate %.3f [%.3f, %.3f], KL %.2f nats", step, result.metrics["eval/win_rate"],
              result.metrics["eval/win_rate_ci_low"], result.metrics["eval/win_rate_ci_high"], result.metrics["eval/kl"])

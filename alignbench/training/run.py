@@ -31,17 +31,27 @@ from alignbench.training.setup import Prepared, prepare
 log = logging.getLogger(__name__)
 
 
+# The params a run logs from its config (the whole resolved config is its `config.yaml` artifact):
+# what tells runs apart in the MLflow UI and what the report reads back. Every `method.*` and
+# `judge.*` key (a sweep's searched ones among them), the model, data, seeds and budget; nothing
+# of other commands (`report.*`, `ui.*`, `tracking.*`) or of the set-up (SFT, batching, faults).
+KEY_PARAMS = ("seed", "task_seed", "device", "precision", "model.name", "model.path", "data.name", "data.path",
+              "train.max_steps", "train.batch_size", "eval.split", "eval.n_prompts", "eval.samples_per_prompt")
+KEY_PARAM_PREFIXES = ("method.", "judge.", "model.lora.")
+
+
 def run_params(cfg, prepared: Prepared | None = None, method_params: dict | None = None) -> dict:
-    """What is logged as params: the flattened resolved config plus the conventions in force
-    (`method_params`: the method's own, e.g. IPO's length convention, SimPO's resolved gamma)."""
-    params = flat(OmegaConf.to_container(cfg, resolve=True))
+    """What is logged as params: the config's key params (`KEY_PARAMS`) plus the conventions in force
+    (`method_params`: the method's own, e.g. IPO's length convention, SimPO's resolved gamma) and,
+    after the set-up, what the data came to (pairs, evaluation prompts, rows dropped or truncated)."""
+    params = {k: v for k, v in flat(OmegaConf.to_container(cfg, resolve=True)).items()
+              if k in KEY_PARAMS or k.startswith(KEY_PARAM_PREFIXES)}
     params["eval.kl_estimator"] = KL_ESTIMATOR
     params["eval.win_rate_ci"] = win_rate_ci_method(int(cfg.eval.get("samples_per_prompt", 1)))
     params.update(method_params or {})
     if prepared is not None:
         params["data.n_train"] = len(prepared.train_records)
-        params["data.n_eval_prompts"] = len(prepared.eval_prompts)
-        params["eval.n_prompts_distinct"] = len(prepared.eval_prompts)  # of eval.split (also logged, from the config)
+        params["eval.n_prompts_distinct"] = len(prepared.eval_prompts)  # of eval.split (eval.n_prompts asks for)
         for reason, count in prepared.drops.items():
             params[f"data.dropped.{reason}"] = count
         for part, count in prepared.truncated.items():  # kept, but cut to fit the token budget
@@ -90,8 +100,9 @@ def train(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunResult:
     method = METHODS[cfg.method.name]
     online = method.loop == "online"  # sampled rollouts scored by a reward model or the gold reward
     method_params = method.params(cfg.method) if method.params else {}
-    if checkpoint is None:  # a resumed run logged its params before its first checkpoint
+    if checkpoint is None:  # a resumed run logged these before its first checkpoint
         tracker.log_params(run_params(cfg, prepared, method_params))
+        tracker.log_metrics(prepared.evaluator.constant_metrics, 0)  # once: every evaluation shares them
     tracker.set_tags({"method": cfg.method.name} | judge_caveats(cfg, prepared))
     if online:
         result = online_loop(cfg, prepared, tracker, on_eval, critic_free=not method.value_head)

@@ -16,6 +16,7 @@ from alignbench.config import CONF_DIR, ConfigError
 from alignbench.data import builtin_task as task
 from alignbench.training.builtin_pairs import builtin_pairs
 from alignbench.data.measuring import LengthLimits
+from alignbench.data.parsing import chat_prompts
 from alignbench.data.preparing import SplitRows, distinct_prompts, load_preference_data, read_split_rows, sft_corpus
 from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord
 from alignbench.evaluation.evaluator import Evaluator
@@ -95,9 +96,10 @@ def load_builtin_task(cfg) -> LoadedData:
     models = load_models(cfg, sft_examples, corpus_id=cache.content_key("task-sft-corpus-v2", n_sft, task_seed))
     train_records = builtin_pairs(cfg, models, "train", cfg.data.n_train_prompts)
     held_out_pairs = builtin_pairs(cfg, models, "validation", cfg.data.n_eval_prompts)
-    eval_prompts = task.eval_prompts(cfg.eval.split, cfg.eval.n_prompts, task_seed)
-    held_out = task.split_prompts("validation") + task.split_prompts("test")
-    seen = count_seen_in_training(held_out, distinct_prompts(train_records) + task.sft_prompts(n_sft, task_seed))
+    eval_prompts = chat_prompts(task.eval_prompts(cfg.eval.split, cfg.eval.n_prompts, task_seed), models.tokenizer)
+    held_out = chat_prompts(task.split_prompts("validation") + task.split_prompts("test"), models.tokenizer)
+    sft_prompts = chat_prompts(task.sft_prompts(n_sft, task_seed), models.tokenizer)
+    seen = count_seen_in_training(held_out, distinct_prompts(train_records) + sft_prompts)
     return LoadedData(models, train_records, held_out_pairs, eval_prompts, {}, seen)
 
 
