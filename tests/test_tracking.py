@@ -299,3 +299,26 @@ def test_objects_made_by_opening_a_store_are_frozen_out_of_later_collections(wor
     tracking.set_uri(f"sqlite:///{workdir / 'fresh.db'}")
     assert gc.get_freeze_count() > frozen
     assert gc.get_count()[0] < 1000  # just frozen: hardly anything young left to collect
+
+
+def test_a_sqlite_store_is_written_ahead_with_normal_sync_unless_turned_off(workdir, monkeypatch):
+    """A store alignbench opens is switched to the write-ahead log, and every new connection to it
+    syncs NORMAL (a commit waits for no disk flush); a run's record is all there. With
+    ALIGNBENCH_SQLITE_WAL=0 a new store keeps SQLite's defaults (rollback journal, FULL sync)."""
+    import sqlalchemy
+
+    from alignbench.tracking import mlflow_runs as tracking
+
+    def modes(db):
+        with sqlalchemy.create_engine(f"sqlite:///{db}").connect() as conn:
+            return (conn.exec_driver_sql("PRAGMA journal_mode").scalar(),
+                    conn.exec_driver_sql("PRAGMA synchronous").scalar())
+
+    with tracking.tracked_run("wal", uri=f"sqlite:///{workdir / 'a.db'}", tags={"method": "dpo"}) as tracker:
+        tracker.log_params({"method.beta": 0.1})
+    assert modes(workdir / "a.db") == ("wal", 1)  # 1: NORMAL
+    run = tracking.MlflowClient(tracking_uri=f"sqlite:///{workdir / 'a.db'}").get_run(tracker.run_id)
+    assert run.data.params == {"method.beta": "0.1"} and run.info.status == "FINISHED"
+    monkeypatch.setenv("ALIGNBENCH_SQLITE_WAL", "0")
+    tracking.create_run("plain", None, {"method": "dpo"}, uri=f"sqlite:///{workdir / 'b.db'}")
+    assert modes(workdir / "b.db") == ("delete", 2)  # 2: FULL, SQLite's default
