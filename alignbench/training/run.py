@@ -1,7 +1,7 @@
 """One training run, top to bottom: validate → (resume: fetch the checkpoint) → set-up (models,
 data, evaluator) → judge caveats → loop → summary → the policy kept (artifact `policy/`).
 
-`train(cfg, tracker, on_eval, skip_policy)` is a plain function: the CLI wraps it in an MLflow run, a sweep
+`train(cfg, tracker, on_eval, skip_policy)` (validate, then `train_validated`) is a plain function: the CLI wraps it in an MLflow run, a sweep
 wraps it in an Optuna trial. Nothing here imports mlflow or optuna. The loop is chosen here, from
 the method's row in `alignbench.methods.METHODS`: the offline loop (`training.offline`: DPO, IPO,
 KTO, SimPO on fixed preference data) or the online loop (`training.online`: PPO, RLOO on sampled
@@ -92,6 +92,11 @@ def train(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunResult:
     `skip_policy(final metrics)`: why the trained policy is not worth saving (tag
     `alignbench.policy_not_saved`), or None to save it (a sweep's trial that can no longer be selected)."""
     validate(cfg)
+    return train_validated(cfg, tracker, on_eval, skip_policy)
+
+
+def train_validated(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunResult:
+    """`train` of a config its caller has validated already (the CLI does, before it opens the MLflow run)."""
     settle_heap()
     tracker = tracker or NullTracker()
     t0 = time.time()
