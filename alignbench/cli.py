@@ -31,7 +31,7 @@ def train_command(cfg: DictConfig) -> None:
     from alignbench.data.records import DataError
     from alignbench.evaluation.judges import judge_summary
     from alignbench.tracking.null import NullTracker
-    from alignbench.training.run import train
+    from alignbench.training.run import train_validated
 
     from accelerate import PartialState
 
@@ -47,9 +47,9 @@ def train_command(cfg: DictConfig) -> None:
                                       async_logging=cfg.tracking.async_logging, uri=cfg.tracking.uri,
                                       run_id=cfg.get("resume")) as tracker:
                 run_id = tracker.run_id
-                result = train(cfg, tracker)
+                result = train_validated(cfg, tracker)
         else:
-            result = train(cfg, NullTracker())
+            result = train_validated(cfg, NullTracker())
     except (ConfigError, DataError) as exc:
         fail(str(exc))
     except KeyboardInterrupt as exc:  # tracked_run has recorded the run KILLED

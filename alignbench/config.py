@@ -7,8 +7,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from alignbench.methods import METHODS
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-METHODS = ("ppo", "dpo", "ipo", "kto", "simpo", "rloo")
 GROUPS = ("method", "model", "data", "judge", "sweep")
 JUDGES = ("gold", "reward_model", "llm_pairwise")
 
@@ -216,49 +217,10 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_method(cfg: DictConfig) -> None:
-    """The chosen method's own settings (the one place a method's config rules live)."""
-    name, m = cfg.method.name, cfg.method
-    if name == "dpo":
-        _positive(cfg, "method.beta")
-        if not 0 <= m.label_smoothing < 0.5:
-            raise ConfigError(f"method.label_smoothing={m.label_smoothing}: must be in [0, 0.5)")
-    elif name == "ipo":
-        _positive(cfg, "method.tau")
-    elif name == "simpo":
-        _positive(cfg, "method.beta")
-        if m.gamma_beta_ratio < 0:
-            raise ConfigError(f"method.gamma_beta_ratio={m.gamma_beta_ratio}: must be >= 0")
-        if m.gamma_convention not in ("ratio", "absolute"):
-            raise ConfigError(f"method.gamma_convention={m.gamma_convention}: must be ratio or absolute")
-    elif name == "kto":
-        _positive(cfg, "method.beta")
-        _positive(cfg, "method.desirable_weight")
-        _positive(cfg, "method.undesirable_weight")
-    elif name == "ppo":
-        _check_online(cfg)
-    elif name == "rloo":
-        _check_online(cfg)
-        k = m.rloo_k
-        if not isinstance(k, int) or k < 2:
-            raise ConfigError(f"method.rloo_k={k}: must be an integer >= 2 (the leave-one-out baseline needs 2 samples)")
-        if m.rollout_batch_size % k:
-            raise ConfigError(f"method.rollout_batch_size={m.rollout_batch_size}: must be a multiple of "
-                              f"method.rloo_k={k}")
-
-
-def _check_online(cfg: DictConfig) -> None:
-    """What PPO and RLOO share: the clipped surrogate, the KL penalty, the reward, the rollout sizes."""
-    m = cfg.method
-    if not 0 < m.clip_ratio < 1:
-        raise ConfigError(f"method.clip_ratio={m.clip_ratio}: must be in (0, 1)")
-    if m.kl_coef < 0:
-        raise ConfigError(f"method.kl_coef={m.kl_coef}: must be >= 0")
-    if m.reward not in ("model", "gold"):
-        raise ConfigError(f"method.reward={m.reward}: must be model or gold")
-    if m.reward == "gold" and cfg.data.source != "builtin":
-        raise ConfigError("method.reward=gold: the gold reward exists only on data=builtin")
-    for key in ("rollout_batch_size", "ppo_epochs", "n_minibatches"):
-        _positive(cfg, f"method.{key}")
+    """The chosen method's own settings: its row's check in `alignbench.methods.METHODS`."""
+    problem = METHODS[cfg.method.name].check(cfg)
+    if problem:
+        raise ConfigError(problem)
 
 
 def check_budget(cfg: DictConfig) -> None:
@@ -379,10 +341,10 @@ def check_checkpointing(cfg: DictConfig) -> None:
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise ConfigError(f"train.checkpoint_every={every}: must be an integer >= 0 (0 = no checkpoints)")
     resume = OmegaConf.select(cfg, "resume", default=None)
-    online = cfg.method.name in ("ppo", "rloo")
-    if online and (every or resume):
+    if METHODS[cfg.method.name].loop == "online" and (every or resume):
         key = f"resume={resume}" if resume else f"train.checkpoint_every={every}"
+        offline = ", ".join(name for name, method in METHODS.items() if method.loop == "offline")
         raise ConfigError(f"{key}: method={cfg.method.name} cannot be checkpointed or resumed (offline methods only: "
-                          "dpo, ipo, kto, simpo); rerun it from the start")
+                          f"{offline}); rerun it from the start")
     if resume and not cfg.tracking.enabled:
         raise ConfigError(f"resume={resume}: needs tracking.enabled=true (checkpoints are artifacts of the MLflow run)")

@@ -115,6 +115,7 @@ def guarded(monkeypatch, workdir):
         raise LetThrough("work started: the bad value was not refused")
 
     monkeypatch.setattr(training_run, "train", refuse)
+    monkeypatch.setattr(training_run, "train_validated", refuse)  # what `alignbench train` calls
     monkeypatch.setattr(sweep_run, "_run_trials", refuse)
     monkeypatch.setattr(os, "execv", refuse)
     monkeypatch.setattr(cli, "interrupt_on_sigterm", lambda: None)

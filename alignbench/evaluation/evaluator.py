@@ -29,6 +29,7 @@ from alignbench.models.generation import response_token_logps, sample
 from alignbench.models.logps import pair_logps  # the loop's own scorer, so eval and training agree
 from alignbench.evaluation.judges import judge_accuracy, preference_outcomes
 from alignbench.evaluation.stats import win_rate_ci
+from alignbench.methods import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class Evaluator:
         self.pref_eval = pref_eval
         self.builtin_task = builtin_task
         self.prompts_seen_in_training = prompts_seen_in_training
-        self.method = cfg.method.name
+        self.implicit_reward = METHODS[cfg.method.name].implicit_reward  # behind eval/pref_accuracy
         # From task_seed, not seed: fixed across evals of a run (curves compare like with like) and
         # across the training seeds of a sweep (every run faces the same reference samples).
         self.seed = cfg.task_seed + 10_007
@@ -178,7 +179,7 @@ class Evaluator:
                 task.gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses)]
             metrics["eval/gold_reward"] = sum(gold) / n
         metrics.update(self.constant_metrics)
-        if self.pref_eval is not None:
+        if self.pref_eval is not None and self.implicit_reward is not None:
             metrics["eval/pref_accuracy"] = self._pref_accuracy(policy)
         metrics["eval/seconds"] = time.time() - t0
         return EvalResult(metrics=metrics, rows=self._rows(samples, scores, ref_scores, lengths, kl_seq, gold))
@@ -232,15 +233,15 @@ class Evaluator:
 
     @torch.no_grad()
     def _pref_accuracy(self, policy) -> float:
-        """Held-out pairs where the policy's implicit reward ranks chosen above rejected."""
+        """Held-out pairs where the policy's implicit reward (the method's, `alignbench.methods`) ranks
+        chosen above rejected."""
 
         tokens, ref = self.pref_eval
         was_training = policy.training
         policy.eval()
         pol = pair_logps(policy, tokens, self.cfg.eval.batch_size, self.models.device, self.models.padding_free)
         policy.train(was_training)
-        if self.method == "simpo":  # reference-free: its implicit reward is the average log-prob
-            margin = pol["chosen"] / pol["chosen_n"] - pol["rejected"] / pol["rejected_n"]
-        else:
-            margin = (pol["chosen"] - ref["chosen"]) - (pol["rejected"] - ref["rejected"])
+        reward = self.implicit_reward
+        margin = (reward(pol["chosen"], ref["chosen"], pol["chosen_n"])
+                  - reward(pol["rejected"], ref["rejected"], pol["rejected_n"]))
         return (margin > 0).float().mean().item()

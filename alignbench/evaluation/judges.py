@@ -15,8 +15,7 @@ import torch
 from alignbench import cache
 from alignbench.data import builtin_task as task
 from alignbench.evaluation.stats import win_rate_ci
-
-ONLINE_METHODS = ("ppo", "rloo")
+from alignbench.methods import is_online
 
 
 class GoldJudge:
@@ -121,7 +120,7 @@ def judge_summary(metrics: dict) -> str:
 
 def judge_bias_caveat(method: str, judge_name: str, judge_path, reward: str | None) -> str | None:
     """The warning when the judge is the very reward model an online method optimised (None otherwise)."""
-    if method in ONLINE_METHODS and judge_name == "reward_model" and str(judge_path) == "trained" and reward == "model":
+    if is_online(method) and judge_name == "reward_model" and str(judge_path) == "trained" and reward == "model":
         return (f"the judge is the reward model {method} trained against (judge.path=trained): its win rates are "
                 f"biased in {method}'s favour")
     return None

@@ -28,3 +28,11 @@ def rloo_advantages(sequence_rewards: Tensor, k: int) -> Tensor:
     grouped = sequence_rewards.view(-1, k)
     baseline = (grouped.sum(-1, keepdim=True) - grouped) / (k - 1)
     return (grouped - baseline).view(-1)
+
+
+def rloo_token_advantages(rewards: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """RLOO's (advantages, returns) over the response tokens [B, R] from per-token `rewards` [B, R]:
+    each response's leave-one-out advantage of its whole reward on every one of its tokens (`mask`),
+    and its whole reward as the return of every column."""
+    advantages = rloo_advantages(rewards.sum(-1), k)[:, None] * mask
+    return advantages, rewards.sum(-1, keepdim=True).expand_as(mask)

@@ -1,7 +1,8 @@
-"""The offline loop: DPO, IPO, KTO and SimPO on fixed preference data, with the same batches,
-optimiser (AdamW), schedule (linear warm-up, then constant), gradient clipping, precision and
-step budget. `offline_objective` is the one place a method's objective is chosen: its loss on a
-batch, its train metrics, whether it trains on unpaired examples (KTO) and needs the reference."""
+"""The offline loop: DPO, IPO, KTO and SimPO (the offline rows of `alignbench.methods.METHODS`) on
+fixed preference data, with the same batches, optimiser (AdamW), schedule (linear warm-up, then
+constant), gradient clipping, precision and step budget. `offline_objective` turns a method's row
+into what the loop runs: its loss on a batch, its train metrics, whether it trains on unpaired
+examples (KTO) and needs the reference."""
 
 from __future__ import annotations
 
@@ -16,10 +17,8 @@ from alignbench.data.batching import index_batches, trim_padding
 from alignbench.data.preparing import to_unpaired
 from alignbench.data.records import PreferenceRecord, UnpairedRecord
 from alignbench.data.tokenizing import build_sequences, tokenize_unpaired
-from alignbench.losses.dpo import dpo_loss
-from alignbench.losses.ipo import ipo_loss
-from alignbench.losses.kto import kto_loss, mismatched_indices
-from alignbench.losses.simpo import resolve_simpo_gamma, simpo_loss
+from alignbench.losses.kto import mismatched_indices
+from alignbench.methods import METHODS
 from alignbench.models.logps import sequence_logps
 from alignbench.training.checkpoint import restore_checkpoint
 from alignbench.training.loop import (Optimisation, Progress, RunResult, compiled_for_training, make_accelerator,
@@ -41,28 +40,16 @@ class Objective:
 
 
 def offline_objective(method) -> Objective:
-    """The one place an offline method's objective is chosen."""
-    if method.name == "dpo":
-        def dpo(pc, pr, nc, nr, ref):
-            return dpo_loss(pc, pr, ref["chosen"], ref["rejected"], beta=method.beta,
-                            label_smoothing=method.label_smoothing)
-        return Objective(partial(paired_batch_loss, pair_loss=dpo))
-    if method.name == "ipo":
-        def ipo(pc, pr, nc, nr, ref):
-            return ipo_loss(pc, pr, ref["chosen"], ref["rejected"], tau=method.tau, chosen_lengths=nc,
-                            rejected_lengths=nr, length_normalize=method.length_normalize)
-        convention = "mean over tokens (TRL)" if method.length_normalize else "sum over tokens (IPO paper)"
-        return Objective(partial(paired_batch_loss, pair_loss=ipo), params={"method.convention": convention})
-    if method.name == "simpo":
-        gamma = resolve_simpo_gamma(method.beta, method.gamma_beta_ratio, method.gamma_convention)
-
-        def simpo(pc, pr, nc, nr, ref):
-            return simpo_loss(pc, pr, nc, nr, beta=method.beta, gamma=gamma)
-        return Objective(partial(paired_batch_loss, pair_loss=simpo), uses_reference=False,
-                         params={"method.gamma": gamma})
-    if method.name == "kto":
-        return Objective(partial(kto_batch_loss, method), unpaired=True)
-    raise ValueError(f"not an offline method: {method.name}")
+    """The offline method's objective (its row in `alignbench.methods.METHODS`) as the loop runs it."""
+    row = METHODS[method.name]
+    if row.loop != "offline":
+        raise ValueError(f"not an offline method: {method.name}")
+    params = row.params(method) if row.params else {}
+    if row.unpaired:
+        return Objective(partial(kto_batch_loss, method), unpaired=True, uses_reference=row.uses_reference,
+                         params=params)
+    return Objective(partial(paired_batch_loss, pair_loss=row.objective(method)), uses_reference=row.uses_reference,
+                     params=params)
 
 
 def paired_batch_loss(policy, batch: dict, ref: dict | None, device, padding_free: bool, *, pair_loss):
@@ -93,7 +80,8 @@ def pair_metrics(out) -> dict:
 
 
 def kto_batch_loss(method_cfg, policy, batch: dict, ref: dict, device, padding_free: bool = False):
-    """KTO on one batch of single examples; z0 from the mismatched (prompt_i, completion_j) pairs."""
+    """An unpaired objective (KTO's) on one batch of single examples; z0 from the mismatched
+    (prompt_i, completion_j) pairs."""
     ids, attn, resp = trim_padding(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
     logps, _ = sequence_logps(policy, ids.to(device), attn.to(device), resp.to(device), padding_free)
     policy_kl = ref_kl = None
@@ -104,10 +92,9 @@ def kto_batch_loss(method_cfg, policy, batch: dict, ref: dict, device, padding_f
         ref_kl = ref["kl_logps"].to(device)
     from accelerate.utils import reduce  # z0 is the whole batch's: averaged over DDP processes
 
-    out = kto_loss(logps, ref["logps"].to(device), batch["desirable"].to(device), policy_kl, ref_kl,
-                   beta=method_cfg.beta, desirable_weight=method_cfg.desirable_weight,
-                   undesirable_weight=method_cfg.undesirable_weight,
-                   mean_across_processes=lambda kl: reduce(kl, reduction="mean"))
+    unpaired_loss = METHODS[method_cfg.name].objective(method_cfg)
+    out = unpaired_loss(logps, ref["logps"].to(device), batch["desirable"].to(device), policy_kl, ref_kl,
+                        mean_across_processes=lambda kl: reduce(kl, reduction="mean"))
     metrics = lambda: {"train/reward": out.rewards.mean().item(), "train/kl_z0": float(out.kl)}  # noqa: E731
     return out.losses.mean(), metrics, int(batch["attention_mask"].sum())
 

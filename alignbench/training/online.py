@@ -42,8 +42,8 @@ import torch
 
 from alignbench.data import builtin_task as task
 from alignbench.losses.ppo import (AdaptiveKLController, clipped_policy_loss, clipped_value_loss,
-                                   entropy_from_logits, gae_advantages, kl_penalty_rewards, masked_mean, whiten)
-from alignbench.losses.rloo import rloo_advantages
+                                   entropy_from_logits, kl_penalty_rewards, masked_mean, whiten)
+from alignbench.methods import METHODS
 from alignbench.models.generation import Samples, response_token_logps, sample
 from alignbench.models.logps import position_ids_from_mask, token_logps
 from alignbench.training.loop import (Optimisation, Progress, RunResult, make_accelerator, make_optimizer,
@@ -200,13 +200,10 @@ def collect_rollout(cfg, prepared, learner: Learner, reward_model, prompts: list
         rewards = whiten(rewards, mask, shift_mean=False)
     seq_kl = kl.sum(-1)
 
-    # 5. GAE (gamma, lam) with the value head; RLOO: leave-one-out advantage of the whole
-    #    sequence's reward, on every response token. Whitened advantages.
-    if critic_free:
-        seq_advantages = rloo_advantages(rewards.sum(-1), m.rloo_k)
-        advantages, returns = seq_advantages[:, None] * mask, rewards.sum(-1, keepdim=True).expand_as(mask)
-    else:
-        advantages, returns = gae_advantages(rewards, old_values, mask, m.gamma, m.lam)
+    # 5. the method's advantages (its objective in alignbench.methods): PPO's GAE (gamma, lam) with the
+    #    value head; RLOO's leave-one-out advantage of the whole sequence's reward, on every response
+    #    token. Whitened advantages.
+    advantages, returns = METHODS[m.name].objective(m)(rewards, None if critic_free else old_values, mask)
     if m.whiten_advantages:
         advantages = whiten(advantages, mask)
     stats = rollout_stats(samples, mask, seq_kl, kl_coef, scores, returns, rm_scores, gold)

@@ -1,11 +1,11 @@
 """One training run, top to bottom: validate → (resume: fetch the checkpoint) → set-up (models,
 data, evaluator) → judge caveats → loop → summary → the policy kept (artifact `policy/`).
 
-`train(cfg, tracker, on_eval, skip_policy)` is a plain function: the CLI wraps it in an MLflow run, a sweep
-wraps it in an Optuna trial. Nothing here imports mlflow or optuna. The loop is chosen here:
-the offline loop (`training.offline`: DPO, IPO, KTO, SimPO on fixed preference data) or the
-online loop (`training.online`: PPO, RLOO on sampled rollouts), built from the same parts
-(`training.loop`).
+`train(cfg, tracker, on_eval, skip_policy)` (validate, then `train_validated`) is a plain function: the CLI wraps it in an MLflow run, a sweep
+wraps it in an Optuna trial. Nothing here imports mlflow or optuna. The loop is chosen here, from
+the method's row in `alignbench.methods.METHODS`: the offline loop (`training.offline`: DPO, IPO,
+KTO, SimPO on fixed preference data) or the online loop (`training.online`: PPO, RLOO on sampled
+rollouts), built from the same parts (`training.loop`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from omegaconf import OmegaConf
 from alignbench.config import validate
 from alignbench.evaluation.evaluator import KL_ESTIMATOR, win_rate_ci_method
 from alignbench.evaluation.judges import judge_accuracy_caveat, judge_bias_caveat
+from alignbench.methods import METHODS
 from alignbench.tracking.artifacts import SAMPLES_ARTIFACT
 from alignbench.tracking.null import NullTracker
 from alignbench.training.checkpoint import CHECKPOINTS, fetch_checkpoint, flat, save_policy
 from alignbench.training.loop import RunResult
-from alignbench.training.offline import offline_loop, offline_objective
+from alignbench.training.offline import offline_loop
 from alignbench.training.online import online_loop
 from alignbench.training.setup import Prepared, prepare
 
@@ -92,19 +93,25 @@ def train(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunResult:
     `skip_policy(final metrics)`: why the trained policy is not worth saving (tag
     `alignbench.policy_not_saved`), or None to save it (a sweep's trial that can no longer be selected)."""
     validate(cfg)
+    return train_validated(cfg, tracker, on_eval, skip_policy)
+
+
+def train_validated(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunResult:
+    """`train` of a config its caller has validated already (the CLI does, before it opens the MLflow run)."""
     settle_heap()
     tracker = tracker or NullTracker()
     t0 = time.time()
     checkpoint = fetch_checkpoint(cfg, tracker) if cfg.get("resume") else None  # before the set-up: fail fast
     prepared = prepare(cfg)
-    online = cfg.method.name in ("ppo", "rloo")  # sampled rollouts scored by a reward model or the gold reward
-    method_params = {} if online else offline_objective(cfg.method).params
+    method = METHODS[cfg.method.name]
+    online = method.loop == "online"  # sampled rollouts scored by a reward model or the gold reward
+    method_params = method.params(cfg.method) if method.params else {}
     if checkpoint is None:  # a resumed run logged these before its first checkpoint
         tracker.log_params(run_params(cfg, prepared, method_params))
         tracker.log_metrics(prepared.evaluator.constant_metrics, 0)  # once: every evaluation shares them
     tracker.set_tags({"method": cfg.method.name} | judge_caveats(cfg, prepared))
     if online:
-        result = online_loop(cfg, prepared, tracker, on_eval, critic_free=cfg.method.name == "rloo")
+        result = online_loop(cfg, prepared, tracker, on_eval, critic_free=not method.value_head)
     else:
         result = offline_loop(cfg, prepared, tracker, on_eval, checkpoint)
     result.timings["total_seconds"] = time.time() - t0

@@ -22,6 +22,7 @@ from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord
 from alignbench.evaluation.evaluator import Evaluator
 from alignbench.evaluation.judges import GoldJudge, RewardModelJudge
 from alignbench.evaluation.pairwise_judge import PairwiseJudge
+from alignbench.methods import METHODS
 from alignbench.models.loading import Models, load_models, pick_dtype
 from alignbench.models.reward_model import RewardModelSettings
 from alignbench.training.reference import cached_tokenize_pairs, reference_pair_logps
@@ -137,9 +138,10 @@ def load_data_set(cfg) -> LoadedData:
 
 
 def require_pairs_unless_kto(cfg, train_records: list) -> None:
-    """Only KTO trains on unpaired examples; the data's format is known only once it is read."""
-    if isinstance(train_records[0], UnpairedRecord) and cfg.method.name != "kto":
-        raise ConfigError(f"method={cfg.method.name} needs paired data; data={cfg.data.name} is unpaired (use method=kto)")
+    """Only an unpaired method (KTO) trains on unpaired examples; the data's format is known only once it is read."""
+    if isinstance(train_records[0], UnpairedRecord) and not METHODS[cfg.method.name].unpaired:
+        unpaired = ", ".join(f"method={name}" for name, method in METHODS.items() if method.unpaired)
+        raise ConfigError(f"method={cfg.method.name} needs paired data; data={cfg.data.name} is unpaired (use {unpaired})")
 
 
 def reward_model_settings(cfg) -> RewardModelSettings:
