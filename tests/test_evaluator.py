@@ -18,10 +18,8 @@ COLUMNS = {"prompt", "policy_response", "reference_response", "policy_score", "r
 
 
 def prepare_fast():
-    try:
-        from alignbench.training.setup import prepare
-    except ImportError:  # before `prepare` moved out of the run module
-        from alignbench.training.setup import prepare
+    from alignbench.training.setup import prepare
+
     return prepare(compose(FAST))
 
 
@@ -135,3 +133,26 @@ def test_every_evaluation_carries_the_judges_held_out_accuracy(prepared):
     assert m["eval/judge_accuracy"] == pytest.approx((wins + ties / 2) / 16)
     # Bradley-Terry labels follow the gold reward more often than not
     assert 0.5 < m["eval/judge_accuracy"] and m["eval/judge_accuracy_ci_low"] < m["eval/judge_accuracy"]
+
+
+def test_an_evaluator_built_from_plain_settings_judges_the_reference_a_tie(prepared, tmp_path):
+    """No config: plain settings, a judge, prompts. The reference against itself on the same seed samples
+    the same responses: every pair a tie, win rate 1/2, KL 0, and the cache holds its reference side."""
+    from alignbench.data import builtin_task as task
+    from alignbench.evaluation.evaluator import EvalSettings, Evaluator
+    from alignbench.evaluation.judges import GoldJudge
+
+    settings = EvalSettings(max_new_tokens=8, temperature=1.0, batch_size=4, max_prompt_length=64,
+                            samples_per_prompt=2, seed=3, cache_dir=str(tmp_path))
+    prompts = task.eval_prompts("validation", 3, 0)
+    evaluator = Evaluator(settings, prepared.models, GoldJudge(), prompts, builtin_task=True)
+    assert evaluator.cache_hit is False and len(list((tmp_path / "ref_eval").iterdir())) == 1
+    with prepared.models.reference_model() as ref:
+        result = evaluator.evaluate(ref)
+    m = result.metrics
+    assert (m["eval/n"], m["eval/n_prompts"], m["eval/ties"], m["eval/wins"]) == (6.0, 3.0, 6.0, 0.0)
+    assert m["eval/win_rate"] == 0.5 and m["eval/kl"] == 0.0
+    assert "eval/pref_accuracy" not in m  # no implicit reward, no held-out pairs
+    assert [r["prompt"] for r in result.rows] == [p for p in prompts for _ in range(2)]
+    assert Evaluator(settings, prepared.models, GoldJudge(), prompts, builtin_task=True).cache_hit is True
+

@@ -228,7 +228,7 @@ def test_the_judges_held_out_accuracy_is_cached_under_its_key(tmp_path):
             return super().margins(prompts, a, b)
 
     judge = CountingJudge(lambda a, b: float(len(a) - len(b)))
-    owner = SimpleNamespace(judge=judge, cfg=SimpleNamespace(cache_dir=str(tmp_path)))
+    owner = SimpleNamespace(judge=judge, settings=SimpleNamespace(cache_dir=str(tmp_path)))
     judge.key = "judge-one"
     first = Evaluator._judge_accuracy(owner, PAIRS)
     assert first == judge_accuracy(LONGER, PAIRS) and CountingJudge.calls == 1  # both orders in one pass

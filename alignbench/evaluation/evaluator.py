@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -29,7 +30,6 @@ from alignbench.models.generation import response_token_logps, sample
 from alignbench.models.logps import pair_logps  # the loop's own scorer, so eval and training agree
 from alignbench.evaluation.judges import judge_accuracy, preference_outcomes
 from alignbench.evaluation.stats import win_rate_ci
-from alignbench.methods import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,21 @@ def clustered_win_rate_ci(outcomes: list[list[float]]) -> tuple[float, float, fl
     return mean, low, high
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a run evaluates, built once from the config (`training.setup.eval_settings`)."""
+
+    max_new_tokens: int       # sampling budget per response
+    temperature: float        # 1.0: the sampled KL estimate is only valid there
+    batch_size: int           # prompts per generation batch (and pairs per log-prob batch)
+    max_prompt_length: int    # prompts are cut from the left to this many tokens
+    samples_per_prompt: int = 1
+    seed: int = 10_007        # the sampling seed: from task_seed, the same for every training seed
+    judge_path: str | None = None  # the judge's model (part of the reference side's identity)
+    implicit_reward: Callable | None = None  # the method's, behind eval/pref_accuracy (None: not logged)
+    cache_dir: str | None = None
+
+
 @dataclass
 class EvalResult:
     metrics: dict[str, float]
@@ -78,23 +93,21 @@ class EvalResult:
 
 
 class Evaluator:
-    def __init__(self, cfg, models, judge, prompts: list[str], pref_eval=None, builtin_task: bool = False,
-                 prompts_seen_in_training: int = 0, held_out_pairs=None):
+    def __init__(self, settings: EvalSettings, models, judge, prompts: list[str], pref_eval=None,
+                 builtin_task: bool = False, prompts_seen_in_training: int = 0, held_out_pairs=None):
         """`prompts`: the distinct held-out prompts; `pref_eval`: optional (tokenized pairs dict,
         reference logps dict) for held-out pair accuracy; `prompts_seen_in_training`: the held-out
         prompts also trained on (0 for any split alignbench makes), logged once per run (`constant_metrics`);
         `held_out_pairs`: the held-out preference records the judge's own accuracy is measured on."""
-        self.cfg, self.models, self.judge, self.prompts = cfg, models, judge, list(prompts)
-        self.samples_per_prompt = int(cfg.eval.get("samples_per_prompt", 1))
+        self.settings, self.models, self.judge, self.prompts = settings, models, judge, list(prompts)
+        self.samples_per_prompt = settings.samples_per_prompt
         # Prompt-major: the samples of prompt i are rows i*S .. i*S + S-1.
         self.sample_prompts = [p for p in self.prompts for _ in range(self.samples_per_prompt)]
         self.pref_eval = pref_eval
         self.builtin_task = builtin_task
         self.prompts_seen_in_training = prompts_seen_in_training
-        self.implicit_reward = METHODS[cfg.method.name].implicit_reward  # behind eval/pref_accuracy
-        # From task_seed, not seed: fixed across evals of a run (curves compare like with like) and
-        # across the training seeds of a sweep (every run faces the same reference samples).
-        self.seed = cfg.task_seed + 10_007
+        self.implicit_reward = settings.implicit_reward  # behind eval/pref_accuracy
+        self.seed = settings.seed
         self.pairwise = hasattr(judge, "compare")
         self.reference = self._reference_side()
         self.judge_metrics = self._judge_accuracy(list(held_out_pairs or []))  # fixed for the run: scored once
@@ -126,21 +139,21 @@ class Evaluator:
         def write(path):
             (path / "judge_accuracy.json").write_text(json.dumps(judge_accuracy(self.judge, pairs)))
 
-        metrics, _, _ = cache.load_cached(self.cfg.cache_dir, "judge_accuracy", key, write,
+        metrics, _, _ = cache.load_cached(self.settings.cache_dir, "judge_accuracy", key, write,
                                           lambda path: json.loads((path / "judge_accuracy.json").read_text()))
         return metrics
 
     def _sample(self, model):
-        e = self.cfg.eval
+        e = self.settings
         return sample(model, self.models.tokenizer, self.sample_prompts, max_new_tokens=e.max_new_tokens,
-                      temperature=e.temperature, max_prompt_length=self.cfg.train.max_prompt_length,
+                      temperature=e.temperature, max_prompt_length=e.max_prompt_length,
                       batch_size=e.batch_size, seed=self.seed, device=self.models.device)
 
     def _reference_side(self) -> dict:
-        e = self.cfg.eval
+        e = self.settings
         key = cache.content_key("ref-eval-v3", self.models.key, self.sample_prompts, e.max_new_tokens, e.temperature,
-                                self.cfg.train.max_prompt_length, self.seed, self.judge.name,
-                                self.cfg.judge.get("path"), getattr(self.judge, "key", None))  # which reward model
+                                e.max_prompt_length, self.seed, self.judge.name,
+                                e.judge_path, getattr(self.judge, "key", None))  # which reward model
 
         def write(path):
             with self.models.reference_model() as ref:
@@ -154,7 +167,7 @@ class Evaluator:
                 side["gold"] = [task.gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses)]
             (path / "reference.json").write_text(json.dumps(side))
 
-        side, _, self.cache_hit = cache.load_cached(self.cfg.cache_dir, "ref_eval", key, write,
+        side, _, self.cache_hit = cache.load_cached(self.settings.cache_dir, "ref_eval", key, write,
                                                     lambda path: json.loads((path / "reference.json").read_text()))
         return side
 
@@ -196,7 +209,7 @@ class Evaluator:
     @torch.no_grad()
     def _sampled_kl(self, policy, samples) -> torch.Tensor:
         """Per-sample sum_t (log pi - log pi_ref) over the policy's own samples, on the CPU."""
-        e, device = self.cfg.eval, self.models.device
+        e, device = self.settings, self.models.device
         was_training = policy.training
         policy.eval()
         policy_logps = response_token_logps(policy, samples, e.batch_size, device)
@@ -239,7 +252,7 @@ class Evaluator:
         tokens, ref = self.pref_eval
         was_training = policy.training
         policy.eval()
-        pol = pair_logps(policy, tokens, self.cfg.eval.batch_size, self.models.device, self.models.padding_free)
+        pol = pair_logps(policy, tokens, self.settings.batch_size, self.models.device, self.models.padding_free)
         policy.train(was_training)
         reward = self.implicit_reward
         margin = (reward(pol["chosen"], ref["chosen"], pol["chosen_n"])

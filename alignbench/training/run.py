@@ -48,7 +48,7 @@ def run_params(cfg, prepared: Prepared | None = None, method_params: dict | None
     params = {k: v for k, v in flat(OmegaConf.to_container(cfg, resolve=True)).items()
               if k in KEY_PARAMS or k.startswith(KEY_PARAM_PREFIXES)}
     params["eval.kl_estimator"] = KL_ESTIMATOR
-    params["eval.win_rate_ci"] = win_rate_ci_method(int(cfg.eval.get("samples_per_prompt", 1)))
+    params["eval.win_rate_ci"] = win_rate_ci_method(int(cfg.eval.samples_per_prompt))
     params.update(method_params or {})
     if prepared is not None:
         params["data.n_train"] = len(prepared.train_records)

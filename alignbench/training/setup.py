@@ -19,7 +19,7 @@ from alignbench.data.measuring import LengthLimits
 from alignbench.data.parsing import chat_prompts
 from alignbench.data.preparing import SplitRows, distinct_prompts, load_preference_data, read_split_rows, sft_corpus
 from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord
-from alignbench.evaluation.evaluator import Evaluator
+from alignbench.evaluation.evaluator import EvalSettings, Evaluator
 from alignbench.evaluation.judges import GoldJudge, RewardModelJudge
 from alignbench.evaluation.pairwise_judge import PairwiseJudge
 from alignbench.methods import METHODS
@@ -162,6 +162,18 @@ def reward_model_settings(cfg) -> RewardModelSettings:
                                score_batch_size=int(cfg.eval.batch_size), cache_dir=cfg.cache_dir)
 
 
+def eval_settings(cfg) -> EvalSettings:
+    """The evaluation's settings. The sampling seed comes from task_seed, not seed: fixed across the
+    evaluations of a run (curves compare like with like) and across the training seeds of a sweep
+    (every run faces the same reference samples)."""
+    e, path = cfg.eval, cfg.judge.get("path")
+    return EvalSettings(max_new_tokens=int(e.max_new_tokens), temperature=float(e.temperature),
+                        batch_size=int(e.batch_size), max_prompt_length=int(cfg.train.max_prompt_length),
+                        samples_per_prompt=int(e.samples_per_prompt), seed=int(cfg.task_seed) + 10_007,
+                        judge_path=None if path is None else str(path),
+                        implicit_reward=METHODS[cfg.method.name].implicit_reward, cache_dir=cfg.cache_dir)
+
+
 def make_evaluator(cfg, loaded: LoadedData, builtin_task: bool) -> Evaluator:
     """The judge and the evaluator, with the held-out pairs' reference log-probs (cached) for pref accuracy."""
     models = loaded.models
@@ -171,8 +183,8 @@ def make_evaluator(cfg, loaded: LoadedData, builtin_task: bool) -> Evaluator:
         tokens = cached_tokenize_pairs(cfg, paired_eval, models.tokenizer, models.key)
         pref_eval = (tokens, reference_pair_logps(cfg, models, tokens))
     judge = make_judge(cfg, models, loaded.train_records)
-    return Evaluator(cfg, models, judge, loaded.eval_prompts, pref_eval, builtin_task, loaded.prompts_seen_in_training,
-                     held_out_pairs=paired_eval)
+    return Evaluator(eval_settings(cfg), models, judge, loaded.eval_prompts, pref_eval, builtin_task,
+                     loaded.prompts_seen_in_training, held_out_pairs=paired_eval)
 
 
 def prepare(cfg) -> Prepared:
