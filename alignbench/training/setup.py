@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -31,22 +32,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Prepared:
-    """Everything a run needs before its first optimiser step."""
-
-    models: Models
-    train_records: list
-    eval_records: list
-    eval_prompts: list[str]
-    drops: dict
-    evaluator: Evaluator
-    builtin_task: bool
-    timings: dict = field(default_factory=dict)
-    prompts_seen_in_training: int = 0
-    truncated: dict = field(default_factory=dict)  # train records cut to fit, by part (prompt, response)
-
-
-@dataclass
 class LoadedData:
     """The models and the data split of one run, before the judge and evaluator exist.
 
@@ -62,6 +47,16 @@ class LoadedData:
     drops: dict
     prompts_seen_in_training: int = 0
     truncated: dict = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class Prepared(LoadedData):
+    """Everything a run needs before its first optimiser step: the loaded data and models, and the
+    judge's evaluator built on them."""
+
+    evaluator: Evaluator
+    builtin_task: bool
+    timings: dict = field(default_factory=dict)
 
 
 def count_seen_in_training(held_out_prompts, training_prompts) -> int:
@@ -197,6 +192,5 @@ def prepare(cfg) -> Prepared:
     loaded = load_builtin_task(cfg) if builtin_task else load_data_set(cfg)
     require_pairs_unless_kto(cfg, loaded.train_records)
     evaluator = make_evaluator(cfg, loaded, builtin_task)
-    return Prepared(loaded.models, loaded.train_records, loaded.eval_records, loaded.eval_prompts, dict(loaded.drops),
-                    evaluator, builtin_task, {"setup_seconds": time.time() - t0}, loaded.prompts_seen_in_training,
-                    dict(loaded.truncated))
+    return Prepared(**{f.name: getattr(loaded, f.name) for f in dataclasses.fields(LoadedData)},
+                    evaluator=evaluator, builtin_task=builtin_task, timings={"setup_seconds": time.time() - t0})
