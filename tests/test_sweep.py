@@ -278,7 +278,7 @@ def test_search_spaces_cover_every_method_and_are_valid():
 
 def test_sampler_is_seeded_per_trial_count():
     p = plan("sweep.methods=[dpo]")
-    a = [studies_mod.make_sampler(p, "dpo", 0, k) for k in (0, 0, 1)]
+    a = [studies_mod.make_sampler(p, "dpo", k) for k in (0, 0, 1)]
     draws = []
     for s in a:
         study = optuna.create_study(sampler=s, direction="maximize")

@@ -54,9 +54,10 @@ class _GridSampler(optuna.samplers.GridSampler):
         pass
 
 
-def make_sampler(plan: Plan, method: str, worker: int, n_existing: int):
-    """A fresh seeded sampler per ask: the params of trial k depend only on (seed, method, worker, k)."""
-    seed = zlib.crc32(f"{plan.seed}/{method}/{worker}/{n_existing}".encode())
+def make_sampler(plan: Plan, method: str, number: int):
+    """A fresh seeded sampler per ask: the params of trial k depend only on (seed, method, k) and
+    the trials it is shown (`propose_params`), not on which worker asks it."""
+    seed = zlib.crc32(f"{plan.seed}/{method}/{number}".encode())
     if plan.sampler.get("type") == "grid":  # every combination of the `choices` once (e.g. a beta grid)
         grid = {k: spec["choices"] for k, spec in plan.spaces[method].items()}
         # One seed per method, not per ask: the seed shuffles the grid, and grid ids must mean
@@ -64,5 +65,37 @@ def make_sampler(plan: Plan, method: str, worker: int, n_existing: int):
         return _GridSampler(grid, seed=zlib.crc32(f"{plan.seed}/{method}".encode()))
     if plan.objective == "pareto":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=int(plan.sampler.get("population_size", 8)))
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(plan.sampler.get("n_startup_trials", 4)),
-                                      constant_liar=plan.n_workers > 1)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(plan.sampler.get("n_startup_trials", 4)))
+
+
+def batch_start(plan: Plan, number: int) -> int:
+    """The first trial number of trial `number`'s batch: trials are proposed in batches of
+    `sweep.n_workers`, each batch from the trials before it only (all finished by then), so
+    which worker finishes first cannot change what the next batch is shown."""
+    return number - number % plan.n_workers
+
+
+def frozen_study(study, before: int, sampler=None) -> optuna.Study:
+    """An in-memory copy of `study` holding only its finished trials numbered below `before`."""
+    view = optuna.create_study(directions=[d.name.lower() for d in study.directions], sampler=sampler,
+                               pruner=optuna.pruners.NopPruner())
+    view.add_trials([t for t in study.get_trials(deepcopy=False) if t.number < before and t.state.is_finished()])
+    return view
+
+
+def propose_params(plan: Plan, method: str, study, number: int, sample) -> dict:
+    """Trial `number`'s params: `sample(trial)` on a frozen view of the trials before its batch,
+    with the sampler seeded by (seed, method, number)."""
+    view = frozen_study(study, batch_start(plan, number), make_sampler(plan, method, number))
+    return sample(view.ask())
+
+
+def should_prune(study, trial) -> bool:
+    """The study's pruner on a frozen view (the trials before this trial's batch, `BATCH_ATTR`, set
+    when it is asked), not on whatever other workers finished meanwhile."""
+    current = study._storage.get_trial(trial._trial_id)
+    before = current.user_attrs.get(BATCH_ATTR, trial.number)
+    return study.pruner.prune(frozen_study(study, before), current)
+
+
+BATCH_ATTR = "alignbench.batch_start"

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from alignbench.sweep.liveness import ACTIVE
 from alignbench.sweep.plan import Plan, compose_trial, param_overrides
 from alignbench.sweep.selection import finite_number
-from alignbench.sweep.studies import best_trial
+from alignbench.sweep.studies import best_trial, should_prune
 from alignbench.tracking import mlflow_runs as tracking
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def _eval_callback(plan: Plan, method: str, trial, job: TrialJob, progress):
         if pareto:
             return
         trial.report(float(metrics["eval/win_rate"]), step)
-        if step < last_step and trial.should_prune():
+        if step < last_step and should_prune(trial.study, trial):
             raise TrialPruned(f"pruned at step {step}: win rate {metrics['eval/win_rate']:.3f} below the median")
     return on_eval
 

@@ -10,20 +10,24 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 
 import optuna
+from optuna.trial import TrialState
 
 from alignbench.sweep.budget import count, discard, over_budget, too_many_failures
 from alignbench.sweep.confirmation import run_confirmation
 from alignbench.sweep.liveness import heartbeat_stale, reap_stale, worker_tag
 from alignbench.sweep.plan import Plan, compose_trial
 from alignbench.sweep.storage import budget_lock, make_storage
-from alignbench.sweep.studies import load_study, make_sampler
+from alignbench.sweep.studies import BATCH_ATTR, batch_start, load_study, make_sampler, propose_params
 from alignbench.sweep.policies import prune_policies
 from alignbench.sweep.race import run_race
-from alignbench.sweep.trials import enqueue_resumable, run_trial
+from alignbench.sweep.trials import enqueue_resumable, run_trial, sample_params
 
 log = logging.getLogger(__name__)
+
+BATCH_POLL_S = 0.5  # how often a worker waiting for the previous batch looks again
 
 
 def run_method(plan: Plan, method: str, storage, parent_run_id: str, worker: int = 0, progress=None) -> str:
@@ -40,15 +44,39 @@ def run_method(plan: Plan, method: str, storage, parent_run_id: str, worker: int
             if c.done + c.running >= plan.n_trials:
                 return "done"  # the rest is running in other workers; their own loops refill on failure
             enqueue_resumable(plan, study)
-            study.sampler = make_sampler(plan, method, worker, len(study.get_trials(deepcopy=False)))
-            trial = study.ask()
-            trial.set_user_attr("alignbench.worker", worker_tag())
+            trial = ask_in_batch(plan, method, study)
+        if trial is None:  # the batch before this one is still running elsewhere
+            time.sleep(BATCH_POLL_S)
+            continue
         if over_budget(plan, study, trial):
             discard(study, trial, "over budget: another worker took the last slot")
             continue
         if progress is not None:
             progress.running(f"{method} trial {trial.number}", 0, None)
         run_trial(plan, method, study, trial, parent_run_id, progress)
+
+
+def ask_in_batch(plan: Plan, method: str, study):
+    """The next trial (under the budget lock): a trial asked again to resume it as it is; else a
+    new one, once every trial before its batch has finished, with params proposed from those
+    trials only (`studies.propose_params`); None while they are still running."""
+    trials = study.get_trials(deepcopy=False)
+    waiting = any(t.state == TrialState.WAITING for t in trials)
+    number = len(trials)
+    start = batch_start(plan, number)
+    if not waiting:
+        if any(t.number < start and not t.state.is_finished() for t in trials):
+            return None
+        if plan.sampler.get("type") == "grid":  # the grid's unvisited points: those of the trials asked so far
+            study.sampler = make_sampler(plan, method, number)
+        else:
+            params = propose_params(plan, method, study, number, lambda t: sample_params(t, plan.spaces[method]))
+            study.enqueue_trial(params)
+            study.sampler = optuna.samplers.RandomSampler(seed=0)  # the params are fixed: nothing to sample
+    trial = study.ask()
+    trial.set_user_attr("alignbench.worker", worker_tag())
+    trial.set_user_attr(BATCH_ATTR, batch_start(plan, trial.number))
+    return trial
 
 
 def run_worker(plan: Plan, parent_run_id: str, worker: int = 0, progress=None, storage=None) -> dict:
