@@ -21,7 +21,7 @@ from alignbench.losses.kto import mismatched_indices
 from alignbench.methods import METHODS
 from alignbench.models.logps import sequence_logps
 from alignbench.training.checkpoint import restore_checkpoint
-from alignbench.training.loop import (Optimisation, Progress, RunResult, compiled_for_training, make_accelerator,
+from alignbench.training.loop import (LoopBookkeeping, Optimisation, RunResult, compiled_for_training, make_accelerator,
                                      make_optimizer, shard)
 from alignbench.training.reference import cached_tokenize_pairs, reference_pair_logps, reference_unpaired_logps
 
@@ -157,26 +157,31 @@ def offline_loop(cfg, prepared, tracker, on_eval=None, checkpoint=None) -> RunRe
     optimisation = Optimisation(cfg, accelerator, optimizer, scheduler, params)
     rng = torch.Generator().manual_seed(cfg.seed)
     order = index_batches(data.n_examples, data.per_step, lambda n: torch.randperm(n, generator=rng))
-    progress = Progress(cfg, prepared, tracker, on_eval)
+    book = LoopBookkeeping(cfg, prepared, tracker, on_eval)
+    t = cfg.train
+    eval_every, checkpoint_every = cfg.eval.every_n_steps, t.checkpoint_every  # 0: never
     first = 1
     if checkpoint is not None:
         state = restore_checkpoint(checkpoint, models.policy, optimisation)
-        progress.restore(state)
+        book.restore(state)
         for _ in range(state.batches_drawn):  # the data position: replay the index stream
             next(order)
         first = state.step + 1
-    for step in range(first, cfg.train.max_steps + 1):
+    for step in range(first, t.max_steps + 1):
         t_step = time.time()
         idx = shard(accelerator, next(order))
         batch = {k: v[idx] for k, v in data.tokens.items() if torch.is_tensor(v)}
         batch_ref = None if data.ref is None else {k: v[idx] for k, v in data.ref.items()}
         loss, method_metrics, n_tokens = objective.batch_loss(policy, batch, batch_ref, models.device,
                                                               models.padding_free)
-        progress.tokens_seen += n_tokens
+        book.tokens_seen += n_tokens
         loss, grad_norm = optimisation.step(loss, step)
-        progress.train_time += time.time() - t_step
-        progress.log(step, lambda: optimisation.metrics(loss, grad_norm) | method_metrics())
-        progress.maybe_evaluate(step, accelerator.unwrap_model(policy))
-        progress.maybe_checkpoint(step, models.policy, optimisation, batches_drawn=step)
-    pairs_per_second = cfg.train.max_steps * cfg.train.batch_size / max(progress.train_time, 1e-9)
-    return progress.finish(timings, {"train/pairs_per_second": pairs_per_second})
+        book.train_time += time.time() - t_step
+        if step % t.log_every == 0 or step == 1:
+            book.log(step, optimisation.metrics(loss, grad_norm) | method_metrics())
+        if step == t.max_steps or (eval_every and step % eval_every == 0):
+            book.evaluate(step, accelerator.unwrap_model(policy))
+        if checkpoint_every and step % checkpoint_every == 0 and step < t.max_steps:  # a finished run needs none
+            book.checkpoint(step, models.policy, optimisation, batches_drawn=step)
+    pairs_per_second = t.max_steps * t.batch_size / max(book.train_time, 1e-9)
+    return book.finish(timings, {"train/pairs_per_second": pairs_per_second})
