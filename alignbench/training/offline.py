@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
@@ -25,8 +24,12 @@ from alignbench.training.loop import (LoopBookkeeping, Optimisation, RunResult, 
                                      make_optimizer, shard)
 from alignbench.training.reference import cached_tokenize_pairs, reference_pair_logps, reference_unpaired_logps
 
-# batch_loss(policy, batch, ref, device, padding_free) -> (mean loss, train-metrics thunk, tokens in the batch)
-BatchLoss = Callable[..., tuple]
+class BatchLoss(Protocol):
+    """An offline objective on one batch: (mean loss, its train metrics built when asked, tokens in
+    the batch). `PairedBatchLoss` (DPO, IPO, SimPO) and `UnpairedBatchLoss` (KTO) are the two."""
+
+    def __call__(self, policy, batch: dict, ref: dict | None, device,
+                 padding_free: bool) -> tuple[torch.Tensor, Callable[[], dict], int]: ...
 
 
 @dataclass(frozen=True)
@@ -46,15 +49,35 @@ def offline_objective(method) -> Objective:
         raise ValueError(f"not an offline method: {method.name}")
     params = row.params(method) if row.params else {}
     if row.unpaired:
-        return Objective(partial(kto_batch_loss, method), unpaired=True, uses_reference=row.uses_reference,
+        return Objective(UnpairedBatchLoss(row.objective(method)), unpaired=True, uses_reference=row.uses_reference,
                          params=params)
-    return Objective(partial(paired_batch_loss, pair_loss=row.objective(method)), uses_reference=row.uses_reference,
-                     params=params)
+    return Objective(PairedBatchLoss(row.objective(method)), uses_reference=row.uses_reference, params=params)
 
 
-def paired_batch_loss(policy, batch: dict, ref: dict | None, device, padding_free: bool, *, pair_loss):
+@dataclass(frozen=True)
+class PairedBatchLoss:
     """`pair_loss(chosen logps, rejected logps, chosen lengths, rejected lengths, reference)` on one
     batch: chosen and rejected in a single concatenated forward."""
+
+    pair_loss: Callable
+
+    def __call__(self, policy, batch: dict, ref: dict | None, device, padding_free: bool):
+        return paired_batch_loss(policy, batch, ref, device, padding_free, self.pair_loss)
+
+
+@dataclass(frozen=True)
+class UnpairedBatchLoss:
+    """`unpaired_loss(logps, reference logps, desirable, policy KL logps, reference KL logps)` (KTO's)
+    on one batch of single labelled examples."""
+
+    unpaired_loss: Callable
+
+    def __call__(self, policy, batch: dict, ref: dict | None, device, padding_free: bool = False):
+        return kto_batch_loss(self.unpaired_loss, policy, batch, ref, device, padding_free)
+
+
+def paired_batch_loss(policy, batch: dict, ref: dict | None, device, padding_free: bool, pair_loss):
+    """`PairedBatchLoss`'s work: the concatenated forward, the pair loss, its metrics."""
     n = batch["chosen_input_ids"].shape[0]
     width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
 
@@ -79,8 +102,8 @@ def pair_metrics(out) -> dict:
             "train/accuracy": (out.chosen_rewards > out.rejected_rewards).float().mean().item()}
 
 
-def kto_batch_loss(method_cfg, policy, batch: dict, ref: dict, device, padding_free: bool = False):
-    """An unpaired objective (KTO's) on one batch of single examples; z0 from the mismatched
+def kto_batch_loss(unpaired_loss, policy, batch: dict, ref: dict, device, padding_free: bool = False):
+    """`unpaired_loss` (KTO's) on one batch of single examples; z0 from the mismatched
     (prompt_i, completion_j) pairs."""
     ids, attn, resp = trim_padding(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
     logps, _ = sequence_logps(policy, ids.to(device), attn.to(device), resp.to(device), padding_free)
@@ -92,7 +115,6 @@ def kto_batch_loss(method_cfg, policy, batch: dict, ref: dict, device, padding_f
         ref_kl = ref["kl_logps"].to(device)
     from accelerate.utils import reduce  # z0 is the whole batch's: averaged over DDP processes
 
-    unpaired_loss = METHODS[method_cfg.name].objective(method_cfg)
     out = unpaired_loss(logps, ref["logps"].to(device), batch["desirable"].to(device), policy_kl, ref_kl,
                         mean_across_processes=lambda kl: reduce(kl, reduction="mean"))
     metrics = lambda: {"train/reward": out.rewards.mean().item(), "train/kl_z0": float(out.kl)}  # noqa: E731
