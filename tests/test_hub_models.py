@@ -279,6 +279,7 @@ def test_kto_z0_is_the_mean_across_processes():
 def test_kto_batch_loss_reduces_z0_across_processes(hub_dir, monkeypatch):
     import accelerate.utils
 
+    from alignbench.methods import METHODS
     from alignbench.training.offline import kto_batch_loss, kto_tokens
 
     cfg = hub_cfg(hub_dir, "method=kto")
@@ -288,7 +289,7 @@ def test_kto_batch_loss_reduces_z0_across_processes(hub_dir, monkeypatch):
     tokens = kto_tokens(records, models.tokenizer, cfg)
     batch = {k: v for k, v in tokens.items() if torch.is_tensor(v)}
     ref = {"logps": torch.zeros(len(records)), "kl_logps": torch.zeros(len(records))}
-    _, metrics, _ = kto_batch_loss(cfg.method, models.policy, batch, ref, CPU)
+    _, metrics, _ = kto_batch_loss(METHODS["kto"].objective(cfg.method), models.policy, batch, ref, CPU)
     assert len(reductions) == 1  # one process here: the reduction runs and changes nothing
     with torch.no_grad():
         kl_logps, _ = sequence_logps(models.policy, batch["kl_input_ids"], batch["kl_attention_mask"],

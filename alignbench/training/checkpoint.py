@@ -48,7 +48,7 @@ def save_policy(models, tracker) -> None:
 
 @dataclass
 class LoopState:
-    """A loop's position and bookkeeping: what `Progress` needs to go on from a checkpoint."""
+    """A loop's position and bookkeeping: what `LoopBookkeeping` needs to go on from a checkpoint."""
 
     step: int
     batches_drawn: int

@@ -56,7 +56,7 @@ def compiled_for_training(cfg, policy):
     """`train.compile`: the policy's training forward (and with it the backward) under `torch.compile`,
     dynamic shapes because packed rows change length every step. Off by default: on a 2-core CPU
     compiling (~2 minutes) costs more than its faster steps save over a default run (README,
-    Performance). Evaluation and checkpoints use the eager module (`Progress.maybe_evaluate` unwraps it)."""
+    Performance). Evaluation and checkpoints use the eager module (`LoopBookkeeping.evaluate` unwraps it)."""
     return torch.compile(policy, dynamic=True) if cfg.train.get("compile") else policy
 
 
@@ -117,9 +117,10 @@ class Optimisation:
 
 
 @dataclass
-class Progress:
-    """A loop's log and eval triggers and its bookkeeping: seconds training and evaluating, tokens
-    seen, every eval so far (the last one is the run's result)."""
+class LoopBookkeeping:
+    """What a loop writes down as it goes: seconds training and evaluating, tokens seen, every eval
+    so far (the last one is the run's result); and the logging, evaluation and checkpoint it is told
+    to do. When to do them is each loop's own `if step % ...` lines."""
 
     cfg: object
     prepared: object
@@ -131,26 +132,19 @@ class Progress:
     eval_time: float = 0.0
     tokens_seen: int = 0
 
-    def log(self, step: int, metrics) -> None:
-        """Log `metrics()` (built only when due) at step 1 and every `train.log_every` steps."""
-        if step % self.cfg.train.log_every == 0 or step == 1:
-            self.tracker.log_metrics(metrics(), step)
+    def log(self, step: int, metrics: dict) -> None:
+        self.tracker.log_metrics(metrics, step)
 
-    def maybe_evaluate(self, step: int, policy) -> None:
-        """Evaluate every `eval.every_n_steps` steps (0: never) and at the last step."""
-        every = self.cfg.eval.every_n_steps
-        if step == self.cfg.train.max_steps or (every and step % every == 0):
-            t_eval = time.time()
-            policy = getattr(policy, "_orig_mod", policy)  # eager for sampling: a compiled one recompiles per shape
-            self.result = run_evaluation(self.prepared, policy, step, self.tracker, self.on_eval, self.history)
-            self.eval_time += time.time() - t_eval
+    def evaluate(self, step: int, policy) -> None:
+        """One evaluation of `policy` (its eager module: a compiled one would recompile per shape)."""
+        t_eval = time.time()
+        policy = getattr(policy, "_orig_mod", policy)
+        self.result = run_evaluation(self.prepared, policy, step, self.tracker, self.on_eval, self.history)
+        self.eval_time += time.time() - t_eval
 
-    def maybe_checkpoint(self, step: int, policy, optimisation: Optimisation, batches_drawn: int) -> None:
-        """Every `train.checkpoint_every` steps (0: never; not at the last step, the run is done then)."""
-        every = self.cfg.train.checkpoint_every
-        if every and step % every == 0 and step < self.cfg.train.max_steps:
-            state = LoopState(step, batches_drawn, self.history, self.train_time, self.eval_time, self.tokens_seen)
-            save_checkpoint(self.cfg, self.tracker, policy, optimisation, state)
+    def checkpoint(self, step: int, policy, optimisation: Optimisation, batches_drawn: int) -> None:
+        state = LoopState(step, batches_drawn, self.history, self.train_time, self.eval_time, self.tokens_seen)
+        save_checkpoint(self.cfg, self.tracker, policy, optimisation, state)
 
     def restore(self, state: LoopState) -> None:
         """Go on from a checkpoint's bookkeeping (its eval history, seconds and tokens so far)."""

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
@@ -21,12 +20,16 @@ from alignbench.losses.kto import mismatched_indices
 from alignbench.methods import METHODS
 from alignbench.models.logps import sequence_logps
 from alignbench.training.checkpoint import restore_checkpoint
-from alignbench.training.loop import (Optimisation, Progress, RunResult, compiled_for_training, make_accelerator,
+from alignbench.training.loop import (LoopBookkeeping, Optimisation, RunResult, compiled_for_training, make_accelerator,
                                      make_optimizer, shard)
 from alignbench.training.reference import cached_tokenize_pairs, reference_pair_logps, reference_unpaired_logps
 
-# batch_loss(policy, batch, ref, device, padding_free) -> (mean loss, train-metrics thunk, tokens in the batch)
-BatchLoss = Callable[..., tuple]
+class BatchLoss(Protocol):
+    """An offline objective on one batch: (mean loss, its train metrics built when asked, tokens in
+    the batch). `PairedBatchLoss` (DPO, IPO, SimPO) and `UnpairedBatchLoss` (KTO) are the two."""
+
+    def __call__(self, policy, batch: dict, ref: dict | None, device,
+                 padding_free: bool) -> tuple[torch.Tensor, Callable[[], dict], int]: ...
 
 
 @dataclass(frozen=True)
@@ -46,15 +49,35 @@ def offline_objective(method) -> Objective:
         raise ValueError(f"not an offline method: {method.name}")
     params = row.params(method) if row.params else {}
     if row.unpaired:
-        return Objective(partial(kto_batch_loss, method), unpaired=True, uses_reference=row.uses_reference,
+        return Objective(UnpairedBatchLoss(row.objective(method)), unpaired=True, uses_reference=row.uses_reference,
                          params=params)
-    return Objective(partial(paired_batch_loss, pair_loss=row.objective(method)), uses_reference=row.uses_reference,
-                     params=params)
+    return Objective(PairedBatchLoss(row.objective(method)), uses_reference=row.uses_reference, params=params)
 
 
-def paired_batch_loss(policy, batch: dict, ref: dict | None, device, padding_free: bool, *, pair_loss):
+@dataclass(frozen=True)
+class PairedBatchLoss:
     """`pair_loss(chosen logps, rejected logps, chosen lengths, rejected lengths, reference)` on one
     batch: chosen and rejected in a single concatenated forward."""
+
+    pair_loss: Callable
+
+    def __call__(self, policy, batch: dict, ref: dict | None, device, padding_free: bool):
+        return paired_batch_loss(policy, batch, ref, device, padding_free, self.pair_loss)
+
+
+@dataclass(frozen=True)
+class UnpairedBatchLoss:
+    """`unpaired_loss(logps, reference logps, desirable, policy KL logps, reference KL logps)` (KTO's)
+    on one batch of single labelled examples."""
+
+    unpaired_loss: Callable
+
+    def __call__(self, policy, batch: dict, ref: dict | None, device, padding_free: bool = False):
+        return kto_batch_loss(self.unpaired_loss, policy, batch, ref, device, padding_free)
+
+
+def paired_batch_loss(policy, batch: dict, ref: dict | None, device, padding_free: bool, pair_loss):
+    """`PairedBatchLoss`'s work: the concatenated forward, the pair loss, its metrics."""
     n = batch["chosen_input_ids"].shape[0]
     width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
 
@@ -79,8 +102,8 @@ def pair_metrics(out) -> dict:
             "train/accuracy": (out.chosen_rewards > out.rejected_rewards).float().mean().item()}
 
 
-def kto_batch_loss(method_cfg, policy, batch: dict, ref: dict, device, padding_free: bool = False):
-    """An unpaired objective (KTO's) on one batch of single examples; z0 from the mismatched
+def kto_batch_loss(unpaired_loss, policy, batch: dict, ref: dict, device, padding_free: bool = False):
+    """`unpaired_loss` (KTO's) on one batch of single examples; z0 from the mismatched
     (prompt_i, completion_j) pairs."""
     ids, attn, resp = trim_padding(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
     logps, _ = sequence_logps(policy, ids.to(device), attn.to(device), resp.to(device), padding_free)
@@ -92,7 +115,6 @@ def kto_batch_loss(method_cfg, policy, batch: dict, ref: dict, device, padding_f
         ref_kl = ref["kl_logps"].to(device)
     from accelerate.utils import reduce  # z0 is the whole batch's: averaged over DDP processes
 
-    unpaired_loss = METHODS[method_cfg.name].objective(method_cfg)
     out = unpaired_loss(logps, ref["logps"].to(device), batch["desirable"].to(device), policy_kl, ref_kl,
                         mean_across_processes=lambda kl: reduce(kl, reduction="mean"))
     metrics = lambda: {"train/reward": out.rewards.mean().item(), "train/kl_z0": float(out.kl)}  # noqa: E731
@@ -157,26 +179,31 @@ def offline_loop(cfg, prepared, tracker, on_eval=None, checkpoint=None) -> RunRe
     optimisation = Optimisation(cfg, accelerator, optimizer, scheduler, params)
     rng = torch.Generator().manual_seed(cfg.seed)
     order = index_batches(data.n_examples, data.per_step, lambda n: torch.randperm(n, generator=rng))
-    progress = Progress(cfg, prepared, tracker, on_eval)
+    book = LoopBookkeeping(cfg, prepared, tracker, on_eval)
+    t = cfg.train
+    eval_every, checkpoint_every = cfg.eval.every_n_steps, t.checkpoint_every  # 0: never
     first = 1
     if checkpoint is not None:
         state = restore_checkpoint(checkpoint, models.policy, optimisation)
-        progress.restore(state)
+        book.restore(state)
         for _ in range(state.batches_drawn):  # the data position: replay the index stream
             next(order)
         first = state.step + 1
-    for step in range(first, cfg.train.max_steps + 1):
+    for step in range(first, t.max_steps + 1):
         t_step = time.time()
         idx = shard(accelerator, next(order))
         batch = {k: v[idx] for k, v in data.tokens.items() if torch.is_tensor(v)}
         batch_ref = None if data.ref is None else {k: v[idx] for k, v in data.ref.items()}
         loss, method_metrics, n_tokens = objective.batch_loss(policy, batch, batch_ref, models.device,
                                                               models.padding_free)
-        progress.tokens_seen += n_tokens
+        book.tokens_seen += n_tokens
         loss, grad_norm = optimisation.step(loss, step)
-        progress.train_time += time.time() - t_step
-        progress.log(step, lambda: optimisation.metrics(loss, grad_norm) | method_metrics())
-        progress.maybe_evaluate(step, accelerator.unwrap_model(policy))
-        progress.maybe_checkpoint(step, models.policy, optimisation, batches_drawn=step)
-    pairs_per_second = cfg.train.max_steps * cfg.train.batch_size / max(progress.train_time, 1e-9)
-    return progress.finish(timings, {"train/pairs_per_second": pairs_per_second})
+        book.train_time += time.time() - t_step
+        if step % t.log_every == 0 or step == 1:
+            book.log(step, optimisation.metrics(loss, grad_norm) | method_metrics())
+        if step == t.max_steps or (eval_every and step % eval_every == 0):
+            book.evaluate(step, accelerator.unwrap_model(policy))
+        if checkpoint_every and step % checkpoint_every == 0 and step < t.max_steps:  # a finished run needs none
+            book.checkpoint(step, models.policy, optimisation, batches_drawn=step)
+    pairs_per_second = t.max_steps * t.batch_size / max(book.train_time, 1e-9)
+    return book.finish(timings, {"train/pairs_per_second": pairs_per_second})

@@ -46,7 +46,7 @@ from alignbench.losses.ppo import (AdaptiveKLController, clipped_policy_loss, cl
 from alignbench.methods import METHODS
 from alignbench.models.generation import Samples, response_token_logps, sample
 from alignbench.models.logps import position_ids_from_mask, token_logps
-from alignbench.training.loop import (Optimisation, Progress, RunResult, make_accelerator, make_optimizer,
+from alignbench.training.loop import (LoopBookkeeping, Optimisation, RunResult, make_accelerator, make_optimizer,
                                       shard)
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def rollout_stats(samples: Samples, mask, seq_kl, kl_coef: float, scores, return
 
 
 def minibatch_step(cfg, learner: Learner, rollout: Rollout, idx, counters: Counters, epoch: int,
-                   progress: Progress) -> float:
+                   book: LoopBookkeeping) -> float:
     """Step 6, one minibatch: clipped surrogate (+ vf_coef x clipped value loss), one optimiser
     step, its log and eval triggers. Returns the minibatch's approximate KL to the rollout policy."""
     m, critic_free = cfg.method, learner.value_head is None
@@ -245,9 +245,9 @@ def minibatch_step(cfg, learner: Learner, rollout: Rollout, idx, counters: Count
     counters.step += 1
     step = counters.step
     loss, grad_norm = learner.optimisation.step(loss, step)
-    progress.tokens_seen += int(rollout.attn[idx].sum())
+    book.tokens_seen += int(rollout.attn[idx].sum())
     approx_kl_value = approx_kl.item()
-    progress.train_time += time.time() - t_step
+    book.train_time += time.time() - t_step
 
     def metrics() -> dict:
         out = dict(rollout.stats)
@@ -261,13 +261,16 @@ def minibatch_step(cfg, learner: Learner, rollout: Rollout, idx, counters: Count
                         "ppo/value_mean": masked_mean(values.detach(), mb_mask).item()})
         return out
 
-    progress.log(step, metrics)
-    progress.maybe_evaluate(step, learner.unwrapped)
+    eval_every = cfg.eval.every_n_steps  # 0: only at the end
+    if step % cfg.train.log_every == 0 or step == 1:
+        book.log(step, metrics())
+    if step == cfg.train.max_steps or (eval_every and step % eval_every == 0):
+        book.evaluate(step, learner.unwrapped)
     return approx_kl_value
 
 
 def optimise_on_rollout(cfg, learner: Learner, rollout: Rollout, perm_gen, counters: Counters,
-                        progress: Progress) -> None:
+                        book: LoopBookkeeping) -> None:
     """Step 6: `ppo_epochs` x `n_minibatches` clipped updates on this batch, until the step budget."""
     m = cfg.method
     mb_size = max(1, m.rollout_batch_size // m.n_minibatches)
@@ -279,7 +282,7 @@ def optimise_on_rollout(cfg, learner: Learner, rollout: Rollout, perm_gen, count
             if counters.step >= cfg.train.max_steps:
                 break
             idx = shard(accelerator, order[start:start + mb_size]).to(device)
-            epoch_approx_kl.append(minibatch_step(cfg, learner, rollout, idx, counters, epoch, progress))
+            epoch_approx_kl.append(minibatch_step(cfg, learner, rollout, idx, counters, epoch, book))
         # target-KL early stop (cleanrl `target_kl`): the policy moved too far from the rollout
         # policy in this epoch; skip the remaining epochs and sample a fresh batch.
         if m.target_kl is not None and epoch_approx_kl and sum(epoch_approx_kl) / len(epoch_approx_kl) > m.target_kl:
@@ -302,21 +305,21 @@ def online_loop(cfg, prepared, tracker, on_eval=None, critic_free: bool = False)
     prompts = list(dict.fromkeys(r.prompt for r in prepared.train_records))
     stream = _prompt_stream(prompts, m.rollout_batch_size, cfg.seed, repeats=m.rloo_k if critic_free else 1)
     perm_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    counters, progress = Counters(), Progress(cfg, prepared, tracker, on_eval)
+    counters, book = Counters(), LoopBookkeeping(cfg, prepared, tracker, on_eval)
     while counters.step < cfg.train.max_steps:
         t_rollout = time.time()
         rollout = collect_rollout(cfg, prepared, learner, reward_model, next(stream), counters.rollouts, kl_coef,
                                   critic_free)
         counters.rollouts += 1
-        progress.train_time += time.time() - t_rollout
-        optimise_on_rollout(cfg, learner, rollout, perm_gen, counters, progress)
+        book.train_time += time.time() - t_rollout
+        optimise_on_rollout(cfg, learner, rollout, perm_gen, counters, book)
         # 7. adaptive KL coefficient (Ziegler et al. 2019), from this batch's sequence KL
         if kl_ctl is not None:
             kl_coef = kl_ctl.update(rollout.seq_kl.mean().item(), len(rollout.samples.prompts))
 
     summary = {"ppo/rollouts": float(counters.rollouts), "ppo/early_stops": float(counters.early_stops),
                "ppo/final_kl_coef": kl_coef,
-               "train/samples_per_second": counters.rollouts * m.rollout_batch_size / max(progress.train_time, 1e-9)}
+               "train/samples_per_second": counters.rollouts * m.rollout_batch_size / max(book.train_time, 1e-9)}
     if reward_model is not None:
         summary.update(reward_model.stats)
-    return progress.finish(timings, summary)
+    return book.finish(timings, summary)
