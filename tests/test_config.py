@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,12 @@ def test_every_method_model_data_judge_composes_and_validates(method, model, dat
         overrides.append("judge.path=HuggingFaceTB/SmolLM2-135M-Instruct")
     cfg = compose(overrides)
     assert (cfg.method.name, cfg.model.name, cfg.data.name, cfg.judge.name) == (method, model, data, judge)
-    if judge == "gold" and data != "builtin":  # invalid by design: the gold reward is the built-in task's
+    if cfg.model.get("gguf") and find_spec(cfg.model.gguf.package) is None:  # `make real` not run here
+        with pytest.raises(ConfigError) as err:
+            validate(cfg)
+        assert str(err.value) == (f"model.gguf.package={cfg.model.gguf.package}: not installed; "
+                                  f"install it with {cfg.model.gguf.install}")
+    elif judge == "gold" and data != "builtin":  # invalid by design: the gold reward is the built-in task's
         with pytest.raises(ConfigError) as err:
             validate(cfg)
         assert str(err.value) == (f"judge=gold: the gold reward exists only on data=builtin (data={data}); "

@@ -59,7 +59,8 @@ def test_kill_9_of_one_worker_on_postgres_the_others_carry_on(workdir, pg_url, m
     experiment = "fault-kill9"
     args = ["sweep=smoke", "sweep.methods=[dpo]", "sweep.n_trials=2", f"sweep.experiment={experiment}",
             f"sweep.storage={pg_url}", f"tracking.uri={mlflow_server.uri}",
-            "sweep.heartbeat_interval=1", "sweep.grace_period=3", "fault.sleep_per_step=2"]
+            "sweep.heartbeat_interval=1", "sweep.grace_period=3", "fault.sleep_per_step=2",
+                "sweep.batch_trials=2"]
     procs = start_workers(2, args, workdir, "kill9")
     pids = {p.pid for p, _ in procs}
     name = f"{experiment}/dpo"

@@ -30,7 +30,8 @@ def test_three_workers_share_one_study_on_postgres(workdir, pg_url, mlflow_serve
     warm_cache()
     experiment = "pg-three-workers"
     args = ["sweep=smoke", "sweep.methods=[dpo]", "sweep.n_trials=4", f"sweep.experiment={experiment}",
-            f"sweep.storage={pg_url}", f"tracking.uri={mlflow_server.uri}", "sweep.heartbeat_interval=5"]
+            f"sweep.storage={pg_url}", f"tracking.uri={mlflow_server.uri}", "sweep.heartbeat_interval=5",
+            "sweep.batch_trials=3"]
     t0 = time.time()
     procs = start_workers(3, args, workdir, "pg")
     wait_all(procs)

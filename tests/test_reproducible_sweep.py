@@ -40,4 +40,3 @@ def test_two_sweeps_from_scratch_agree(tmp_path, monkeypatch, shared_cache):
     assert first[0] == second[0]
     assert first[1] == second[1]
     assert sum(len(v) for v in first[1].values()) >= 10  # 4 trials x 2 methods, 1 confirmation each
-    print(first[0])

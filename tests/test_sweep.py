@@ -231,6 +231,7 @@ def test_stale_running_trial_is_failed_and_its_run_killed(workdir):
     (("sweep.methods=[dpo]", "sweep.objective=best"), "sweep.objective=best"),
     (("sweep.methods=[ipo]", "method.beta=0.2"), "method.beta"),   # ipo has no beta
     (("sweep.methods=[dpo]", "+sweep.search_space.dpo=[method.nope]"), "method.nope"),
+    (("sweep.methods=[dpo]", "sweep.batch_trials=0"), "sweep.batch_trials=0: must be an integer >= 1"),
 ])
 def test_config_error_fails_before_any_trial(workdir, overrides, message):
     sweep_keys = [o for o in overrides if o.lstrip("+").startswith("sweep")]
@@ -239,6 +240,16 @@ def test_config_error_fails_before_any_trial(workdir, overrides, message):
         sweep(*sweep_keys, user=user)
     assert message in str(exc.value) and "\n" not in str(exc.value)
     assert not Path("sweeps.journal").exists() and not Path("mlflow.db").exists()
+
+
+def test_batch_trials_is_n_workers_unless_set():
+    """Workers started apart (a launcher, other machines) name their total in sweep.batch_trials."""
+    from alignbench.sweep.plan import plan_sweep
+
+    def batch(*o):
+        return plan_sweep(compose(["sweep=smoke", "sweep.methods=[dpo]", *o]), overrides=[]).batch_trials
+
+    assert (batch(), batch("sweep.n_workers=2"), batch("sweep.batch_trials=3")) == (1, 2, 3)
 
 
 def test_cli_config_error_is_one_line(workdir):
@@ -342,7 +353,8 @@ def test_best_trial_rule_is_optunas_choice(tmp_path, pareto):
     assert complete[i].number == optunas.number == 1
     p = plan_mod.Plan(name="x", experiment="e", methods=["dpo"], n_trials=6, objective="pareto" if pareto else
                       "win_rate", seed=0, sampler={}, pruner={}, storage="", heartbeat_interval=None,
-                      grace_period=None, n_workers=1, max_failures=1, spaces={}, trial_overrides={}, tracking={})
+                      grace_period=None, n_workers=1, batch_trials=1, max_failures=1, spaces={},
+                      trial_overrides={}, tracking={})
     assert studies_mod.best_trial(p, study).number == optunas.number
     assert selection.best_index([None, float("nan")]) is None
     assert selection.best_index([0.5, 0.5], [None, 3.0], [0, 1], kl_tiebreak=True) == 1  # no KL ranks last
@@ -452,8 +464,7 @@ def test_hydra_joblib_launcher_starts_workers_that_share_the_budget(workdir):
     # has imported torch (both taking part is asserted below)
     cmd, kw = _cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+sweep.worker=0,1",
                    "sweep=smoke", NO_CONFIRM, "sweep.methods=[dpo]", "sweep.n_trials=4", *TINY,
-                   "fault.sleep_per_step=1.0",
-                   cwd=workdir)
+                   "fault.sleep_per_step=1.0", "sweep.batch_trials=2", cwd=workdir)
     kw["env"].pop("MLFLOW_TRACKING_URI", None)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -38,6 +38,7 @@ class Plan:
     heartbeat_interval: int | None
     grace_period: int | None
     n_workers: int
+    batch_trials: int            # trials proposed together from one frozen view (`studies.batch_start`)
     max_failures: int
     spaces: dict                 # method -> {key: {low, high, log, type}}
     trial_overrides: dict        # method -> overrides before the sampled params
@@ -137,6 +138,7 @@ def plan_sweep(cfg, overrides: list[str] | None = None) -> Plan:
         raise ConfigError(f"sweep.keep_policies={keep_policies}: must be best, all or none")
     no_policy = ["train.save_policy=false"] if keep_policies == "none" else []
     n_workers, worker_threads = workers_and_threads(get("n_workers", 1), user)
+    batch_trials = _check_batch_trials(get("batch_trials"), n_workers)
     spaces, trial_overrides, max_steps, train_seeds = {}, {}, {}, {}
     for m in methods:
         spaces[m] = load_space(m, search_keys.get(m))
@@ -148,7 +150,7 @@ def plan_sweep(cfg, overrides: list[str] | None = None) -> Plan:
                 n_trials=int(get("n_trials")), objective=objective, seed=int(get("seed", cfg.seed)),
                 sampler=_container(get("sampler")), pruner=pruner, storage=storage_url(get("storage")),
                 heartbeat_interval=get("heartbeat_interval"), grace_period=get("grace_period"),
-                n_workers=n_workers, max_failures=int(get("max_failures", 3)), spaces=spaces,
+                n_workers=n_workers, batch_trials=batch_trials, max_failures=int(get("max_failures", 3)), spaces=spaces,
                 trial_overrides=trial_overrides,
                 tracking={"uri": track.uri, "async_logging": bool(track.async_logging)}, max_steps=max_steps,
                 confirm_seeds=confirm_seeds, train_seeds=train_seeds, keep_policies=keep_policies,
@@ -171,6 +173,17 @@ def workers_and_threads(n_workers, user: list[str]) -> tuple[int, list[str]]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     user_threads = any(o.split("=", 1)[0].lstrip("+~") == "threads" for o in user)
     return max(1, cores), ([] if user_threads or cores == 1 else ["threads=1"])
+
+
+def _check_batch_trials(value, n_workers: int) -> int:
+    """`sweep.batch_trials`; null: this command's `n_workers`. Workers started outside alignbench
+    (a Hydra launcher, other machines) each have n_workers=1 and must name their total here, or
+    each batch holds one trial and they take turns."""
+    if value is None:
+        return n_workers
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"sweep.batch_trials={value}: must be an integer >= 1 (null: sweep.n_workers)")
+    return value
 
 
 def _check_confirm_seeds(value, key: str = "confirm_seeds") -> int:

@@ -70,9 +70,9 @@ def make_sampler(plan: Plan, method: str, number: int):
 
 def batch_start(plan: Plan, number: int) -> int:
     """The first trial number of trial `number`'s batch: trials are proposed in batches of
-    `sweep.n_workers`, each batch from the trials before it only (all finished by then), so
-    which worker finishes first cannot change what the next batch is shown."""
-    return number - number % plan.n_workers
+    `sweep.batch_trials` (default: `sweep.n_workers`), each batch from the trials before it only
+    (all finished by then), so which worker finishes first cannot change what the next batch is shown."""
+    return number - number % plan.batch_trials
 
 
 def frozen_study(study, before: int, sampler=None) -> optuna.Study:
