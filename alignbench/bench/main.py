@@ -47,6 +47,9 @@ Measurements (keys of bench.json):
   trial of that size.
 - ``peak_rss_mb``: peak resident memory (`resource.getrusage`) of a subprocess running
   `alignbench train tracking.enabled=false` with the default model, data, batch and eval sizes.
+- ``real_dpo_step_s``, ``real_dpo_throughput_vs_trl`` (not with `--quick` unless `--only real`): DPO
+  with LoRA on SmolLM2-135M-Instruct against TRL's DPOTrainer with peft (`real_model`; skipped,
+  with ``real_skipped``, without `make real`).
 - ``default_sweep_seconds`` (only with `--with-sweep`, ~10+ minutes): `alignbench sweep`, the
   default comparison, end to end with the SFT model cached (`--quick`: the smoke sweep).
 
@@ -54,7 +57,7 @@ Measurements (keys of bench.json):
 
 Here: the command line, the order of the measurements, bench.json and the table. The TRL side
 is `trl_peer`, our side and the run/step measurements `measurements`, the sweeps `sweep_timing`,
-`torch.compile` `compile_step`, the sizes `sizes`.
+`torch.compile` `compile_step`, the real model `real_model`, the sizes `sizes`.
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ from alignbench.bench.trl_peer import TRL_MISSING, trl_available
 COMPILE_KEYS = ("compile_speedup_default_run", "compiled_step_vs_eager", "eager_step_seconds",
                 "compiled_step_seconds", "compile_seconds")
 # What `--only` picks from, in the order they run (`sweep_default` is `--with-sweep`'s).
-MEASUREMENTS = ("throughput", "step", "compile", "sweep", "overhead", "overhead_default", "rss", "sweep_default")
+MEASUREMENTS = ("throughput", "step", "compile", "sweep", "overhead", "overhead_default", "rss", "real",
+                "sweep_default")
 
 
 def parse_args(argv):
@@ -121,7 +125,7 @@ def wanted(args, name: str) -> bool:
         return name in args.only
     if name == "compile":
         return args.compile == "on" or (args.compile == "auto" and not args.quick)
-    return {"rss": not args.skip_rss, "sweep_default": args.with_sweep}.get(name, True)
+    return {"rss": not args.skip_rss, "sweep_default": args.with_sweep, "real": not args.quick}.get(name, True)
 
 
 def machine_info() -> dict:
@@ -176,6 +180,13 @@ def table_rows(res: dict) -> list[tuple]:
                      f"{res['default_tracked_extra_seconds']:.2f} s of {res['default_tracked_wall_seconds']:.1f} s"))
     if "peak_rss_mb" in res:
         rows.append(("peak RSS of a default train run (MB)", res["peak_rss_mb"], "-", ""))
+    if "real_dpo_throughput_vs_trl" in res:
+        rows += [("real model: DPO+LoRA throughput vs TRL", res["real_dpo_throughput_vs_trl"], ">= 1.5",
+                  f"{res['real_ours_pairs_per_second']:.2f} vs {res['real_trl_pairs_per_second']:.2f} pairs/s"),
+                 ("real model: DPO+LoRA step (s)", res["real_dpo_step_s"], "-",
+                  f"{res['real_batch_size']} pairs x {res['real_max_length']} tokens, LoRA r={res['real_lora_r']}")]
+    elif "real_skipped" in res:
+        rows.append(("real model: DPO+LoRA vs TRL", float("nan"), ">= 1.5", f"skipped: {res['real_skipped']}"))
     if "default_sweep_seconds" in res:
         rows.append(("default comparison sweep (s)", res["default_sweep_seconds"], "-", res["default_sweep_command"]))
     return rows
@@ -239,6 +250,7 @@ def _measure_all(args, sizes: dict) -> dict:
     from alignbench.bench.compile_step import measure_compile
     from alignbench.bench.measurements import (measure_default_overhead, measure_overhead, measure_rss, measure_step,
                                                measure_throughput, throughput_config)
+    from alignbench.bench.real_model import measure_real
     from alignbench.bench.sweep_timing import measure_default_sweep, measure_sweep
 
     res: dict = {}
@@ -273,6 +285,9 @@ def _measure_all(args, sizes: dict) -> dict:
             res.update(measure_rss(args, cfg, tmp, sizes))
         elif args.only is None:
             res["peak_rss_mb"] = float("nan")
+        if wanted(args, "real"):
+            print("bench: DPO with LoRA on SmolLM2-135M, ours vs TRL with peft ...", flush=True)
+            res.update(measure_real(args, sizes))
         if wanted(args, "sweep_default"):
             print("bench: the default comparison sweep, end to end ...", flush=True)
             res.update(measure_default_sweep(args, Path(cfg.cache_dir), tmp))

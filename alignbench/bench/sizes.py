@@ -36,6 +36,7 @@ def sizes_for(args) -> dict:
         s = {"steps": 6, "sweep_steps": 4, "rounds": 1, "rss": ["train.max_steps=4", "eval.every_n_steps=0"]}
     else:
         s = {"steps": 60, "sweep_steps": None, "rounds": 2, "rss": ["train.max_steps=20", "eval.every_n_steps=0"]}
+    s["real_steps"] = 2 if args.quick else None  # None: the real model's budget (train.max_steps there)
     s["smoke"] = smoke_overrides()
     if args.steps:
         s["steps"] = args.steps

@@ -26,9 +26,10 @@ def trl_available() -> bool:
     return True
 
 
-def write_pairs_file(records, tokenizer, path: Path) -> Path:
-    """The pairs as a TRL user's .jsonl (standard text format): [BOS] in the prompt text, EOS added by TRL."""
-    bos = tokenizer.bos_token or ""
+def write_pairs_file(records, tokenizer, path: Path, add_bos: bool = True) -> Path:
+    """The pairs as a TRL user's .jsonl (standard text format): [BOS] in the prompt text unless
+    `add_bos` is off (chat-templated prompts carry their own start markers), EOS added by TRL."""
+    bos = (tokenizer.bos_token or "") if add_bos else ""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         for r in records:
@@ -90,9 +91,10 @@ def _cache_files(dataset) -> set[str]:
 
 
 def run_trl(cfg, model_path: Path, pairs_file: Path, datasets_cache: Path, max_steps: int, beta: float,
-            out_dir: str) -> dict:
+            out_dir: str, peft_config=None) -> dict:
     """One TRL DPOTrainer run as a TRL user runs it: load the model and tokenizer, load the pairs
-    file, set up (tokenise, precompute or reuse the reference log-probs), train. Seconds of the
+    file, set up (tokenise, precompute or reuse the reference log-probs), train; with `peft_config`,
+    LoRA adapters on the model (TRL's reference is then the model with its adapters off). Seconds of the
     loading, of the set-up and of the training steps, and whether the reference log-probs came
     from TRL's cache."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -107,7 +109,7 @@ def run_trl(cfg, model_path: Path, pairs_file: Path, datasets_cache: Path, max_s
     before = _cache_files(dataset)
     t1 = time.perf_counter()
     trainer = DPOTrainer(model=model, args=trl_config(cfg, out_dir, max_steps, beta), train_dataset=dataset,
-                         processing_class=tokenizer, callbacks=[timer])
+                         processing_class=tokenizer, callbacks=[timer], peft_config=peft_config)
     trainer.remove_callback(PrinterCallback)  # TRL still logs every logging_steps, into trainer.state
     hit = _cache_files(dataset) == before
     t2 = time.perf_counter()
