@@ -42,6 +42,20 @@ def make_tiny_tokenizer(vocab_size: int = 400):
     return train_tokenizer(SENTENCES * 4, vocab_size)
 
 
+def local_source(path, **fields):
+    """data=local's `DataSource` for the file at `path`: conf/data/local.yaml's values, `fields` replacing some."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from alignbench.config import CONF_DIR
+    from alignbench.training.settings import data_source
+
+    node = OmegaConf.load(CONF_DIR / "data" / "local.yaml")
+    node.path = str(path)
+    return dataclasses.replace(data_source(node), **fields)
+
+
 # --- The command line -----------------------------------------------------------------------------
 
 

@@ -20,7 +20,8 @@ from alignbench.tracking.null import NullTracker
 from alignbench.training import reference as reference_module
 from alignbench.training.reference import reference_pair_logps
 from alignbench.training.run import train
-from alignbench.training.setup import prepare, reward_model_settings
+from alignbench.training.settings import load_settings, reward_model_settings
+from alignbench.training.setup import prepare
 from helpers import FAST, count_calls
 
 
@@ -204,14 +205,14 @@ def test_a_truncated_sft_model_is_warned_about_and_rebuilt(tmp_path, caplog, mon
     cfg = compose([*TINY_CACHE_RUN, f"cache_dir={tmp_path}"])
     examples = [(f"Review {i}:", " it was good and fun.") for i in range(32)]
     device = torch.device("cpu")
-    models_module.load_builtin(cfg, examples, "test-corpus", device)
+    models_module.load_builtin(load_settings(cfg), examples, "test-corpus", device)
     (entry,) = _truncate_every_entry(tmp_path, "sft")
     assert (entry / "model.safetensors").exists()
     sft_trainings = count_calls(monkeypatch, models_module, "sft_train")
     models_module._LOADED.clear()
     cache._VERIFIED.clear()
     with caplog.at_level(logging.WARNING, logger="alignbench.cache"):
-        model, tokenizer, key, path = models_module.load_builtin(cfg, examples, "test-corpus", device)
+        model, tokenizer, key, path = models_module.load_builtin(load_settings(cfg), examples, "test-corpus", device)
     assert path == entry and len(sft_trainings) == 1 and cache.check_entry(entry) is None
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert str(entry) in warning and "model.safetensors has" in warning and "were written" in warning

@@ -3,6 +3,7 @@ tokenising preference data."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -10,14 +11,19 @@ from collections import Counter
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from alignbench.data.parsing import detect_format, parse_rows
-from alignbench.data.preparing import load_preference_data, log_drops, require_enough, split_records, to_unpaired
+from alignbench.config import CONF_DIR
+from alignbench.data.preparing import (load_preference_data, log_drops, read_split_rows, require_enough, split_records,
+                                       to_unpaired)
 from alignbench.data.reading import read_rows, read_split
 from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord
+from alignbench.training.settings import data_source
 from alignbench.data.measuring import CHARS_PER_TOKEN, LengthLimits, bound_characters, drop_huge_rows, text_chars
 from alignbench.data.tokenizing import (build_sequences, filter_records, fit_prompt, prompt_ids, tokenize_pairs,
                                         tokenize_unpaired)
+from helpers import local_source
 
 PAIRS = [
     {"prompt": "Review the film:", "chosen": " It was great.", "rejected": " It was bad."},
@@ -60,23 +66,23 @@ def _write(path, rows):
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet", ".csv"])
 def test_read_local_file_types(tmp_path, suffix):
     path = _write(tmp_path / f"prefs{suffix}", PAIRS)
-    rows = read_rows({"source": "local", "path": str(path)})
+    rows = read_rows(local_source(path))
     assert rows == PAIRS
     assert all(type(r) is dict for r in rows)
-    assert read_rows({"source": "local", "path": str(path), "max_rows": 2}) == PAIRS[:2]
+    assert read_rows(local_source(path, max_rows=2)) == PAIRS[:2]
 
 
 def test_read_json_lines_in_dot_json_and_blank_lines(tmp_path):
     path = tmp_path / "prefs.json"
     path.write_text(json.dumps(PAIRS[0]) + "\n\n" + json.dumps(PAIRS[1]) + "\n")
-    assert read_rows({"source": "local", "path": str(path)}) == PAIRS[:2]
+    assert read_rows(local_source(path)) == PAIRS[:2]
 
 
 def test_read_parquet_keeps_message_lists_plain(tmp_path):
     row = {"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
            "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "go away"}]}
     path = _write(tmp_path / "chat.parquet", [row])
-    rows = read_rows({"source": "local", "path": str(path)})
+    rows = read_rows(local_source(path))
     assert rows == [row]
     assert type(rows[0]["chosen"]) is list
 
@@ -84,7 +90,7 @@ def test_read_parquet_keeps_message_lists_plain(tmp_path):
 def test_read_csv_labels_and_empty_cells(tmp_path):
     path = _write(tmp_path / "kto.csv", [{"prompt": "Q", "completion": "", "label": True},
                                          {"prompt": "Q", "completion": "NA", "label": False}])
-    rows = read_rows({"source": "local", "path": str(path)})
+    rows = read_rows(local_source(path))
     assert rows == [{"prompt": "Q", "completion": "", "label": "True"},
                     {"prompt": "Q", "completion": "NA", "label": "False"}]  # "NA" stays text
     records, drops = parse_rows(rows)
@@ -95,27 +101,25 @@ def test_read_csv_labels_and_empty_cells(tmp_path):
 def test_read_local_errors(tmp_path):
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(DataError, match="not found.*nope.jsonl"):
-        read_rows({"source": "local", "path": str(missing)})
+        read_rows(local_source(missing))
     txt = tmp_path / "prefs.txt"
     txt.write_text("hello")
     with pytest.raises(DataError, match=r"unknown data file type '\.txt'"):
-        read_rows({"source": "local", "path": str(txt)})
+        read_rows(local_source(txt))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(PAIRS[0]) + "\n{not json\n")
     with pytest.raises(DataError, match="bad.jsonl:2: invalid JSON"):
-        read_rows({"source": "local", "path": str(bad)})
+        read_rows(local_source(bad))
     with pytest.raises(DataError, match="data.source"):
-        read_rows({"source": "ftp", "path": str(bad)})
+        read_rows(local_source(bad, source="ftp"))
     with pytest.raises(DataError, match="data.path is required"):
-        read_rows({"source": "local", "path": None})
+        data_source(OmegaConf.create({"source": "local", "path": None}))
 
 
 def test_read_missing_mandatory_path_from_omegaconf():
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create({"source": "local", "path": "???"})
-    with pytest.raises(DataError, match="data.path is required"):
-        read_rows(cfg)
+    cfg = OmegaConf.load(CONF_DIR / "data" / "local.yaml")  # path: ???
+    with pytest.raises(DataError, match=r"^data.path is required but not set \(data.path=/path/to/file.jsonl\)$"):
+        data_source(cfg)
 
 
 def test_read_hub_code_path_on_local_dataset_dir(tmp_path, monkeypatch):
@@ -126,7 +130,7 @@ def test_read_hub_code_path_on_local_dataset_dir(tmp_path, monkeypatch):
     ds_dir.mkdir()
     _write(ds_dir / "train.jsonl", PAIRS)
     _write(ds_dir / "test.jsonl", PAIRS[:1])
-    cfg = {"source": "hub", "path": str(ds_dir), "subset": None, "split": "train", "max_rows": 2}
+    cfg = local_source(ds_dir, source="hub", split="train", max_rows=2)
     assert read_rows(cfg) == PAIRS[:2]
     assert read_split(cfg, "test") == PAIRS[:1]
     with pytest.raises(DataError, match="could not load dataset .*split 'validation'"):
@@ -347,14 +351,13 @@ def test_bound_characters_and_huge_rows():
 
 
 def test_sft_steps_stop_after_max_epochs():
-    from omegaconf import OmegaConf
-
     from alignbench.models.builtin import sft_steps
+    from alignbench.models.settings import SFTSettings
 
-    sft = OmegaConf.create({"steps": 400, "batch_size": 48, "max_epochs": 3})
+    sft = SFTSettings(enabled=True, steps=400, batch_size=48, lr=1e-3, n_examples=8000, max_epochs=3, config_json="{}")
     assert sft_steps(sft, 8000) == 400  # the built-in task: 2.4 passes, every step runs
     assert sft_steps(sft, 1840) == 115  # ceil(3 * 1840 / 48)
-    assert sft_steps(OmegaConf.create({"steps": 400, "batch_size": 48}), 10) == 400
+    assert sft_steps(dataclasses.replace(sft, max_epochs=None), 10) == 400
 
 
 def test_to_unpaired_counts_and_order():
@@ -413,9 +416,8 @@ def test_load_preference_data_local(tmp_path, tiny_tokenizer):
     rows = [{"prompt": f"Review {i}:", "chosen": " good", "rejected": " bad"} for i in range(20)]
     rows += [{"prompt": "Review x:", "chosen": "", "rejected": " bad"}, {"prompt": "p" * 300, "chosen": "a", "rejected": "b"}]
     path = _write(tmp_path / "prefs.jsonl", rows)
-    cfg = {"source": "local", "path": str(path), "format": "auto", "validation_fraction": 0.1,
-           "test_fraction": 0.1, "eval_split": None}
-    data = load_preference_data(cfg, tiny_tokenizer, max_length=32, max_prompt_length=16, seed=0)
+    rows = read_split_rows(local_source(path), seed=0)
+    data = load_preference_data(rows, tiny_tokenizer, max_length=32, max_prompt_length=16)
     assert data.format == "pairs" and data.paired
     # 21 prompts a row can be kept under (the empty response's row stays in train, to be counted
     # there): 2 validation, 2 test; train keeps 16 of its 18 rows
@@ -423,20 +425,21 @@ def test_load_preference_data_local(tmp_path, tiny_tokenizer):
     assert data.drops == Counter(empty_response=1, prompt_too_long=1)
     assert data.metrics["data/kept"] == 16 and data.metrics["data/dropped/prompt_too_long"] == 1
     assert data.metrics["data/validation/kept"] == 2 and data.metrics["data/test"] == 2
-    again = load_preference_data(cfg, tiny_tokenizer, max_length=32, max_prompt_length=16, seed=0)
+    again = load_preference_data(read_split_rows(local_source(path), seed=0), tiny_tokenizer, max_length=32,
+                                 max_prompt_length=16)
     assert (again.validation, again.test) == (data.validation, data.test)
     assert data.held_out("test") == data.test
 
     with pytest.raises(DataError, match="only 16 usable rows of 18 after dropping"):
-        load_preference_data(cfg, tiny_tokenizer, max_length=32, max_prompt_length=16, seed=0, min_records=21)
+        load_preference_data(rows, tiny_tokenizer, max_length=32, max_prompt_length=16, min_records=21)
 
 
 def test_too_few_rows_after_dropping(tmp_path, tiny_tokenizer):
     rows = [{"prompt": "p", "chosen": "", "rejected": "b"}] * 6 + PAIRS
     path = _write(tmp_path / "prefs.csv", rows)
     with pytest.raises(DataError) as err:
-        load_preference_data({"source": "local", "path": str(path)}, tiny_tokenizer,
-                             max_length=64, max_prompt_length=32, seed=0)
+        load_preference_data(read_split_rows(local_source(path), seed=0), tiny_tokenizer,
+                             max_length=64, max_prompt_length=32)
     assert "only 1 usable rows of 7 after dropping: empty_response=6" in str(err.value)  # 2 prompts held out
 
 

@@ -13,11 +13,11 @@ import pytest
 
 from alignbench.config import compose
 from alignbench.data.parsing import parse_rows
-from alignbench.training.setup import length_limits
+from alignbench.training.settings import length_limits
 from alignbench.data.preparing import read_split_rows, sft_corpus
 from alignbench.data.records import DataError
 from alignbench.tracking.null import NullTracker
-from helpers import count_calls
+from helpers import count_calls, local_source
 
 _spec = importlib.util.spec_from_file_location("make_files", Path(__file__).parent / "data" / "make_files.py")
 make_files = importlib.util.module_from_spec(_spec)
@@ -96,7 +96,7 @@ def test_unreadable_files_get_one_line_naming_file_place_and_expectation(files):
                 "parquet schema": ("columns ['answer', 'question']", "expected prompt/chosen/rejected")}
     for kind, parts in expected.items():
         with pytest.raises(DataError) as err:
-            read_split_rows({"source": "local", "path": str(files[kind])}, seed=0)
+            read_split_rows(local_source(files[kind]), seed=0)
         message = str(err.value)
         assert "\n" not in message and message.startswith(str(files[kind])), message
         assert "expected" in message and all(p in message for p in parts), message
@@ -122,13 +122,13 @@ def test_a_10mb_prompt_is_dropped_before_tokenizer_sft_or_split_and_counted(work
     rows.insert(57, {"chosen": huge + " Because.", "rejected": huge + " No."})
     make_files.write_jsonl(path, rows)
     t0 = time.perf_counter()
-    split = read_split_rows({"source": "local", "path": str(path), "max_row_chars": 100_000}, seed=0)
+    split = read_split_rows(local_source(path, max_row_chars=100_000), seed=0)
     assert time.perf_counter() - t0 < 5 and split.drops["row_too_long"] == 1  # measured in characters, not tokens
     assert sum(map(len, (split.train, split.validation, split.test))) == 200
     without = workdir / "without.jsonl"
     make_files.write_jsonl(without, rows[:57] + rows[58:])
     limits = length_limits(compose(["data=local", f"data.path={without}"]))
-    same = read_split_rows({"source": "local", "path": str(without), "max_row_chars": 100_000}, seed=0)
+    same = read_split_rows(local_source(without, max_row_chars=100_000), seed=0)
     assert sft_corpus(split, limits, 8000) == sft_corpus(same, limits, 8000)  # the rest of the run is the same run
     tokenizer_texts = count_calls(monkeypatch, loading, "train_tokenizer")
     tracker = NullTracker()

@@ -9,6 +9,7 @@ import torch
 from alignbench.config import compose
 from alignbench.models.generation import decode_response, response_token_logps, sample
 from alignbench.models.builtin import build_tiny_model
+from alignbench.training.settings import model_settings
 
 PROMPTS = ["Human: What is a good book to read?", "The food was", "Tell me about the weather today.",
            "A short review", "User: hello", "Assistant: I liked the film, the acting was great"]
@@ -20,7 +21,7 @@ CPU = torch.device("cpu")
 def model(tiny_tokenizer):
     """An untrained tiny model whose EOS logit is raised, so some samples end early and some do not."""
     cfg = compose(["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2"])
-    m = build_tiny_model(cfg.model, tiny_tokenizer, seed=0)
+    m = build_tiny_model(model_settings(cfg.model).tiny, tiny_tokenizer, seed=0)
     eos_bias = torch.zeros(len(tiny_tokenizer))
     eos_bias[tiny_tokenizer.eos_token_id] = 3.0
     m.lm_head.register_forward_hook(lambda module, inputs, logits: logits + eos_bias)
@@ -109,7 +110,7 @@ def test_a_response_cut_inside_a_character_ends_on_a_whole_character(tiny_tokeni
     """A model that spells "café €" token by token, cut by the budget inside the euro sign."""
     plan = tiny_tokenizer("café €", add_special_tokens=False)["input_ids"]
     cfg = compose(["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2"])
-    m = build_tiny_model(cfg.model, tiny_tokenizer, seed=0).eval()
+    m = build_tiny_model(model_settings(cfg.model).tiny, tiny_tokenizer, seed=0).eval()
     steps = []
 
     def spell(module, inputs, logits):

@@ -23,6 +23,7 @@ from alignbench.models.loading import load_models
 from alignbench.models.logps import pair_logps, position_ids_from_mask, sequence_logps
 from alignbench.training import online
 from alignbench.training.loop import make_accelerator
+from alignbench.training.settings import load_settings, model_settings
 from alignbench.training.setup import load_data_set, prepare
 from helpers import FAST, count_calls, make_tiny_tokenizer
 
@@ -47,7 +48,7 @@ def hub_dir(tmp_path_factory):
     """A tiny Llama + tokenizer saved like a hub checkpoint, whose generation_config is far from pi."""
     tokenizer = make_tiny_tokenizer(300)
     cfg = compose(["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2"])
-    model = build_tiny_model(cfg.model, tokenizer, seed=0)
+    model = build_tiny_model(model_settings(cfg.model).tiny, tokenizer, seed=0)
     model.generation_config = not_pi_generation_config(tokenizer)
     path = tmp_path_factory.mktemp("hub") / "tiny-hub-model"
     model.save_pretrained(path, safe_serialization=True)
@@ -124,7 +125,7 @@ def pi_sampler(model, tokenizer, prompts, *, max_new_tokens, temperature, seed):
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampling_is_from_pi_whatever_the_generation_config_says(hub_dir, temperature):
-    models = load_models(hub_cfg(hub_dir))
+    models = load_models(load_settings(hub_cfg(hub_dir)))
     model, tokenizer = models.policy.eval(), models.tokenizer
     assert model.generation_config.repetition_penalty == 5.0  # the saved config is loaded, and ignored
     s = sample(model, tokenizer, PROMPTS, max_new_tokens=14, temperature=temperature, max_prompt_length=32,
@@ -198,7 +199,7 @@ def test_kl_and_log_ratios_at_step_zero_are_exactly_zero(hub_dir, tmp_path, shar
 def test_old_logps_come_from_the_policy_in_eval_mode(hub_dir):
     cfg = hub_cfg(hub_dir, "model.lora={r: 4, alpha: 8, dropout: 0.5, target_modules: [q_proj, v_proj]}",
                   "method=ppo", "method.rollout_batch_size=6", "method.max_new_tokens=8")
-    models = load_models(cfg)
+    models = load_models(load_settings(cfg))
     with torch.no_grad():
         for name, p in models.policy.named_parameters():
             if "lora_B" in name:
@@ -283,7 +284,7 @@ def test_kto_batch_loss_reduces_z0_across_processes(hub_dir, monkeypatch):
     from alignbench.training.offline import kto_batch_loss, kto_tokens
 
     cfg = hub_cfg(hub_dir, "method=kto")
-    models = load_models(cfg)
+    models = load_models(load_settings(cfg))
     reductions = count_calls(monkeypatch, accelerate.utils, "reduce")
     records = [UnpairedRecord(p, " it was great.", i % 2 == 0) for i, p in enumerate(PROMPTS)]
     tokens = kto_tokens(records, models.tokenizer, cfg)

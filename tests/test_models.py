@@ -16,6 +16,7 @@ from alignbench.models.builtin import build_tiny_model, train_tokenizer
 from alignbench.models.loading import load_models
 from alignbench.tracking.null import NullTracker
 from alignbench.training.run import train
+from alignbench.training.settings import load_settings, model_settings
 from helpers import FAST, SENTENCES
 
 
@@ -24,7 +25,7 @@ def saved_model(tmp_path):
     """A tiny causal LM + tokenizer saved like a hub checkpoint (safetensors)."""
     tokenizer = train_tokenizer(SENTENCES * 4, 300)
     cfg = compose(["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2"])
-    model = build_tiny_model(cfg.model, tokenizer, seed=0)
+    model = build_tiny_model(model_settings(cfg.model).tiny, tokenizer, seed=0)
     path = tmp_path / "tiny-hub-model"
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
@@ -37,7 +38,7 @@ def hub_cfg(path, *extra):
 
 def test_hub_model_loads_with_from_pretrained_and_full_finetuning_has_a_frozen_copy(saved_model):
     path, _, _ = saved_model
-    models = load_models(hub_cfg(path, "model.lora=null"))
+    models = load_models(load_settings(hub_cfg(path, "model.lora=null")))
     assert models.reference is not None
     assert not any(p.requires_grad for p in models.reference.parameters())
     assert models.tokenizer.pad_token is not None
@@ -45,7 +46,7 @@ def test_hub_model_loads_with_from_pretrained_and_full_finetuning_has_a_frozen_c
 
 def test_lora_reference_is_the_base_model_with_adapters_disabled(saved_model):
     path, base, tokenizer = saved_model
-    models = load_models(hub_cfg(path, "model.lora.target_modules=[q_proj,v_proj]"))
+    models = load_models(load_settings(hub_cfg(path, "model.lora.target_modules=[q_proj,v_proj]")))
     assert models.reference is None
     trainable = [n for n, p in models.policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora" in n for n in trainable)
@@ -73,7 +74,7 @@ def test_pickle_checkpoints_are_refused(saved_model, tmp_path):
     torch.save(model.state_dict(), pickled / "pytorch_model.bin")  # a pickle: could run code on load
     assert not list(pickled.glob("*.safetensors"))
     with pytest.raises(OSError):
-        load_models(hub_cfg(pickled, "model.lora=null"))
+        load_models(load_settings(hub_cfg(pickled, "model.lora=null")))
 
 
 def test_trust_remote_code_is_off_unless_asked():

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from alignbench.config import ConfigError, compose, validate
 from alignbench.models.gguf import dequantised_folder
+from alignbench.training.settings import load_settings, model_settings
 from helpers import make_tiny_tokenizer, run_cli
 
 REAL = ["model=smollm2-135m-gguf", "device=cpu"]
@@ -63,7 +64,7 @@ def packaged_file(tmp_path, monkeypatch, content: bytes):
 def test_a_file_that_is_not_gguf_is_one_line(tmp_path, monkeypatch):
     cfg = packaged_file(tmp_path, monkeypatch, b"<html>not found</html>" * 3)
     with pytest.raises(ConfigError) as err:
-        dequantised_folder(cfg)
+        dequantised_folder(model_settings(cfg.model).gguf, cfg.cache_dir)
     assert str(err.value).endswith("model.gguf: not a GGUF file (corrupt or truncated: 66 bytes)")
     assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing cached
 
@@ -72,7 +73,7 @@ def test_a_truncated_gguf_is_one_line(tmp_path, monkeypatch):
     header = b"GGUF" + struct.pack("<IQQ", 3, 272, 30)  # version 3, 272 tensors, 30 metadata pairs
     cfg = packaged_file(tmp_path, monkeypatch, header + b"\x05\x00\x00")  # then the file ends
     with pytest.raises(ConfigError) as err:
-        dequantised_folder(cfg)
+        dequantised_folder(model_settings(cfg.model).gguf, cfg.cache_dir)
     message = str(err.value)
     assert "\n" not in message and INSTALL in message
     if importlib.util.find_spec("gguf") is None:
@@ -88,16 +89,16 @@ def test_a_run_longer_than_a_hub_models_context_is_one_line(tmp_path):
     tokenizer = make_tiny_tokenizer(300)
     small = compose(["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1",
                      "model.num_heads=2", "model.context_length=96"])
-    build_tiny_model(small.model, tokenizer, seed=0).save_pretrained(tmp_path / "m", safe_serialization=True)
+    build_tiny_model(model_settings(small.model).tiny, tokenizer, seed=0).save_pretrained(tmp_path / "m", safe_serialization=True)
     tokenizer.save_pretrained(tmp_path / "m")
     hub = ["model=smollm2-135m", f"model.path={tmp_path / 'm'}", "model.lora=null", "device=cpu",
            "train.max_length=64", "train.max_prompt_length=60"]
     with pytest.raises(ConfigError) as err:
-        load_models(compose([*hub, "eval.max_new_tokens=40"]))
+        load_models(load_settings(compose([*hub, "eval.max_new_tokens=40"])))
     assert str(err.value) == ("train.max_length=64: with train.max_prompt_length=60 + eval.max_new_tokens=40, needs "
                               "100 positions > the context of model=smollm2-135m (96, max_position_embeddings); "
                               "lower them")
-    assert load_models(compose([*hub, "eval.max_new_tokens=36"])).policy.config.max_position_embeddings == 96  # fits
+    assert load_models(load_settings(compose([*hub, "eval.max_new_tokens=36"]))).policy.config.max_position_embeddings == 96  # fits
 
 
 # --------------------------------------------------------------------------- the real model (slow)
@@ -125,7 +126,7 @@ def test_the_real_model_starts_at_kl_zero_and_takes_a_dpo_step_on_lora_weights(t
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ALIGNBENCH_CACHE", str(tmp_path / "cache"))
     hh = make_files.write_jsonl(tmp_path / "hh.jsonl", make_files.hh_rows(40, seed=3))
-    base_folder = dequantised_folder(compose(REAL))
+    base_folder = dequantised_folder(model_settings(compose(REAL).model).gguf, compose(REAL).cache_dir)
     run = [*REAL, "method=dpo", "data=local", f"data.path={hh}", "judge=llm_pairwise", f"judge.path={base_folder}",
            "eval.n_prompts=4", "eval.n_pref_pairs=4", "eval.max_new_tokens=16", "train.batch_size=2"]
     prepared = prepare(compose(run))

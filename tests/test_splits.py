@@ -13,7 +13,7 @@ from alignbench.data import builtin_task as task
 from alignbench.data.preparing import (SplitRows, distinct_prompts, load_preference_data, read_split_rows,
                                        split_by_prompt)
 from alignbench.tracking.null import NullTracker
-from helpers import FAST
+from helpers import FAST, local_source
 
 # ------------------------------------------------------------------------------ the built-in task
 
@@ -108,22 +108,22 @@ def hh_rows_with_repeated_prompts() -> list[dict]:
 def test_a_file_with_repeated_prompts_splits_by_prompt(tmp_path, tiny_tokenizer):
     path = tmp_path / "hh.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in hh_rows_with_repeated_prompts()))
-    cfg = {"source": "local", "path": str(path), "format": "auto", "validation_fraction": 0.2, "test_fraction": 0.2}
-    rows = read_split_rows(cfg, seed=0)
+    source = local_source(path, validation_fraction=0.2, test_fraction=0.2)
+    rows = read_split_rows(source, seed=0)
     assert rows.format == "hh" and len(rows.train) + len(rows.validation) + len(rows.test) == 73
-    data = load_preference_data(cfg, tiny_tokenizer, max_length=400, max_prompt_length=300, seed=0, rows=rows)
+    data = load_preference_data(rows, tiny_tokenizer, max_length=400, max_prompt_length=300)
     sets = [set(distinct_prompts(part)) for part in (data.train, data.validation, data.test)]
     assert [len(s) for s in sets] == [18, 6, 6]
     assert not sets[0] & sets[1] and not sets[0] & sets[2] and not sets[1] & sets[2]
     assert any("\n\nHuman: Which one" in p for p in sets[1] | sets[2])  # long prompts are held out too
     assert len(data.train) + len(data.validation) + len(data.test) == 73  # every row of a prompt kept together
-    assert read_split_rows(cfg, seed=0) == rows and read_split_rows(cfg, seed=1) != rows
+    assert read_split_rows(source, seed=0) == rows and read_split_rows(source, seed=1) != rows
 
 
 def test_train_rows_sharing_a_held_out_prompt_are_dropped(tiny_tokenizer):
     rows = [{"prompt": f"q{i}", "chosen": " yes", "rejected": " no"} for i in range(10)]
     split = SplitRows(rows[:8] + [dict(rows[8], chosen=" sure")], [rows[8]], [rows[9]], "pairs")
-    data = load_preference_data({}, tiny_tokenizer, max_length=32, max_prompt_length=16, seed=0, rows=split)
+    data = load_preference_data(split, tiny_tokenizer, max_length=32, max_prompt_length=16)
     assert len(data.train) == 8 and data.drops["prompt_in_held_out_set"] == 1
     assert "q8" not in distinct_prompts(data.train)
 

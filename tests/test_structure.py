@@ -42,3 +42,24 @@ def test_package_inits_hold_only_a_docstring():
         code = [n for n in body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
                 and not (isinstance(n, ast.Assign) and init.parent.name == "alignbench")]  # __version__
         assert code == [], f"{init} holds code besides its docstring"
+
+
+def test_no_stage_below_training_reads_the_config_tree():
+    """data/, models/, losses/ and evaluation/ take typed settings (built once in training/settings.py),
+    never the composed config: no omegaconf import, no parameter named cfg or *_cfg."""
+    import ast
+
+    offenders = []
+    for stage in ("data", "models", "losses", "evaluation"):
+        for path in sorted((ROOT / "alignbench" / stage).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                    offenders += [f"{path.name}: imports {n}" for n in names if n.split(".")[0] == "omegaconf"]
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                    offenders += [f"{path.name}:{node.name}({a.arg})" for a in args
+                                  if a.arg == "cfg" or a.arg.endswith("_cfg")]
+    assert offenders == []
+    assert len(list((ROOT / "alignbench" / "models").rglob("*.py"))) > 5  # the walk saw the stages' files

@@ -43,15 +43,6 @@ def real_config(args, steps: int | None):
     return compose([*REAL_RUN, *extra, *args.overrides])
 
 
-def lora_config(cfg):
-    """peft's LoraConfig of the model config's `lora` block: TRL trains the same adapters as ours."""
-    from peft import LoraConfig
-
-    lora = cfg.model.lora
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-
-
 def shared_prefix_share(records, tokenizer) -> float:
     """Mean over pairs of prompt tokens / (chosen + rejected tokens): the part both sequences repeat."""
     shares = []
@@ -66,6 +57,8 @@ def shared_prefix_share(records, tokenizer) -> float:
 def measure_real(args, sizes) -> dict:
     """`real_dpo_step_s` and `real_dpo_throughput_vs_trl`, rounds alternating ours / TRL."""
     from alignbench.models.gguf import dequantised_folder
+    from alignbench.models.loading import peft_lora_config
+    from alignbench.training.settings import model_settings
     from alignbench.training.setup import prepare
 
     missing = real_model_missing()
@@ -75,14 +68,14 @@ def measure_real(args, sizes) -> dict:
     prepared = prepare(cfg)  # dequantises the GGUF once and samples the built-in pairs from the model (cached)
     records, tokenizer = prepared.train_records, prepared.models.tokenizer
     steps = cfg.train.max_steps
-    folder = dequantised_folder(cfg)
+    folder = dequantised_folder(model_settings(cfg.model).gguf, cfg.cache_dir)
     ours, trl_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         pairs = write_pairs_file(records, tokenizer, Path(tmp) / "pairs.jsonl", add_bos=False)  # chat-templated
         for _ in range(sizes["rounds"]):
             ours.append(run_ours_loop(cfg))
             trl_runs.append(run_trl(cfg, folder, pairs, Path(tmp) / "datasets", steps, cfg.method.beta, tmp,
-                                    peft_config=lora_config(cfg)))
+                                    peft_config=peft_lora_config(model_settings(cfg.model).lora)))
     best_ours = max(r["pairs_per_second"] for r in ours)
     best_trl = max(r["pairs_per_second"] for r in trl_runs)
     return {"real_dpo_step_s": min(r["step_seconds"] for r in ours),

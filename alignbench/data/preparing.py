@@ -17,7 +17,7 @@ from typing import Callable
 
 from alignbench.data.measuring import LengthLimits, bound_characters, drop_huge_rows
 from alignbench.data.parsing import detect_rows_format, parse_rows, row_prompt
-from alignbench.data.reading import cfg_value, read_rows, read_split
+from alignbench.data.reading import DataSource, read_rows, read_split
 from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord
 from alignbench.data.tokenizing import filter_records
 
@@ -138,40 +138,37 @@ class PreparedData:
         return {"validation": self.validation, "test": self.test}[split]
 
 
-def read_split_rows(data_cfg, seed: int, logger=None) -> SplitRows:
-    """Read a hub or local `data=` config and split its rows by prompt (seeded by task_seed).
+def read_split_rows(source: DataSource, seed: int, logger=None) -> SplitRows:
+    """Read a hub or local data set and split its rows by prompt (seeded by task_seed).
 
-    Held out: `data_cfg.eval_split` (hub), halved by prompt into validation and test, when set;
+    Held out: `source.eval_split` (hub), halved by prompt into validation and test, when set;
     otherwise `validation_fraction` and `test_fraction` of the prompts."""
-    fmt = cfg_value(data_cfg, "format", "auto")
-    rows, huge = drop_huge_rows(read_rows(data_cfg), cfg_value(data_cfg, "max_row_chars"))
+    fmt = source.format
+    rows, huge = drop_huge_rows(read_rows(source), source.max_row_chars)
     if not rows:
-        raise DataError(f"no usable rows in {cfg_value(data_cfg, 'path')!r}"
+        raise DataError(f"no usable rows in {source.path!r}"
                         + (f" ({huge['row_too_long']} over data.max_row_chars)" if huge else ""))
     if huge:
         (logger.info if logger is not None else print)(
-            f"data: dropped {huge['row_too_long']} rows over data.max_row_chars={cfg_value(data_cfg, 'max_row_chars')} "
+            f"data: dropped {huge['row_too_long']} rows over data.max_row_chars={source.max_row_chars} "
             "characters before parsing (row_too_long)")
     if fmt == "auto":
         try:
             fmt = detect_rows_format(rows)
         except DataError as e:
-            raise DataError(f"{cfg_value(data_cfg, 'path')}: {e}") from None
+            raise DataError(f"{source.path}: {e}") from None
 
     def prompt_of(row):
         return row_prompt(row, fmt)
 
-    eval_split = cfg_value(data_cfg, "eval_split")
-    if eval_split:
-        if cfg_value(data_cfg, "source") != "hub":
+    if source.eval_split:
+        if source.source != "hub":
             raise DataError("data.eval_split is only for hub datasets; use data.validation_fraction and "
                             "data.test_fraction for a local file")
-        held_out_rows, held_out_huge = drop_huge_rows(read_split(data_cfg, eval_split),
-                                                      cfg_value(data_cfg, "max_row_chars"))
+        held_out_rows, held_out_huge = drop_huge_rows(read_split(source, source.eval_split), source.max_row_chars)
         validation, test = halve_by_prompt(held_out_rows, prompt_of, seed)
         return SplitRows(rows, validation, test, fmt, huge + held_out_huge)
-    train, validation, test = split_by_prompt(rows, prompt_of, float(cfg_value(data_cfg, "validation_fraction", 0.1)),
-                                              float(cfg_value(data_cfg, "test_fraction", 0.1)), seed)
+    train, validation, test = split_by_prompt(rows, prompt_of, source.validation_fraction, source.test_fraction, seed)
     return SplitRows(train, validation, test, fmt, huge)
 
 
@@ -214,14 +211,11 @@ def _usable_records(rows: list[dict], fmt: str, tokenizer, limits: LengthLimits,
     return records, drops, truncated, log_drops(drops, total, logger, prefix, truncated)
 
 
-def load_preference_data(data_cfg, tokenizer, *, max_length: int, max_prompt_length: int, seed: int,
-                         long_prompts: str = "drop", min_records: int = 8, logger=None,
-                         rows: SplitRows | None = None) -> PreparedData:
-    """Parse, bound, filter and count drops (and cuts) of each set of `rows` (read and split by
-    `read_split_rows` with `seed` when not given). Rows dropped before the split are counted with
-    train's. Raises DataError when fewer than min_records train records remain, or when
-    validation or test has none."""
-    rows = rows or read_split_rows(data_cfg, seed)
+def load_preference_data(rows: SplitRows, tokenizer, *, max_length: int, max_prompt_length: int,
+                         long_prompts: str = "drop", min_records: int = 8, logger=None) -> PreparedData:
+    """Parse, bound, filter and count drops (and cuts) of each set of `rows` (`read_split_rows`).
+    Rows dropped before the split are counted with train's. Raises DataError when fewer than
+    min_records train records remain, or when validation or test has none."""
     limits = LengthLimits(max_length, max_prompt_length, long_prompts)
     validation, _, _, metrics = _usable_records(rows.validation, rows.format, tokenizer, limits, logger,
                                                 "data/validation")

@@ -1,13 +1,14 @@
 """Reading preference rows: a hub data set (`datasets.load_dataset`) or a local .jsonl/.json/.parquet/.csv
 file becomes a list of plain dicts, capped at `data.max_rows`. A local file that cannot be decoded
 or parsed (not UTF-8, binary, compressed, an array where lines were expected, a broken parquet
-file) is one DataError line naming the file, the line or byte, and what was expected. Also `cfg_value`, the one way every
-data stage reads a `data=` config (dict or OmegaConf node)."""
+file) is one DataError line naming the file, the line or byte, and what was expected. What to read is a
+`DataSource`, built from the `data=` config by training/settings.py."""
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from alignbench.data.records import DataError
@@ -15,33 +16,36 @@ from alignbench.data.records import DataError
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
-def cfg_value(data_cfg, key: str, default=None):
-    """`data_cfg.get(key)` for dicts and OmegaConf nodes; a '???' value is a one-line DataError."""
-    try:
-        value = data_cfg.get(key, default)
-    except Exception as e:  # omegaconf.MissingMandatoryValue for `path: ???`
-        raise DataError(f"data.{key} is required but not set ({type(e).__name__})") from None
-    return default if value is None else value
+@dataclass(frozen=True)
+class DataSource:
+    """Where a hub or local data set's rows come from and how they split: a `data=` config,
+    built once by `training.settings.data_source` (every value is the config's)."""
+
+    source: str  # hub | local
+    path: str  # a hub id, or a local file
+    format: str  # auto | pairs | hh | chat | unpaired
+    split: str | None  # hub: the training split (None: 'train', or the only one)
+    eval_split: str | None  # hub: the split held out (halved into validation and test)
+    subset: str | None  # hub: the data set's configuration name
+    max_rows: int | None  # cap on the rows read (None: all)
+    max_row_chars: int | None  # rows longer than this are dropped before parsing (None: no limit)
+    validation_fraction: float  # prompts held out for validation when there is no eval_split
+    test_fraction: float
 
 
-def read_rows(data_cfg) -> list[dict]:
-    """Rows of `data_cfg.split` (hub) or of the local file, capped at `data_cfg.max_rows`."""
-    return read_split(data_cfg, cfg_value(data_cfg, "split"))
+def read_rows(source: DataSource) -> list[dict]:
+    """Rows of `source.split` (hub) or of the local file, capped at `source.max_rows`."""
+    return read_split(source, source.split)
 
 
-def read_split(data_cfg, split: str | None) -> list[dict]:
-    """Like `read_rows` but for the named split (e.g. `data_cfg.eval_split`)."""
-    source = cfg_value(data_cfg, "source")
-    path = cfg_value(data_cfg, "path")
-    max_rows = cfg_value(data_cfg, "max_rows")
-    if path is None:
-        raise DataError("data.path is required but not set")
-    if source == "hub":
-        return _read_hub(str(path), cfg_value(data_cfg, "subset"), split, max_rows)
-    if source == "local":
-        rows = _read_local(Path(str(path)).expanduser())
-        return rows if max_rows is None else rows[: int(max_rows)]
-    raise DataError(f"data.source must be 'hub' or 'local' here, got {source!r}")
+def read_split(source: DataSource, split: str | None) -> list[dict]:
+    """Like `read_rows` but for the named split (e.g. `source.eval_split`)."""
+    if source.source == "hub":
+        return _read_hub(source.path, source.subset, split, source.max_rows)
+    if source.source == "local":
+        rows = _read_local(Path(source.path).expanduser())
+        return rows if source.max_rows is None else rows[: source.max_rows]
+    raise DataError(f"data.source must be 'hub' or 'local' here, got {source.source!r}")
 
 
 def _read_hub(path: str, subset: str | None, split: str | None, max_rows: int | None) -> list[dict]:

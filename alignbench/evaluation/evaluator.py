@@ -73,7 +73,7 @@ def clustered_win_rate_ci(outcomes: list[list[float]]) -> tuple[float, float, fl
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How a run evaluates, built once from the config (`training.setup.eval_settings`)."""
+    """How a run evaluates, built once from the config (`training.settings.eval_settings`)."""
 
     max_new_tokens: int       # sampling budget per response
     temperature: float        # 1.0: the sampled KL estimate is only valid there

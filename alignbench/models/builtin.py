@@ -14,6 +14,7 @@ from alignbench.data.batching import index_batches
 from alignbench.data.records import DataError
 from alignbench.data.tokenizing import build_sequences, fit_prompt, prompt_tokens, response_tokens
 from alignbench.models.logps import sequence_logps
+from alignbench.models.settings import SFTSettings, TinySizes
 from alignbench.process import interruptible
 
 SPECIAL_TOKENS = {"pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}
@@ -37,19 +38,19 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
 
 
-def build_tiny_model(model_cfg, tokenizer, seed: int):
-    """A freshly initialised (seeded) tiny Llama of `model_cfg`'s sizes over `tokenizer`'s vocabulary,
-    with room for `model_cfg.context_length` positions (prompt + response)."""
+def build_tiny_model(sizes: TinySizes, tokenizer, seed: int):
+    """A freshly initialised (seeded) tiny Llama of `sizes` over `tokenizer`'s vocabulary,
+    with room for `sizes.context_length` positions (prompt + response)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=model_cfg.hidden_size,
-        intermediate_size=model_cfg.intermediate_size,
-        num_hidden_layers=model_cfg.num_layers,
-        num_attention_heads=model_cfg.num_heads,
-        num_key_value_heads=model_cfg.num_heads,
-        max_position_embeddings=int(model_cfg.get("context_length", 256)),
+        hidden_size=sizes.hidden_size,
+        intermediate_size=sizes.intermediate_size,
+        num_hidden_layers=sizes.num_layers,
+        num_attention_heads=sizes.num_heads,
+        num_key_value_heads=sizes.num_heads,
+        max_position_embeddings=sizes.context_length,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -74,17 +75,16 @@ def sft_examples_tokens(tokenizer, examples: list[tuple[str, str]], max_prompt_l
     return kept_prompts, kept_responses, len(examples) - len(kept_prompts)
 
 
-def sft_steps(sft_cfg, n_examples: int) -> int:
-    """`sft_cfg.steps`, or fewer when that many would pass over the corpus more than
-    `sft_cfg.max_epochs` times (a small data set is learnt by then; more passes only cost time)."""
-    steps = int(sft_cfg.steps)
-    max_epochs = sft_cfg.get("max_epochs")
-    if max_epochs:
-        steps = min(steps, max(1, math.ceil(max_epochs * n_examples / sft_cfg.batch_size)))
+def sft_steps(sft: SFTSettings, n_examples: int) -> int:
+    """`sft.steps`, or fewer when that many would pass over the corpus more than
+    `sft.max_epochs` times (a small data set is learnt by then; more passes only cost time)."""
+    steps = sft.steps
+    if sft.max_epochs:
+        steps = min(steps, max(1, math.ceil(sft.max_epochs * n_examples / sft.batch_size)))
     return steps
 
 
-def sft_train(model, tokenizer, examples: list[tuple[str, str]], sft_cfg, max_length: int,
+def sft_train(model, tokenizer, examples: list[tuple[str, str]], sft: SFTSettings, max_length: int,
               device: torch.device, seed: int, max_prompt_length: int | None = None,
               long_prompts: str = "truncate_left") -> dict:
     """Supervised fine-tuning on (prompt, response) pairs, loss on response tokens only. Prompts
@@ -92,22 +92,22 @@ def sft_train(model, tokenizer, examples: list[tuple[str, str]], sft_cfg, max_le
 
     rng = random.Random(seed)
     model.to(device).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=sft_cfg.lr)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=sft.lr)
     max_prompt_length = max_prompt_length or max_length - 1
     prompt_tok, resp_tok, n_dropped = sft_examples_tokens(tokenizer, examples, max_prompt_length, long_prompts)
     if not prompt_tok:
         raise DataError(f"no SFT example has a prompt within max_prompt_length={max_prompt_length} tokens "
                         "(set data.long_prompts=truncate_left or a larger train.max_prompt_length)")
-    n_steps = sft_steps(sft_cfg, len(prompt_tok))
+    n_steps = sft_steps(sft, len(prompt_tok))
     t0, losses = time.time(), []
-    order = index_batches(len(prompt_tok), sft_cfg.batch_size, lambda n: rng.sample(range(n), n))
+    order = index_batches(len(prompt_tok), sft.batch_size, lambda n: rng.sample(range(n), n))
     for step in range(n_steps):
         idx = next(order).tolist()
         ids, attn, resp = build_sequences([prompt_tok[i] for i in idx], [resp_tok[i] for i in idx],
                                           tokenizer.pad_token_id, max_length)
         lr_scale = min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / n_steps))
         for group in optimizer.param_groups:
-            group["lr"] = sft_cfg.lr * lr_scale
+            group["lr"] = sft.lr * lr_scale
         logp_sum, n_tok = sequence_logps(model, ids.to(device), attn.to(device), resp.to(device))
         loss = -(logp_sum.sum() / n_tok.sum())
         optimizer.zero_grad(set_to_none=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from alignbench import cache
 from alignbench.config import ConfigError, gguf_path
+from alignbench.models.settings import GGUFFile
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,11 @@ def check_gguf_header(path: Path) -> None:
         raise ConfigError(f"{path}: not a GGUF file (corrupt or truncated: {path.stat().st_size} bytes)")
 
 
-def dequantised_folder(cfg) -> Path:
-    """A local folder holding the dequantised model (safetensors) and its tokenizer, built once."""
+def dequantised_folder(gguf: GGUFFile, cache_dir) -> Path:
+    """A local folder holding the dequantised model (safetensors) and its tokenizer, built once in `cache_dir`."""
     import transformers
 
-    path = gguf_path(cfg.model.gguf)
+    path = gguf_path(gguf)
     stat = path.stat()  # a file's identity as judges.saved_model_key has it; the dequantiser's version too
     key = cache.content_key("gguf-v1", path.name, stat.st_size, stat.st_mtime_ns, transformers.__version__)
 
@@ -44,14 +45,14 @@ def dequantised_folder(cfg) -> Path:
 
         check_gguf_header(path)
         if importlib.util.find_spec("gguf") is None:  # transformers' GGUF reader
-            raise ConfigError(f"{path.name}: reading GGUF needs the gguf package; install it with {cfg.model.gguf.install}")
+            raise ConfigError(f"{path.name}: reading GGUF needs the gguf package; install it with {gguf.install}")
         start = time.perf_counter()
         try:
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         except Exception as exc:  # noqa: BLE001 — gguf's reader on a broken file: struct.error, ValueError (reshape), ...
             raise ConfigError(f"{path}: cannot be read as GGUF ({type(exc).__name__}: {str(exc)[:120]}); "
-                              f"reinstall with {cfg.model.gguf.install}") from None
+                              f"reinstall with {gguf.install}") from None
         # The weights are plain fp32 tensors now; transformers still marks the model as GGUF-quantised,
         # which its save_pretrained refuses (and a folder saved with the mark would reload as GGUF).
         model.hf_quantizer = None
@@ -60,7 +61,7 @@ def dequantised_folder(cfg) -> Path:
         tokenizer.save_pretrained(out)
         log.info("GGUF %s dequantised in %.1fs (cached under %s)", path.name, time.perf_counter() - start, key)
 
-    folder, hit = cache.cached(cfg.cache_dir, "gguf", key, write)
+    folder, hit = cache.cached(cache_dir, "gguf", key, write)
     if hit:
         log.info("GGUF %s: cache hit %s", path.name, folder)
     return folder

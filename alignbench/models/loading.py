@@ -26,6 +26,7 @@ from alignbench.config import ConfigError
 from alignbench.models.builtin import build_tiny_model, sft_train, train_tokenizer
 from alignbench.models.gguf import dequantised_folder
 from alignbench.models.logps import packing_agrees
+from alignbench.models.settings import LoadSettings, LoRASettings
 
 log = logging.getLogger(__name__)
 
@@ -60,34 +61,37 @@ class Models:
         self.policy.train(was_training)
 
 
-def pick_device(cfg) -> torch.device:
-    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+def pick_device(device: str) -> torch.device:
+    """`device=`: auto (CUDA when available), cpu or cuda."""
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError("device=cuda but CUDA is not available")
     return torch.device("cuda")
 
 
-def pick_dtype(cfg, device: torch.device) -> torch.dtype:
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """`precision=`: auto (bf16 on CUDA, fp32 elsewhere), fp32 or bf16."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return torch.float32
 
 
-def load_builtin(cfg, sft_examples: list[tuple[str, str]], corpus_id: str, device: torch.device):
+def load_builtin(s: LoadSettings, sft_examples: list[tuple[str, str]], corpus_id: str, device: torch.device):
     """The built-in model: tokenizer + SFT, cached under a key of everything that determines them."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    key = cache.content_key("tiny-sft-v2", cfg.model, corpus_id, cfg.task_seed, cfg.train.max_length)
+    m = s.model
+    key = cache.content_key("tiny-sft-v2", m.config(), corpus_id, s.task_seed, s.max_length)
 
     def write(path: Path):
         log.info("SFT stage: training the built-in model (cached afterwards under %s)", key)
         examples = sft_examples() if callable(sft_examples) else sft_examples  # built only on a miss
         texts = [p + r for p, r in examples]
-        tokenizer = train_tokenizer(texts, cfg.model.vocab_size)
-        model = build_tiny_model(cfg.model, tokenizer, cfg.task_seed)  # the reference model: fixed across training seeds
-        stats = sft_train(model, tokenizer, examples, cfg.model.sft, cfg.train.max_length, device, cfg.task_seed,
-                          cfg.train.max_prompt_length, cfg.data.get("long_prompts") or "drop")
+        tokenizer = train_tokenizer(texts, m.tiny.vocab_size)
+        model = build_tiny_model(m.tiny, tokenizer, s.task_seed)  # the reference model: fixed across training seeds
+        stats = sft_train(model, tokenizer, examples, m.sft, s.max_length, device, s.task_seed,
+                          s.max_prompt_length, s.long_prompts)
         log.info("SFT done: loss %.3f in %.1fs", stats["sft/final_loss"], stats["sft/seconds"])
         model.save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
@@ -100,7 +104,7 @@ def load_builtin(cfg, sft_examples: list[tuple[str, str]], corpus_id: str, devic
             _LOADED.clear()
             _LOADED.update(key=key, model=model.eval(), tokenizer=tokenizer)
 
-    _, path, hit = cache.load_cached(cfg.cache_dir, "sft", key, write, read)  # a broken entry is rebuilt
+    _, path, hit = cache.load_cached(s.cache_dir, "sft", key, write, read)  # a broken entry is rebuilt
     if hit:
         log.info("SFT stage: cache hit %s", path)
     return copy.deepcopy(_LOADED["model"]), copy.deepcopy(_LOADED["tokenizer"]), key, path
@@ -124,86 +128,90 @@ def hub_from_pretrained(path, dtype, trust: bool, revision=None):
     return model, tokenizer
 
 
-def load_hub(cfg, device, dtype, sft_examples=None, corpus_id: str = ""):
+def load_hub(s: LoadSettings, device, dtype, sft_examples=None, corpus_id: str = ""):
     """(model, tokenizer, key) of a hub model; when `model.sft.enabled` and there are SFT examples
     (a list, or a callable built only on a cache miss), the model after the SFT stage, which is
     trained in fp32 once and cached (safetensors) under a key of everything that determines it."""
-    trust, revision = bool(cfg.model.get("trust_remote_code", False)), cfg.model.get("revision")
-    source, source_id = cfg.model.path, cfg.model.path
-    if cfg.model.get("gguf"):  # a GGUF file in an installed package, dequantised once into a local folder
-        source = dequantised_folder(cfg)
+    m = s.model
+    trust, revision = m.trust_remote_code, m.revision
+    source, source_id = m.path, m.path
+    if m.gguf is not None:  # a GGUF file in an installed package, dequantised once into a local folder
+        source = dequantised_folder(m.gguf, s.cache_dir)
         source_id = f"gguf:{source.name}"
-    if not (cfg.model.sft.enabled and sft_examples):
+    if not (m.sft.enabled and sft_examples):
         model, tokenizer = hub_from_pretrained(source, dtype, trust, revision)
         return model, tokenizer, cache.content_key("hub-v1", source_id, str(dtype), revision)
-    t = cfg.train
-    key = cache.content_key("hub-sft-v3", source_id, revision, corpus_id, cfg.model.sft, cfg.task_seed,
-                            t.max_length, t.max_prompt_length, cfg.data.get("long_prompts") or "drop")
+    key = cache.content_key("hub-sft-v3", source_id, revision, corpus_id, json.loads(m.sft.config_json), s.task_seed,
+                            s.max_length, s.max_prompt_length, s.long_prompts)
 
     def write(path: Path):
         log.info("SFT stage: training %s (cached afterwards under %s)", source_id, key)
         model, tokenizer = hub_from_pretrained(source, torch.float32, trust, revision)
         examples = sft_examples() if callable(sft_examples) else sft_examples
-        stats = sft_train(model, tokenizer, examples, cfg.model.sft, t.max_length, device, cfg.task_seed,
-                          t.max_prompt_length, cfg.data.get("long_prompts") or "drop")
+        stats = sft_train(model, tokenizer, examples, m.sft, s.max_length, device, s.task_seed,
+                          s.max_prompt_length, s.long_prompts)
         log.info("SFT done: loss %.3f in %.1fs", stats["sft/final_loss"], stats["sft/seconds"])
         model.save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
         (path / "sft_stats.json").write_text(json.dumps(stats))
 
-    (model, tokenizer), path, hit = cache.load_cached(cfg.cache_dir, "sft", key, write,
+    (model, tokenizer), path, hit = cache.load_cached(s.cache_dir, "sft", key, write,
                                                       lambda path: hub_from_pretrained(path, dtype, trust))
     if hit:
         log.info("SFT stage: cache hit %s", path)
     return model, tokenizer, cache.content_key(key, str(dtype))
 
 
-def check_context(cfg, model) -> None:
+def check_context(s: LoadSettings, model) -> None:
     """A hub model's positions (known once it is loaded) hold the longest sequence the run builds:
     a training sequence, or a prompt plus a sampled reply; one line otherwise, before any work."""
     context = getattr(model.config, "max_position_embeddings", None)
-    t = cfg.train
-    longest = max(t.max_length, t.max_prompt_length + cfg.eval.max_new_tokens)
+    longest = max(s.max_length, s.max_prompt_length + s.eval_max_new_tokens)
     if context and longest > context:
-        raise ConfigError(f"train.max_length={t.max_length}: with train.max_prompt_length={t.max_prompt_length} + "
-                          f"eval.max_new_tokens={cfg.eval.max_new_tokens}, needs {longest} positions > the context of "
-                          f"model={cfg.model.name} ({context}, max_position_embeddings); lower them")
+        raise ConfigError(f"train.max_length={s.max_length}: with train.max_prompt_length={s.max_prompt_length} + "
+                          f"eval.max_new_tokens={s.eval_max_new_tokens}, needs {longest} positions > the context of "
+                          f"model={s.model.name} ({context}, max_position_embeddings); lower them")
 
 
-def load_models(cfg, sft_examples=None, corpus_id: str = "") -> Models:
+def load_models(s: LoadSettings, sft_examples=None, corpus_id: str = "") -> Models:
     """Policy + reference + tokenizer on the configured device (before any preference training).
 
     `sft_examples`: (prompt, response) pairs, or a callable returning them (called only when the
     SFT stage actually runs, so a cache hit does not build the corpus). The key names the model
     and its precision: every cache of reference outputs is keyed on it."""
-    device = pick_device(cfg)
-    dtype = pick_dtype(cfg, device)
-    if cfg.model.source == "builtin":
-        base, tokenizer, key, _ = load_builtin(cfg, sft_examples or [], corpus_id, device)
+    device = pick_device(s.device)
+    dtype = pick_dtype(s.precision, device)
+    if s.model.source == "builtin":
+        base, tokenizer, key, _ = load_builtin(s, sft_examples or [], corpus_id, device)
         if dtype != torch.float32:  # the same SFT model, but reference outputs at another precision
             key = cache.content_key(key, str(dtype))
     else:
-        base, tokenizer, key = load_hub(cfg, device, dtype, sft_examples, corpus_id)
-        check_context(cfg, base)
+        base, tokenizer, key = load_hub(s, device, dtype, sft_examples, corpus_id)
+        check_context(s, base)
     base.to(device)
-    policy, reference = _policy_and_reference(cfg, base)
+    policy, reference = _policy_and_reference(s.model.lora, base)
     models = Models(policy=policy, reference=reference, tokenizer=tokenizer, key=key, device=device,
                     autocast_dtype=dtype if dtype != torch.float32 else None)
-    if cfg.train.padding_free:
-        models.padding_free = _packing_agrees(cfg, models)
+    if s.padding_free:
+        models.padding_free = _packing_agrees(s.model.name, models)
     return models
 
 
-def _policy_and_reference(cfg, base) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+def peft_lora_config(lora: LoRASettings):
+    """peft's LoraConfig of a `model.lora` block."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+
+
+def _policy_and_reference(lora: LoRASettings | None, base) -> tuple[torch.nn.Module, torch.nn.Module | None]:
     """(trainable policy, frozen reference): LoRA adapters on `base` with no separate reference,
     or `base` itself and a frozen copy of it."""
-    if cfg.model.get("lora"):
-        from peft import LoraConfig, get_peft_model
+    if lora is not None:
+        from peft import get_peft_model
 
-        lora = cfg.model.lora
-        policy = get_peft_model(base, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+        policy = get_peft_model(base, peft_lora_config(lora))
         reference = None
     else:
         reference = copy.deepcopy(base).eval()
@@ -214,7 +222,7 @@ def _policy_and_reference(cfg, base) -> tuple[torch.nn.Module, torch.nn.Module |
     return policy, reference
 
 
-def _packing_agrees(cfg, models: Models) -> bool:
+def _packing_agrees(model_name: str, models: Models) -> bool:
     """Whether the model scores packed sequences as it scores padded ones (a warning when not)."""
     check = (models.key, models.device.type)
     if check not in _PACKING_AGREES:  # once per model and process: every trial of a sweep worker loads it
@@ -222,5 +230,5 @@ def _packing_agrees(cfg, models: Models) -> bool:
             _PACKING_AGREES[check] = packing_agrees(ref, len(models.tokenizer), models.device)
     if not _PACKING_AGREES[check]:
         log.warning("model %s scores packed sequences differently from padded ones; training with "
-                    "padded batches (train.padding_free ignored)", cfg.model.name)
+                    "padded batches (train.padding_free ignored)", model_name)
     return _PACKING_AGREES[check]

@@ -14,7 +14,7 @@ Read top to bottom:
    of everything that determines it; every PPO trial with the same inputs reuses it.
 
 Its settings come in as a frozen `RewardModelSettings` (built from the config once, in
-`training.setup.reward_model_settings`), never as the config itself.
+`training.settings.reward_model_settings`), never as the config itself.
 
 The same object is a judge (`name`, `score(prompts, responses)`) for `judge=reward_model
 judge.path=trained` — biased in PPO's favour, since PPO optimised against it.
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RewardModelSettings:
     """Everything that decides a trained reward model besides the SFT model and the pairs; built once
-    from the config (`training.setup.reward_model_settings`), so this module never reads it."""
+    from the config (`training.settings.reward_model_settings`), so this module never reads it."""
 
     steps: int              # Bradley-Terry training steps
     lr: float               # AdamW learning rate (whole backbone + head)

@@ -35,7 +35,7 @@ def make_accelerator(cfg, device: torch.device):
 
     from alignbench.models.loading import pick_dtype
 
-    mixed = "bf16" if pick_dtype(cfg, device) == torch.bfloat16 else "no"
+    mixed = "bf16" if pick_dtype(cfg.precision, device) == torch.bfloat16 else "no"
     return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
 
 

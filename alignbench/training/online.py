@@ -135,7 +135,7 @@ def reward_model_for(cfg, prepared, tracker):
         reward_model = judge
     elif cfg.method.reward == "model":
         from alignbench.models.reward_model import load_or_train_reward_model
-        from alignbench.training.setup import reward_model_settings
+        from alignbench.training.settings import reward_model_settings
 
         reward_model = load_or_train_reward_model(reward_model_settings(cfg), prepared.models, prepared.train_records)
     if reward_model is not None:

@@ -13,20 +13,19 @@ from dataclasses import dataclass, field
 import torch
 
 from alignbench import cache
-from alignbench.config import CONF_DIR, ConfigError
+from alignbench.config import ConfigError
 from alignbench.data import builtin_task as task
 from alignbench.training.builtin_pairs import builtin_pairs
-from alignbench.data.measuring import LengthLimits
 from alignbench.data.parsing import chat_prompts
 from alignbench.data.preparing import SplitRows, distinct_prompts, load_preference_data, read_split_rows, sft_corpus
 from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord
-from alignbench.evaluation.evaluator import EvalSettings, Evaluator
+from alignbench.evaluation.evaluator import Evaluator
 from alignbench.evaluation.judges import GoldJudge, RewardModelJudge
 from alignbench.evaluation.pairwise_judge import PairwiseJudge
 from alignbench.methods import METHODS
 from alignbench.models.loading import Models, load_models, pick_dtype
-from alignbench.models.reward_model import RewardModelSettings
 from alignbench.training.reference import cached_tokenize_pairs, reference_pair_logps
+from alignbench.training.settings import data_source, eval_settings, length_limits, load_settings, reward_model_settings
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def make_judge(cfg, models: Models, prepared_records=None):
         return GoldJudge()
     if cfg.judge.name == "llm_pairwise":
         j = cfg.judge
-        return PairwiseJudge.from_pretrained(str(j.path), models.device, pick_dtype(cfg, models.device),
+        return PairwiseJudge.from_pretrained(str(j.path), models.device, pick_dtype(cfg.precision, models.device),
                                              j.get("gguf_file"), bool(j.trust_remote_code), batch_size=j.batch_size,
                                              max_prompt_tokens=j.max_prompt_tokens,
                                              max_response_tokens=j.max_response_tokens)
@@ -88,7 +87,7 @@ def load_builtin_task(cfg) -> LoadedData:
     training pairs on train prompts, held-out pairs on validation prompts. All keyed on task_seed."""
     n_sft, task_seed = cfg.model.sft.n_examples, cfg.task_seed
     sft_examples = lambda: task.sft_corpus(n_sft, task_seed)  # noqa: E731 (built on a miss only)
-    models = load_models(cfg, sft_examples, corpus_id=cache.content_key("task-sft-corpus-v2", n_sft, task_seed))
+    models = load_models(load_settings(cfg), sft_examples, corpus_id=cache.content_key("task-sft-corpus-v2", n_sft, task_seed))
     train_records = builtin_pairs(cfg, models, "train", cfg.data.n_train_prompts)
     held_out_pairs = builtin_pairs(cfg, models, "validation", cfg.data.n_eval_prompts)
     eval_prompts = chat_prompts(task.eval_prompts(cfg.eval.split, cfg.eval.n_prompts, task_seed), models.tokenizer)
@@ -96,13 +95,6 @@ def load_builtin_task(cfg) -> LoadedData:
     sft_prompts = chat_prompts(task.sft_prompts(n_sft, task_seed), models.tokenizer)
     seen = count_seen_in_training(held_out, distinct_prompts(train_records) + sft_prompts)
     return LoadedData(models, train_records, held_out_pairs, eval_prompts, {}, seen)
-
-
-def length_limits(cfg) -> LengthLimits:
-    """The token and character limits of a run: train.max_length / max_prompt_length,
-    data.long_prompts / max_row_chars (every data config sets both; the defaults are conf/data/*.yaml's)."""
-    return LengthLimits(int(cfg.train.max_length), int(cfg.train.max_prompt_length), str(cfg.data.long_prompts),
-                        cfg.data.max_row_chars)
 
 
 def data_sft_examples(cfg, rows: SplitRows) -> list[tuple[str, str]]:
@@ -115,15 +107,15 @@ def load_data_set(cfg) -> LoadedData:
     """A hub or local preference data set split by prompt first, then the model (the built-in one,
     or a hub model whose `model.sft.enabled`, SFT on the train rows' preferred responses), then
     each set parsed for that model."""
-    rows = read_split_rows(cfg.data, cfg.task_seed, logger=log)
+    rows = read_split_rows(data_source(cfg.data), cfg.task_seed, logger=log)
     limits = length_limits(cfg)
     corpus = []
     if cfg.model.source == "builtin" or cfg.model.sft.enabled:  # a hub model too when its config says SFT first
         corpus = data_sft_examples(cfg, rows)
-    models = load_models(cfg, corpus, corpus_id=cache.content_key("data-sft-corpus-v3", corpus, limits))
-    data = load_preference_data(cfg.data, models.tokenizer, max_length=limits.max_length,
+    models = load_models(load_settings(cfg), corpus, corpus_id=cache.content_key("data-sft-corpus-v3", corpus, limits))
+    data = load_preference_data(rows, models.tokenizer, max_length=limits.max_length,
                                 max_prompt_length=limits.max_prompt_length, long_prompts=limits.long_prompts,
-                                seed=cfg.task_seed, logger=log, rows=rows)
+                                logger=log)
     eval_prompts = distinct_prompts(data.held_out(cfg.eval.split))
     random.Random(f"eval-prompts-{cfg.eval.split}-{cfg.task_seed}").shuffle(eval_prompts)
     training = distinct_prompts(data.train) + [p for p, _ in corpus]
@@ -137,36 +129,6 @@ def require_pairs_unless_kto(cfg, train_records: list) -> None:
     if isinstance(train_records[0], UnpairedRecord) and not METHODS[cfg.method.name].unpaired:
         unpaired = ", ".join(f"method={name}" for name, method in METHODS.items() if method.unpaired)
         raise ConfigError(f"method={cfg.method.name} needs paired data; data={cfg.data.name} is unpaired (use {unpaired})")
-
-
-def reward_model_settings(cfg) -> RewardModelSettings:
-    """The reward-model stage's settings: the method's `reward_model` block (PPO, RLOO). A method
-    without one (`judge.path=trained` with DPO, say) gets the reward model PPO would train: PPO's block
-    (conf/method/ppo.yaml) under whatever `+method.reward_model.*` the user added."""
-    from omegaconf import OmegaConf
-
-    # PPO's and RLOO's own blocks are complete, so the merge changes nothing for them.
-    block = OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / "ppo.yaml").reward_model,
-                            cfg.method.get("reward_model") or {})
-    t = cfg.train
-    return RewardModelSettings(steps=int(block.steps), lr=float(block.lr), batch_size=int(block.batch_size),
-                               heldout_fraction=float(block.heldout_fraction), max_length=int(t.max_length),
-                               max_prompt_length=int(t.max_prompt_length),
-                               adam_betas=tuple(float(b) for b in t.adam_betas), weight_decay=float(t.weight_decay),
-                               max_grad_norm=float(t.max_grad_norm), seed=int(cfg.task_seed),
-                               score_batch_size=int(cfg.eval.batch_size), cache_dir=cfg.cache_dir)
-
-
-def eval_settings(cfg) -> EvalSettings:
-    """The evaluation's settings. The sampling seed comes from task_seed, not seed: fixed across the
-    evaluations of a run (curves compare like with like) and across the training seeds of a sweep
-    (every run faces the same reference samples)."""
-    e, path = cfg.eval, cfg.judge.get("path")
-    return EvalSettings(max_new_tokens=int(e.max_new_tokens), temperature=float(e.temperature),
-                        batch_size=int(e.batch_size), max_prompt_length=int(cfg.train.max_prompt_length),
-                        samples_per_prompt=int(e.samples_per_prompt), seed=int(cfg.task_seed) + 10_007,
-                        judge_path=None if path is None else str(path),
-                        implicit_reward=METHODS[cfg.method.name].implicit_reward, cache_dir=cfg.cache_dir)
 
 
 def make_evaluator(cfg, loaded: LoadedData, builtin_task: bool) -> Evaluator:
