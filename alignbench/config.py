@@ -265,14 +265,14 @@ def check_data(cfg: DictConfig) -> None:
             raise ConfigError("data.path: required for data=local (data.path=/path/to/file.jsonl)")
         if not Path(path).exists():
             raise ConfigError(f"data.path={path}: file not found")
-    if cfg.data.get("long_prompts", "drop") not in ("truncate_left", "drop"):
+    if cfg.data.long_prompts not in ("truncate_left", "drop"):
         raise ConfigError(f"data.long_prompts={cfg.data.long_prompts}: must be truncate_left or drop")
     if cfg.data.source != "builtin":
         for key in ("validation_fraction", "test_fraction"):
-            value = cfg.data.get(key, 0.1)
+            value = cfg.data[key]
             if not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise ConfigError(f"data.{key}={value}: must be in (0, 1)")
-        if cfg.data.get("validation_fraction", 0.1) + cfg.data.get("test_fraction", 0.1) >= 1:
+        if cfg.data.validation_fraction + cfg.data.test_fraction >= 1:
             raise ConfigError("data.validation_fraction + data.test_fraction: must be < 1 (training needs prompts)")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from alignbench.config import ConfigError, compose, validate
 from alignbench.models.gguf import dequantised_folder
-from alignbench.training.settings import load_settings, model_settings
+from alignbench.training.settings import load_settings, model_settings, reward_model_settings
 from helpers import make_tiny_tokenizer, run_cli
 
 REAL = ["model=smollm2-135m-gguf", "device=cpu"]
@@ -26,6 +26,18 @@ def test_the_model_budget_applies_unless_given_on_the_command_line():
     assert compose([*REAL, "method=dpo"]).method.get("rollout_batch_size") is None  # PPO's own stays PPO's
     assert compose([*REAL, "model.budget=null"]).train.batch_size == compose([]).train.batch_size == 32
     assert compose([*REAL, "data=local", "data.path=x.jsonl"]).data.max_rows == 96
+
+
+def test_a_trained_judge_reward_model_keeps_the_budget_with_any_method():
+    """judge.path=trained with DPO trains the reward model PPO would train on this model: the budget's
+    8 steps of 4 pairs, not PPO's shared 150 of 32 (hours and ~18 GB on 2 cores), unless the user says."""
+    settings = reward_model_settings(compose([*REAL, "method=dpo", "judge=reward_model", "judge.path=trained"]))
+    assert (settings.steps, settings.batch_size, settings.lr) == (8, 4, 1e-3)
+    assert reward_model_settings(compose([*REAL, "method=ppo"])) == settings  # PPO's own, the same
+    given = reward_model_settings(compose([*REAL, "method=dpo", "+method.reward_model.steps=20"]))
+    assert (given.steps, given.batch_size) == (20, 4)
+    shared = reward_model_settings(compose(["method=dpo"]))  # the built-in model has no budget: PPO's block
+    assert (shared.steps, shared.batch_size) == (150, 32)
 
 
 def test_a_budget_key_that_is_not_a_setting_is_one_line():

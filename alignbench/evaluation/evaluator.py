@@ -79,8 +79,8 @@ class EvalSettings:
     temperature: float        # 1.0: the sampled KL estimate is only valid there
     batch_size: int           # prompts per generation batch (and pairs per log-prob batch)
     max_prompt_length: int    # prompts are cut from the left to this many tokens
-    samples_per_prompt: int = 1
-    seed: int = 10_007        # the sampling seed: from task_seed, the same for every training seed
+    samples_per_prompt: int   # responses sampled per prompt
+    seed: int                 # the sampling seed: from task_seed, the same for every training seed
     judge_path: str | None = None  # the judge's model (part of the reference side's identity)
     implicit_reward: Callable | None = None  # the method's, behind eval/pref_accuracy (None: not logged)
     cache_dir: str | None = None

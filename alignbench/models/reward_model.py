@@ -52,7 +52,7 @@ class RewardModelSettings:
     weight_decay: float
     max_grad_norm: float
     seed: int               # the task seed: every training seed and method gets the same reward model
-    score_batch_size: int = 32  # sequences per forward when scoring (not part of what is trained)
+    score_batch_size: int   # sequences per forward when scoring (eval.batch_size; not part of what is trained)
     cache_dir: str | None = None  # where the trained model is cached (not part of what is trained)
 
     def training_key(self) -> tuple:

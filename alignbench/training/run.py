@@ -122,7 +122,7 @@ def train_validated(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunRes
     not_saved = skip_policy(result.metrics) if skip_policy is not None else None
     if not_saved:
         tracker.set_tags({"alignbench.policy_not_saved": not_saved})
-    elif cfg.train.get("save_policy", True):
+    elif cfg.train.save_policy:
         save_policy(prepared.models, tracker)
     if cfg.train.get("checkpoint_every") or checkpoint is not None:
         tracker.delete_artifacts(CHECKPOINTS)  # the run is complete: its policy is kept, its checkpoint is not needed

@@ -89,13 +89,19 @@ def length_limits(cfg) -> LengthLimits:
 
 def reward_model_settings(cfg) -> RewardModelSettings:
     """The reward-model stage's settings: the method's `reward_model` block (PPO, RLOO). A method
-    without one (`judge.path=trained` with DPO, say) gets the reward model PPO would train: PPO's block
-    (conf/method/ppo.yaml) under whatever `+method.reward_model.*` the user added."""
+    without one (`judge.path=trained` with DPO, say) gets the reward model PPO would train on this
+    model: PPO's block (conf/method/ppo.yaml) under the model budget's `method=ppo` reward-model keys
+    (a real model's CPU budget: a few steps, not 150 of 32 pairs), under whatever
+    `+method.reward_model.*` the user added."""
     from omegaconf import OmegaConf
 
-    # PPO's and RLOO's own blocks are complete, so the merge changes nothing for them.
-    block = OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / "ppo.yaml").reward_model,
-                            cfg.method.get("reward_model") or {})
+    ppo_block = OmegaConf.load(CONF_DIR / "method" / "ppo.yaml").reward_model
+    budget = OmegaConf.select(cfg, "model.budget", default=None) or {}
+    for key, value in (budget.get("method=ppo") or {}).items():
+        if key.startswith("method.reward_model."):
+            ppo_block[key.removeprefix("method.reward_model.")] = value
+    # PPO's and RLOO's own blocks are complete (their budget already applied), so the merge changes nothing for them.
+    block = OmegaConf.merge(ppo_block, cfg.method.get("reward_model") or {})
     t = cfg.train
     return RewardModelSettings(steps=int(block.steps), lr=float(block.lr), batch_size=int(block.batch_size),
                                heldout_fraction=float(block.heldout_fraction), max_length=int(t.max_length),
