@@ -15,7 +15,7 @@ import torch
 from optuna.trial import TrialState
 
 from alignbench.config import ConfigError, compose, validate
-from alignbench.models.logps import pair_logps
+from alignbench.models.pairs import pair_logps
 from alignbench.tracking import mlflow_runs as tracking
 from alignbench.training import checkpoint as checkpoint_mod
 from alignbench.training import loop as loop_mod

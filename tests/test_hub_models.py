@@ -20,7 +20,8 @@ from alignbench.models import loading
 from alignbench.models.builtin import build_tiny_model
 from alignbench.models.generation import response_token_logps, sample
 from alignbench.models.loading import load_models
-from alignbench.models.logps import pair_logps, position_ids_from_mask, sequence_logps
+from alignbench.models.logps import position_ids_from_mask, sequence_logps
+from alignbench.models.pairs import pair_logps
 from alignbench.training import online
 from alignbench.training.loop import make_accelerator
 from alignbench.training.settings import load_settings, model_settings

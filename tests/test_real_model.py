@@ -132,7 +132,7 @@ def test_the_real_model_starts_at_kl_zero_and_takes_a_dpo_step_on_lora_weights(t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from alignbench.models.logps import pair_logps
+    from alignbench.models.pairs import pair_logps
     from alignbench.training.setup import prepare
 
     monkeypatch.chdir(tmp_path)

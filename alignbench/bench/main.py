@@ -47,9 +47,10 @@ Measurements (keys of bench.json):
   trial of that size.
 - ``peak_rss_mb``: peak resident memory (`resource.getrusage`) of a subprocess running
   `alignbench train tracking.enabled=false` with the default model, data, batch and eval sizes.
-- ``real_dpo_step_s``, ``real_dpo_throughput_vs_trl`` (not with `--quick` unless `--only real`): DPO
-  with LoRA on SmolLM2-135M-Instruct against TRL's DPOTrainer with peft (`real_model`; skipped,
-  with ``real_skipped``, without `make real`).
+- ``real_dpo_step_s``, ``real_dpo_throughput_vs_trl``, ``real_share_prompt_speedup`` (not with `--quick`
+  unless `--only real`): DPO with LoRA on SmolLM2-135M-Instruct against TRL's DPOTrainer with peft, and
+  our step with the prompt shared against scored apart (`real_model`; skipped, with ``real_skipped``,
+  without `make real`).
 - ``default_sweep_seconds`` (only with `--with-sweep`, ~10+ minutes): `alignbench sweep`, the
   default comparison, end to end with the SFT model cached (`--quick`: the smoke sweep).
 
@@ -184,7 +185,9 @@ def table_rows(res: dict) -> list[tuple]:
         rows += [("real model: DPO+LoRA throughput vs TRL", res["real_dpo_throughput_vs_trl"], ">= 1.5",
                   f"{res['real_ours_pairs_per_second']:.2f} vs {res['real_trl_pairs_per_second']:.2f} pairs/s"),
                  ("real model: DPO+LoRA step (s)", res["real_dpo_step_s"], "-",
-                  f"{res['real_batch_size']} pairs x {res['real_max_length']} tokens, LoRA r={res['real_lora_r']}")]
+                  f"{res['real_batch_size']} pairs x {res['real_max_length']} tokens, LoRA r={res['real_lora_r']}"),
+                 ("real model: prompt shared / apart", res["real_share_prompt_speedup"], "-",
+                  f"prompt {res['real_shared_prefix_tokens']:.2f} of a pair's tokens")]
     elif "real_skipped" in res:
         rows.append(("real model: DPO+LoRA vs TRL", float("nan"), ">= 1.5", f"skipped: {res['real_skipped']}"))
     if "default_sweep_seconds" in res:

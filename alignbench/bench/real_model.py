@@ -10,7 +10,9 @@
   (`precompute_ref_log_probs`), as ours are. The pairs are the built-in task's prompts, rendered
   through the model's chat template, with replies sampled from the model (our training records).
 - ``real_shared_prefix_tokens``: the mean share of a pair's tokens that chosen and rejected share
-  (the prompt): what scoring the prompt once per pair could save, for the record.
+  (the prompt), which `train.share_prompt` (on in this model's budget) computes once per pair.
+- ``real_share_prompt_speedup``: our step with the prompt shared / our step with each side scored
+  on its own (`train.share_prompt=false`), pairs/s, in the same rounds.
 
 Skipped (keys absent, `real_skipped` says why) when the model's wheel is not installed."""
 
@@ -35,12 +37,12 @@ def real_model_missing() -> str | None:
     return None
 
 
-def real_config(args, steps: int | None):
+def real_config(args, steps: int | None, extra: list[str] = ()):
     """The real model's run at its CPU budget (the model config's `budget`), `steps` steps if given."""
     from alignbench.config import compose
 
-    extra = [f"train.max_steps={steps}"] if steps else []
-    return compose([*REAL_RUN, *extra, *args.overrides])
+    steps_override = [f"train.max_steps={steps}"] if steps else []
+    return compose([*REAL_RUN, *steps_override, *extra, *args.overrides])
 
 
 def shared_prefix_share(records, tokenizer) -> float:
@@ -72,8 +74,11 @@ def measure_real(args, sizes) -> dict:
     ours, trl_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         pairs = write_pairs_file(records, tokenizer, Path(tmp) / "pairs.jsonl", add_bos=False)  # chat-templated
+        apart_cfg = real_config(args, sizes.get("real_steps"), ["train.share_prompt=false"])
+        apart = []
         for _ in range(sizes["rounds"]):
             ours.append(run_ours_loop(cfg))
+            apart.append(run_ours_loop(apart_cfg))
             trl_runs.append(run_trl(cfg, folder, pairs, Path(tmp) / "datasets", steps, cfg.method.beta, tmp,
                                     peft_config=peft_lora_config(model_settings(cfg.model).lora)))
     best_ours = max(r["pairs_per_second"] for r in ours)
@@ -84,4 +89,6 @@ def measure_real(args, sizes) -> dict:
             "real_steps": steps, "real_batch_size": cfg.train.batch_size, "real_max_length": cfg.train.max_length,
             "real_lora_r": cfg.model.lora.r, "real_n_train_pairs": len(records),
             "real_shared_prefix_tokens": shared_prefix_share(records, tokenizer),
-            "raw_real_ours": ours, "raw_real_trl": trl_runs}
+            "real_share_prompt": bool(prepared.models.share_prompt),
+            "real_share_prompt_speedup": best_ours / max(r["pairs_per_second"] for r in apart),
+            "raw_real_ours": ours, "raw_real_trl": trl_runs, "raw_real_prompt_apart": apart}

@@ -27,7 +27,7 @@ import torch
 from alignbench import cache
 from alignbench.data import builtin_task as task
 from alignbench.models.generation import response_token_logps, sample
-from alignbench.models.logps import pair_logps  # the loop's own scorer, so eval and training agree
+from alignbench.models.pairs import pair_logps  # the loop's own scorer, so eval and training agree
 from alignbench.evaluation.judges import judge_accuracy, preference_outcomes
 from alignbench.evaluation.stats import win_rate_ci
 
@@ -252,7 +252,8 @@ class Evaluator:
         tokens, ref = self.pref_eval
         was_training = policy.training
         policy.eval()
-        pol = pair_logps(policy, tokens, self.settings.batch_size, self.models.device, self.models.padding_free)
+        pol = pair_logps(policy, tokens, self.settings.batch_size, self.models.device, self.models.padding_free,
+                         self.models.share_prompt)
         policy.train(was_training)
         reward = self.implicit_reward
         margin = (reward(pol["chosen"], ref["chosen"], pol["chosen_n"])

@@ -26,6 +26,7 @@ from alignbench.config import ConfigError
 from alignbench.models.builtin import build_tiny_model, sft_train, train_tokenizer
 from alignbench.models.gguf import dequantised_folder
 from alignbench.models.logps import packing_agrees
+from alignbench.models.pairs import shared_prompt_agrees
 from alignbench.models.settings import LoadSettings, LoRASettings
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Models:
     key: str  # content key of the reference model: every cache of reference outputs uses it
     device: torch.device
     padding_free: bool = False  # score sequences packed several to a row (`logps.packed_sequence_logps`)
+    share_prompt: bool = False  # score a pair's two sides in one row holding the prompt once (`pairs`)
     autocast_dtype: torch.dtype | None = None  # bf16: the policy's autocast (accelerate's), the reference's too
 
     def autocast(self):
@@ -194,6 +196,8 @@ def load_models(s: LoadSettings, sft_examples=None, corpus_id: str = "") -> Mode
                     autocast_dtype=dtype if dtype != torch.float32 else None)
     if s.padding_free:
         models.padding_free = _packing_agrees(s.model.name, models)
+    if s.share_prompt:
+        models.share_prompt = _shared_prompt_agrees(s.model.name, models)
     return models
 
 
@@ -232,3 +236,13 @@ def _packing_agrees(model_name: str, models: Models) -> bool:
         log.warning("model %s scores packed sequences differently from padded ones; training with "
                     "padded batches (train.padding_free ignored)", model_name)
     return _PACKING_AGREES[check]
+
+
+def _shared_prompt_agrees(model_name: str, models: Models) -> bool:
+    """Whether the model scores the shared-prompt layout as padded sequences (a warning when not)."""
+    with models.reference_model() as ref:
+        agrees = shared_prompt_agrees(ref, len(models.tokenizer), models.device)
+    if not agrees:
+        log.warning("model %s does not score a pair's shared-prompt row as its two sequences; scoring them apart "
+                    "(train.share_prompt ignored)", model_name)
+    return agrees

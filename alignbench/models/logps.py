@@ -214,19 +214,6 @@ def packing_agrees(model, vocab_size: int, device, rtol: float = 1e-3) -> bool:
     return bool(torch.allclose(packed.float(), padded.float(), rtol=rtol, atol=rtol))
 
 
-def pair_logps(model, tokens: dict, batch_size: int, device, padding_free: bool = False) -> dict[str, torch.Tensor]:
-    """Summed response log-probs and token counts of chosen and rejected, no gradient."""
-    out = {k: [] for k in ("chosen", "chosen_n", "rejected", "rejected_n")}
-    with torch.no_grad():
-        for side in ("chosen", "rejected"):
-            for sl in slices(len(tokens[f"{side}_input_ids"]), batch_size):
-                ids, attn, resp = trim_padding(*(tokens[f"{side}_{k}"][sl] for k in ("input_ids", "attention_mask", "response_mask")))
-                s, n = sequence_logps(model, ids.to(device), attn.to(device), resp.to(device), padding_free)
-                out[side].append(s.float().cpu())
-                out[f"{side}_n"].append(n.float().cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
 def unpaired_logps(model, tokens: dict, batch_size: int, device, prefix: str = "",
                    padding_free: bool = False) -> torch.Tensor:
     out = []

@@ -89,4 +89,5 @@ class LoadSettings:
     long_prompts: str  # drop | truncate_left (the SFT stage's prompts too)
     eval_max_new_tokens: int  # a prompt plus a sampled reply must fit the model's context
     padding_free: bool
+    share_prompt: bool  # score a pair's two sides in one row holding the prompt once (`models.pairs`)
     cache_dir: str

@@ -19,6 +19,7 @@ from alignbench.data.tokenizing import build_sequences, tokenize_unpaired
 from alignbench.losses.kto import mismatched_indices
 from alignbench.methods import METHODS
 from alignbench.models.logps import sequence_logps
+from alignbench.models.pairs import shared_prompt_pair_logps
 from alignbench.training.checkpoint import restore_checkpoint
 from alignbench.training.loop import (LoopBookkeeping, Optimisation, RunResult, compiled_for_training, make_accelerator,
                                      make_optimizer, shard)
@@ -28,8 +29,8 @@ class BatchLoss(Protocol):
     """An offline objective on one batch: (mean loss, its train metrics built when asked, tokens in
     the batch). `PairedBatchLoss` (DPO, IPO, SimPO) and `UnpairedBatchLoss` (KTO) are the two."""
 
-    def __call__(self, policy, batch: dict, ref: dict | None, device,
-                 padding_free: bool) -> tuple[torch.Tensor, Callable[[], dict], int]: ...
+    def __call__(self, policy, batch: dict, ref: dict | None, device, padding_free: bool,
+                 share_prompt: bool = False) -> tuple[torch.Tensor, Callable[[], dict], int]: ...
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class PairedBatchLoss:
 
     pair_loss: Callable
 
-    def __call__(self, policy, batch: dict, ref: dict | None, device, padding_free: bool):
-        return paired_batch_loss(policy, batch, ref, device, padding_free, self.pair_loss)
+    def __call__(self, policy, batch: dict, ref: dict | None, device, padding_free: bool, share_prompt: bool = False):
+        return paired_batch_loss(policy, batch, ref, device, padding_free, self.pair_loss, share_prompt)
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,25 @@ class UnpairedBatchLoss:
 
     unpaired_loss: Callable
 
-    def __call__(self, policy, batch: dict, ref: dict | None, device, padding_free: bool = False):
+    def __call__(self, policy, batch: dict, ref: dict | None, device, padding_free: bool = False,
+                 share_prompt: bool = False):  # an unpaired example has no second side to share with
         return kto_batch_loss(self.unpaired_loss, policy, batch, ref, device, padding_free)
 
 
-def paired_batch_loss(policy, batch: dict, ref: dict | None, device, padding_free: bool, pair_loss):
-    """`PairedBatchLoss`'s work: the concatenated forward, the pair loss, its metrics."""
+def paired_batch_loss(policy, batch: dict, ref: dict | None, device, padding_free: bool, pair_loss,
+                      share_prompt: bool = False):
+    """`PairedBatchLoss`'s work: one forward for both sides (concatenated, or one shared-prompt row
+    per pair), the pair loss, its metrics."""
     n = batch["chosen_input_ids"].shape[0]
+    ref = None if ref is None else {k: v.to(device) for k, v in ref.items()}
+    n_tokens = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
+    if share_prompt:
+        keys = ("input_ids", "attention_mask", "response_mask")
+        chosen, rejected = (tuple(t.to(device) for t in trim_padding(*(batch[f"{side}_{k}"] for k in keys)))
+                            for side in ("chosen", "rejected"))
+        chosen_logps, rejected_logps, chosen_n, rejected_n = shared_prompt_pair_logps(policy, chosen, rejected)
+        out = pair_loss(chosen_logps, rejected_logps, chosen_n, rejected_n, ref)
+        return out.losses.mean(), lambda: pair_metrics(out), n_tokens
     width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
 
     def cat(k):
@@ -89,9 +102,7 @@ def paired_batch_loss(policy, batch: dict, ref: dict | None, device, padding_fre
     # trim on the host, then move: no device sync for the width on GPU
     ids, attn, resp = (t.to(device) for t in trim_padding(cat("input_ids"), cat("attention_mask"), cat("response_mask")))
     logps, n_tok = sequence_logps(policy, ids, attn, resp, padding_free)
-    ref = None if ref is None else {k: v.to(device) for k, v in ref.items()}
     out = pair_loss(logps[:n], logps[n:], n_tok[:n], n_tok[n:], ref)
-    n_tokens = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
     return out.losses.mean(), lambda: pair_metrics(out), n_tokens
 
 
@@ -195,7 +206,7 @@ def offline_loop(cfg, prepared, tracker, on_eval=None, checkpoint=None) -> RunRe
         batch = {k: v[idx] for k, v in data.tokens.items() if torch.is_tensor(v)}
         batch_ref = None if data.ref is None else {k: v[idx] for k, v in data.ref.items()}
         loss, method_metrics, n_tokens = objective.batch_loss(policy, batch, batch_ref, models.device,
-                                                              models.padding_free)
+                                                              models.padding_free, models.share_prompt)
         book.tokens_seen += n_tokens
         loss, grad_norm = optimisation.step(loss, step)
         book.train_time += time.time() - t_step

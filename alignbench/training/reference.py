@@ -10,7 +10,8 @@ from alignbench import cache
 from alignbench.data.records import PreferenceRecord
 from alignbench.data.tokenizing import tokenize_pairs
 from alignbench.models.loading import Models
-from alignbench.models.logps import pair_logps, unpaired_logps
+from alignbench.models.logps import unpaired_logps
+from alignbench.models.pairs import pair_logps
 
 
 def cached_tokenize_pairs(cfg, records: list[PreferenceRecord], tokenizer, model_key: str) -> dict[str, torch.Tensor]:
@@ -38,7 +39,8 @@ def _cached_reference(cfg, models: Models, tokens: dict, kind: str, compute) -> 
     """Reference log-probs of fixed data, cached on disk: trials after the first skip the forward."""
     from safetensors.torch import load_file, save_file
 
-    key = cache.content_key("ref-logps-v1", kind, models.key, cache.tensor_digest(tokens), models.padding_free)
+    layout = (models.padding_free, "shared-prompt") if models.share_prompt else models.padding_free  # the old key when off
+    key = cache.content_key("ref-logps-v1", kind, models.key, cache.tensor_digest(tokens), layout)
 
     def write(path):
         out = run_reference(models, compute)
@@ -51,7 +53,7 @@ def _cached_reference(cfg, models: Models, tokens: dict, kind: str, compute) -> 
 def reference_pair_logps(cfg, models: Models, tokens: dict) -> dict[str, torch.Tensor]:
     return _cached_reference(cfg, models, tokens, "pairs",
                              lambda ref: pair_logps(ref, tokens, cfg.eval.batch_size, models.device,
-                                                    models.padding_free))
+                                                    models.padding_free, models.share_prompt))
 
 
 def reference_unpaired_logps(cfg, models: Models, tokens: dict) -> dict[str, torch.Tensor]:

@@ -77,6 +77,7 @@ def load_settings(cfg) -> LoadSettings:
                         task_seed=int(cfg.task_seed), max_length=limits.max_length,
                         max_prompt_length=limits.max_prompt_length, long_prompts=limits.long_prompts,
                         eval_max_new_tokens=int(cfg.eval.max_new_tokens), padding_free=bool(cfg.train.padding_free),
+                        share_prompt=bool(cfg.train.share_prompt),
                         cache_dir=str(cfg.cache_dir))
 
 
