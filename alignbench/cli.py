@@ -31,6 +31,7 @@ def train_command(cfg: DictConfig) -> None:
     from alignbench.data.records import DataError
     from alignbench.evaluation.judges import judge_summary
     from alignbench.tracking.null import NullTracker
+    from alignbench.tracking.store import StoreError
     from alignbench.training.run import train_validated
 
     from accelerate import PartialState
@@ -50,7 +51,7 @@ def train_command(cfg: DictConfig) -> None:
                 result = train_validated(cfg, tracker)
         else:
             result = train_validated(cfg, NullTracker())
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, StoreError) as exc:
         fail(str(exc))
     except KeyboardInterrupt as exc:  # tracked_run has recorded the run KILLED
         exit_interrupted("train", exc, f"MLflow run {run_id} recorded KILLED" if run_id else "")
@@ -65,11 +66,12 @@ def train_command(cfg: DictConfig) -> None:
 
 def sweep_command(cfg: DictConfig) -> None:
     from alignbench.sweep.run import SweepFailed, run_sweep
+    from alignbench.tracking.store import StoreError
 
     try:
         check_types(cfg)
         run_sweep(cfg)
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         fail(str(exc))
     except SweepFailed as exc:  # the summary is printed; the exit status says the sweep is not complete
         fail(str(exc), code=1)
@@ -78,12 +80,13 @@ def sweep_command(cfg: DictConfig) -> None:
 def report_command(cfg: DictConfig) -> None:
     from alignbench.report.build import build_report
     from alignbench.report.reading import check_store_exists
+    from alignbench.tracking.store import StoreError
 
     try:
         check_types(cfg)
         check_store_exists(cfg.report.sweep, cfg.tracking.uri)
         path = build_report(cfg)
-    except (ConfigError, LookupError) as exc:
+    except (ConfigError, LookupError, StoreError) as exc:
         fail(str(exc))
     print(f"report: {path}")
 
@@ -101,7 +104,12 @@ def ui_command(cfg: DictConfig) -> None:
             raise ConfigError(f"ui.port={cfg.ui.port}: must be a port number, 1 to 65535")
     except ConfigError as exc:
         fail(str(exc))
-    set_uri(cfg.tracking.uri)  # null: MLflow's default (MLFLOW_TRACKING_URI, else ./mlflow.db), created if missing
+    from alignbench.tracking.store import StoreError
+
+    try:
+        set_uri(cfg.tracking.uri)  # null: MLflow's default (MLFLOW_TRACKING_URI, else ./mlflow.db), created if missing
+    except StoreError as exc:
+        fail(str(exc))
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):
         print(f"alignbench: runs are served by the tracking server: open {uri}")

@@ -45,6 +45,7 @@ import sys
 import time
 
 import optuna
+from mlflow.exceptions import MlflowException
 
 from alignbench.sweep.budget import count
 from alignbench.sweep.confirmation import confirmation_of
@@ -117,7 +118,13 @@ def _record_sweep(plan: Plan, tracker, parent: str, created: bool) -> str:
             "sweep.study_names": ",".join(plan.study_name(m) for m in plan.methods), "sweep.confirm": plan.confirm,
             **{f"sweep.race.{k}": v for k, v in plan.race.items() if k != "alpha"}}
     if created or not tracker.client.get_run(parent).data.params:
-        tracker.log_params(info)  # params are immutable: logged once; the tags follow the last invocation
+        try:
+            tracker.log_params(info)  # params are immutable: logged once; the tags follow the last invocation
+        except MlflowException:
+            # workers opening a new sweep together: one that found the parent without params can race
+            # its creator to write them (a unique-key violation): whoever wrote first, they are there
+            if not tracker.client.get_run(parent).data.params:
+                raise
     tracker.set_tags({k: v for k, v in info.items() if k != "sweep.pruner"})
     return tracker.run_id
 

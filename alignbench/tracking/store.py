@@ -28,6 +28,7 @@ import mlflow
 from mlflow.entities import ViewType
 from mlflow.utils.time import get_current_time_millis
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,16 @@ def create_sqlite_store_once(uri: str) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates the tables if missing
+        except DBAPIError as exc:  # not SQLite (overwritten, truncated) or a stale -wal beside a new file
+            raise StoreError(f"tracking.uri={uri}: {db} is not a usable MLflow store ({exc.orig}); move it aside, "
+                             f"with any {db.name}-wal and {db.name}-shm beside it, or set tracking.uri") from None
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     _READY_STORES.add(db)
+
+
+class StoreError(Exception):
+    """A tracking store that cannot be opened: one line for the user, no traceback."""
 
 
 _WAL_STORES: set = set()  # the SQLite files (resolved paths) whose connections `_write_ahead` sets up
