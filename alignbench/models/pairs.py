@@ -25,6 +25,7 @@ import weakref
 import torch
 
 from alignbench.data.batching import slices, trim_padding
+from alignbench.data.tokenizing import build_sequences
 from alignbench.models.logps import selects_logits, sequence_logps
 
 
@@ -34,16 +35,16 @@ def pair_logps(model, tokens: dict, batch_size: int, device, padding_free: bool 
     both sides of a pair in one row (`shared_prompt_pair_logps`), else each side's sequences on their own."""
     out = {k: [] for k in ("chosen", "chosen_n", "rejected", "rejected_n")}
 
-    def side(name, sl):
-        keys = ("input_ids", "attention_mask", "response_mask")
-        return tuple(t.to(device) for t in trim_padding(*(tokens[f"{name}_{k}"][sl] for k in keys)))
+    def side(name, sl):  # trimmed on the host
+        return trim_padding(*(tokens[f"{name}_{k}"][sl] for k in ("input_ids", "attention_mask", "response_mask")))
 
     with torch.no_grad():
         for sl in slices(len(tokens["chosen_input_ids"]), batch_size):
             if share_prompt:
-                scored = shared_prompt_pair_logps(model, side("chosen", sl), side("rejected", sl))
+                scored = shared_prompt_pair_logps(model, side("chosen", sl), side("rejected", sl), device)
             else:
-                chosen, rejected = (sequence_logps(model, *side(s, sl), padding_free) for s in ("chosen", "rejected"))
+                chosen, rejected = (sequence_logps(model, *(t.to(device) for t in side(s, sl)), padding_free)
+                                    for s in ("chosen", "rejected"))
                 scored = (chosen[0], rejected[0], chosen[1], rejected[1])
             for key, value in zip(("chosen", "rejected", "chosen_n", "rejected_n"), scored):
                 out[key].append(value.float().cpu())
@@ -104,11 +105,13 @@ def _model_mask(model, mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def shared_prompt_pair_logps(model, chosen: tuple, rejected: tuple) -> tuple[torch.Tensor, torch.Tensor,
-                                                                              torch.Tensor, torch.Tensor]:
+def shared_prompt_pair_logps(model, chosen: tuple, rejected: tuple, device=None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                          torch.Tensor, torch.Tensor]:
     """(chosen log-probs [B], rejected log-probs [B], chosen token counts [B], rejected counts [B]):
-    `sequence_logps` of each side, with the prompt computed once per pair (`shared_prompt_rows`)."""
-    device = chosen[0].device
+    `sequence_logps` of each side, with the prompt computed once per pair (`shared_prompt_rows`).
+    The sides are best given on the host: the rows are built there and moved to `device` (default:
+    the sides' device) once."""
+    device = chosen[0].device if device is None else device
     rows = {k: v.to(device) for k, v in shared_prompt_rows(tuple(t.cpu() for t in chosen),
                                                            tuple(t.cpu() for t in rejected)).items()}
     n = chosen[0].shape[0]
@@ -143,21 +146,14 @@ def shared_prompt_agrees(model, vocab_size: int, device, rtol: float = 1e-3) -> 
     if module in _AGREES:
         return _AGREES[module]
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(0, vocab_size, (n,), generator=g) for n in (5, 3)]
-    responses = [[torch.randint(0, vocab_size, (n,), generator=g) for n in lengths] for lengths in ((4, 2), (1, 6))]
-    sides = []
-    for side in (0, 1):
-        seqs = [torch.cat([p, r[side]]) for p, r in zip(prompts, responses)]
-        width = max(len(s) for s in seqs)
-        ids, attn, resp = (torch.zeros(2, width, dtype=torch.long) for _ in range(3))
-        for b, (s, p) in enumerate(zip(seqs, prompts)):
-            ids[b, : len(s)], attn[b, : len(s)], resp[b, len(p): len(s)] = s, 1, 1
-        sides.append((ids.to(device), attn.to(device), resp.to(device)))
+    tokens = lambda n: torch.randint(0, vocab_size, (n,), generator=g).tolist()  # noqa: E731
+    prompts = [tokens(5), tokens(3)]
+    sides = [build_sequences(prompts, [tokens(a), tokens(b)], 0, 64) for a, b in ((4, 1), (2, 6))]
     was_training = module.training
     module.eval()
     try:
-        padded = [sequence_logps(module, *side)[0] for side in sides]
-        shared = shared_prompt_pair_logps(module, sides[0], sides[1])[:2]
+        padded = [sequence_logps(module, *(t.to(device) for t in side))[0] for side in sides]
+        shared = shared_prompt_pair_logps(module, sides[0], sides[1], device)[:2]
         agrees = all(torch.allclose(a.float(), b.float(), rtol=rtol, atol=1e-3) for a, b in zip(padded, shared))
     except Exception:  # noqa: BLE001 - a model that rejects a 4D mask or position ids scores padded
         agrees = False

@@ -87,9 +87,8 @@ def paired_batch_loss(policy, batch: dict, ref: dict | None, device, padding_fre
     n_tokens = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
     if share_prompt:
         keys = ("input_ids", "attention_mask", "response_mask")
-        chosen, rejected = (tuple(t.to(device) for t in trim_padding(*(batch[f"{side}_{k}"] for k in keys)))
-                            for side in ("chosen", "rejected"))
-        chosen_logps, rejected_logps, chosen_n, rejected_n = shared_prompt_pair_logps(policy, chosen, rejected)
+        chosen, rejected = (trim_padding(*(batch[f"{side}_{k}"] for k in keys)) for side in ("chosen", "rejected"))
+        chosen_logps, rejected_logps, chosen_n, rejected_n = shared_prompt_pair_logps(policy, chosen, rejected, device)
         out = pair_loss(chosen_logps, rejected_logps, chosen_n, rejected_n, ref)
         return out.losses.mean(), lambda: pair_metrics(out), n_tokens
     width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
