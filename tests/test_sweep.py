@@ -497,3 +497,34 @@ def test_a_finished_trials_running_run_is_killed_only_when_its_worker_is_gone(wo
     assert client.get_run(runs["alive"]).info.status == "RUNNING"
     killed = client.get_run(runs["dead"])
     assert killed.info.status == "KILLED" and killed.data.tags["optuna.trial_state"] == "COMPLETE"
+
+
+def test_a_worker_that_loses_the_race_to_write_the_parents_params_goes_on(workdir):
+    """Workers opening a new sweep together: one finds the parent run before its creator has logged
+    the params, and its own write fails on the unique key (PostgreSQL). The params are there: it goes
+    on and sets its tags. A write that fails with no params written still raises."""
+    from mlflow.exceptions import MlflowException
+
+    p = plan()
+    parent, created = parent_mod.open_parent_run(p, {"alignbench.role": "sweep", "sweep.name": p.name})
+    client = mlflow.MlflowClient()
+
+    class LateTracker:  # the creator's write lands between this worker's look and its own write
+        def __init__(self, creator_writes: bool):
+            self.client, self.run_id, self.creator_writes, self.tags = client, parent, creator_writes, {}
+
+        def log_params(self, params):
+            if self.creator_writes:
+                for key, value in params.items():
+                    client.log_param(parent, key, value)
+            raise MlflowException("duplicate key value violates unique constraint \"param_pk\"")
+
+        def set_tags(self, tags):
+            self.tags.update(tags)
+
+    with pytest.raises(MlflowException, match="param_pk"):
+        run_mod._record_sweep(p, LateTracker(creator_writes=False), parent, created=False)
+    late = LateTracker(creator_writes=True)
+    assert run_mod._record_sweep(p, late, parent, created=False) == parent
+    assert client.get_run(parent).data.params["sweep.name"] == "smoke"
+    assert late.tags["sweep.name"] == "smoke" and "sweep.pruner" not in late.tags

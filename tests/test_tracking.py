@@ -322,3 +322,23 @@ def test_a_sqlite_store_is_written_ahead_with_normal_sync_unless_turned_off(work
     monkeypatch.setenv("ALIGNBENCH_SQLITE_WAL", "0")
     tracking.create_run("plain", None, {"method": "dpo"}, uri=f"sqlite:///{workdir / 'b.db'}")
     assert modes(workdir / "b.db") == ("delete", 2)  # 2: FULL, SQLite's default
+
+
+def test_a_store_that_is_not_sqlite_ends_each_command_with_one_line_at_once(tmp_path):
+    """An overwritten mlflow.db: train, sweep, report and ui exit 2 with one line naming the file and
+    what to move aside, before MLflow's engine retries (about 100 s of them) and before any training."""
+    from helpers import run_cli
+
+    junk = bytes(range(256)) * 20  # 5,120 bytes, no SQLite header
+    (tmp_path / "mlflow.db").write_bytes(junk)
+    for command in ("train", "sweep", "report", "ui"):
+        out = run_cli(command, cwd=tmp_path, cache=tmp_path / "cache", timeout=60)
+        errors = [ln for ln in out.stderr.splitlines() if ln.startswith("alignbench: error:")]
+        assert out.returncode == 2, (command, out.stderr[-2000:])
+        assert errors == [f"alignbench: error: tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}: {tmp_path / 'mlflow.db'} "
+                          "is not a usable MLflow store (file is not a database); move it aside, with any "
+                          "mlflow.db-wal and mlflow.db-shm beside it, or set tracking.uri"], command
+        assert "Operation will be retried" not in out.stderr, command
+    assert (tmp_path / "mlflow.db").read_bytes() == junk  # nothing written over it
+    assert not (tmp_path / "cache").exists()  # no SFT model trained before the store was checked
+    assert not (tmp_path / "sweeps.journal").exists()  # nor a sweep's journal written

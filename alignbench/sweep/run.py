@@ -82,6 +82,7 @@ def run_sweep(cfg, overrides: list[str] | None = None, live: bool | None = None)
     """
     plan = plan_sweep(cfg, overrides)
     plan.started = time.time()
+    store.check_store_file(plan.tracking["uri"])  # before the journal is written
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(plan, heartbeat_stale(plan))
     for m in plan.methods:  # creates the studies; a study with another objective is a config error

@@ -75,13 +75,42 @@ def create_sqlite_store_once(uri: str) -> None:
     with open(f"{db}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            _check_sqlite_file(uri, db)
             mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates the tables if missing
-        except DBAPIError as exc:  # not SQLite (overwritten, truncated) or a stale -wal beside a new file
-            raise StoreError(f"tracking.uri={uri}: {db} is not a usable MLflow store ({exc.orig}); move it aside, "
-                             f"with any {db.name}-wal and {db.name}-shm beside it, or set tracking.uri") from None
+        except DBAPIError as exc:
+            raise _unusable(uri, db, exc.orig) from None
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     _READY_STORES.add(db)
+
+
+def check_store_file(uri: str | None) -> None:
+    """Raise `StoreError` if `uri` (None: MLflow's current one) is a SQLite file that SQLite cannot
+    read; creates nothing (a sweep checks before it writes its journal)."""
+    uri = uri or mlflow.get_tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None:
+        _check_sqlite_file(uri, db)
+
+
+def _check_sqlite_file(uri: str, db: Path) -> None:
+    """Fail at once on a file that SQLite cannot read (overwritten, truncated, or a stale -wal beside
+    a new file): MLflow would retry creating its engine for about 100 s before giving up."""
+    if not db.exists():
+        return
+    connection = sqlite3.connect(db, timeout=30)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        if "locked" not in str(exc):  # busy beyond the timeout is not a broken file: MLflow waits its own way
+            raise _unusable(uri, db, exc) from None
+    finally:
+        connection.close()
+
+
+def _unusable(uri: str, db: Path, why) -> "StoreError":
+    return StoreError(f"tracking.uri={uri}: {db} is not a usable MLflow store ({why}); move it aside, "
+                      f"with any {db.name}-wal and {db.name}-shm beside it, or set tracking.uri")
 
 
 class StoreError(Exception):
