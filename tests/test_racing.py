@@ -177,3 +177,29 @@ def test_a_raced_sweep_stops_early_and_the_report_shows_seeds_and_stop_reasons(w
     assert "| dpo | 2 | settled: equivalent to ipo |" in md
     html = (out / "report.html").read_text()
     assert "settled: equivalent to ipo" in html and "α = 0.05 spent over the race" in html
+
+
+def test_least_seeds_bounds_any_race_by_when_the_reports_test_first_orders_each_pair():
+    """race_replay's bound on three methods whose tables repeat on every seed, so only the number of
+    seeds decides: A wins every test prompt, C none, E one prompt in 16. The bootstrap misses E's win
+    on all 16 k prompts with probability (15/16)^(16k): p = 0.25, 0.09, 0.03 at 2, 3, 4 seeds, so
+    the report's test orders E ahead of C first at 4 seeds; A's pairs are ordered at min_seeds (2)."""
+    import pandas as pd
+
+    from alignbench.bench.race_replay import replay_tables
+    from alignbench.evaluation.confirmation import MethodTables
+
+    seeds, prompts = [1, 2, 3, 4, 5], list(range(16))
+    rows = {"A": [1.0] * 16, "C": [0.0] * 16, "E": [1.0] + [0.0] * 15}
+    tables = {m: MethodTables(m, {"win": pd.DataFrame([row] * 5, index=seeds, columns=prompts)}, {})
+              for m, row in rows.items()}
+    run_seconds = {"A": 1.0, "C": 2.0, "E": 3.0}
+    seconds = {(m, s): run_seconds[m] for m in rows for s in seeds}
+    out = replay_tables(tables, seconds, seed=0, min_seeds=2, min_effect=0.0, futility=0.0)
+    assert out["full_ordered"] == [("A", "C"), ("A", "E"), ("E", "C")]
+    assert out["least"]["seeds"] == {"A": 2, "C": 4, "E": 4}
+    assert out["least"]["runs"] == 10 and out["least"]["seconds"] == 2 * 1 + 4 * 2 + 4 * 3
+    assert out["least"]["compute_ratio"] == pytest.approx(22 / 30)
+    for spending, race_out in out["races"].items():  # a race spends at most alpha: never below the bound
+        assert race_out["same_verdict"], spending
+        assert race_out["seconds"] >= out["least"]["seconds"], spending

@@ -1,6 +1,6 @@
 """Racing against full confirmation on the same selections, replayed from a full confirmation's runs.
 
-    python -m alignbench.bench.race_replay DIR [DIR ...] [--min-seeds 2] [--min-effect 0.05] [--json out.json]
+    python -m alignbench.bench.race_replay DIR [DIR ...] [--min-seeds 2] [--min-effect 0.05] [--futility 0.1] [--json out.json]
 
 Each DIR holds a finished `alignbench sweep` with `sweep.confirm=full` (its ./mlflow.db). A race
 looks at a prefix of the same seeds (round k trains confirmation seed k, the same run as full
@@ -14,7 +14,10 @@ Per DIR and alpha spending it prints and returns:
   and the race's (`race_statistics`), compared as the sets of ordered pairs ("a ahead of b");
 - compute: the summed `time/total_seconds` of the confirmation runs the race uses over that of all
   of full confirmation's runs. Each sweep worker trains single-threaded, so a run's wall time is
-  its CPU time when its core is not shared with other processes."""
+  its CPU time when its core is not shared with other processes;
+- the least seeds (`least_seeds`): what a stopping rule that knew the end could save while giving
+  full confirmation's verdict with the report's test. No race can use less, so where this bound is
+  above a compute goal, no choice of race settings meets the goal on that sweep."""
 
 from __future__ import annotations
 
@@ -59,25 +62,69 @@ def load_sweep(folder: Path):
     return tables, seconds, int(params_of(parents.iloc[0]).get("sweep.seed") or 0)
 
 
-def replay(folder: Path, min_seeds: int, min_effect: float, futility: float = 0.0) -> dict:
+def first_seeds(tables: dict, k: int) -> dict:
+    """The methods' tables cut to their first k confirmation seeds."""
+    from alignbench.evaluation.confirmation import MethodTables
+
+    return {m: MethodTables(m, {q: tb.loc[t.seeds[:k]] for q, tb in t.tables.items()}, t.run_ids)
+            for m, t in tables.items()}
+
+
+def least_seeds(tables: dict, full_pairs: set, min_seeds: int, seed: int) -> dict[str, int]:
+    """{method: seeds} of the cheapest stopping rule that could give full confirmation's verdict with
+    the report's own test: a lower bound on any race's compute, not a race.
+
+    It knows the end: a pair that full confirmation does not order is let go at min_seeds for free
+    (a race needs evidence for that: equivalence or futility); a pair that it orders must stay open
+    until the report's test on the first k seeds (Holm over every pair, at the full alpha = 0.05,
+    which no look of a race exceeds) orders it the same way. A method gets the most its pairs need."""
+    from alignbench.evaluation.confirmation import confirmation_statistics
+
+    n_max = min(len(t.seeds) for t in tables.values())
+    need = {m: min(min_seeds, n_max) for m in tables}
+    open_pairs = set(full_pairs)
+    for k in range(min_seeds, n_max + 1):
+        if not open_pairs:
+            break
+        prefix, _ = confirmation_statistics(first_seeds(tables, k), rng_seed=seed)
+        settled = open_pairs & ordered_pairs(prefix["pairwise"]) if k < n_max else open_pairs
+        for a, b in settled:
+            need[a], need[b] = max(need[a], k), max(need[b], k)
+        open_pairs -= settled
+    return need
+
+
+def replay(folder: Path, min_seeds: int, min_effect: float, futility: float) -> dict:
+    tables, seconds, seed = load_sweep(folder)
+    return replay_tables(tables, seconds, seed, min_seeds, min_effect, futility) | {"folder": str(folder)}
+
+
+def replay_tables(tables: dict, seconds: dict, seed: int, min_seeds: int, min_effect: float, futility: float) -> dict:
+    """Full confirmation, the race under each alpha spending, and the least seeds (`least_seeds`) on
+    the same methods' tables; `seconds`: {(method, seed): run seconds}."""
     from alignbench.evaluation.confirmation import confirmation_statistics, race_statistics
 
-    tables, seconds, seed = load_sweep(folder)
     k = min(len(t.seeds) for t in tables.values())
     full, full_verdict = confirmation_statistics(tables, rng_seed=seed)
     full_pairs = ordered_pairs(full["pairwise"])
     total = sum(seconds.values())
-    out = {"folder": str(folder), "max_seeds": k, "sweep_seed": seed, "full_runs": k * len(tables),
+
+    def seconds_of(used: dict) -> float:
+        return sum(s for (m, seed_), s in seconds.items() if tables[m].seeds.index(seed_) < used[m])
+
+    least = least_seeds(tables, full_pairs, min_seeds, seed)
+    out = {"max_seeds": k, "sweep_seed": seed, "full_runs": k * len(tables),
            "full_seconds": total, "full_verdict": full_verdict["statement"],
-           "full_ordered": sorted(full_pairs), "races": {}}
+           "full_ordered": sorted(full_pairs), "races": {},
+           "least": {"runs": sum(least.values()), "seconds": seconds_of(least),
+                     "compute_ratio": seconds_of(least) / total, "seeds": least}}
     for spending in SPENDING:
         settings = {"min_seeds": min_seeds, "min_effect": min_effect, "spending": spending, "futility": futility}
         conf, verdict = race_statistics(tables, settings, k, rng_seed=seed)
         used = {m: r["race_seeds"] for m, r in conf["methods"].items()}
-        race_seconds = sum(s for (m, seed_), s in seconds.items() if tables[m].seeds.index(seed_) < used[m])
         race_pairs = ordered_pairs(conf["pairwise"], decided=True)
         out["races"][spending] = {
-            "runs": sum(used.values()), "seconds": race_seconds, "compute_ratio": race_seconds / total,
+            "runs": sum(used.values()), "seconds": seconds_of(used), "compute_ratio": seconds_of(used) / total,
             "same_verdict": race_pairs == full_pairs, "only_full": sorted(full_pairs - race_pairs),
             "only_race": sorted(race_pairs - full_pairs), "verdict": verdict["statement"],
             "stops": {m: [r["race_seeds"], r["race_stop"]] for m, r in conf["methods"].items()}}
@@ -89,7 +136,7 @@ def main(argv=None) -> None:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--min-seeds", type=int, default=2)
     parser.add_argument("--min-effect", type=float, default=0.05)
-    parser.add_argument("--futility", type=float, default=0.0)
+    parser.add_argument("--futility", type=float, default=0.1)  # the sweep's default (sweep.race.futility)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     results = [replay(f, args.min_seeds, args.min_effect, args.futility) for f in args.folders]
@@ -103,6 +150,9 @@ def main(argv=None) -> None:
             print(f"    {x['verdict']}")
             for m, (n, why) in sorted(x["stops"].items()):
                 print(f"    {m}: {n} seeds, {why}")
+        least = r["least"]
+        print(f"  least seeds for full's verdict (a bound, not a race): {least['runs']} runs {least['seconds']:.0f} s = "
+              f"{least['compute_ratio']:.2f} of full; " + ", ".join(f"{m} {n}" for m, n in sorted(least["seeds"].items())))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=list))
 
