@@ -61,13 +61,33 @@ def test_a_look_gets_enough_replicates_to_reach_its_smallest_holm_threshold():
 # --- the stopping rule --------------------------------------------------------------------------
 
 
-def test_a_clear_winner_stops_at_min_seeds():
+def test_a_clear_winner_stops_at_the_first_look_its_seed_t_test_allows():
+    """0.703, 0.672, 0.703 apart on seeds 1-3 (64 prompts): at 2 seeds the t test on the per-seed
+    differences (1 degree of freedom, t = 44) gives p = 0.0145, above look 2's level 0.0019, so the pair
+    stays open although the bootstrap's p is at its floor; at 3 seeds (t = 66, 2 df) p = 0.00023 < 0.0095."""
     tables = {"a": table([0.9, 0.92, 0.9, 0.9, 0.9]), "b": table([0.2, 0.25, 0.2, 0.2, 0.2])}
     r = race(tables, max_seeds=5, min_seeds=2)
-    assert r.finished and r.looks == [2]
-    assert r.stops == {"a": (2, "settled: ahead of b"), "b": (2, "settled: behind a")}
+    assert r.finished and r.looks == [2, 3]
+    assert r.stops == {"a": (3, "settled: ahead of b"), "b": (3, "settled: behind a")}
     (pair,) = r.pairs
-    assert pair["status"] == "ordered" and pair["n_seeds"] == 2 and pair["diff"] == pytest.approx(0.6875)
+    assert pair["status"] == "ordered" and pair["n_seeds"] == 3 and pair["diff"] == pytest.approx(0.6927, abs=1e-4)
+    assert pair["p_seed_t"] == pytest.approx(2.26e-4, rel=0.01)
+
+
+def test_two_seeds_that_agree_do_not_order_a_pair_at_the_first_look():
+    """SimPO and PPO in a default comparison (task seed 1): 0.157 and 0.141 apart on the first two
+    seeds, 0.095 on all five, where the report's test gives p = 0.08. The bootstrap alone took the two
+    seeds' spread for the seed variance and ordered the pair at look 2 (p < 0.002); with the seed
+    t test (p = 0.034 on 1 degree of freedom) it stays open."""
+    from alignbench.evaluation.racing import _look, look_levels
+
+    simpo, ppo = table([0.641, 0.664, 0.695, 0.598, 0.598]), table([0.484, 0.523, 0.539, 0.566, 0.605])
+    level = look_levels(0.05, 2, 5)[2]
+    bootstrap_only = _look({"simpo": simpo, "ppo": ppo}, {"simpo": 2, "ppo": 2}, {}, level, 0.05, 0)
+    assert bootstrap_only[0]["status"] == "ordered" and bootstrap_only[0]["p_holm"] < level
+    (row,) = _look({"simpo": simpo, "ppo": ppo}, {"simpo": 2, "ppo": 2}, {}, level, 0.05, 0, seed_t=True)
+    assert row["status"] == "open" and row["p_seed_t"] == pytest.approx(0.034, abs=0.01)
+    assert race({"simpo": simpo, "ppo": ppo}, max_seeds=5, min_effect=0.05).stops["simpo"][0] > 2
 
 
 def test_equal_methods_stop_as_equivalent():
@@ -95,14 +115,15 @@ def test_a_pair_whose_order_is_out_of_reach_stops_for_futility():
 
 
 def test_a_method_keeps_racing_only_while_one_of_its_pairs_is_open():
-    """a is far above b and c; b and c are close: a stops at 2 seeds, b and c race on."""
+    """a is far above b and c; b and c are close: a stops at 4 seeds (b's and c's seed noise leaves
+    the t test short of look 3's Holm threshold), b and c race on."""
     noisy_b, noisy_c = [0.45, 0.3, 0.45, 0.3, 0.45], [0.3, 0.45, 0.3, 0.45, 0.35]
     tables = {"a": table([0.95] * 5), "b": table(noisy_b), "c": table(noisy_c)}
     r = race(tables, max_seeds=5, min_seeds=2, min_effect=0.02)
-    assert r.stops["a"] == (2, "settled: ahead of b, c")
+    assert r.stops["a"] == (4, "settled: ahead of b, c")
     assert r.stops["b"][0] == r.stops["c"][0] == 5
-    # Given only a's first two seeds (what a race would have run), the replay is the same.
-    short = race({**tables, "a": tables["a"][:2]}, max_seeds=5, min_seeds=2, min_effect=0.02)
+    # Given only a's first four seeds (what a race would have run), the replay is the same.
+    short = race({**tables, "a": tables["a"][:4]}, max_seeds=5, min_seeds=2, min_effect=0.02)
     assert short.stops == r.stops
 
 
@@ -152,15 +173,16 @@ def test_a_raced_sweep_stops_early_and_the_report_shows_seeds_and_stop_reasons(w
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     confirmed = [r for r in runs if r.data.tags.get("alignbench.role") == "confirmation"]
     (parent,) = [r for r in runs if r.data.tags.get("alignbench.role") == "sweep"]
-    # min_effect 0.99: any two methods are equivalent at the first look, after min_seeds = 2 seeds.
+    # The tiny model's DPO and IPO: at the first look, after min_seeds = 2 seeds, their order is out
+    # of reach by 3 seeds (the seed t test's interval on 1 degree of freedom is too wide for equivalence).
     assert sorted((r.data.tags["method"], r.data.tags["confirmation.seed"]) for r in confirmed) == [
         ("dpo", "1"), ("dpo", "2"), ("ipo", "1"), ("ipo", "2")]
     for m, other in (("dpo", "ipo"), ("ipo", "dpo")):
         race_entry = summary["methods"][m]["confirmation"]["race"]
-        assert race_entry == {"n_seeds": 2, "stop": f"settled: equivalent to {other}"}
+        assert race_entry == {"n_seeds": 2, "stop": f"settled: out of reach vs {other}"}
         assert summary["methods"][m]["confirmation"]["status"] == "done"
         assert parent.data.tags[f"race.{m}.n_seeds"] == "2"
-        assert parent.data.tags[f"race.{m}.stop"] == f"settled: equivalent to {other}"
+        assert parent.data.tags[f"race.{m}.stop"] == f"settled: out of reach vs {other}"
     assert parent.data.params["sweep.confirm"] == "race" and parent.data.params["sweep.race.min_effect"] == "0.99"
 
     cfg = OmegaConf.create({"tracking": {"uri": None}, "report": {"sweep": "sweep-smoke", "out_dir": "reports"},
@@ -170,13 +192,13 @@ def test_a_raced_sweep_stops_early_and_the_report_shows_seeds_and_stop_reasons(w
     conf = report["confirmation"]
     assert conf["race"]["runs"] == 4 and conf["race"]["full_runs"] == 6 and conf["race"]["finished"]
     assert {m: (r["race_seeds"], r["race_stop"]) for m, r in conf["methods"].items()} == {
-        "dpo": (2, "settled: equivalent to ipo"), "ipo": (2, "settled: equivalent to dpo")}
-    assert conf["pairwise"][0]["status"] == "equivalent"
+        "dpo": (2, "settled: out of reach vs ipo"), "ipo": (2, "settled: out of reach vs dpo")}
+    assert conf["pairwise"][0]["status"] == "futile"
     assert "No method is distinguishable" in report["verdict"]["statement"]
     md = (out / "report.md").read_text()
-    assert "| dpo | 2 | settled: equivalent to ipo |" in md
+    assert "| dpo | 2 | settled: out of reach vs ipo |" in md
     html = (out / "report.html").read_text()
-    assert "settled: equivalent to ipo" in html and "α = 0.05 spent over the race" in html
+    assert "settled: out of reach vs ipo" in html and "α = 0.05 spent over the race" in html
 
 
 def test_least_seeds_bounds_any_race_by_when_the_reports_test_first_orders_each_pair():
