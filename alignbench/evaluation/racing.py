@@ -10,7 +10,10 @@ are computed for every pair on the seeds the two methods share. A pair that is s
 - settled ("equivalent") when its (1 - 2 alpha_k) interval lies inside (-min_effect, +min_effect):
   a two one-sided tests (TOST) equivalence test at alpha_k;
 
-and a method stops getting seeds once every pair it is in is settled. At look max_seeds everything
+and a method stops getting seeds once every pair it is in is settled. At every look before the last,
+a pair's p-value is also the larger of the bootstrap's and a t test's on its per-seed mean
+differences, and equivalence needs the t interval inside the margin too (`_look`: with few seeds
+the bootstrap takes the seeds it has for the seed variance). At look max_seeds everything
 stops: pairs still open are "ordered" if significant there, else "undecided".
 
 Alpha spending. The race looks at the data up to max_seeds - min_seeds + 1 times; testing each look
