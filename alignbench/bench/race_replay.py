@@ -62,14 +62,6 @@ def load_sweep(folder: Path):
     return tables, seconds, int(params_of(parents.iloc[0]).get("sweep.seed") or 0)
 
 
-def first_seeds(tables: dict, k: int) -> dict:
-    """The methods' tables cut to their first k confirmation seeds."""
-    from alignbench.evaluation.confirmation import MethodTables
-
-    return {m: MethodTables(m, {q: tb.loc[t.seeds[:k]] for q, tb in t.tables.items()}, t.run_ids)
-            for m, t in tables.items()}
-
-
 def least_seeds(tables: dict, full_pairs: set, min_seeds: int, seed: int) -> dict[str, int]:
     """{method: seeds} of the cheapest stopping rule that could give full confirmation's verdict with
     the report's own test: a lower bound on any race's compute, not a race.
@@ -86,8 +78,11 @@ def least_seeds(tables: dict, full_pairs: set, min_seeds: int, seed: int) -> dic
     for k in range(min_seeds, n_max + 1):
         if not open_pairs:
             break
-        prefix, _ = confirmation_statistics(first_seeds(tables, k), rng_seed=seed)
-        settled = open_pairs & ordered_pairs(prefix["pairwise"]) if k < n_max else open_pairs
+        if k < n_max:  # at n_max the prefix is full confirmation itself: every pair left is ordered there
+            prefix, _ = confirmation_statistics({m: t.first_seeds(k) for m, t in tables.items()}, rng_seed=seed)
+            settled = open_pairs & ordered_pairs(prefix["pairwise"])
+        else:
+            settled = set(open_pairs)
         for a, b in settled:
             need[a], need[b] = max(need[a], k), max(need[b], k)
         open_pairs -= settled
@@ -109,22 +104,20 @@ def replay_tables(tables: dict, seconds: dict, seed: int, min_seeds: int, min_ef
     full_pairs = ordered_pairs(full["pairwise"])
     total = sum(seconds.values())
 
-    def seconds_of(used: dict) -> float:
-        return sum(s for (m, seed_), s in seconds.items() if tables[m].seeds.index(seed_) < used[m])
+    def compute(used: dict) -> dict:  # the runs of each method's first used[m] seeds
+        spent = sum(s for (m, seed_), s in seconds.items() if tables[m].seeds.index(seed_) < used[m])
+        return {"runs": sum(used.values()), "seconds": spent, "compute_ratio": spent / total}
 
     least = least_seeds(tables, full_pairs, min_seeds, seed)
     out = {"max_seeds": k, "sweep_seed": seed, "full_runs": k * len(tables),
            "full_seconds": total, "full_verdict": full_verdict["statement"],
-           "full_ordered": sorted(full_pairs), "races": {},
-           "least": {"runs": sum(least.values()), "seconds": seconds_of(least),
-                     "compute_ratio": seconds_of(least) / total, "seeds": least}}
+           "full_ordered": sorted(full_pairs), "races": {}, "least": compute(least) | {"seeds": least}}
     for spending in SPENDING:
         settings = {"min_seeds": min_seeds, "min_effect": min_effect, "spending": spending, "futility": futility}
         conf, verdict = race_statistics(tables, settings, k, rng_seed=seed)
         used = {m: r["race_seeds"] for m, r in conf["methods"].items()}
         race_pairs = ordered_pairs(conf["pairwise"], decided=True)
-        out["races"][spending] = {
-            "runs": sum(used.values()), "seconds": seconds_of(used), "compute_ratio": seconds_of(used) / total,
+        out["races"][spending] = compute(used) | {
             "same_verdict": race_pairs == full_pairs, "only_full": sorted(full_pairs - race_pairs),
             "only_race": sorted(race_pairs - full_pairs), "verdict": verdict["statement"],
             "stops": {m: [r["race_seeds"], r["race_stop"]] for m, r in conf["methods"].items()}}

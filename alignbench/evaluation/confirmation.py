@@ -32,6 +32,11 @@ class MethodTables:
     def prompts(self) -> list:
         return list(self.tables["win"].columns)
 
+    def first_seeds(self, k: int) -> "MethodTables":
+        """The same outcomes on the first k confirmation seeds only (what a race had at look k)."""
+        kept = self.seeds[:k]
+        return MethodTables(self.method, {q: table.loc[kept] for q, table in self.tables.items()}, self.run_ids)
+
 
 def win_indicator(samples: pd.DataFrame) -> np.ndarray:
     """Per prompt: 1 policy preferred, 1/2 tie, 0 reference preferred (as the win rate counts them)."""
@@ -143,9 +148,7 @@ def race_statistics(methods: dict[str, MethodTables], settings: dict, max_seeds:
     used = {m: state.stops[m][0] if m in state.stops else len(t.seeds) for m, t in methods.items()}
     summaries = {}
     for m, t in sorted(methods.items()):
-        kept = t.seeds[:used[m]]
-        cut = MethodTables(m, {q: table.loc[kept] for q, table in t.tables.items()}, t.run_ids)
-        summaries[m] = method_summary(cut, n_boot, alpha, rng_seed) | {
+        summaries[m] = method_summary(t.first_seeds(used[m]), n_boot, alpha, rng_seed) | {
             "race_seeds": used[m], "race_stop": state.stops[m][1] if m in state.stops else "still racing"}
     counts = sorted(set(used.values()))
     n_seeds = counts[0] if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"

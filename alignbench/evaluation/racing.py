@@ -208,8 +208,8 @@ def _look(tables: dict, seeds: dict, decided: dict, level: float, min_effect: fl
         row["significant"] = p_holm <= level
         if row["significant"]:
             row["status"] = "ordered"
-        elif all(-min_effect < row.get(low, row["low"]) and row.get(high, row["high"]) < min_effect
-                 for low, high in (("low", "high"), ("low_seed_t", "high_seed_t"))):
+        elif (-min_effect < min(row["low"], row.get("low_seed_t", row["low"]))
+              and max(row["high"], row.get("high_seed_t", row["high"])) < min_effect):
             row["status"] = "equivalent"
     return rows
 
