@@ -61,6 +61,7 @@ def train_command(cfg: DictConfig) -> None:
           f"KL={m['eval/kl']:.2f} nats/seq ({m['eval/kl_per_token']:.3f}/token)"
           + (f" gold={m['eval/gold_reward']:.3f} (ref {m['eval/reference_gold_reward']:.3f})" if "eval/gold_reward" in m else "")
           + judge_summary(m)
+          + (f" DIVERGED at step {int(m['train/diverged_step'])} (eval.diverged_kl)" if m.get("train/diverged") else "")
           + (f" mlflow_run={run_id}" if run_id else ""))
 
 

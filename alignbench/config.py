@@ -251,6 +251,7 @@ def check_eval(cfg: DictConfig) -> None:
     spp = e.samples_per_prompt
     if not isinstance(spp, int) or isinstance(spp, bool) or spp < 1:
         raise ConfigError(f"eval.samples_per_prompt={spp}: must be an integer >= 1")
+    _positive(cfg, "eval.diverged_kl")  # nats/seq above which a run is tagged diverged
     seed = OmegaConf.select(cfg, "task_seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"task_seed={seed}: must be an integer")

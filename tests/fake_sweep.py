@@ -100,7 +100,7 @@ def fabricate_sweep(root: Path, name: str = "fake", methods=("dpo", "ipo"), n_tr
                     n_prompts: int = 24, seed: int = 0, max_steps: int = 6, eval_every: int = 3,
                     study_params: str = "explicit", objective: str = "win_rate", confirm_seeds: int | None = None,
                     confirm_quality: dict[str, float] | None = None, n_test_prompts: int = 10,
-                    samples_per_prompt: int = 2) -> FakeSweep:
+                    samples_per_prompt: int = 2, confirm_diverged: dict[str, dict[int, int]] | None = None) -> FakeSweep:
     """A finished sweep under `root`: MLflow sqlite store `root/mlflow.db` (shared by several fabricated
     sweeps; each its own experiment), Optuna journal `root/<name>.journal`.
 
@@ -114,6 +114,8 @@ def fabricate_sweep(root: Path, name: str = "fake", methods=("dpo", "ipo"), n_tr
     `confirm_seeds`: the parent's `sweep.confirm_seeds` param (None: not logged, as an older sweep).
     `confirm_quality`: per method, the quality of its confirmation runs (seeds seed+1..seed+confirm_seeds,
     `n_test_prompts` x `samples_per_prompt` samples each); methods of equal quality get identical samples.
+    `confirm_diverged`: per method, {seed: step} of confirmation runs tagged diverged at that step; a seed
+    outside the method's confirmation seeds is an extra FAILED run (a non-finite loss), with no samples.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -151,7 +153,8 @@ def fabricate_sweep(root: Path, name: str = "fake", methods=("dpo", "ipo"), n_tr
             t += 10_000
     for method, quality in (confirm_quality or {}).items():
         fake.confirmations[method] = _log_confirmations(setup, method, quality, confirm_seeds or 0,
-                                                        n_test_prompts, samples_per_prompt, t)
+                                                        n_test_prompts, samples_per_prompt, t,
+                                                        (confirm_diverged or {}).get(method, {}))
         t += 10_000
     client.set_terminated(pid, "FINISHED", end_time=t)
     return fake
@@ -256,7 +259,7 @@ def _metric_history(s: _Setup, trial, state: str, quality: float, final: dict, t
 
 
 def _log_confirmations(s: _Setup, method: str, quality: float, n_seeds: int, n_prompts: int, per_prompt: int,
-                       t: int) -> list[dict]:
+                       t: int, diverged: dict[int, int]) -> list[dict]:
     """The confirmation runs of `method`: seeds s.seed+1 .. s.seed+n_seeds on the same test prompts and
     reference responses (fixed by the task, not the seed). The first seed's first attempt is KILLED
     (an interrupted run, re-run after resume) and has no samples."""
@@ -278,7 +281,10 @@ def _log_confirmations(s: _Setup, method: str, quality: float, n_seeds: int, n_p
         for k, ref in enumerate(refs):
             for i, row in enumerate(_samples(rng, prompts, ref, quality, s.builtin, None)):
                 rows.append(row | {"prompt_index": i, "sample_index": k})
-        rid = s.client.create_run(s.experiment_id, run_name=f"{method}-confirm-{seed}", tags=tags,
+        tags_run = tags | ({"diverged": "true", "diverged.step": str(diverged[seed]),
+                            "diverged.reason": "sampled KL 134.6 nats/seq is above eval.diverged_kl=60"}
+                           if seed in diverged else {})
+        rid = s.client.create_run(s.experiment_id, run_name=f"{method}-confirm-{seed}", tags=tags_run,
                                   start_time=t).info.run_id
         params = {"method.name": method, "seed": seed, "eval.split": "test", "eval.samples_per_prompt": per_prompt,
                   "judge.name": "gold" if s.builtin else "reward_model"}
@@ -287,4 +293,11 @@ def _log_confirmations(s: _Setup, method: str, quality: float, n_seeds: int, n_p
         s.client.set_terminated(rid, "FINISHED", end_time=t + 1000)
         out.append({"seed": seed, "run_id": rid, "rows": rows})
         t += 2000
+    for seed in sorted(set(diverged) - set(range(s.seed + 1, s.seed + n_seeds + 1))):
+        tags = {"alignbench.role": "confirmation", "mlflow.parentRunId": s.parent_run_id, "method": method,
+                "confirmation.seed": str(seed), "diverged": "true", "diverged.step": str(diverged[seed]),
+                "diverged.reason": f"loss is nan at step {diverged[seed]}"}
+        failed = s.client.create_run(s.experiment_id, run_name=f"{method}-confirm-{seed}", tags=tags, start_time=t)
+        s.client.set_terminated(failed.info.run_id, "FAILED", end_time=t + 500)
+        t += 1000
     return out

@@ -98,6 +98,7 @@ def test_the_defaults_sweep_searches_nothing_for_any_of_its_methods():
     (["eval.split=train"], "eval.split=train: must be validation or test"),
     (["eval.samples_per_prompt=0"], "eval.samples_per_prompt=0: must be an integer >= 1"),
     (["task_seed=1.5"], "task_seed=1.5: must be an integer"),
+    (["eval.diverged_kl=0"], "eval.diverged_kl=0: must be > 0"),
     (["data=hh-rlhf", "judge=reward_model", "data.test_fraction=0"], "data.test_fraction=0: must be in (0, 1)"),
     (["data=hh-rlhf", "judge=reward_model", "data.validation_fraction=0.6", "data.test_fraction=0.5"],
      "data.validation_fraction + data.test_fraction: must be < 1"),

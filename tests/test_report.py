@@ -24,6 +24,7 @@ from fake_sweep import HOSTILE, SPACES, fabricate_sweep
 N_PROMPTS = 24
 N_TEST = 10
 CONFIRM_QUALITY = {"dpo": 0.0, "ipo": 1.5, "simpo": 0.0}
+CONFIRM_DIVERGED = {"ipo": {4: 80}, "simpo": {7: 2}}  # ipo's seed 4 finished diverged; simpo's seed 7 failed
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def store(tmp_path_factory):
         # ipo clearly better; dpo and simpo confirmation samples identical
         "confirmed": fabricate_sweep(root, "confirmed", methods=("dpo", "ipo", "simpo"), n_trials=2, seed=2,
                                      n_prompts=8, confirm_seeds=3, confirm_quality=CONFIRM_QUALITY,
-                                     n_test_prompts=N_TEST, samples_per_prompt=2),
+                                     n_test_prompts=N_TEST, samples_per_prompt=2, confirm_diverged=CONFIRM_DIVERGED),
         "latest": fabricate_sweep(root, "latest", methods=("dpo",), n_trials=3, n_prompts=8, objective="pareto"),
     }
     return root, sweeps
@@ -375,6 +376,36 @@ def test_verdict_ranks_the_clearly_better_method_first_and_groups_identical_ones
         assert pairs[("ipo", b)]["diff"] == pytest.approx(means["ipo"] - means[b])
     same = pairs[("dpo", "simpo")]
     assert (same["diff"], same["p_holm"], same["significant"]) == (0.0, 1.0, False)
+
+
+def test_diverged_seeds_are_counted_marked_and_plotted(confirmed_report):
+    _, out, summary, html = confirmed_report
+    conf = summary["confirmation"]
+    # the count per method (failed seeds included), for the verdict's sentence
+    assert summary["diverged_seeds"] == conf["diverged_seeds"] == {"dpo": 0, "ipo": 1, "simpo": 1}
+    assert [(s["seed"], s["diverged"], s["diverged_step"]) for s in conf["methods"]["ipo"]["per_seed"]] == [
+        (3, False, None), (4, True, 80), (5, False, None)]
+    assert not any(s["diverged"] for s in conf["methods"]["simpo"]["per_seed"])  # seed 7 has no outcome
+    assert conf["seeds"] == [3, 4, 5]  # the failed seed leaves the compared seeds alone
+    assert any("simpo: confirmation seed 7 diverged at step 2 and failed (loss is nan at step 2)" in n
+               for n in summary["notes"]["confirmation"])
+    md = (out / "report.md").read_text()
+    assert "4: " in md and "(diverged at step 80)" in md and "| 1 of 3 |" in md
+    assert "diverged at step 80</b>" in html
+    assert (out / "figures" / "confirmation_seeds.png").stat().st_size > 1000
+    assert "figures/confirmation_seeds.png" in md and "Per-seed outcomes" in html
+
+
+def test_robust_aggregates_sit_beside_the_mean(confirmed_report):
+    _, _, summary, _ = confirmed_report
+    conf = summary["confirmation"]
+    for row in conf["methods"].values():  # three seeds: the IQM cuts none, so it is the mean
+        assert row["win_rate_iqm"] == pytest.approx(row["win_rate_mean"])
+        assert row["win_rate_iqm_ci_low"] <= row["win_rate_iqm"] <= row["win_rate_iqm_ci_high"]
+    pairs = {(c["a"], c["b"]): c for c in conf["pairwise"]}
+    assert pairs[("dpo", "simpo")]["p_improvement"] == 0.5  # identical seeds: every pair a tie
+    assert pairs[("ipo", "dpo")]["p_improvement"] == 1.0  # every ipo seed above every dpo seed
+    assert pairs[("ipo", "dpo")]["p_improvement_ci_low"] <= 1.0 == pairs[("ipo", "dpo")]["p_improvement_ci_high"]
 
 
 def test_report_opens_with_the_verdict(confirmed_report):

@@ -275,3 +275,16 @@ def test_groups_are_maximal_runs_without_a_significant_pair():
     sig = lambda x, y: {x, y} == {"A", "C"}
     assert indistinguishable_groups(["A", "B", "C", "D"], sig) == [["A", "B"], ["B", "C", "D"]]
     assert indistinguishable_groups(["A"], sig) == [["A"]]
+
+
+def test_iqm_and_probability_of_improvement_hand_values():
+    from alignbench.evaluation.robust import improvement_interval, iqm, iqm_interval, probability_of_improvement
+
+    assert iqm([0.0, 1.0, 2.0, 3.0, 100.0]) == 2.0  # one cut at each end: the collapse does not carry it
+    assert iqm([0.2, 0.8, 0.9]) == pytest.approx(0.6333333)  # below 4 seeds: the mean
+    assert probability_of_improvement([1.0, 2.0], [0.0, 2.0]) == 0.625  # (1 + 0 + 1 + 1/2) / 4
+    assert probability_of_improvement([0.1, 0.2], [0.5, 0.6]) == 0.0
+    value, low, high = iqm_interval([0.80, 0.85, 0.86, 0.88, 0.24], n_boot=500)
+    assert value == pytest.approx((0.80 + 0.85 + 0.86) / 3) and low <= value <= high
+    p, low, high = improvement_interval([0.8, 0.85, 0.9], [0.7, 0.75, 0.95], n_boot=500)
+    assert p == pytest.approx(6 / 9) and 0.0 <= low <= p <= high <= 1.0

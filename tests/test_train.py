@@ -11,7 +11,7 @@ import yaml
 
 from alignbench.config import compose
 from alignbench.tracking.null import NullTracker
-from alignbench.training.loop import NonFiniteLoss
+from alignbench.training.loop import NonFiniteLoss, divergence
 from alignbench.training.run import train
 from helpers import FAST, run_cli, tracked_train
 
@@ -85,7 +85,34 @@ def test_a_crash_ends_failed_with_the_reason(workdir):
 def test_nan_loss_fails_instead_of_training_on_garbage(workdir):
     with pytest.raises(NonFiniteLoss, match="loss is nan at step 2"):
         tracked_train([*FAST, "fault.nan_loss_at_step=2"])
-    assert mlflow.search_runs(experiment_names=["test"]).iloc[0]["status"] == "FAILED"
+    run = mlflow.search_runs(experiment_names=["test"]).iloc[0]
+    assert run["status"] == "FAILED"
+    # not silently: tagged diverged at that step, so a report counts the seed
+    assert (run["tags.diverged"], run["tags.diverged.step"]) == ("true", "2")
+    assert "loss is nan" in run["tags.diverged.reason"]
+
+
+def test_divergence_is_a_kl_above_the_limit_or_not_finite():
+    assert divergence({"eval/kl": 59.9}, 60.0) is None
+    assert divergence({"eval/kl": -3.0}, 60.0) is None
+    assert "134.6 nats/seq is above eval.diverged_kl=60" in divergence({"eval/kl": 134.6}, 60.0)
+    assert divergence({"eval/kl": float("nan")}, 60.0) == "sampled KL is nan"
+    assert divergence({"eval/kl": float("inf")}, 60.0) == "sampled KL is inf"
+
+
+def test_a_run_past_the_kl_limit_is_tagged_diverged_and_finishes(workdir):
+    """The first evaluation above eval.diverged_kl tags the run with its step; the run goes on."""
+    tracker = NullTracker()
+    result = train(compose([*FAST, "method.lr=0.02", "eval.diverged_kl=1e-3"]), tracker)
+    kls = [(step, m["eval/kl"]) for step, m in tracker.metrics if "eval/kl" in m]
+    assert [s for s, _ in kls] == [3, 6] and all(kl > 1e-3 for _, kl in kls), kls
+    assert tracker.tags["diverged"] == "true" and tracker.tags["diverged.step"] == "3"
+    assert "above eval.diverged_kl=0.001" in tracker.tags["diverged.reason"]
+    assert result.metrics["train/diverged"] == 1.0 and result.metrics["train/diverged_step"] == 3.0
+    assert math.isfinite(result.metrics["eval/win_rate"])  # evaluated to the end, not failed
+    quiet = NullTracker()
+    result = train(compose(FAST), quiet)  # the default limit: nothing to say
+    assert "diverged" not in quiet.tags and result.metrics["train/diverged"] == 0.0
 
 
 def test_cli_train_prints_win_rate_and_is_searchable(workdir):

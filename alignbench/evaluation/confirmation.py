@@ -7,11 +7,12 @@ verdict (`alignbench.evaluation.stats`). Pure functions of tables; no MLflow cal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from alignbench.evaluation.robust import improvement_interval, iqm_interval
 from alignbench.evaluation.stats import pairwise_comparisons, two_level_bootstrap_ci, verdict
 
 QUANTITIES = ("win", "kl", "gold")  # win: 1 policy preferred, 1/2 tie, 0 reference preferred
@@ -19,10 +20,13 @@ QUANTITIES = ("win", "kl", "gold")  # win: 1 policy preferred, 1/2 tie, 0 refere
 
 @dataclass
 class MethodTables:
-    """One method's confirmation outcomes: per quantity a DataFrame (index: seeds, columns: prompts)."""
+    """One method's confirmation outcomes: per quantity a DataFrame (index: seeds, columns: prompts);
+    `diverged`: {seed: (step, why)} of its confirmation runs tagged diverged (those that failed, with no
+    row in the tables, included)."""
     method: str
     tables: dict[str, pd.DataFrame]
     run_ids: dict[int, str]
+    diverged: dict[int, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def seeds(self) -> list[int]:
@@ -35,7 +39,8 @@ class MethodTables:
     def first_seeds(self, k: int) -> "MethodTables":
         """The same outcomes on the first k confirmation seeds only (what a race had at look k)."""
         kept = self.seeds[:k]
-        return MethodTables(self.method, {q: table.loc[kept] for q, table in self.tables.items()}, self.run_ids)
+        return MethodTables(self.method, {q: table.loc[kept] for q, table in self.tables.items()}, self.run_ids,
+                            {s: d for s, d in self.diverged.items() if s in kept})
 
 
 def win_indicator(samples: pd.DataFrame) -> np.ndarray:
@@ -55,10 +60,11 @@ def prompt_means(samples: pd.DataFrame, by_index: bool) -> pd.DataFrame:
     return values.groupby("key", sort=True).mean()
 
 
-def method_tables(method: str, samples_by_seed: dict[int, pd.DataFrame],
-                  run_ids: dict[int, str]) -> tuple[MethodTables | None, str | None]:
+def method_tables(method: str, samples_by_seed: dict[int, pd.DataFrame], run_ids: dict[int, str],
+                  diverged: dict[int, tuple[int, str]] | None = None) -> tuple[MethodTables | None, str | None]:
     """The method's [seeds x prompts] tables, or None and why (its seeds were evaluated on
-    different prompts). A quantity that some seed did not log (NaN anywhere) is left out."""
+    different prompts). A quantity that some seed did not log (NaN anywhere) is left out.
+    `diverged`: {seed: (step, why)} of its runs tagged diverged."""
     by_index = all("prompt_index" in s for s in samples_by_seed.values())
     per_seed = {seed: prompt_means(s, by_index) for seed, s in sorted(samples_by_seed.items())}
     prompt_sets = {tuple(m.index) for m in per_seed.values()}
@@ -73,7 +79,7 @@ def method_tables(method: str, samples_by_seed: dict[int, pd.DataFrame],
                 tables[q] = t
     if "win" not in tables:
         return None, f"{method}: the confirmation samples have no usable winner column"
-    return MethodTables(method, tables, run_ids), None
+    return MethodTables(method, tables, run_ids, dict(diverged or {})), None
 
 
 def comparable(methods: dict[str, MethodTables]) -> tuple[dict[str, MethodTables], list[str]]:
@@ -99,7 +105,9 @@ def _interval(table: pd.DataFrame, n_boot: int, alpha: float, rng_seed: int) -> 
 
 
 def method_summary(t: MethodTables, n_boot: int, alpha: float, rng_seed: int) -> dict:
-    """Means over seeds of the per-seed prompt means, with two-level intervals, and the per-seed values."""
+    """Means over seeds of the per-seed prompt means, with two-level intervals; the per-seed values
+    (each seed diverged or not); the diverged seeds' count; the IQM of the per-seed win rates with its
+    interval over seeds (`robust`)."""
     row: dict = {"seeds": t.seeds, "n_prompts": len(t.prompts)}
     for q, name in (("win", "win_rate"), ("kl", "kl"), ("gold", "gold")):
         if q in t.tables:
@@ -109,7 +117,29 @@ def method_summary(t: MethodTables, n_boot: int, alpha: float, rng_seed: int) ->
                         **{name: float(t.tables[q].loc[seed].mean()) for q, name in
                            (("win", "win_rate"), ("kl", "kl"), ("gold", "gold")) if q in t.tables}}
                        for seed in t.seeds]
+    for s in row["per_seed"]:
+        step = t.diverged.get(s["seed"], (None, None))[0]
+        s |= {"diverged": step is not None, "diverged_step": step}
+    row["diverged_seeds"] = len(t.diverged)  # failed ones (no row above) included
+    per_seed_wins = t.tables["win"].mean(axis=1).to_numpy(dtype=float)
+    iqm, low, high = iqm_interval(per_seed_wins, n_boot=n_boot, alpha=alpha, rng_seed=rng_seed)
+    row |= {"win_rate_iqm": iqm, "win_rate_iqm_ci_low": low, "win_rate_iqm_ci_high": high}
     return row
+
+
+def add_improvement(pairs: list[dict], methods: dict[str, MethodTables], n_boot: int, alpha: float,
+                    rng_seed: int) -> None:
+    """Each pair's probability of improvement P(seed of a beats seed of b) on the per-seed win
+    rates, with its interval over seeds (`robust`), added to its row."""
+    for pair in pairs:
+        x, y = (methods[pair[k]].tables["win"].mean(axis=1).to_numpy(dtype=float) for k in ("a", "b"))
+        p, low, high = improvement_interval(x, y, n_boot=n_boot, alpha=alpha, rng_seed=rng_seed)
+        pair |= {"p_improvement": p, "p_improvement_ci_low": low, "p_improvement_ci_high": high}
+
+
+def diverged_counts(methods: dict[str, MethodTables]) -> dict[str, int]:
+    """{method: confirmation seeds tagged diverged}: what the verdict's sentence can carry."""
+    return {m: len(t.diverged) for m, t in sorted(methods.items())}
 
 
 def confirmation_statistics(methods: dict[str, MethodTables], n_boot: int = 2000, alpha: float = 0.05,
@@ -122,11 +152,12 @@ def confirmation_statistics(methods: dict[str, MethodTables], n_boot: int = 2000
     summaries = {m: method_summary(t, n_boot, alpha, rng_seed) for m, t in sorted(methods.items())}
     wins = {m: t.tables["win"].to_numpy(dtype=float) for m, t in methods.items()}
     pairs = pairwise_comparisons(wins, n_boot=n_boot, alpha=alpha, rng_seed=rng_seed) if len(wins) > 1 else []
+    add_improvement(pairs, methods, n_boot, alpha, rng_seed)
     means = {m: s["win_rate_mean"] for m, s in summaries.items()}
     result = verdict(means, pairs, alpha=alpha, n_seeds=n_seeds, n_prompts=n_prompts)
     confirmation = {"n_seeds": n_seeds, "n_prompts": n_prompts, "seeds": any_method.seeds, "alpha": alpha,
                     "n_boot": n_boot, "has_gold": all("gold" in t.tables for t in methods.values()),
-                    "methods": summaries, "pairwise": pairs}
+                    "methods": summaries, "pairwise": pairs, "diverged_seeds": diverged_counts(methods)}
     return confirmation, result
 
 
@@ -160,6 +191,7 @@ def race_statistics(methods: dict[str, MethodTables], settings: dict, max_seeds:
     confirmation = {"n_seeds": n_seeds, "n_prompts": n_prompts, "seeds": seeds, "alpha": alpha, "n_boot": n_boot,
                     "has_gold": all("gold" in t.tables for t in methods.values()), "methods": summaries,
                     "pairwise": state.pairs,
+                    "diverged_seeds": diverged_counts({m: t.first_seeds(used[m]) for m, t in methods.items()}),
                     "race": {**settings, "max_seeds": max_seeds, "finished": state.finished, "looks": state.looks,
                              "levels": {str(k): v for k, v in state.levels.items()},
                              "runs": sum(used.values()), "full_runs": max_seeds * len(methods)}}

@@ -135,6 +135,13 @@ IMPORTANCE_METHOD = (f"Importances from Optuna's {IMPORTANCE_EVALUATOR} evaluato
                      f"{IMPORTANCE_TOP_QUANTILE:.0%} of a method's complete trials than among all of them. It needs "
                      f"several trials above that cutoff (Optuna advises at least {IMPORTANCE_MIN_TOP}); with few "
                      "trials the importances are noisy.")
+SEED_OUTCOMES_NOTE = ("IQM of seeds: the interquartile mean of the per-seed win rates (rliable's robust aggregate; "
+                      "below 4 seeds it equals the mean), 95% percentile bootstrap over seeds. Diverged seeds: "
+                      "confirmation runs tagged diverged=true (sampled KL above eval.diverged_kl, or a non-finite "
+                      "loss); they stay in the mean and the intervals and are counted and marked here, because an "
+                      "interval from a few seeds cannot cover collapses it has not seen. P(A > B) over seeds: "
+                      "rliable's probability of improvement, the share of (seed of A, seed of B) pairs where A's "
+                      "win rate is higher (ties 1/2), 95% bootstrap over each method's seeds.")
 SEARCH_CAVEAT = ("Validation numbers of the selected trials, optimistically biased: the best of N noisy trials "
                  "(N: the complete trials of the method), on the prompts they were selected on.")
 

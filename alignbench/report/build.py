@@ -32,14 +32,16 @@ import pandas as pd
 
 import alignbench
 from alignbench.evaluation.confirmation import comparable, confirmation_statistics, method_tables, race_statistics
-from alignbench.report.analysis import (IMPORTANCE_METHOD, SAMPLE_COLUMNS, SEARCH_CAVEAT, best_trials, examples,
-                                        headline_rows, hyperparams, importance_caveat, importances, judge_caveats,
-                                        length_control_caveat, length_controlled, paired_comparisons, run_metadata)
+from alignbench.report.analysis import (IMPORTANCE_METHOD, SAMPLE_COLUMNS, SEARCH_CAVEAT, SEED_OUTCOMES_NOTE,
+                                        best_trials, examples, headline_rows, hyperparams, importance_caveat,
+                                        importances, judge_caveats, length_control_caveat, length_controlled,
+                                        paired_comparisons, run_metadata)
 from alignbench.report.figures import (CURVE_KEYS, Figure, curves_figure, frontier_figure, history_figure,
-                                       importance_figure, method_color, sensitivity_figure)
+                                       importance_figure, method_color, seed_strip_figure, sensitivity_figure)
 from alignbench.report.formatting import fmt, fmt_p, slug
-from alignbench.report.reading import (NoStudies, column, find_sweep, load_confirmation_runs,
-                                       load_studies, load_trials, params_of, study_methods_of)
+from alignbench.report.reading import (NoStudies, column, diverged_confirmations, find_sweep,
+                                       load_confirmation_runs, load_studies, load_trials, params_of,
+                                       study_methods_of)
 from alignbench.report.rendering import render_html, render_markdown, render_note, write_runs_csv, write_summary
 from alignbench.tracking.artifacts import SAMPLES_ARTIFACT, load_samples
 
@@ -91,13 +93,15 @@ def build_report(cfg, studies: dict | None = None) -> Path:
     _length_control_note(trials, notes)
     notes["headline"].extend(judge_caveats(trials))
     confirmation, verdict = _confirmation(client, parents, parent_params, rng_seed, notes)
+    seeds_figure = seed_strip_figure(confirmation, methods, out / "figures") if confirmation else None
+    figures["seeds"] = [seeds_figure] if seeds_figure else []
     shown = _examples_or_note(samples, methods, int(_cfg(cfg, "report.n_examples", 6)), notes)
     metadata = run_metadata(trials, parent, parents, sweep_name, studies, parent_params)
 
     context = dict(sweep=sweep_name, parent_id=str(parent["run_id"]), experiment=str(parent.get("experiment_name", "")),
                    objective=objective, methods=methods, headline=headline, has_gold=has_gold, figures=figures,
                    notes=notes, comparisons=comparisons, confirmation=confirmation, verdict=verdict,
-                   search_caveat=SEARCH_CAVEAT, importance_method=IMPORTANCE_METHOD, lc=lc, examples=shown,
+                   search_caveat=SEARCH_CAVEAT, seed_outcomes_note=SEED_OUTCOMES_NOTE, importance_method=IMPORTANCE_METHOD, lc=lc, examples=shown,
                    metadata=metadata, swept=swept,
                    fmt=fmt, fmt_p=fmt_p, colors={m: method_color(methods, m) for m in methods},
                    generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -272,12 +276,15 @@ def _confirmation(client, parents: pd.DataFrame, parent_params: dict, rng_seed: 
     if runs.empty:
         notes["confirmation"].append(_no_confirmation_reason(parent_params.get("sweep.confirm_seeds")))
         return None, None
-    tables = {}
+    tables, diverged = {}, diverged_confirmations(parents)
     for method, sub in runs.groupby("method", sort=True):
         samples = _confirmation_samples(client, method, sub, notes)
+        notes["confirmation"] += [f"{method}: confirmation seed {seed} diverged at step {step} and failed ({why}), so "
+                                  "it has no test outcome." for seed, (step, why) in sorted(diverged.get(method, {}).items())
+                                  if seed not in samples]
         if not samples:
             continue
-        t, why = method_tables(method, samples, {int(r.seed): r.run_id for r in sub.itertuples()})
+        t, why = method_tables(method, samples, {int(r.seed): r.run_id for r in sub.itertuples()}, diverged.get(method))
         if t is None:
             notes["confirmation"].append(why + ".")
         else:
@@ -359,6 +366,7 @@ def _write_files(out: Path, trials: pd.DataFrame, context: dict) -> None:
     c = context
     summary = {"sweep": c["sweep"], "parent_run_id": c["parent_id"], "objective": c["objective"],
                "verdict": c["verdict"], "confirmation": c["confirmation"],
+               "diverged_seeds": (c["confirmation"] or {}).get("diverged_seeds"),  # {method: count}, confirmation seeds
                "headline": c["headline"], "comparisons": c["comparisons"], "length_controlled": c["lc"],
                "notes": c["notes"], "metadata": c["metadata"]}
     write_summary(summary, out / "summary.json")

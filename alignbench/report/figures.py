@@ -196,3 +196,34 @@ def curves_figure(histories: dict[str, dict[str, list]], methods, out) -> Figure
     axes[0].legend(fontsize=8)
     fig.suptitle("Training curves of each method's best trial", y=1.04)
     return _save(fig, out, "training_curves", "Training curves")
+
+
+def seed_strip_figure(confirmation: dict, methods, out) -> Figure | None:
+    """Each confirmation seed's test win rate as a dot per method (diverged seeds a red cross), the
+    mean over seeds a bar: the seeds a mean over few of them hides."""
+    plt = _plt()
+    rows = sorted(confirmation.get("methods", {}).items())
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2.5, 3.8))
+    for i, (m, r) in enumerate(rows):
+        seeds = r["per_seed"]
+        offsets = np.linspace(-0.15, 0.15, len(seeds)) if len(seeds) > 1 else [0.0]
+        for dx, s in zip(offsets, seeds):
+            if s.get("diverged"):
+                ax.scatter(i + dx, s["win_rate"], marker="x", color="#d62728", s=60, zorder=4, lw=2)
+            else:
+                ax.scatter(i + dx, s["win_rate"], color=method_color(methods, m) if m in methods else "k", s=30, zorder=3)
+        ax.hlines(r["win_rate_mean"], i - 0.28, i + 0.28, color="k", lw=1.5, zorder=2)
+    ax.scatter([], [], marker="x", color="#d62728", label="diverged seed")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(range(len(rows)), [m for m, _ in rows])
+    ax.set_ylabel("test win rate vs reference")
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.grid(alpha=0.3, axis="y")
+    if any(s.get("diverged") for _, r in rows for s in r["per_seed"]):
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Confirmation: win rate of each seed")
+    return _save(fig, out, "confirmation_seeds", "Per-seed outcomes",
+                 "Each dot one confirmation seed's test win rate; bar: the mean over seeds; red cross: a seed "
+                 "tagged diverged (its sampled KL above eval.diverged_kl, or its loss not finite).")

@@ -131,6 +131,23 @@ def load_confirmation_runs(parents: pd.DataFrame) -> pd.DataFrame:
     return runs.sort_values(["method", "seed"]).reset_index(drop=True)
 
 
+def diverged_confirmations(parents: pd.DataFrame) -> dict[str, dict[int, tuple[int, str]]]:
+    """{method: {seed: (step, why)}} of the confirmation seeds whose latest run, whatever its status
+    (a non-finite loss fails the run), is tagged `diverged=true` (`training.loop.diverged_tags`)."""
+    runs = _child_runs(parents)
+    if "tags.mlflow.parentRunId" not in runs or "tags.diverged" not in runs:
+        return {}
+    runs = runs[_is_confirmation(runs)].copy()
+    runs["seed"] = pd.to_numeric(column(runs, "tags.confirmation.seed"), errors="coerce")
+    runs = runs[runs["seed"].notna()].drop_duplicates(subset=["method", "seed"], keep="last")
+    out: dict[str, dict[int, tuple[int, str]]] = {}
+    for _, r in runs[column(runs, "tags.diverged") == "true"].iterrows():
+        step = pd.to_numeric(r.get("tags.diverged.step"), errors="coerce")
+        out.setdefault(str(r["method"]), {})[int(r["seed"])] = (None if pd.isna(step) else int(step),
+                                                               str(r.get("tags.diverged.reason") or ""))
+    return out
+
+
 def study_methods_of(trials: pd.DataFrame) -> dict[str, str]:
     """{study name: method} as the trial runs' `optuna.study` and `method` tags record them."""
     if "study" not in trials:

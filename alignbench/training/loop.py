@@ -5,6 +5,7 @@ log, evaluate and checkpoint, the bookkeeping of a run's time and tokens, and th
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -16,7 +17,32 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN or inf: the run fails with this reason instead of training on garbage."""
+    """The loss became NaN or inf: the run fails with this reason instead of training on garbage
+    (tagged diverged at `step` first, `train`)."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
+
+
+# The tags of a run that left the sane range (`diverged_tags`): a confirmation seed that did is
+# counted and shown by the report, not averaged in unseen.
+DIVERGED_TAG = "diverged"
+
+
+def diverged_tags(step: int, reason: str) -> dict:
+    return {DIVERGED_TAG: "true", f"{DIVERGED_TAG}.step": str(step), f"{DIVERGED_TAG}.reason": reason}
+
+
+def divergence(metrics: dict, max_kl: float) -> str | None:
+    """Why an evaluation says the policy has left the sane range, or None: its sampled KL to the
+    reference is not finite or above `max_kl` nats/seq (`eval.diverged_kl`)."""
+    kl = float(metrics.get("eval/kl", 0.0))
+    if not math.isfinite(kl):
+        return f"sampled KL is {kl}"
+    if kl > max_kl:
+        return f"sampled KL {kl:.1f} nats/seq is above eval.diverged_kl={max_kl:g}"
+    return None
 
 
 @dataclass
@@ -62,7 +88,7 @@ def compiled_for_training(cfg, policy):
 
 def check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"loss is {loss.item()} at step {step}")
+        raise NonFiniteLoss(f"loss is {loss.item()} at step {step}", step)
 
 
 def inject_faults(cfg, loss: torch.Tensor, step: int) -> torch.Tensor:
@@ -131,6 +157,7 @@ class LoopBookkeeping:
     train_time: float = 0.0
     eval_time: float = 0.0
     tokens_seen: int = 0
+    diverged: tuple[int, str] | None = None  # (first step, why) once an evaluation left the sane range
 
     def log(self, step: int, metrics: dict) -> None:
         self.tracker.log_metrics(metrics, step)
@@ -141,6 +168,11 @@ class LoopBookkeeping:
         policy = getattr(policy, "_orig_mod", policy)
         self.result = run_evaluation(self.prepared, policy, step, self.tracker, self.on_eval, self.history)
         self.eval_time += time.time() - t_eval
+        reason = divergence(self.result.metrics, float(self.cfg.eval.diverged_kl))
+        if reason and self.diverged is None:  # the first step it happened; the run goes on and is shown
+            self.diverged = (step, reason)
+            self.tracker.set_tags(diverged_tags(step, reason))
+            log.warning("WARNING: the run diverged at step %d: %s", step, reason)
 
     def checkpoint(self, step: int, policy, optimisation: Optimisation, batches_drawn: int) -> None:
         state = LoopState(step, batches_drawn, self.history, self.train_time, self.eval_time, self.tokens_seen)
@@ -150,11 +182,18 @@ class LoopBookkeeping:
         """Go on from a checkpoint's bookkeeping (its eval history, seconds and tokens so far)."""
         self.history = list(state.history)
         self.train_time, self.eval_time, self.tokens_seen = state.train_time, state.eval_time, state.tokens_seen
+        for step, metrics in self.history:  # the run's tags say so already; the summary needs it too
+            reason = divergence(metrics, float(self.cfg.eval.diverged_kl))
+            if reason and self.diverged is None:
+                self.diverged = (step, reason)
 
     def finish(self, timings: dict, extra: dict) -> RunResult:
         """The run's result: the last eval's metrics, the training summary, then the loop's `extra` figures."""
         timings.update(train_seconds=self.train_time, eval_seconds=self.eval_time)
         summary = dict(self.result.metrics)
-        summary.update({"train/seconds": self.train_time, "train/tokens": float(self.tokens_seen)})
+        summary.update({"train/seconds": self.train_time, "train/tokens": float(self.tokens_seen),
+                        "train/diverged": float(self.diverged is not None)})
+        if self.diverged is not None:
+            summary["train/diverged_step"] = float(self.diverged[0])
         summary.update(extra)
         return RunResult(metrics=summary, history=self.history, rows=self.result.rows, timings=timings)

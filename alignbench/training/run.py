@@ -23,7 +23,7 @@ from alignbench.methods import METHODS
 from alignbench.tracking.artifacts import SAMPLES_ARTIFACT
 from alignbench.tracking.null import NullTracker
 from alignbench.training.checkpoint import CHECKPOINTS, fetch_checkpoint, flat, save_policy
-from alignbench.training.loop import RunResult
+from alignbench.training.loop import NonFiniteLoss, RunResult, diverged_tags
 from alignbench.training.offline import offline_loop
 from alignbench.training.online import online_loop
 from alignbench.training.setup import Prepared, prepare
@@ -110,10 +110,15 @@ def train_validated(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunRes
         tracker.log_params(run_params(cfg, prepared, method_params))
         tracker.log_metrics(prepared.evaluator.constant_metrics, 0)  # once: every evaluation shares them
     tracker.set_tags({"method": cfg.method.name} | judge_caveats(cfg, prepared))
-    if online:
-        result = online_loop(cfg, prepared, tracker, on_eval, critic_free=not method.value_head)
-    else:
-        result = offline_loop(cfg, prepared, tracker, on_eval, checkpoint)
+    try:
+        if online:
+            result = online_loop(cfg, prepared, tracker, on_eval, critic_free=not method.value_head)
+        else:
+            result = offline_loop(cfg, prepared, tracker, on_eval, checkpoint)
+    except NonFiniteLoss as exc:  # it fails (nothing to train on), tagged diverged so that it is counted
+        if exc.step is not None:
+            tracker.set_tags(diverged_tags(exc.step, str(exc)))
+        raise
     result.timings["total_seconds"] = time.time() - t0
     summary = {k: v for k, v in result.metrics.items() if k.startswith("train/")}  # seconds, tokens, pairs/s
     tracker.log_metrics(summary | {f"time/{k}": v for k, v in result.timings.items()}, cfg.train.max_steps)
