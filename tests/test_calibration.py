@@ -101,3 +101,53 @@ def test_comparison_calibration_states_rate_power_and_seeds():
     assert "3 seeds × 32 prompts" in text and "a vs b (+0.020): more than 6" in text
     one_seed = comparison_calibration({"a": tables["a"][:1]}, [], n_sim=10)
     assert not one_seed["available"] and calibration_text(one_seed).startswith("No calibration: 1 seed(s)")
+
+
+# --- the A/A bench (`alignbench.bench.calibration`) ---------------------------------------------
+
+
+def test_every_split_of_six_seeds_into_halves_once():
+    from alignbench.bench.calibration import seed_splits
+
+    splits = seed_splits(6)
+    assert len(splits) == 10  # C(6, 3) / 2: a split and its mirror are the same A/A comparison
+    assert all(sorted(a + b) == list(range(6)) and len(a) == len(b) == 3 and 0 in a for a, b in splits)
+    assert len(set(splits)) == 10
+
+
+def test_aa_on_a_table_whose_seeds_are_identical_never_differs():
+    from alignbench.bench.calibration import aa_on_table
+
+    row = np.r_[np.ones(12), np.zeros(4)]
+    out = aa_on_table(np.tile(row, (4, 1)), n_boot=200, n_sims=50)
+    assert out["splits"] == 3 and out["n_seeds"] == 4 and out["per_seed_win_rate"] == [0.75] * 4
+    assert out["p_report"] == [1.0] * 3 and out["fp_report"]["rate"] == 0.0 and out["seed_sd"] == 0.0
+    assert out["simulated_fp_report"]["n_sim"] == 50
+
+
+def test_the_simulated_aa_table_at_ci_size():
+    """Small simulation counts (the docs' table uses 1000 A/A comparisons per row): the rows, their
+    rates in [0, 1], the true means of the two mixes (0.8647 and 0.6829 by Monte Carlo: the collapsing
+    mix is 0.75 x its unimodal part + 0.25 x 0.25), and the Markdown table a reader reruns."""
+    from alignbench.bench.calibration import MIXES, markdown, run, true_mean
+
+    assert true_mean(MIXES[0]) == pytest.approx(0.8647, abs=2e-3)
+    assert true_mean(MIXES[1]) == pytest.approx(0.6829, abs=2e-3)
+    rows = run(n_sims=20, n_boot=200, n_prompts=16, seeds=(2, 3))
+    assert [(r["mix"], r["n_seeds"]) for r in rows] == [(m.name, k) for m in MIXES for k in (2, 3)]
+    for r in rows:
+        for key in ("fp_bootstrap", "fp_seed_t", "fp_report", "cover_bootstrap", "cover_report"):
+            assert 0.0 <= r[key]["low"] <= r[key]["rate"] <= r[key]["high"] <= 1.0
+        assert r["fp_report"]["rate"] <= min(r["fp_bootstrap"]["rate"], r["fp_seed_t"]["rate"]) + 1e-12
+        assert r["cover_report"]["rate"] >= r["cover_bootstrap"]["rate"]  # the hull only widens
+    assert len(markdown(rows).splitlines()) == 2 + 4
+
+
+@pytest.mark.slow
+def test_empirical_aa_trains_four_seeds_and_splits_them():
+    from alignbench.bench.calibration import trained_aa
+    from helpers import FAST
+
+    out = trained_aa(4, ["method=dpo", *FAST, "threads=1"], n_boot=200)
+    assert out["method"] == "dpo" and out["n_seeds"] == 4 and out["splits"] == 3 and len(out["seconds"]) == 4
+    assert len(out["p_report"]) == 3 and all(0 < p <= 1 for p in out["p_report"])

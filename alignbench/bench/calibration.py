@@ -3,7 +3,16 @@ are the same method, at K = 2..5 seeds, for a method whose seeds agree and for o
 some seeds; and how often a method's interval covers its true mean.
 
     python -m alignbench.bench.calibration [--sims 1000] [--boot 1000] [--prompts 64] [--seeds 2,3,4,5]
-                                           [--json out.json] [--markdown]
+                                           [--json out.json]
+    python -m alignbench.bench.calibration --train 6 method=dpo [train overrides ...] [--json out.json]
+
+The second form is the empirical check (`trained_aa`): one method trained on 2K seeds (1..2K) with
+`training.run.train` as `alignbench train` runs it (untracked, eval.split=test), its [2K seeds x P
+prompts] win table built as the report builds confirmation tables, and every split of the seeds into
+two groups of K (A/A: the same method on both sides) tested as the report tests a pair. The rate of
+splits called different is the observed false-positive rate; the splits share seeds, so it is a rough
+check (for 2K = 6, ten splits), shown beside the rate `evaluation.calibration` simulates from that
+table's own variance components.
 
 A simulated method: its seed s has a win probability mean + seed[s] (seed[s] ~ N(0, seed_sd), or, with
 probability `collapse`, the collapsed mean `collapsed` instead), prompt p adds prompt[p] ~ N(0,
@@ -106,14 +115,80 @@ def run(n_sims: int = 1000, n_boot: int = 1000, n_prompts: int = 64, seeds=(2, 3
             for j, mix in enumerate(mixes) for k in seeds]
 
 
+def seed_splits(n_seeds: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Every split of seeds 0..n_seeds-1 into two halves, each once (the half holding seed 0 first)."""
+    from itertools import combinations
+
+    everyone = range(n_seeds)
+    return [(a, tuple(i for i in everyone if i not in a))
+            for a in combinations(everyone, n_seeds // 2) if 0 in a]
+
+
+def aa_on_table(table: np.ndarray, n_boot: int = 2000, n_sims: int = 1000) -> dict:
+    """The A/A splits of one method's (2K, P) win table tested as the report tests a pair, and the rate
+    `evaluation.calibration` simulates from the table's own components at (K, P)."""
+    from alignbench.evaluation.calibration import difference_components, rejection_rate, simulate_null, variance_components
+
+    splits = seed_splits(len(table))
+    p_boot, p_report = [], []
+    for i, (a, b) in enumerate(splits):
+        res = paired_difference(table[list(a)], table[list(b)], n_boot=n_boot, rng_seed=i)
+        p_boot.append(res["p_bootstrap"])
+        p_report.append(res["p_value"])
+    comps = variance_components(table)
+    draws = simulate_null(difference_components(comps, comps), len(table) // 2, table.shape[1], n_sims, n_boot)
+    return {"n_seeds": len(table), "n_prompts": table.shape[1], "splits": len(splits),
+            "per_seed_win_rate": [float(v) for v in table.mean(axis=1)], **comps.as_dict(),
+            "fp_bootstrap": rate(sum(p <= ALPHA for p in p_boot), len(splits)),
+            "fp_report": rate(sum(p <= ALPHA for p in p_report), len(splits)),
+            "p_bootstrap": p_boot, "p_report": p_report,
+            "simulated_fp_report": rejection_rate(draws, ALPHA),
+            "simulated_fp_bootstrap": rejection_rate(draws, ALPHA, seed_t=False)}
+
+
+def trained_aa(n_seeds: int, overrides: list[str], n_boot: int = 2000) -> dict:
+    """Train the method of `overrides` on seeds 1..n_seeds (test prompts, untracked), then `aa_on_table`."""
+    import time
+
+    import pandas as pd
+
+    from alignbench.config import compose
+    from alignbench.evaluation.confirmation import method_tables
+    from alignbench.training.run import train
+
+    samples, seconds = {}, {}
+    for seed in range(1, n_seeds + 1):
+        cfg = compose([*overrides, f"seed={seed}", "eval.split=test", "tracking.enabled=false"])
+        t0 = time.time()
+        samples[seed] = pd.DataFrame(train(cfg).rows)
+        seconds[seed] = time.time() - t0
+        print(f"seed {seed}: win rate {samples[seed]['winner'].map({'policy': 1.0, 'tie': 0.5}).fillna(0).mean():.3f} "
+              f"({seconds[seed]:.0f} s)", flush=True)
+    tables, why = method_tables(str(cfg.method.name), samples, {})
+    if tables is None:
+        raise SystemExit(f"alignbench: error: {why}")
+    return {"method": str(cfg.method.name), "overrides": overrides, "seconds": seconds,
+            **aa_on_table(tables.tables["win"].to_numpy(dtype=float), n_boot=n_boot)}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m alignbench.bench.calibration", description=__doc__.split("\n")[0])
+    ap.add_argument("--train", type=int, metavar="2K", help="empirical A/A: train on seeds 1..2K (even), then split")
     ap.add_argument("--sims", type=int, default=1000, help="A/A comparisons per mix and seed count")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap replicates per test")
     ap.add_argument("--prompts", type=int, default=64, help="test prompts (the built-in task has 64)")
     ap.add_argument("--seeds", default="2,3,4,5", help="seed counts K per arm, comma-separated")
     ap.add_argument("--json", help="also write the rows here")
-    args = ap.parse_args(argv)
+    args, overrides = ap.parse_known_args(argv)
+    if args.train:
+        if args.train < 4 or args.train % 2:
+            raise SystemExit(f"alignbench: error: --train {args.train}: needs an even number of seeds, at least 4")
+        out = trained_aa(args.train, overrides)
+        print(json.dumps({k: v for k, v in out.items() if k not in ("p_bootstrap", "p_report")}, indent=1))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(out, fh, indent=1)
+        return
     rows = run(args.sims, args.boot, args.prompts, tuple(int(k) for k in args.seeds.split(",")))
     print(markdown(rows))
     print("\nmixes: " + "; ".join(json.dumps(asdict(m)) for m in MIXES))
