@@ -151,3 +151,17 @@ def test_empirical_aa_trains_four_seeds_and_splits_them():
     out = trained_aa(4, ["method=dpo", *FAST, "threads=1"], n_boot=200)
     assert out["method"] == "dpo" and out["n_seeds"] == 4 and out["splits"] == 3 and len(out["seconds"]) == 4
     assert len(out["p_report"]) == 3 and all(0 < p <= 1 for p in out["p_report"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train", "5", "method=dpo"], "--train 5: needs an even number of seeds, at least 4"),
+    (["method=dpo"], "method=dpo: train overrides need --train 2K"),
+    (["--train", "4", "method.lr=-1"], "method.lr=-1: must be > 0"),
+])
+def test_calibrate_refuses_bad_input_in_one_line(argv, message, capsys):
+    from alignbench.cli import run_command
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_command("calibrate", argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("alignbench: error: " + message) and err.count("\n") == 1

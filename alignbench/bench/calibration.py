@@ -2,9 +2,9 @@
 are the same method, at K = 2..5 seeds, for a method whose seeds agree and for one that collapses on
 some seeds; and how often a method's interval covers its true mean.
 
-    python -m alignbench.bench.calibration [--sims 1000] [--boot 1000] [--prompts 64] [--seeds 2,3,4,5]
-                                           [--json out.json]
-    python -m alignbench.bench.calibration --train 6 method=dpo [train overrides ...] [--json out.json]
+    alignbench calibrate [--sims 1000] [--boot 1000] [--prompts 64] [--seeds 2,3,4,5]
+                         [--json out.json]
+    alignbench calibrate --train 6 method=dpo [train overrides ...] [--json out.json]
 
 The second form is the empirical check (`trained_aa`): one method trained on 2K seeds (1..2K) with
 `training.run.train` as `alignbench train` runs it (untracked, eval.split=test), its [2K seeds x P
@@ -33,7 +33,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from alignbench.config import ConfigError
+from alignbench.data.records import DataError
 from alignbench.evaluation.stats import paired_difference, two_level_bootstrap_ci, win_rate_ci
+from alignbench.process import fail
 
 ALPHA = 0.05
 
@@ -152,13 +155,14 @@ def trained_aa(n_seeds: int, overrides: list[str], n_boot: int = 2000) -> dict:
 
     import pandas as pd
 
-    from alignbench.config import compose
+    from alignbench.config import compose, validate
     from alignbench.evaluation.confirmation import method_tables
     from alignbench.training.run import train
 
     samples, seconds = {}, {}
     for seed in range(1, n_seeds + 1):
         cfg = compose([*overrides, f"seed={seed}", "eval.split=test", "tracking.enabled=false"])
+        validate(cfg)
         t0 = time.time()
         samples[seed] = pd.DataFrame(train(cfg).rows)
         seconds[seed] = time.time() - t0
@@ -166,13 +170,13 @@ def trained_aa(n_seeds: int, overrides: list[str], n_boot: int = 2000) -> dict:
               f"({seconds[seed]:.0f} s)", flush=True)
     tables, why = method_tables(str(cfg.method.name), samples, {})
     if tables is None:
-        raise SystemExit(f"alignbench: error: {why}")
+        fail(why)
     return {"method": str(cfg.method.name), "overrides": overrides, "seconds": seconds,
             **aa_on_table(tables.tables["win"].to_numpy(dtype=float), n_boot=n_boot)}
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m alignbench.bench.calibration", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="alignbench calibrate", description=__doc__.split("\n")[0])
     ap.add_argument("--train", type=int, metavar="2K", help="empirical A/A: train on seeds 1..2K (even), then split")
     ap.add_argument("--sims", type=int, default=1000, help="A/A comparisons per mix and seed count")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap replicates per test")
@@ -180,10 +184,15 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", default="2,3,4,5", help="seed counts K per arm, comma-separated")
     ap.add_argument("--json", help="also write the rows here")
     args, overrides = ap.parse_known_args(argv)
+    if overrides and not args.train:
+        fail(f"{' '.join(overrides)}: train overrides need --train 2K (the simulation takes none)")
     if args.train:
         if args.train < 4 or args.train % 2:
-            raise SystemExit(f"alignbench: error: --train {args.train}: needs an even number of seeds, at least 4")
-        out = trained_aa(args.train, overrides)
+            fail(f"--train {args.train}: needs an even number of seeds, at least 4")
+        try:
+            out = trained_aa(args.train, overrides)
+        except (ConfigError, DataError) as exc:
+            fail(str(exc))
         print(json.dumps({k: v for k, v in out.items() if k not in ("p_bootstrap", "p_report")}, indent=1))
         if args.json:
             with open(args.json, "w") as fh:
