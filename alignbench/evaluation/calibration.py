@@ -128,8 +128,9 @@ def rejection_rate(draws: NullDraws, alpha: float, shift: float = 0.0, seed_t: b
 
 def min_detectable(draws: NullDraws, alpha: float, power: float = POWER, steps: int = 30) -> float:
     """The smallest shift the test calls different in at least `power` of the simulated tables
-    (bisection on the shift; the rejection rate grows with it). NaN when no finite shift reaches it
-    (one seed and no prompt spread cannot happen; nothing else stops it)."""
+    (bisection on the shift; the rejection rate grows with it). NaN when no shift up to 2^60 times the
+    draws' spread reaches it (p cannot fall below the bootstrap's floor 2 / (n_boot + 1) <= alpha
+    otherwise, so only an n_boot too small for alpha gets there)."""
     spread = float(np.abs(draws.boot).max() + np.abs(draws.seed_means).max())
     low, high = 0.0, max(spread, 1e-9)
     for _ in range(60):  # make sure `high` is enough
