@@ -15,13 +15,14 @@ from omegaconf import DictConfig
 from alignbench.config import CONF_DIR, ConfigError, apply_model_budget, check_overrides, check_types, one_line, validate
 from alignbench.process import exit_interrupted, fail, interrupt_on_sigterm, quiet_libraries, setup_logging
 
-USAGE = """usage: alignbench {train,sweep,report,ui,bench} [hydra overrides]
+USAGE = """usage: alignbench {train,sweep,report,ui,bench,calibrate} [hydra overrides]
 
   train   one run, tracked in MLflow          alignbench train method=ipo method.tau=0.3
   sweep   Optuna studies across methods       alignbench sweep sweep=smoke
   report  comparison report of a sweep        alignbench report report.sweep=smoke
   ui      the MLflow UI on 127.0.0.1          alignbench ui ui.port=5000
   bench   speed benchmark vs TRL (bench.json) alignbench bench
+  calibrate  the report's test on A/A splits  alignbench calibrate --train 6 method=dpo (no --train: simulated)
 
 Add --help after a subcommand for its config groups and options."""
 
@@ -148,8 +149,13 @@ def run_command(command: str, rest: list[str]) -> None:
 
         bench_main(rest)  # its results dict is not returned: the console script would exit 1 with it
         return
+    if command == "calibrate":  # its own arguments, then train overrides (`bench/calibration.py`)
+        from alignbench.bench.calibration import main as calibrate_main
+
+        calibrate_main(rest)
+        return
     if command not in COMMANDS:
-        fail(f"unknown command {command!r} (choose from train, sweep, report, ui, bench; alignbench --help)")
+        fail(f"unknown command {command!r} (choose from train, sweep, report, ui, bench, calibrate; alignbench --help)")
     try:
         check_overrides([a for a in rest if not a.startswith("-")])
     except ConfigError as exc:

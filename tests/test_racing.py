@@ -83,7 +83,7 @@ def test_two_seeds_that_agree_do_not_order_a_pair_at_the_first_look():
 
     simpo, ppo = table([0.641, 0.664, 0.695, 0.598, 0.598]), table([0.484, 0.523, 0.539, 0.566, 0.605])
     level = look_levels(0.05, 2, 5)[2]
-    bootstrap_only = _look({"simpo": simpo, "ppo": ppo}, {"simpo": 2, "ppo": 2}, {}, level, 0.05, 0)
+    bootstrap_only = _look({"simpo": simpo, "ppo": ppo}, {"simpo": 2, "ppo": 2}, {}, level, 0.05, 0, seed_t=False)
     assert bootstrap_only[0]["status"] == "ordered" and bootstrap_only[0]["p_holm"] < level
     (row,) = _look({"simpo": simpo, "ppo": ppo}, {"simpo": 2, "ppo": 2}, {}, level, 0.05, 0, seed_t=True)
     assert row["status"] == "open" and row["p_seed_t"] == pytest.approx(0.034, abs=0.01)

@@ -126,9 +126,12 @@ def test_two_level_interval_includes_seed_spread():
     # A resample is the mean of 3 seeds drawn from {0.2, 0.5, 0.8}; P(all three 0.2) = 1/27 > 2.5%,
     # so the 2.5% and 97.5% percentiles are the extremes 0.2 and 0.8 themselves.
     seed_spread = np.repeat([[0.2], [0.5], [0.8]], 8, axis=1)
-    mean, low, high = two_level_bootstrap_ci(seed_spread)
+    mean, low, high = two_level_bootstrap_ci(seed_spread, seed_t=False)
     assert mean == pytest.approx(0.5)
     assert (low, high) == pytest.approx((0.2, 0.8))
+    # With the seed t interval: sd of the seed means 0.3, se 0.3 / sqrt(3) = 0.1732, t(0.975, 2 df) = 4.3027,
+    # so 0.5 -+ 0.7452: three seeds say little about a fourth, which the bootstrap's (0.2, 0.8) hides.
+    assert two_level_bootstrap_ci(seed_spread)[1:] == pytest.approx((0.5 - 0.7452, 0.5 + 0.7452), abs=1e-4)
     # Same mean, no seed spread: every seed sees prompts 0.2, 0.5, 0.8 (x3). A resample is the mean of
     # 27 draws from {0.2, 0.5, 0.8} (variance 0.06): sd = sqrt(0.06 / 27) = 0.047, width ~ 3.92 sd = 0.185.
     no_seed_spread = np.tile([0.2, 0.5, 0.8] * 3, (3, 1))
@@ -147,10 +150,10 @@ def test_two_level_matches_a_literal_loop_over_the_documented_draws():
     seeds = rng.integers(0, 3, size=(50, 3))  # documented order: seed indices, then prompt indices
     prompts = rng.integers(0, 4, size=(50, 3, 4))
     boot = [np.mean([table[seeds[b, k], prompts[b, k]].mean() for k in range(3)]) for b in range(50)]
-    mean, low, high = two_level_bootstrap_ci(table, n_boot=50, alpha=0.1, rng_seed=7)
+    mean, low, high = two_level_bootstrap_ci(table, n_boot=50, alpha=0.1, rng_seed=7, seed_t=False)
     assert mean == pytest.approx(table.mean())
     assert (low, high) == pytest.approx(tuple(np.quantile(boot, [0.05, 0.95])), rel=1e-12)
-    assert two_level_bootstrap_ci(table, n_boot=50, alpha=0.1, rng_seed=7) == (mean, low, high)
+    assert two_level_bootstrap_ci(table, n_boot=50, alpha=0.1, rng_seed=7, seed_t=False) == (mean, low, high)
 
 
 def test_two_level_with_one_seed_is_the_prompt_bootstrap():
@@ -175,12 +178,14 @@ def test_two_level_rejects_bad_tables():
 def test_paired_difference_with_itself_and_constant_shift():
     a = np.array([[0, 0.5, 1, 1], [1, 0, 0.5, 0], [0.5, 0.5, 1, 0]])
     same = paired_difference(a, a, n_boot=999)
-    assert same == {"diff": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0}
+    assert {k: same[k] for k in ("diff", "low", "high", "p_value", "p_bootstrap", "p_seed_t")} == {
+        "diff": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0, "p_bootstrap": 1.0, "p_seed_t": 1.0}
     shifted = paired_difference(a + 0.1, a, n_boot=999)
     assert shifted["diff"] == pytest.approx(0.1)
     assert (shifted["low"], shifted["high"]) == pytest.approx((0.1, 0.1))
     assert shifted["high"] - shifted["low"] == pytest.approx(0.0, abs=1e-12)
     assert shifted["p_value"] == pytest.approx(2 / 1000)  # no resample on the far side of 0
+    assert shifted["p_seed_t"] < 1e-12  # every seed 0.1 apart: the t test has no spread to doubt
     assert paired_difference(a, a + 0.1, n_boot=999)["diff"] == pytest.approx(-0.1)
 
 
@@ -192,6 +197,20 @@ def test_paired_difference_pairs_by_seed_and_prompt():
     _, low_a, high_a = two_level_bootstrap_ci(base + 0.05)
     _, low_b, high_b = two_level_bootstrap_ci(base)
     assert low_a < high_b and low_b < high_a  # the separate intervals overlap widely
+
+
+def test_paired_difference_takes_the_larger_p_of_the_bootstrap_and_the_seed_t_test():
+    """The smoke sweep's dpo vs simpo: per-seed wins 0.583, 0.250 and 0.417, 0.000 on 12 prompts (in the
+    sweep's prompt order the bootstrap alone gave p = 0.002, 0.011 in this one); the t test on the seed differences 0.1667 and 0.25 (mean 0.2083,
+    se 0.0417, t = 5.0 on 1 df) gives p = 2 * (1/2 - atan(5) / pi) = 0.1257, and that is the p-value."""
+    dpo = np.array([[1.0] * 7 + [0.0] * 5, [1.0] * 3 + [0.0] * 9])
+    simpo = np.array([[1.0] * 5 + [0.0] * 7, [0.0] * 12])
+    out = paired_difference(dpo, simpo)
+    assert out["p_bootstrap"] < 0.02  # the bootstrap alone orders the pair
+    assert out["p_seed_t"] == pytest.approx(2 * (0.5 - math.atan(5.0) / math.pi), abs=1e-6)
+    assert out["p_value"] == out["p_seed_t"]
+    assert out["low"] == out["low_seed_t"] < 0 < out["low_bootstrap"]  # the hull reaches below 0
+    assert paired_difference(dpo, simpo, seed_t=False)["p_value"] == out["p_bootstrap"]
 
 
 def test_paired_difference_needs_equal_shapes():
@@ -232,7 +251,9 @@ def test_verdict_only_ends_differ():
     assert out["groups"] == [["A", "B"], ["B", "C"]]
     assert out["statement"] == ("A is ahead of C; no difference between A and B, or between B and C "
                                 "(α = 0.05, Holm-corrected, 3 seeds × 128 test prompts).")
-    assert out["text"] == out["statement"] + "\n95% intervals from a two-level bootstrap over seeds and prompts."
+    assert out["text"] == out["statement"] + (
+        "\n95% intervals from a two-level bootstrap over seeds and prompts, widened to the t interval of the "
+        "per-seed means; a pair differs only where a t test on its per-seed differences agrees.")
     # At alpha = 0.005 nothing differs.
     strict = verdict(means, _comparisons({("A", "B"): 0.2, ("A", "C"): 0.01, ("B", "C"): 0.3}),
                      alpha=0.005, n_seeds=3, n_prompts=128)

@@ -79,7 +79,8 @@ def least_seeds(tables: dict, full_pairs: set, min_seeds: int, seed: int) -> dic
         if not open_pairs:
             break
         if k < n_max:  # at n_max the prefix is full confirmation itself: every pair left is ordered there
-            prefix, _ = confirmation_statistics({m: t.first_seeds(k) for m, t in tables.items()}, rng_seed=seed)
+            prefix, _ = confirmation_statistics({m: t.first_seeds(k) for m, t in tables.items()}, rng_seed=seed,
+                                                calibration_sims=0)
             settled = open_pairs & ordered_pairs(prefix["pairwise"])
         else:
             settled = set(open_pairs)
@@ -100,7 +101,7 @@ def replay_tables(tables: dict, seconds: dict, seed: int, min_seeds: int, min_ef
     from alignbench.evaluation.confirmation import confirmation_statistics, race_statistics
 
     k = min(len(t.seeds) for t in tables.values())
-    full, full_verdict = confirmation_statistics(tables, rng_seed=seed)
+    full, full_verdict = confirmation_statistics(tables, rng_seed=seed, calibration_sims=0)
     full_pairs = ordered_pairs(full["pairwise"])
     total = sum(seconds.values())
 

@@ -2,8 +2,9 @@
 seeds and evaluated on the test prompts. Turns the confirmation runs' eval samples into one
 [K seeds x P prompts] table per method and quantity (win indicator, KL, gold reward), keeps the
 methods that share one seed set and one prompt set, and computes the per-method means with
-two-level (seed, prompt) bootstrap intervals, the Holm-corrected pairwise differences and the
-verdict (`alignbench.evaluation.stats`). Pure functions of tables; no MLflow calls, no files."""
+two-level (seed, prompt) bootstrap intervals, the Holm-corrected pairwise differences, the
+verdict (`alignbench.evaluation.stats`) and the test's calibration at this design
+(`alignbench.evaluation.calibration`). Pure functions of tables; no MLflow calls, no files."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from alignbench.evaluation.calibration import calibration_text, comparison_calibration
 from alignbench.evaluation.robust import improvement_interval, iqm_interval
 from alignbench.evaluation.stats import pairwise_comparisons, two_level_bootstrap_ci, verdict
 
@@ -112,6 +114,8 @@ def method_summary(t: MethodTables, n_boot: int, alpha: float, rng_seed: int) ->
     for q, name in (("win", "win_rate"), ("kl", "kl"), ("gold", "gold")):
         if q in t.tables:
             mean, low, high = _interval(t.tables[q], n_boot, alpha, rng_seed)
+            if q == "win":  # the seed t interval can reach past a rate's bounds
+                low, high = max(0.0, low), min(1.0, high)
             row |= {f"{name}_mean": mean, f"{name}_ci_low": low, f"{name}_ci_high": high}
     row["per_seed"] = [{"seed": seed, "run_id": t.run_ids.get(seed),
                         **{name: float(t.tables[q].loc[seed].mean()) for q, name in
@@ -143,10 +147,13 @@ def diverged_counts(methods: dict[str, MethodTables]) -> dict[str, int]:
 
 
 def confirmation_statistics(methods: dict[str, MethodTables], n_boot: int = 2000, alpha: float = 0.05,
-                            rng_seed: int = 0) -> tuple[dict, dict]:
+                            rng_seed: int = 0, calibration_sims: int = 1000) -> tuple[dict, dict]:
     """(confirmation, verdict) of the comparable methods (`comparable`), all on the same seeds and
     prompts: per method its summary (`method_summary`), the pairwise win-rate differences paired by
-    seed and prompt (Holm-corrected) and `stats.verdict` on the mean test win rates."""
+    seed and prompt (Holm-corrected), `stats.verdict` on the mean test win rates, and the test's
+    calibration at this design from these tables (`calibration.comparison_calibration`, with
+    `calibration_sims` simulated comparisons; 0: none) as confirmation["calibration"] and its
+    paragraph as verdict["calibration"]."""
     any_method = next(iter(methods.values()))
     n_seeds, n_prompts = len(any_method.seeds), len(any_method.prompts)
     summaries = {m: method_summary(t, n_boot, alpha, rng_seed) for m, t in sorted(methods.items())}
@@ -158,6 +165,10 @@ def confirmation_statistics(methods: dict[str, MethodTables], n_boot: int = 2000
     confirmation = {"n_seeds": n_seeds, "n_prompts": n_prompts, "seeds": any_method.seeds, "alpha": alpha,
                     "n_boot": n_boot, "has_gold": all("gold" in t.tables for t in methods.values()),
                     "methods": summaries, "pairwise": pairs, "diverged_seeds": diverged_counts(methods)}
+    if calibration_sims > 0:
+        confirmation["calibration"] = comparison_calibration(wins, pairs, alpha=alpha, n_sim=calibration_sims,
+                                                             n_boot=calibration_sims, rng_seed=rng_seed)
+        result["calibration"] = calibration_text(confirmation["calibration"])
     return confirmation, result
 
 

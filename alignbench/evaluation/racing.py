@@ -10,11 +10,11 @@ are computed for every pair on the seeds the two methods share. A pair that is s
 - settled ("equivalent") when its (1 - 2 alpha_k) interval lies inside (-min_effect, +min_effect):
   a two one-sided tests (TOST) equivalence test at alpha_k;
 
-and a method stops getting seeds once every pair it is in is settled. At every look before the last,
-a pair's p-value is also the larger of the bootstrap's and a t test's on its per-seed mean
-differences, and equivalence needs the t interval inside the margin too (`_look`: with few seeds
-the bootstrap takes the seeds it has for the seed variance). At look max_seeds everything
-stops: pairs still open are "ordered" if significant there, else "undecided".
+and a method stops getting seeds once every pair it is in is settled. At every look, as in the
+report, a pair's p-value is the larger of the bootstrap's and a t test's on its per-seed mean
+differences, and its interval the hull of both (`_look`: with few seeds the bootstrap takes the
+seeds it has for the seed variance). At look max_seeds everything stops: pairs still open are
+"ordered" if significant there, else "undecided".
 
 Alpha spending. The race looks at the data up to max_seeds - min_seeds + 1 times; testing each look
 at alpha would inflate the chance of a false "A is ahead of B" with every look. The looks' levels
@@ -107,7 +107,7 @@ def conditional_power(row: dict, n_seeds: int, max_seeds: int, final_level: floa
     t = n_seeds / max_seeds
     if t >= 1:
         return float(row.get("significant", False))
-    se = (row["high"] - row["low"]) / (2 * norm.ppf(1 - row["level"]))
+    se = (row["high_bootstrap"] - row["low_bootstrap"]) / (2 * norm.ppf(1 - row["level"]))
     if se <= 0:
         return 1.0 if row["diff"] != 0 else 0.0
     z = abs(row["diff"]) / se
@@ -131,7 +131,7 @@ def race(tables: dict, *, max_seeds: int, min_seeds: int = 2, min_effect: float 
             state.needs = short
             break
         seeds = {m: state.stops[m][0] if m in state.stops else k for m in tables}
-        rows = _look(tables, seeds, decided, levels[k], min_effect, rng_seed, seed_t=k < max_seeds)
+        rows = _look(tables, seeds, decided, levels[k], min_effect, rng_seed)
         for row in rows:  # futility: an order out of reach by max_seeds
             if row["status"] == "open" and futility > 0 and row["n_seeds"] < max_seeds:
                 row["conditional_power"] = conditional_power(row, row["n_seeds"], max_seeds, levels[max_seeds])
@@ -155,34 +155,20 @@ def race(tables: dict, *, max_seeds: int, min_seeds: int = 2, min_effect: float 
     return state
 
 
-def seed_t_test(diffs: np.ndarray, level: float) -> tuple[float, float, float]:
-    """(p, low, high) of a t test on the per-seed mean differences (n - 1 degrees of freedom): the
-    two-sided p-value for a zero mean and the (level, 1 - level) interval. With no spread the mean is
-    exact: p = 0 (or 1 for a zero mean) and the interval is the point."""
-    from scipy.stats import t as student_t
-
-    n, mean = len(diffs), float(diffs.mean())
-    se = float(diffs.std(ddof=1)) / math.sqrt(n)
-    if se == 0:
-        return (1.0 if mean == 0 else 0.0), mean, mean
-    half = float(student_t.ppf(1 - level, n - 1)) * se
-    return float(2 * student_t.sf(abs(mean) / se, n - 1)), mean - half, mean + half
-
-
 def _look(tables: dict, seeds: dict, decided: dict, level: float, min_effect: float, rng_seed: int,
-          seed_t: bool = False) -> list[dict]:
+          seed_t: bool = True) -> list[dict]:
     """Look at level `level`: every pair on its shared seeds (a pair settled earlier keeps its
     row), Holm over all pairs, and the status of each pair still open.
 
-    `seed_t` (every look before the last): a pair's p-value is the larger of the bootstrap's and a t
-    test's on its per-seed mean differences, and equivalence needs both intervals inside the margin
-    (futility's conditional power still reads the bootstrap's interval: the t interval on 1-3 degrees
-    of freedom is not a normal one). With 2-4 seeds the bootstrap's seed level sees only the seeds
+    `seed_t` (the report's test, `stats.paired_difference`; off only to show the bootstrap alone): a
+    pair's p-value is the larger of the bootstrap's and a t test's on its per-seed mean differences,
+    and equivalence needs both intervals inside the margin (futility's conditional power still reads
+    the bootstrap's interval: the t interval on 1-3 degrees of freedom is not a normal one). With 2-4 seeds the bootstrap's seed level sees only the seeds
     drawn (per-seed differences of 0.157 and 0.141 look like a known, tiny seed variance), so it
     orders and settles too early: at 2 seeds it put SimPO ahead of PPO at p < 0.002 where all 5
     seeds give 0.08. The t test pays for an unknown seed variance with its
-    degrees of freedom. The last look keeps the report's test alone: a race run to the maximum
-    reaches full confirmation's verdict there."""
+    degrees of freedom. The last look is the report's test: a race run to the maximum reaches full
+    confirmation's verdict there."""
     means = {m: float(t[:seeds[m]].mean(axis=1).mean()) for m, t in tables.items()}
     ranking = sorted(means, key=lambda m: (-means[m], m))
     pairs = [(a, b) for i, a in enumerate(ranking) for b in ranking[i + 1:]]
@@ -195,10 +181,8 @@ def _look(tables: dict, seeds: dict, decided: dict, level: float, min_effect: fl
             continue
         n = min(seeds[a], seeds[b])
         # alpha = 2 level: the interval from quantiles level .. 1 - level, the TOST interval at `level`.
-        res = paired_difference(tables[a][:n], tables[b][:n], n_boot=n_boot, alpha=2 * level, rng_seed=rng_seed)
-        if seed_t and n > 1:
-            p_t, low_t, high_t = seed_t_test(tables[a][:n].mean(axis=1) - tables[b][:n].mean(axis=1), level)
-            res |= {"p_value": max(res["p_value"], p_t), "p_seed_t": p_t, "low_seed_t": low_t, "high_seed_t": high_t}
+        res = paired_difference(tables[a][:n], tables[b][:n], n_boot=n_boot, alpha=2 * level, rng_seed=rng_seed,
+                                seed_t=seed_t)
         rows.append({"a": a, "b": b, "mean_a": float(tables[a][:n].mean()), "mean_b": float(tables[b][:n].mean()),
                      **res, "n_seeds": n, "level": level, "status": "open"})
     for row, p_holm in zip(rows, holm([r["p_value"] for r in rows])):
@@ -208,8 +192,7 @@ def _look(tables: dict, seeds: dict, decided: dict, level: float, min_effect: fl
         row["significant"] = p_holm <= level
         if row["significant"]:
             row["status"] = "ordered"
-        elif (-min_effect < min(row["low"], row.get("low_seed_t", row["low"]))
-              and max(row["high"], row.get("high_seed_t", row["high"])) < min_effect):
+        elif -min_effect < row["low"] and row["high"] < min_effect:  # the hull of both intervals
             row["status"] = "equivalent"
     return rows
 
