@@ -92,7 +92,8 @@ def build_report(cfg, studies: dict | None = None) -> Path:
     notes["headline"].extend(judge_caveats(trials))
     confirmation, verdict = _confirmation(client, parents, parent_params, rng_seed, notes)
     shown = _examples_or_note(samples, methods, int(_cfg(cfg, "report.n_examples", 6)), notes)
-    metadata = run_metadata(trials, parent, parents, sweep_name, studies, parent_params)
+    metadata = run_metadata(trials, parent, parents, sweep_name, studies, parent_params,
+                            confirmation["seeds"] if confirmation else ())
 
     context = dict(sweep=sweep_name, parent_id=str(parent["run_id"]), experiment=str(parent.get("experiment_name", "")),
                    objective=objective, methods=methods, headline=headline, has_gold=has_gold, figures=figures,
@@ -175,16 +176,16 @@ def _frontier_figures(trials, methods, has_gold: bool, fig_dir: Path, notes: dic
     shown = []
     f = frontier_figure(trials, methods, "eval/win_rate", "win rate vs reference (judge)", fig_dir,
                         "winrate_vs_kl", "Win rate vs KL, every trial",
-                        "Filled: complete trials (bars: 95% Wilson CI); line: each method's Pareto frontier "
-                        "(higher win rate, lower KL); hollow: pruned trials at their last evaluation.")
+                        "Filled: complete trials (bars: 95% Wilson CI); hollow: pruned trials at their last evaluation.",
+                        "Line: each method's Pareto frontier (higher win rate, lower KL).")
     if f:
         shown.append(f)
     else:
         notes["frontier"].append("No complete trial has both eval/win_rate and eval/kl.")
     if has_gold:
         f = frontier_figure(trials, methods, "eval/gold_reward", "gold reward (built-in task)", fig_dir,
-                            "gold_vs_kl", "Gold reward vs KL, every trial",
-                            "The built-in task's ground-truth reward; line: Pareto frontier (higher gold, lower KL).")
+                            "gold_vs_kl", "Gold reward vs KL, every trial", "The built-in task's ground-truth reward.",
+                            "Line: each method's Pareto frontier (higher gold, lower KL).")
         if f:
             shown.append(f)
     return shown
