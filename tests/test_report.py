@@ -460,3 +460,30 @@ def test_confirmation_tables_pair_by_prompt_and_leave_out_unmatched_methods():
     assert sorted(chosen) == ["a", "b"] and len(notes) == 1 and notes[0].startswith("c: confirmation seeds [1]")
     bad, why = method_tables("d", {1: a, 2: a[a["prompt"] == "p1"]}, {})
     assert bad is None and "different prompts" in why
+
+
+def test_verdict_under_a_judge_at_chance_carries_the_warning(store, tmp_path):
+    """A sweep whose judge is at chance on its held-out pairs, confirmed on 2 seeds: the verdict in
+    report.html, report.md, summary.json and the parent run's description says it is not a finding."""
+    fake = fabricate_sweep(store[0], "chance", methods=("dpo", "ipo"), n_trials=1, seed=3, n_prompts=8,
+                           confirm_seeds=2, confirm_quality={"dpo": 0.0, "ipo": 1.5}, n_test_prompts=6)
+    client = MlflowClient(tracking_uri=fake.uri)
+    judge = {"eval/judge_accuracy": 0.6875, "eval/judge_accuracy_ci_low": 0.444,
+             "eval/judge_accuracy_ci_high": 0.858, "eval/judge_n_pairs": 16}
+    for k, v in judge.items():
+        client.log_metric(fake.runs["dpo"][0]["run_id"], k, v)
+    out = build_report(_cfg(fake.uri, "chance", tmp_path))
+    summary = json.loads((out / "summary.json").read_text())
+    statement = summary["verdict"]["statement"]
+    assert statement.startswith("Not a finding, the judge is at chance; its order: ")
+    assert "accuracy on 16 held-out preference pairs is 0.688 (95% CI [0.444, 0.858] includes 0.5)" in statement
+    assert "only 2 confirmation seeds" in statement and summary["verdict"]["finding"] is False
+    assert len(summary["verdict"]["caveats"]) == 2
+    html = (out / "report.html").read_text()
+    verdict_html = html[html.index('id="verdict-text"'):html.index('id="confirmation"')]
+    assert "Not a finding, the judge is at chance" in verdict_html and "includes 0.5" in verdict_html
+    assert md_cell(statement) in (out / "report.md").read_text()
+    note = client.get_run(fake.parent_run_id).data.tags["mlflow.note.content"]
+    assert f"**Verdict:** {md_cell(statement)}" in note
+    metadata = dict(tuple(r) for r in summary["metadata"])
+    assert metadata["seeds"] == "search trials: 3; confirmation: 4, 5"

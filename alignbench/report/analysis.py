@@ -240,20 +240,28 @@ def judge_accuracy_note(trials: pd.DataFrame) -> str:
     return ""
 
 
-def judge_caveats(trials: pd.DataFrame) -> list[str]:
-    """The report's plain warnings about the judge: its held-out accuracy interval includes 0.5 (the
-    first run that logged it; every run of a sweep has the same judge and held-out pairs), or it is
-    the reward model a PPO/RLOO run trained against."""
-    from alignbench.evaluation.judges import judge_accuracy_caveat, judge_bias_caveat
+def judge_chance_caveat(trials: pd.DataFrame) -> str | None:
+    """`judges.judge_accuracy_caveat` of the first run that logged the judge's held-out accuracy (every
+    run of a sweep has the same judge and held-out pairs): None when the judge is above chance or no
+    run logged it."""
+    from alignbench.evaluation.judges import judge_accuracy_caveat
 
-    notes = []
     for _, row in trials.iterrows():
         metrics = {k: row.get(f"metrics.{k}") for k in JUDGE_ACCURACY_KEYS}
         if all(finite_number(v) is not None for v in metrics.values()):
             metrics["eval/judge_ties"] = finite_number(row.get("metrics.eval/judge_ties"))  # None in older runs
-            caveat = judge_accuracy_caveat(metrics)
-            notes += [f"Warning: {caveat}."] if caveat else []
-            break
+            return judge_accuracy_caveat(metrics)
+    return None
+
+
+def judge_caveats(trials: pd.DataFrame) -> list[str]:
+    """The report's plain warnings about the judge: its held-out accuracy interval includes 0.5 (the
+    first run that logged it; every run of a sweep has the same judge and held-out pairs), or it is
+    the reward model a PPO/RLOO run trained against."""
+    from alignbench.evaluation.judges import judge_bias_caveat
+
+    caveat = judge_chance_caveat(trials)
+    notes = [f"Warning: {caveat}."] if caveat else []
     for method in sorted(trials["method"].astype(str).unique()):
         runs = trials[trials["method"].astype(str) == method]
         first = runs.iloc[0]

@@ -31,10 +31,12 @@ from pathlib import Path
 import pandas as pd
 
 import alignbench
+from alignbench.evaluation.caveats import caveated_verdict, verdict_caveats
 from alignbench.evaluation.confirmation import comparable, confirmation_statistics, method_tables, race_statistics
 from alignbench.report.analysis import (IMPORTANCE_METHOD, SAMPLE_COLUMNS, SEARCH_CAVEAT, best_trials, examples,
                                         headline_rows, hyperparams, importance_caveat, importances, judge_caveats,
-                                        length_control_caveat, length_controlled, paired_comparisons, run_metadata)
+                                        judge_chance_caveat, length_control_caveat, length_controlled,
+                                        paired_comparisons, run_metadata)
 from alignbench.report.figures import (CURVE_KEYS, Figure, curves_figure, frontier_figure, history_figure,
                                        importance_figure, method_color, sensitivity_figure)
 from alignbench.report.formatting import fmt, fmt_p, slug
@@ -91,6 +93,7 @@ def build_report(cfg, studies: dict | None = None) -> Path:
     _length_control_note(trials, notes)
     notes["headline"].extend(judge_caveats(trials))
     confirmation, verdict = _confirmation(client, parents, parent_params, rng_seed, notes)
+    verdict = _with_caveats(verdict, confirmation, judge_chance_caveat(trials))
     shown = _examples_or_note(samples, methods, int(_cfg(cfg, "report.n_examples", 6)), notes)
     metadata = run_metadata(trials, parent, parents, sweep_name, studies, parent_params,
                             confirmation["seeds"] if confirmation else ())
@@ -296,6 +299,16 @@ def _confirmation(client, parents: pd.DataFrame, parent_params: dict, rng_seed: 
         notes["confirmation"].append(f"The sweep asked for {expected} confirmation seeds; {n_seeds} finished "
                                      "for every compared method, and only those are compared.")
     return confirmation_statistics(compared, rng_seed=rng_seed)
+
+
+def _with_caveats(verdict: dict | None, confirmation: dict | None, judge_caveat: str | None,
+                  diverged: dict[str, int] | None = None) -> dict | None:
+    """The verdict whose statement carries what limits it: a judge at chance, the fewest seeds a
+    compared method has, `diverged` ({method: diverged seeds})."""
+    if verdict is None:
+        return None
+    n_seeds = min(len(r["seeds"]) for r in confirmation["methods"].values())
+    return caveated_verdict(verdict, verdict_caveats(n_seeds, judge_caveat, diverged), judge_caveat is not None)
 
 
 def _raced(tables: dict, parent_params: dict, notes: dict) -> tuple[dict | None, dict | None]:
