@@ -6,6 +6,7 @@ SFT cache; the smoke sweep's per-trial overrides are FAST-sized, and the tests s
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -175,6 +176,10 @@ def test_a_bad_trial_is_pruned(workdir):
     assert run.info.run_name == "dpo-001 (pruned)" and "failure_reason" not in run.data.tags
     assert run.data.tags["pruned_reason"].startswith("TrialPruned: pruned at step 2")
     assert "eval/win_rate" in run.data.metrics
+    # the runs table's saved view opens the parent on its trials
+    exp = mlflow.MlflowClient().get_experiment_by_name("sweep-smoke")
+    view = json.loads(json.loads(exp.tags[store.VIEW_TAG])["state"])
+    assert view["runsExpanded"] == {parent_runs()[0].info.run_id: True}
 
 
 def interrupt_at(monkeypatch, step: int, when=lambda cfg: True):
