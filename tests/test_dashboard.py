@@ -43,7 +43,7 @@ def test_optuna_dashboard_serves_the_sweeps_studies(tmp_path):
                 assert time.time() < deadline, "optuna-dashboard did not answer within 120 s"
                 time.sleep(0.5)
         assert b"<html" in page.lower() and b"<script" in page.lower()
-        studies = json.loads(_get(f"http://127.0.0.1:{port}/api/studies"))["studies"]
+        studies = json.loads(_get(f"http://127.0.0.1:{port}/api/studies"))["study_summaries"]
         assert sorted(s["study_name"] for s in studies) == sorted(fake.study_names.values())
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
