@@ -118,9 +118,12 @@ def ui_command(cfg: DictConfig) -> None:
         return
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
            "--host", str(cfg.ui.host), "--port", str(cfg.ui.port)]
+    links = experiment_links(f"http://{cfg.ui.host}:{cfg.ui.port}")  # each on its runs and comparison columns
+    if links:  # first, the address to open: MLflow's own root and experiment pages open on its GenAI views
+        print(f"open {links[0][1]}  ({links[0][0]}: its runs)", flush=True)
     print(f"alignbench: MLflow UI on http://{cfg.ui.host}:{cfg.ui.port} ({uri}); Ctrl-C stops it", flush=True)
-    for line in experiment_links(f"http://{cfg.ui.host}:{cfg.ui.port}"):  # each on its comparison columns
-        print(f"  {line}", flush=True)
+    for name, url in links:
+        print(f"  {name}: {url}", flush=True)
     os.execv(sys.executable, cmd)  # the UI replaces this process: Ctrl-C and signals go straight to it
 
 

@@ -228,7 +228,7 @@ def _log_trial(setup: _Setup, study, method: str, mi: int, state: str, hostile_a
         study.tell(trial, [final["eval/win_rate"], final["eval/kl"]][:len(study.directions)])
     else:
         study.tell(trial, state=getattr(optuna.trial.TrialState, state))
-    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[state]
+    status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}[state]
     client.set_terminated(rid, status, end_time=t + int(seconds * 1000))
     return {"run_id": rid, "state": state, "metrics": client.get_run(rid).data.metrics, "params": cfg_params,
             "trial_number": trial.number, "rows": rows if state == "COMPLETE" else None}

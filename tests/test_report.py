@@ -255,23 +255,58 @@ def test_html_renders_offline_in_headless_chromium(main_report, tmp_path, chromi
     assert len(np.unique((img[::8, ::8, :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
 
 
-def test_report_fits_the_page_at_common_widths(main_report, confirmed_report, chromium):
-    """At 1,000-1,600 px no element reaches past the viewport (a table wider than its box would scroll
-    inside it), and at 1,400 px and up every table fits its box: nothing to scroll."""
+# Table cells (generations aside: they may break inside a model's long runs of characters) whose
+# text breaks inside a word, or whose content is wider than the cell: [[table id, cell text], ...].
+SPLIT_CELLS_JS = """(() => {
+  const out = [];
+  for (const cell of document.querySelectorAll('td, th')) {
+    if (cell.classList.contains('gen')) continue;
+    const table = cell.closest('table').id || '(table)';
+    if (cell.scrollWidth > cell.clientWidth + 1) { out.push([table, cell.innerText.slice(0, 60)]); continue; }
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const m of node.textContent.matchAll(/\\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, m.index); range.setEnd(node, m.index + m[0].length);
+        const lines = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top)));
+        if (lines.size > 1) out.push([table, m[0]]);
+      }
+    }
+  }
+  return out.slice(0, 10);
+})()"""
+
+
+def test_report_reads_at_common_widths(main_report, confirmed_report, chromium):
+    """At 900, 1,400 and 1,920 px the page is no wider than the window (a table wider than its box
+    scrolls inside it) and no table cell breaks inside a word or number or is narrower than its
+    content (cell text then reads down the page a character at a time)."""
     from chromium import OVERFLOWING_JS, Page
 
-    wide_boxes = ("[...document.querySelectorAll('.wide')].filter(d => d.scrollWidth > d.clientWidth + 1)"
-                  ".map(d => [d.firstElementChild.id, d.scrollWidth, d.clientWidth])")
     with Page(chromium) as page:
         for _, out, _, _ in (main_report, confirmed_report):
-            for width in (1000, 1400, 1600):
+            for width in (900, 1400, 1920):
                 page.goto((out / "report.html").as_uri(), width=width, height=900)
                 assert page.evaluate("document.documentElement.clientWidth") == width
                 assert page.evaluate("document.documentElement.scrollWidth") == width, (out.name, width)
                 assert page.evaluate(OVERFLOWING_JS) == [], (out.name, width)
-                if width >= 1400:
-                    assert page.evaluate(wide_boxes) == [], (out.name, width)
+                assert page.evaluate(SPLIT_CELLS_JS) == [], (out.name, width)
                 assert page.evaluate("document.querySelectorAll('#headline-table tr').length") >= 2
+
+
+def test_split_cell_check_catches_a_squeezed_table(main_report, chromium, tmp_path):
+    """The check above fails on the layout it guards against: cells allowed to break anywhere
+    inside a table held to the page's width."""
+    from chromium import Page
+
+    _, out, _, html = main_report
+    squeezed = tmp_path / "squeezed.html"
+    squeezed.write_text(html.replace("</style>", ".wide table { max-width: 100%; } th, td { overflow-wrap: anywhere; "
+                                                 "white-space: normal !important; } .kv { white-space: normal; }</style>"))
+    with Page(chromium) as page:
+        page.goto(squeezed.as_uri(), width=900, height=900)
+        split = page.evaluate(SPLIT_CELLS_JS)
+    assert split and {"headline-table"} <= {t for t, _ in split}, split
 
 
 def test_parent_run_description_has_the_verdict_tables_and_report_path(confirmed_report):
@@ -468,3 +503,30 @@ def test_confirmation_tables_pair_by_prompt_and_leave_out_unmatched_methods():
     assert sorted(chosen) == ["a", "b"] and len(notes) == 1 and notes[0].startswith("c: confirmation seeds [1]")
     bad, why = method_tables("d", {1: a, 2: a[a["prompt"] == "p1"]}, {})
     assert bad is None and "different prompts" in why
+
+
+def test_verdict_under_a_judge_at_chance_carries_the_warning(store, tmp_path):
+    """A sweep whose judge is at chance on its held-out pairs, confirmed on 2 seeds: the verdict in
+    report.html, report.md, summary.json and the parent run's description says it is not a finding."""
+    fake = fabricate_sweep(store[0], "chance", methods=("dpo", "ipo"), n_trials=1, seed=3, n_prompts=8,
+                           confirm_seeds=2, confirm_quality={"dpo": 0.0, "ipo": 1.5}, n_test_prompts=6)
+    client = MlflowClient(tracking_uri=fake.uri)
+    judge = {"eval/judge_accuracy": 0.6875, "eval/judge_accuracy_ci_low": 0.444,
+             "eval/judge_accuracy_ci_high": 0.858, "eval/judge_n_pairs": 16}
+    for k, v in judge.items():
+        client.log_metric(fake.runs["dpo"][0]["run_id"], k, v)
+    out = build_report(_cfg(fake.uri, "chance", tmp_path))
+    summary = json.loads((out / "summary.json").read_text())
+    statement = summary["verdict"]["statement"]
+    assert statement.startswith("Not a finding, the judge is at chance; its order: ")
+    assert "accuracy on 16 held-out preference pairs is 0.688 (95% CI [0.444, 0.858] includes 0.5)" in statement
+    assert "only 2 confirmation seeds" in statement and summary["verdict"]["finding"] is False
+    assert len(summary["verdict"]["caveats"]) == 2
+    html = (out / "report.html").read_text()
+    verdict_html = html[html.index('id="verdict-text"'):html.index('id="confirmation"')]
+    assert "Not a finding, the judge is at chance" in verdict_html and "includes 0.5" in verdict_html
+    assert md_cell(statement) in (out / "report.md").read_text()
+    note = client.get_run(fake.parent_run_id).data.tags["mlflow.note.content"]
+    assert f"**Verdict:** {md_cell(statement)}" in note
+    metadata = dict(tuple(r) for r in summary["metadata"])
+    assert metadata["seeds"] == "search trials: 3; confirmation: 4, 5"

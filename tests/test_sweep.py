@@ -6,6 +6,7 @@ SFT cache; the smoke sweep's per-trial overrides are FAST-sized, and the tests s
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from alignbench.config import ConfigError, compose, validate
 from helpers import TINY
 
 # Smaller than the smoke sweep's own overrides: 4 steps, evals at 2 and 4.
-STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
+STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "FINISHED"}  # pruned: name and tag say so
 NO_CONFIRM = "sweep.confirm_seeds=0"  # these tests are about the search; tests/test_confirmation.py covers the rest
 
 
@@ -170,8 +171,15 @@ def test_a_bad_trial_is_pruned(workdir):
     t = studies()["dpo"].trials[1]
     assert t.state == TrialState.PRUNED and list(t.intermediate_values) == [2]
     (run,) = child_runs()
-    assert run.info.status == "KILLED" and run.data.tags["optuna.trial_state"] == "PRUNED"
+    # not drawn as a failure in the MLflow UI: FINISHED, with the pruning in its name and tags
+    assert run.info.status == "FINISHED" and run.data.tags["optuna.trial_state"] == "PRUNED"
+    assert run.info.run_name == "dpo-001 (pruned)" and "failure_reason" not in run.data.tags
+    assert run.data.tags["pruned_reason"].startswith("TrialPruned: pruned at step 2")
     assert "eval/win_rate" in run.data.metrics
+    # the runs table's saved view opens the parent on its trials
+    exp = mlflow.MlflowClient().get_experiment_by_name("sweep-smoke")
+    view = json.loads(json.loads(exp.tags[store.VIEW_TAG])["state"])
+    assert view["runsExpanded"] == {parent_runs()[0].info.run_id: True}
 
 
 def interrupt_at(monkeypatch, step: int, when=lambda cfg: True):

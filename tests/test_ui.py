@@ -96,6 +96,31 @@ def look_at_the_ui(cwd, chromium: str) -> None:
     assert "Verdict: not yet" in description
 
 
+def test_the_first_line_ui_prints_is_the_latest_sweeps_runs(tmp_path):
+    """`alignbench ui`'s first line is the address to open: the runs view of the sweep started last
+    (MLflow's root opens on GenAI views). Read before the MLflow server is up, then stopped."""
+    from fake_sweep import fabricate_sweep
+
+    old = fabricate_sweep(tmp_path, "older", methods=("dpo",), n_trials=1, n_prompts=4)
+    time.sleep(0.05)
+    new = fabricate_sweep(tmp_path, "newer", methods=("dpo",), n_trials=1, n_prompts=4)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", "ui", f"ui.port={port}", f"tracking.uri={new.uri}"],
+                            cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(4)]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    view = "/runs?workflowType=machine_learning&viewStateShareKey=alignbench"
+    assert lines[0] == (f"open http://127.0.0.1:{port}/#/experiments/{new.experiment_id}{view}  "
+                        "(sweep-newer: its runs)\n"), lines
+    assert lines[1].startswith(f"alignbench: MLflow UI on http://127.0.0.1:{port} ")
+    assert lines[2:] == [f"  sweep-newer: http://127.0.0.1:{port}/#/experiments/{new.experiment_id}{view}\n",
+                         f"  sweep-older: http://127.0.0.1:{port}/#/experiments/{old.experiment_id}{view}\n"]
+
+
 def test_the_sweeps_description_has_a_row_per_method_and_says_the_verdict_is_to_come():
     """The parent run's description after a sweep (fast: from a summary as `progress.summarize` makes it)."""
     from alignbench.sweep.description import sweep_note

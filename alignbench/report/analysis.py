@@ -14,7 +14,7 @@ import pandas as pd
 
 import alignbench
 from alignbench.evaluation.stats import holm, length_controlled_win_rate, paired_bootstrap, sign_test
-from alignbench.report.formatting import duration, fmt, number, short_value, text
+from alignbench.report.formatting import duration, fmt, number, short_value, shown_text, text
 from alignbench.report.reading import column
 from alignbench.sweep.selection import best_index, finite_number
 from alignbench.evaluation.confirmation import win_indicator
@@ -214,7 +214,7 @@ def examples(samples: dict[str, pd.DataFrame], methods: list[str], n: int) -> li
     first = samples[next(m for m in methods if m in samples)]
     out = []
     for _, r in first.loc[example_rows(samples, n)].iterrows():
-        ex = {"prompt": text(r["prompt"]), "reference": text(r.get("reference_response")),
+        ex = {"prompt": shown_text(r["prompt"]), "reference": shown_text(r.get("reference_response")),
               "reference_score": number(r.get("reference_score")), "reference_gold": number(r.get("reference_gold")),
               "policies": []}
         for m in methods:
@@ -222,7 +222,7 @@ def examples(samples: dict[str, pd.DataFrame], methods: list[str], n: int) -> li
             if match is None or match.empty:
                 continue
             p = match.iloc[0]
-            ex["policies"].append({"method": m, "response": text(p.get("policy_response")),
+            ex["policies"].append({"method": m, "response": shown_text(p.get("policy_response")),
                                    "score": number(p.get("policy_score")), "gold": number(p.get("policy_gold")),
                                    "winner": text(p.get("winner")), "length": number(p.get("policy_length"))})
         out.append(ex)
@@ -247,20 +247,28 @@ def judge_accuracy_note(trials: pd.DataFrame) -> str:
     return ""
 
 
-def judge_caveats(trials: pd.DataFrame) -> list[str]:
-    """The report's plain warnings about the judge: its held-out accuracy interval includes 0.5 (the
-    first run that logged it; every run of a sweep has the same judge and held-out pairs), or it is
-    the reward model a PPO/RLOO run trained against."""
-    from alignbench.evaluation.judges import judge_accuracy_caveat, judge_bias_caveat
+def judge_chance_caveat(trials: pd.DataFrame) -> str | None:
+    """`judges.judge_accuracy_caveat` of the first run that logged the judge's held-out accuracy (every
+    run of a sweep has the same judge and held-out pairs): None when the judge is above chance or no
+    run logged it."""
+    from alignbench.evaluation.judges import judge_accuracy_caveat
 
-    notes = []
     for _, row in trials.iterrows():
         metrics = {k: row.get(f"metrics.{k}") for k in JUDGE_ACCURACY_KEYS}
         if all(finite_number(v) is not None for v in metrics.values()):
             metrics["eval/judge_ties"] = finite_number(row.get("metrics.eval/judge_ties"))  # None in older runs
-            caveat = judge_accuracy_caveat(metrics)
-            notes += [f"Warning: {caveat}."] if caveat else []
-            break
+            return judge_accuracy_caveat(metrics)
+    return None
+
+
+def judge_caveats(trials: pd.DataFrame) -> list[str]:
+    """The report's plain warnings about the judge: its held-out accuracy interval includes 0.5 (the
+    first run that logged it; every run of a sweep has the same judge and held-out pairs), or it is
+    the reward model a PPO/RLOO run trained against."""
+    from alignbench.evaluation.judges import judge_bias_caveat
+
+    caveat = judge_chance_caveat(trials)
+    notes = [f"Warning: {caveat}."] if caveat else []
     for method in sorted(trials["method"].astype(str).unique()):
         runs = trials[trials["method"].astype(str) == method]
         first = runs.iloc[0]
@@ -270,8 +278,10 @@ def judge_caveats(trials: pd.DataFrame) -> list[str]:
     return notes
 
 
-def run_metadata(trials, parent, parents, sweep_name, studies, parent_params) -> list[tuple[str, str]]:
-    """(label, value) rows saying what was run where: versions, model, data, judge, hardware, times."""
+def run_metadata(trials, parent, parents, sweep_name, studies, parent_params,
+                 confirmation_seeds=()) -> list[tuple[str, str]]:
+    """(label, value) rows saying what was run where: versions, model, data, judge, seeds (the search
+    trials' and the confirmation's), hardware, times."""
     def uniq(col):
         vals = sorted({str(v) for v in column(trials, col).dropna()} | (
             {str(parent[col])} if col in parent and isinstance(parent[col], str) else set()))
@@ -294,7 +304,8 @@ def run_metadata(trials, parent, parents, sweep_name, studies, parent_params) ->
         ("model", uniq("params.model.name")),
         ("data", uniq("params.data.name")),
         ("judge", uniq("params.judge.name") + judge_accuracy_note(trials)),
-        ("seeds", uniq("params.seed")),
+        ("seeds", f"search trials: {uniq('params.seed')}; confirmation: "
+                  + (", ".join(str(x) for x in confirmation_seeds) or "none")),
         ("device", uniq("params.device")),
         ("hardware", hardware),
         ("trials", f"{len(trials)} runs: " + ", ".join(f"{s} {int((trials['state'] == s).sum())}"

@@ -31,10 +31,12 @@ from pathlib import Path
 import pandas as pd
 
 import alignbench
+from alignbench.evaluation.caveats import caveated_verdict, verdict_caveats
 from alignbench.evaluation.confirmation import comparable, confirmation_statistics, method_tables, race_statistics
 from alignbench.report.analysis import (IMPORTANCE_METHOD, SAMPLE_COLUMNS, SEARCH_CAVEAT, SEED_OUTCOMES_NOTE,
                                         best_trials, examples, headline_rows, hyperparams, importance_caveat,
-                                        importances, judge_caveats, length_control_caveat, length_controlled,
+                                        importances, judge_caveats, judge_chance_caveat, length_control_caveat,
+                                        length_controlled,
                                         paired_comparisons, run_metadata)
 from alignbench.report.figures import (CURVE_KEYS, Figure, curves_figure, frontier_figure, history_figure,
                                        importance_figure, method_color, seed_strip_figure, sensitivity_figure)
@@ -93,10 +95,13 @@ def build_report(cfg, studies: dict | None = None) -> Path:
     _length_control_note(trials, notes)
     notes["headline"].extend(judge_caveats(trials))
     confirmation, verdict = _confirmation(client, parents, parent_params, rng_seed, notes)
+    verdict = _with_caveats(verdict, confirmation, judge_chance_caveat(trials),
+                            confirmation.get("diverged_seeds") if confirmation else None)
     seeds_figure = seed_strip_figure(confirmation, methods, out / "figures") if confirmation else None
     figures["seeds"] = [seeds_figure] if seeds_figure else []
     shown = _examples_or_note(samples, methods, int(_cfg(cfg, "report.n_examples", 6)), notes)
-    metadata = run_metadata(trials, parent, parents, sweep_name, studies, parent_params)
+    metadata = run_metadata(trials, parent, parents, sweep_name, studies, parent_params,
+                            confirmation["seeds"] if confirmation else ())
 
     context = dict(sweep=sweep_name, parent_id=str(parent["run_id"]), experiment=str(parent.get("experiment_name", "")),
                    objective=objective, methods=methods, headline=headline, has_gold=has_gold, figures=figures,
@@ -179,16 +184,16 @@ def _frontier_figures(trials, methods, has_gold: bool, fig_dir: Path, notes: dic
     shown = []
     f = frontier_figure(trials, methods, "eval/win_rate", "win rate vs reference (judge)", fig_dir,
                         "winrate_vs_kl", "Win rate vs KL, every trial",
-                        "Filled: complete trials (bars: 95% Wilson CI); line: each method's Pareto frontier "
-                        "(higher win rate, lower KL); hollow: pruned trials at their last evaluation.")
+                        "Filled: complete trials (bars: 95% Wilson CI); hollow: pruned trials at their last evaluation.",
+                        "Line: each method's Pareto frontier (higher win rate, lower KL).")
     if f:
         shown.append(f)
     else:
         notes["frontier"].append("No complete trial has both eval/win_rate and eval/kl.")
     if has_gold:
         f = frontier_figure(trials, methods, "eval/gold_reward", "gold reward (built-in task)", fig_dir,
-                            "gold_vs_kl", "Gold reward vs KL, every trial",
-                            "The built-in task's ground-truth reward; line: Pareto frontier (higher gold, lower KL).")
+                            "gold_vs_kl", "Gold reward vs KL, every trial", "The built-in task's ground-truth reward.",
+                            "Line: each method's Pareto frontier (higher gold, lower KL).")
         if f:
             shown.append(f)
     return shown
@@ -302,6 +307,16 @@ def _confirmation(client, parents: pd.DataFrame, parent_params: dict, rng_seed: 
         notes["confirmation"].append(f"The sweep asked for {expected} confirmation seeds; {n_seeds} finished "
                                      "for every compared method, and only those are compared.")
     return confirmation_statistics(compared, rng_seed=rng_seed)
+
+
+def _with_caveats(verdict: dict | None, confirmation: dict | None, judge_caveat: str | None,
+                  diverged: dict[str, int] | None = None) -> dict | None:
+    """The verdict whose statement carries what limits it: a judge at chance, the fewest seeds a
+    compared method has, `diverged` ({method: diverged seeds})."""
+    if verdict is None:
+        return None
+    n_seeds = min(len(r["seeds"]) for r in confirmation["methods"].values())
+    return caveated_verdict(verdict, verdict_caveats(n_seeds, judge_caveat, diverged), judge_caveat is not None)
 
 
 def _raced(tables: dict, parent_params: dict, notes: dict) -> tuple[dict | None, dict | None]:

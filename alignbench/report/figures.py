@@ -58,13 +58,15 @@ def method_color(methods: list[str], method: str) -> str:
     return COLORS[methods.index(method) % len(COLORS)]
 
 
-def frontier_figure(trials, methods, y_key, y_label, out, name, title, caption) -> Figure | None:
+def frontier_figure(trials, methods, y_key, y_label, out, name, title, caption, line_caption) -> Figure | None:
+    """Every trial of each method in (KL, `y_key`); `line_caption` (what the Pareto lines are) joins
+    `caption` only when some method's frontier has two trials or more, so that a line is drawn."""
     plt = _plt()
     yc, xc = f"metrics.{y_key}", "metrics.eval/kl"
     if yc not in trials or xc not in trials:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.6))
-    drawn = False
+    drawn = lines = False
     for method in methods:
         sub = trials[trials["method"] == method]
         done = sub[sub["state"] == "COMPLETE"]
@@ -78,10 +80,13 @@ def frontier_figure(trials, methods, y_key, y_label, out, name, title, caption) 
                 hi = pd.to_numeric(done["metrics.eval/win_rate_ci_high"], errors="coerce").to_numpy()
                 ax.errorbar(x[ok], y[ok], yerr=[np.clip(y - lo, 0, None)[ok], np.clip(hi - y, 0, None)[ok]],
                             fmt="none", ecolor=c, alpha=0.25, lw=1)
-            ax.scatter(x[ok], y[ok], color=c, label=f"{method} ({ok.sum()} trials)", s=30, zorder=3)
+            n = int(ok.sum())
+            ax.scatter(x[ok], y[ok], color=c, label=f"{method} ({n} trial{'s' if n != 1 else ''})", s=30, zorder=3)
             front = pareto_front(y[ok], x[ok])
             fx, fy = x[ok][front], y[ok][front]
-            ax.step(fx, fy, where="post", color=c, lw=1.8, alpha=0.9, zorder=2)
+            if len(fx) > 1:  # a frontier of one trial is a point, not a line
+                ax.step(fx, fy, where="post", color=c, lw=1.8, alpha=0.9, zorder=2)
+                lines = True
         pruned = sub[sub["state"] == "PRUNED"]
         px, py = pd.to_numeric(column(pruned, xc), errors="coerce"), pd.to_numeric(column(pruned, yc), errors="coerce")
         okp = px.notna() & py.notna()
@@ -98,6 +103,7 @@ def frontier_figure(trials, methods, y_key, y_label, out, name, title, caption) 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     ax.set_title(title)
+    caption = f"{caption} {line_caption}" if lines else f"{caption} No Pareto line: each method's frontier is one trial."
     return _save(fig, out, name, title, caption)
 
 
@@ -120,7 +126,7 @@ def sensitivity_figure(trials, method, params, color, out) -> Figure | None:
                 ax.plot(xs.to_numpy()[order], ys.to_numpy()[order], "o-", color=color, ms=5, lw=1, alpha=0.85)
                 pos = xs[xs > 0]
                 if len(pos) == len(xs) and pos.max() / pos.min() > 4:
-                    ax.set_xscale("log")
+                    _log_ticks(ax, pos.min(), pos.max())
                 else:
                     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
@@ -142,6 +148,17 @@ def sensitivity_figure(trials, method, params, color, out) -> Figure | None:
                 ax.set_xlabel(p)
     fig.suptitle(f"{method}: sensitivity to each swept hyperparameter (complete trials)")
     return _save(fig, out, f"sensitivity_{slug(method)}", f"Sensitivity — {method}")
+
+
+def _log_ticks(ax, low: float, high: float) -> None:
+    """A log x axis labelled at 1, 2, 5 per decade (1 only over more than two decades), no minor
+    labels: matplotlib labels minor ticks on a short log range, and they overlap."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if high / low <= 100 else (1.0,)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def importance_figure(imp: dict, method, color, out, n_complete: int) -> Figure:
@@ -182,6 +199,8 @@ def curves_figure(histories: dict[str, dict[str, list]], methods, out) -> Figure
     plt = _plt()
     if not any(any(h.values()) for h in histories.values()):
         return None
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     labels = {"train/loss": "training loss", "eval/win_rate": "eval win rate", "eval/kl": "eval KL (nats/seq)"}
     for ax, key in zip(axes, CURVE_KEYS):
@@ -191,6 +210,7 @@ def curves_figure(histories: dict[str, dict[str, list]], methods, out) -> Figure
                 steps, vals = zip(*pts)
                 ax.plot(steps, vals, "o-" if len(pts) < 12 else "-", ms=3, label=method, color=method_color(methods, method))
         ax.set_xlabel("optimiser step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.set_title(labels[key])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)

@@ -45,6 +45,15 @@ def text(v) -> str:
     return str(v)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown_text(v) -> str:
+    """A model's text as the report shows it: control characters (which a browser draws as boxes)
+    written as visible escapes such as `\\x01`; newlines and tabs kept."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text(v))
+
+
 def short_value(v) -> str:
     """A param value for the tables: floats to 4 significant digits, anything else as logged."""
     s = text(v)

@@ -6,6 +6,7 @@ win rate over the confirmation seeds run so far, and how many."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import optuna
@@ -228,9 +229,18 @@ def print_summary(plan: Plan, storage, summary: dict) -> None:
     if stopped:
         console.print(f"[bold red]stopped by failures:[/] {', '.join(stopped)} (re-run to retry)")
     storage_arg = journal_path(plan.storage) or plan.storage
-    console.print(f"studies: optuna-dashboard {storage_arg}    runs: alignbench ui"
+    console.print(f"studies: {dashboard_command(storage_arg)}    runs: alignbench ui"
                   + (f" tracking.uri={plan.tracking['uri']}" if plan.tracking["uri"] else "")
                   + f"  (experiment {plan.experiment})")
+
+
+def dashboard_command(storage_arg: str) -> str:
+    """The command that shows the studies: `optuna-dashboard <storage>`, preceded by its install
+    command when it is not installed (it is in the `dashboard` and `test` extras)."""
+    command = f"optuna-dashboard {storage_arg}"
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        return f"pip install optuna-dashboard && {command}"
+    return command
 
 
 def _grid_table(plan: Plan, storage):

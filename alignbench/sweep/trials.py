@@ -34,9 +34,12 @@ RESULT_ATTRS = ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high"
 
 
 class TrialPruned(optuna.TrialPruned):
-    """Raised from `on_eval` when the pruner says stop: the MLflow run ends KILLED (tagged PRUNED)."""
+    """Raised from `on_eval` when the pruner says stop. The MLflow run ends FINISHED (pruning is the
+    sweep working as meant, and the UI draws KILLED as a failure), its name ending " (pruned)", tags
+    `optuna.trial_state=PRUNED` and `pruned_reason`."""
 
-    alignbench_status = "KILLED"
+    alignbench_status = "FINISHED"
+    alignbench_reason_tag = "pruned_reason"
 
 
 @dataclass
@@ -176,8 +179,12 @@ def _train_in_run(plan: Plan, method: str, study, trial, job: TrialJob, parent_r
             overrides = plan.trial_overrides[method] + param_overrides(job.params) + job.extra_overrides
             trial_cfg = compose_trial(overrides + resume_overrides)
             result = train(trial_cfg, tracker, on_eval, skip_policy=_policy_skipper(plan, study, job))
-        except (TrialPruned, Exception) as exc:
-            tracker.set_tags({"optuna.trial_state": "PRUNED" if isinstance(exc, TrialPruned) else "FAIL"})
+        except TrialPruned:
+            tracker.set_tags({"optuna.trial_state": "PRUNED", "mlflow.runName": f"{job.run_name} (pruned)"})
+            tracker.delete_artifacts(CHECKPOINTS)  # never resumed
+            raise
+        except Exception:
+            tracker.set_tags({"optuna.trial_state": "FAIL"})
             tracker.delete_artifacts(CHECKPOINTS)  # never resumed
             raise
         except BaseException:

@@ -1,7 +1,8 @@
 """MLflow at the edge: one run per training, nested under a sweep's parent run.
 
 A run's status tells the truth: FINISHED only when training and evaluation completed,
-FAILED with the reason as a tag when it raised, KILLED when interrupted (Ctrl-C, SIGTERM).
+FAILED with the reason as a tag when it raised, KILLED when interrupted (Ctrl-C, SIGTERM); an
+exception may name another ending (a pruned sweep trial: FINISHED, its reason in `pruned_reason`).
 Metrics are logged asynchronously in batches (off the training hot path) and flushed
 before the run is terminated.
 """
@@ -269,18 +270,18 @@ def tracked_run(experiment: str, run_name: str | None = None, parent_run_id: str
         finish(tracker, "KILLED", f"interrupted: {type(exc).__name__}")
         raise
     except BaseException as exc:
-        # An exception may say how the run ended (a sweep marks pruned trials KILLED + tag).
+        # An exception may say how the run ended (a sweep's pruned trials: FINISHED + `pruned_reason`).
         status = getattr(exc, "alignbench_status", "FAILED")
-        finish(tracker, status, f"{type(exc).__name__}: {exc}")
+        finish(tracker, status, f"{type(exc).__name__}: {exc}", getattr(exc, "alignbench_reason_tag", "failure_reason"))
         raise
     else:
         finish(tracker, "FINISHED")
 
 
-def finish(tracker: MlflowTracker, status: str, reason: str | None = None) -> None:
+def finish(tracker: MlflowTracker, status: str, reason: str | None = None, reason_tag: str = "failure_reason") -> None:
     try:
         if reason:
-            tracker.set_tags({"failure_reason": reason[:5000]})
+            tracker.set_tags({reason_tag: reason[:5000]})
         tracker.close()
     finally:
         tracker.client.set_terminated(tracker.run_id, status)
@@ -326,11 +327,20 @@ def new_run(client: MlflowClient, experiment: str, run_name: str | None, tags: d
         return client.create_run(store.experiment_id(client, experiment), run_name=run_name, tags=tags)
 
 
-def experiment_links(base: str, uri: str | None = None) -> list[str]:
-    """"<experiment>: <url>" of each experiment with alignbench runs, its runs table opened on the saved
-    view `alignbench` in the UI at `base` (the experiments get the UI's tags on the way)."""
+def experiment_links(base: str, uri: str | None = None) -> list[tuple[str, str]]:
+    """(experiment, url) of each experiment with alignbench runs, its runs table opened on the saved
+    view `alignbench` in the UI at `base` (the experiments get the UI's tags on the way): the latest
+    sweep's first (the experiment with a sweep's parent run started last), then the others, latest first."""
     set_uri(uri)
-    return [f"{e.name}: {store.view_url(base, e.experiment_id)}" for e in store.alignbench_experiments(MlflowClient())]
+    client = MlflowClient()
+
+    def latest(exp, role_filter: str = "") -> int:
+        runs = client.search_runs([exp.experiment_id], role_filter, max_results=1, order_by=["attributes.start_time DESC"])
+        return (runs[0].info.start_time or 0) if runs else -1
+
+    found = store.alignbench_experiments(client)
+    order = sorted(found, key=lambda e: (latest(e, "tags.`alignbench.role` = 'sweep'"), latest(e)), reverse=True)
+    return [(e.name, store.view_url(base, e.experiment_id)) for e in order]
 
 
 def delete_run(run_id: str, uri: str | None = None) -> None:

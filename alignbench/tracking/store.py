@@ -154,12 +154,13 @@ def column(kind: str, name: str) -> str:
     return f"{kind}.`{name}`"
 
 
-def view_tag(params: list[str] | tuple = ()) -> str:
-    """The saved view's tag value: the envelope MLflow's UI reads, its state the selected columns."""
+def view_tag(params: list[str] | tuple = (), expanded: list[str] | tuple = ()) -> str:
+    """The saved view's tag value: the envelope MLflow's UI reads, its state the selected columns and
+    the parent runs in `expanded` opened on their child runs (the trials show without a click)."""
     columns = ([column("metrics", m) for m in COMPARE_METRICS] + [column("params", p) for p in params]
                + [column("tags", t) for t in COMPARE_TAGS] + [column("tags", "mlflow.note.content")])
     state = {"selectedColumns": columns, "searchFilter": "", "orderByKey": "attributes.start_time",
-             "orderByAsc": False}
+             "orderByAsc": False, "runsExpanded": {run_id: True for run_id in expanded}}
     now = get_current_time_millis()
     return json.dumps({"name": "alignbench: comparison columns", "createdAt": now, "updatedAt": now,
                        "state": json.dumps(state)})
@@ -220,9 +221,10 @@ def tag_experiment(client, experiment) -> None:
             client.set_experiment_tag(experiment.experiment_id, key, value)
 
 
-def set_view(client, experiment_id: str, params: list[str]) -> None:
-    """The saved view `alignbench` of an experiment, with the hyperparameters in `params` as columns."""
-    client.set_experiment_tag(experiment_id, VIEW_TAG, view_tag(sorted(params)))
+def set_view(client, experiment_id: str, params: list[str], expanded: list[str] | tuple = ()) -> None:
+    """The saved view `alignbench` of an experiment, with the hyperparameters in `params` as columns
+    and the parent runs in `expanded` opened on their children."""
+    client.set_experiment_tag(experiment_id, VIEW_TAG, view_tag(sorted(params), expanded))
 
 
 def view_path(experiment_id: str) -> str:
