@@ -205,7 +205,7 @@ def comparison_calibration(tables: dict, pairs: list[dict], alpha: float = 0.05,
                  "power_at_diff": rejection_rate(draws, alpha, shift=abs(row["diff"]))["rate"],
                  "min_detectable": min_detectable(draws, alpha), "resolved": bool(row.get("significant")),
                  "seeds_needed": None}
-        if not entry["resolved"]:
+        if not entry["resolved"] and row["diff"] != 0:  # no seed count finds a difference of 0
             entry["seeds_needed"] = _fewest_seeds(c, p, row["diff"], alpha, k + 1, max_seeds,
                                                   min(n_sim, 200), min(n_boot, 200), rng_seed + 3000 + j)
         out_pairs.append(entry)
@@ -229,7 +229,7 @@ def calibration_text(cal: dict) -> str:
             f"in win rate with {cal['power']:.0%} power.")
     parts = [f"{p['a']} vs {p['b']} ({p['diff']:+.3f}): "
              + (f"{p['seeds_needed']} seeds" if p["seeds_needed"] is not None else f"more than {cal['max_seeds']}")
-             for p in cal["pairs"] if not p["resolved"]]
+             for p in cal["pairs"] if not p["resolved"] and p["diff"] != 0]
     if parts:
         text += (f" Seeds per method at which an undecided pair's observed difference would be found with "
                  f"{cal['power']:.0%} power: " + "; ".join(parts) + ".")
