@@ -420,6 +420,7 @@ def test_verdict_ranks_the_clearly_better_method_first_and_groups_identical_ones
     open_pairs = [(c["a"], c["b"]) for c in cal["pairs"] if not c["resolved"]]
     assert open_pairs == [("dpo", "simpo")]
     assert verdict["calibration"].startswith("Calibration at this design (3 seeds × 10 prompts")
+    assert "dpo vs simpo" not in verdict["calibration"]  # identical tables: no difference for seeds to find
 
 
 def test_diverged_seeds_are_counted_marked_and_plotted(confirmed_report):

@@ -149,20 +149,11 @@ def seeds_needed(components: Components, n_prompts: int, diff: float, alpha: flo
                  max_seeds: int = 20, power: float = POWER, n_sim: int = 400, n_boot: int = 500,
                  rng_seed: int = 0) -> int | None:
     """The fewest seeds (from_seeds .. max_seeds) at which the test calls a true difference of |diff|
-    different with `power` (before Holm), on the same prompts; None when even max_seeds does not."""
-    for k in range(max(2, from_seeds), max_seeds + 1):
-        draws = simulate_null(components, k, n_prompts, n_sim=n_sim, n_boot=n_boot, rng_seed=rng_seed + k)
-        if (p_values(draws, abs(diff)) <= alpha).mean() >= power:
-            return k
-    return None
-
-
-def _fewest_seeds(components: Components, n_prompts: int, diff: float, alpha: float, from_seeds: int,
-                  max_seeds: int, n_sim: int, n_boot: int, rng_seed: int) -> int | None:
-    """`seeds_needed` by bisection (power grows with the seeds): max_seeds first, then halving."""
+    different with `power` (before Holm), on the same prompts; None when even max_seeds does not. By
+    bisection (power grows with the seeds): max_seeds first, then halving."""
     def enough(k: int) -> bool:
         draws = simulate_null(components, k, n_prompts, n_sim=n_sim, n_boot=n_boot, rng_seed=rng_seed + k)
-        return (p_values(draws, abs(diff)) <= alpha).mean() >= POWER
+        return (p_values(draws, abs(diff)) <= alpha).mean() >= power
 
     low, high = max(2, from_seeds), max_seeds
     if low > high or not enough(high):
@@ -205,9 +196,9 @@ def comparison_calibration(tables: dict, pairs: list[dict], alpha: float = 0.05,
                  "power_at_diff": rejection_rate(draws, alpha, shift=abs(row["diff"]))["rate"],
                  "min_detectable": min_detectable(draws, alpha), "resolved": bool(row.get("significant")),
                  "seeds_needed": None}
-        if not entry["resolved"]:
-            entry["seeds_needed"] = _fewest_seeds(c, p, row["diff"], alpha, k + 1, max_seeds,
-                                                  min(n_sim, 200), min(n_boot, 200), rng_seed + 3000 + j)
+        if not entry["resolved"] and row["diff"] != 0:  # no seed count finds a difference of 0
+            entry["seeds_needed"] = seeds_needed(c, p, row["diff"], alpha, k + 1, max_seeds, n_sim=min(n_sim, 200),
+                                                 n_boot=min(n_boot, 200), rng_seed=rng_seed + 3000 + j)
         out_pairs.append(entry)
     return {"available": True, "n_seeds": k, "n_prompts": p, "alpha": alpha, "n_sim": n_sim, "n_boot": n_boot,
             "max_seeds": max_seeds, "power": POWER, "false_positive": worst,
@@ -229,7 +220,7 @@ def calibration_text(cal: dict) -> str:
             f"in win rate with {cal['power']:.0%} power.")
     parts = [f"{p['a']} vs {p['b']} ({p['diff']:+.3f}): "
              + (f"{p['seeds_needed']} seeds" if p["seeds_needed"] is not None else f"more than {cal['max_seeds']}")
-             for p in cal["pairs"] if not p["resolved"]]
+             for p in cal["pairs"] if not p["resolved"] and p["diff"] != 0]
     if parts:
         text += (f" Seeds per method at which an undecided pair's observed difference would be found with "
                  f"{cal['power']:.0%} power: " + "; ".join(parts) + ".")
