@@ -310,11 +310,14 @@ def test_parent_run_description_has_the_verdict_tables_and_report_path(confirmed
     fake, out, summary, _ = confirmed_report
     note = MlflowClient(tracking_uri=fake.uri).get_run(fake.parent_run_id).data.tags["mlflow.note.content"]
     assert f"**Verdict:** {md_cell(summary['verdict']['statement'])}" in note
-    rows = {line.split(" | ")[0].strip("| *"): line for line in note.splitlines() if line.startswith("| **")}
-    for m, r in summary["confirmation"]["methods"].items():  # the confirmation table, then the search table
-        assert f"| **{fmt(r['win_rate_mean'])}** | [{fmt(r['win_rate_ci_low'])}, {fmt(r['win_rate_ci_high'])}] |" in note
-        assert f"| {fmt(r['kl_mean'])} |" in note and m in rows
-    assert note.count("| **dpo** |") == 2
+    # the confirmation table, then the search table: ruled text in fenced blocks (MLflow draws
+    # Markdown tables without borders, so their cells run together)
+    cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in note.splitlines() if line.startswith("| ")]
+    for m, r in summary["confirmation"]["methods"].items():
+        assert [m, "3", fmt(r["win_rate_mean"]), f"[{fmt(r['win_rate_ci_low'])}, {fmt(r['win_rate_ci_high'])}]",
+                fmt(r["kl_mean"]), f"[{fmt(r['kl_ci_low'])}, {fmt(r['kl_ci_high'])}]"] == cells[1 + sorted(
+                    summary["confirmation"]["methods"]).index(m)][:6]
+    assert [c[0] for c in cells].count("dpo") == 2 and note.count("```") == 4
     assert f"**Report:** `{(out / 'report.html').resolve()}`" in note
     assert "viewStateShareKey=alignbench" in note and len(note) < 8000
 

@@ -131,8 +131,13 @@ def test_the_sweeps_description_has_a_row_per_method_and_says_the_verdict_is_to_
                 "confirmation": {"mean_win_rate": 0.61, "n_seeds": 2, "seeds": [1, 2, 3]}},
         "ipo": {"complete": 0, "pruned": 0, "failed": 3}}}
     note = sweep_note(summary, "7")
-    rows = [line for line in note.splitlines() if line.startswith("| **")]
-    assert rows == ["| **dpo** | 3 / 1 / 0 | 3 | 0.625 [0.500, 0.740] | 2.35 | `method.beta`=0.123 | 0.610 | 2/3 |",
-                    "| **ipo** | 0 / 0 / 3 | — | — | — | — | — | 0/0 |"]
+    # a ruled text table in a fenced block (MLflow draws Markdown tables without borders), columns aligned
+    lines = note.splitlines()
+    table = lines[lines.index("```") + 1:lines.index("```", lines.index("```") + 1)]
+    assert [[c.strip() for c in line.strip("|").split(" | ")] for line in table[2:]] == [
+        ["dpo", "3 / 1 / 0", "3", "0.625 [0.500, 0.740]", "2.35", "method.beta=0.123", "0.610", "2/3"],
+        ["ipo", "0 / 0 / 3", "—", "—", "—", "—", "—", "0/0"]]
+    assert table[0].startswith("| method | trials (complete / pruned / failed) | best trial |")
+    assert len({len(line) for line in table}) == 1 and set(table[1]) == {"|", "-"}
     assert "(#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=alignbench)" in note
     assert "**Verdict:** not yet; `alignbench report report.sweep=s`" in note
