@@ -1,6 +1,6 @@
 """`alignbench ui` after a real (tiny) smoke sweep, looked at in headless Chromium: the link it prints
-opens the sweep's experiment on its runs table with the comparison columns, the parent run's row
-expands to its trial and confirmation runs, and the parent's description holds the summary table.
+opens the sweep's experiment on its runs table with the comparison columns, the runs grouped by
+method (trials and confirmation runs visible), and the parent's description holds the summary table.
 
 Slow (a sweep, the MLflow server and a browser): `pytest -m slow tests/test_ui.py`.
 """
@@ -75,11 +75,12 @@ def look_at_the_ui(cwd, chromium: str) -> None:
             assert "Run Name" in text, text[:2000]
             for column in ("eval/win_rate", "eval/win_rate_ci_low", "eval/kl", "method.beta", "method.lr"):
                 assert column in text, f"column {column} not in the runs table"
-            # the parent's row expands to its children
-            page.evaluate("""[...document.querySelectorAll('a')].find(a => a.innerText.trim() === 'sweep-smoke'
-                && a.href.includes('/runs/')).closest('.ag-cell-value')
-                .querySelector('button[data-component-id*="runnamecellrenderer"]').click()""")
-            page.wait_for(f"['dpo-000', 'dpo-001', 'dpo-confirm-seed1'].every(n => {TEXT}.includes(n))", 60)
+            # the view groups the runs by method: the trials and confirmation runs show without a click
+            page.wait_for(f"['Group: dpo', 'dpo-000', 'dpo-001', 'dpo-confirm-seed1'].every(n => {TEXT}.includes(n))", 60)
+            # each column wide enough for its whole name (not "eval/win_rate_c" twice)
+            widths = page.evaluate("Object.fromEntries([...document.querySelectorAll('.ag-header-cell[col-id]')]"
+                                   ".map(h => [h.getAttribute('col-id'), h.getBoundingClientRect().width]))")
+            assert widths["metrics.`eval/win_rate_ci_high`"] >= 8 * len("eval/win_rate_ci_high"), widths
 
             page.goto(link.split("#")[0] + f"#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
                       "?workflowType=machine_learning", width=1400, height=900)
