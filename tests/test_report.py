@@ -490,3 +490,15 @@ def test_verdict_under_a_judge_at_chance_carries_the_warning(store, tmp_path):
     assert f"**Verdict:** {md_cell(statement)}" in note
     metadata = dict(tuple(r) for r in summary["metadata"])
     assert metadata["seeds"] == "search trials: 3; confirmation: 4, 5"
+
+
+def test_control_characters_in_generations_are_shown_escaped():
+    """A browser draws control bytes as boxes ("boring□"): examples show them as escapes instead."""
+    from alignbench.report.analysis import examples
+    from alignbench.report.formatting import shown_text
+
+    assert shown_text("boring\x01 a\nb\tc\x7f\x1b[0m\x85") == "boring\\x01 a\nb\tc\\x7f\\x1b[0m\\x85"
+    samples = pd.DataFrame({"prompt": ["p\x02"], "reference_response": ["ok"], "policy_response": ["boring\x01"],
+                            "reference_score": [0.0], "policy_score": [1.0], "winner": ["policy"]})
+    (ex,) = examples({"dpo": samples}, ["dpo"], 1)
+    assert (ex["prompt"], ex["reference"], ex["policies"][0]["response"]) == ("p\\x02", "ok", "boring\\x01")
