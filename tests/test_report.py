@@ -313,11 +313,14 @@ def test_parent_run_description_has_the_verdict_tables_and_report_path(confirmed
     fake, out, summary, _ = confirmed_report
     note = MlflowClient(tracking_uri=fake.uri).get_run(fake.parent_run_id).data.tags["mlflow.note.content"]
     assert f"**Verdict:** {md_cell(summary['verdict']['statement'])}" in note
-    rows = {line.split(" | ")[0].strip("| *"): line for line in note.splitlines() if line.startswith("| **")}
-    for m, r in summary["confirmation"]["methods"].items():  # the confirmation table, then the search table
-        assert f"| **{fmt(r['win_rate_mean'])}** | [{fmt(r['win_rate_ci_low'])}, {fmt(r['win_rate_ci_high'])}] |" in note
-        assert f"| {fmt(r['kl_mean'])} |" in note and m in rows
-    assert note.count("| **dpo** |") == 2
+    # the confirmation table, then the search table: ruled text in fenced blocks (MLflow draws
+    # Markdown tables without borders, so their cells run together)
+    cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in note.splitlines() if line.startswith("| ")]
+    for m, r in summary["confirmation"]["methods"].items():
+        assert [m, "3", fmt(r["win_rate_mean"]), f"[{fmt(r['win_rate_ci_low'])}, {fmt(r['win_rate_ci_high'])}]",
+                fmt(r["kl_mean"]), f"[{fmt(r['kl_ci_low'])}, {fmt(r['kl_ci_high'])}]"] == cells[1 + sorted(
+                    summary["confirmation"]["methods"]).index(m)][:6]
+    assert [c[0] for c in cells].count("dpo") == 2 and note.count("```") == 4
     assert f"**Report:** `{(out / 'report.html').resolve()}`" in note
     assert "viewStateShareKey=alignbench" in note and len(note) < 8000
 
@@ -531,3 +534,15 @@ def test_verdict_under_a_judge_at_chance_carries_the_warning(store, tmp_path):
     assert f"**Verdict:** {md_cell(statement)}" in note
     metadata = dict(tuple(r) for r in summary["metadata"])
     assert metadata["seeds"] == "search trials: 3; confirmation: 4, 5"
+
+
+def test_control_characters_in_generations_are_shown_escaped():
+    """A browser draws control bytes as boxes ("boring□"): examples show them as escapes instead."""
+    from alignbench.report.analysis import examples
+    from alignbench.report.formatting import shown_text
+
+    assert shown_text("boring\x01 a\nb\tc\x7f\x1b[0m\x85") == "boring\\x01 a\nb\tc\\x7f\\x1b[0m\\x85"
+    samples = pd.DataFrame({"prompt": ["p\x02"], "reference_response": ["ok"], "policy_response": ["boring\x01"],
+                            "reference_score": [0.0], "policy_score": [1.0], "winner": ["policy"]})
+    (ex,) = examples({"dpo": samples}, ["dpo"], 1)
+    assert (ex["prompt"], ex["reference"], ex["policies"][0]["response"]) == ("p\\x02", "ok", "boring\\x01")

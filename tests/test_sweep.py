@@ -176,10 +176,11 @@ def test_a_bad_trial_is_pruned(workdir):
     assert run.info.run_name == "dpo-001 (pruned)" and "failure_reason" not in run.data.tags
     assert run.data.tags["pruned_reason"].startswith("TrialPruned: pruned at step 2")
     assert "eval/win_rate" in run.data.metrics
-    # the runs table's saved view opens the parent on its trials
+    # the runs table's saved view shows the trials grouped by method, the searched params as columns
     exp = mlflow.MlflowClient().get_experiment_by_name("sweep-smoke")
     view = json.loads(json.loads(exp.tags[store.VIEW_TAG])["state"])
-    assert view["runsExpanded"] == {parent_runs()[0].info.run_id: True}
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "method"}]
+    assert {"params.`method.beta`", "params.`method.lr`"} <= set(view["selectedColumns"])
 
 
 def interrupt_at(monkeypatch, step: int, when=lambda cfg: True):

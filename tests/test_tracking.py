@@ -84,6 +84,9 @@ def test_experiments_open_on_their_runs_in_the_mlflow_ui(workdir):
     assert columns[:4] == ["metrics.`eval/win_rate`", "metrics.`eval/win_rate_ci_low`",
                            "metrics.`eval/win_rate_ci_high`", "metrics.`eval/kl`"]
     assert "tags.`method`" in columns
+    state = json.loads(view["state"])  # headers whole (not "eval/win_rate_c" twice); runs grouped by method
+    assert state["columnWidths"]["metrics.`eval/win_rate_ci_high`"] >= 8 * len("eval/win_rate_ci_high")
+    assert state["columnOrder"][3:] == columns and state["groupBy"]["groupByKeys"][0]["groupByData"] == "method"
 
 
 # --- Stale train runs --------------------------------------------------------------------------------

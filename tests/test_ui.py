@@ -1,6 +1,6 @@
 """`alignbench ui` after a real (tiny) smoke sweep, looked at in headless Chromium: the link it prints
-opens the sweep's experiment on its runs table with the comparison columns, the parent run's row
-expands to its trial and confirmation runs, and the parent's description holds the summary table.
+opens the sweep's experiment on its runs table with the comparison columns, the runs grouped by
+method (trials and confirmation runs visible), and the parent's description holds the summary table.
 
 Slow (a sweep, the MLflow server and a browser): `pytest -m slow tests/test_ui.py`.
 """
@@ -75,11 +75,12 @@ def look_at_the_ui(cwd, chromium: str) -> None:
             assert "Run Name" in text, text[:2000]
             for column in ("eval/win_rate", "eval/win_rate_ci_low", "eval/kl", "method.beta", "method.lr"):
                 assert column in text, f"column {column} not in the runs table"
-            # the parent's row expands to its children
-            page.evaluate("""[...document.querySelectorAll('a')].find(a => a.innerText.trim() === 'sweep-smoke'
-                && a.href.includes('/runs/')).closest('.ag-cell-value')
-                .querySelector('button[data-component-id*="runnamecellrenderer"]').click()""")
-            page.wait_for(f"['dpo-000', 'dpo-001', 'dpo-confirm-seed1'].every(n => {TEXT}.includes(n))", 60)
+            # the view groups the runs by method: the trials and confirmation runs show without a click
+            page.wait_for(f"['Group: dpo', 'dpo-000', 'dpo-001', 'dpo-confirm-seed1'].every(n => {TEXT}.includes(n))", 60)
+            # each column wide enough for its whole name (not "eval/win_rate_c" twice)
+            widths = page.evaluate("Object.fromEntries([...document.querySelectorAll('.ag-header-cell[col-id]')]"
+                                   ".map(h => [h.getAttribute('col-id'), h.getBoundingClientRect().width]))")
+            assert widths["metrics.`eval/win_rate_ci_high`"] >= 8 * len("eval/win_rate_ci_high"), widths
 
             page.goto(link.split("#")[0] + f"#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
                       "?workflowType=machine_learning", width=1400, height=900)
@@ -131,8 +132,13 @@ def test_the_sweeps_description_has_a_row_per_method_and_says_the_verdict_is_to_
                 "confirmation": {"mean_win_rate": 0.61, "n_seeds": 2, "seeds": [1, 2, 3]}},
         "ipo": {"complete": 0, "pruned": 0, "failed": 3}}}
     note = sweep_note(summary, "7")
-    rows = [line for line in note.splitlines() if line.startswith("| **")]
-    assert rows == ["| **dpo** | 3 / 1 / 0 | 3 | 0.625 [0.500, 0.740] | 2.35 | `method.beta`=0.123 | 0.610 | 2/3 |",
-                    "| **ipo** | 0 / 0 / 3 | — | — | — | — | — | 0/0 |"]
+    # a ruled text table in a fenced block (MLflow draws Markdown tables without borders), columns aligned
+    lines = note.splitlines()
+    table = lines[lines.index("```") + 1:lines.index("```", lines.index("```") + 1)]
+    assert [[c.strip() for c in line.strip("|").split(" | ")] for line in table[2:]] == [
+        ["dpo", "3 / 1 / 0", "3", "0.625 [0.500, 0.740]", "2.35", "method.beta=0.123", "0.610", "2/3"],
+        ["ipo", "0 / 0 / 3", "—", "—", "—", "—", "—", "0/0"]]
+    assert table[0].startswith("| method | trials (complete / pruned / failed) | best trial |")
+    assert len({len(line) for line in table}) == 1 and set(table[1]) == {"|", "-"}
     assert "(#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=alignbench)" in note
     assert "**Verdict:** not yet; `alignbench report report.sweep=s`" in note

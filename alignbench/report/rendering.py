@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from alignbench.tracking import store
+from alignbench.tracking.description import text_table
 
 TEMPLATES = Path(__file__).parent / "templates"
 RUNS_CSV_TAGS = ("tags.failure_reason", "tags.mlflow.runName")
@@ -43,10 +44,44 @@ def render_markdown(context: dict) -> str:
 
 def render_note(context: dict, report_dir: Path, experiment_id: str) -> str:
     """The parent run's description (`mlflow.note.content`) once the report exists: the verdict, the
-    confirmation and search tables, the report's path. Replaces the one the sweep wrote."""
+    confirmation and search tables (ruled text: `tracking.description`), the report's path. Replaces
+    the one the sweep wrote."""
     note = _render("note.md.j2", dict(context, report_path=str(Path(report_dir).resolve() / "report.html"),
-                                      runs_view=store.view_path(experiment_id)), autoescape=False)
+                                      runs_view=store.view_path(experiment_id),
+                                      confirmation_table=_confirmation_table(context),
+                                      search_table=_search_table(context)), autoescape=False)
     return note[:NOTE_LIMIT]
+
+
+def _confirmation_table(context: dict) -> str:
+    conf, fmt = context["confirmation"], context["fmt"]
+    if not conf:
+        return ""
+    gold = conf["has_gold"]
+    head = ["method", "seeds", "test win rate", "95% CI", "KL (nats/seq)", "95% CI"] + (["gold reward", "95% CI"] * gold)
+    rows = []
+    for m, r in sorted(conf["methods"].items()):
+        row = [m, str(len(r["seeds"])), fmt(r["win_rate_mean"]),
+               f"[{fmt(r['win_rate_ci_low'])}, {fmt(r['win_rate_ci_high'])}]",
+               fmt(r.get("kl_mean")), f"[{fmt(r.get('kl_ci_low'))}, {fmt(r.get('kl_ci_high'))}]"]
+        if gold:
+            row += [fmt(r.get("gold_mean")), f"[{fmt(r.get('gold_ci_low'))}, {fmt(r.get('gold_ci_high'))}]"]
+        rows.append(row)
+    return text_table(head, rows)
+
+
+def _search_table(context: dict) -> str:
+    fmt, rows = context["fmt"], []
+    for r in context["headline"]:
+        trials = f"{r['n_complete']} / {r['n_pruned']} / {r['n_fail']}"
+        if "run_id" not in r:
+            rows.append([r["method"], "no complete trial", "", "", "", trials])
+            continue
+        params = ", ".join(f"{k}={v}" for k, v in r["hyperparameters"].items())
+        interval = f"[{fmt(r['eval/win_rate_ci_low'])}, {fmt(r['eval/win_rate_ci_high'])}]"
+        rows.append([r["method"], fmt(r["eval/win_rate"]), interval, fmt(r["eval/kl"]), params, trials])
+    return text_table(["method", "win rate", "95% CI", "KL (nats/seq)", "hyperparameters",
+                       "trials (complete / pruned / failed)"], rows)
 
 
 def write_runs_csv(trials: pd.DataFrame, path: Path) -> None:

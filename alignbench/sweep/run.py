@@ -169,5 +169,5 @@ def _log_summary(tracker, summary: dict) -> None:
             tracker.set_tags({f"race.{m}.n_seeds": race["n_seeds"], f"race.{m}.stop": race["stop"]})
     experiment_id = tracker.client.get_run(tracker.run_id).info.experiment_id
     searched = {k for e in summary["methods"].values() for k in (e.get("best") or {}).get("params", {})}
-    store.set_view(tracker.client, experiment_id, sorted(searched), expanded=[tracker.run_id])
+    store.set_view(tracker.client, experiment_id, sorted(searched))
     tracker.set_tags({"mlflow.note.content": sweep_note(summary, experiment_id)})

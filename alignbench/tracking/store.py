@@ -44,6 +44,7 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 COMPARE_METRICS = ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl", "eval/gold_reward")
 COMPARE_TAGS = ("method", "alignbench.role", "optuna.trial_state")
 PROCESS_TAGS = ("alignbench.host", "alignbench.pid", "alignbench.process_start")
+RUN_NAME = "attributes.`Run Name`"  # the UI's runs-table columns before the selected ones: name, created, duration
 
 
 # ---- the store itself
@@ -154,13 +155,19 @@ def column(kind: str, name: str) -> str:
     return f"{kind}.`{name}`"
 
 
-def view_tag(params: list[str] | tuple = (), expanded: list[str] | tuple = ()) -> str:
-    """The saved view's tag value: the envelope MLflow's UI reads, its state the selected columns and
-    the parent runs in `expanded` opened on their child runs (the trials show without a click)."""
+def view_tag(params: list[str] | tuple = ()) -> str:
+    """The saved view's tag value: the envelope MLflow's UI reads, its state the selected columns,
+    each wide enough for its whole name (at the UI's 100 px, "eval/win_rate_ci_low" and
+    "eval/win_rate_ci_high" both read "eval/win_rate_c"), and the runs grouped by their `method` tag:
+    every trial and confirmation run shows without a click (a shared view cannot expand a parent
+    run: MLflow drops `runsExpanded` from it), each group's row carrying its runs' maxima."""
     columns = ([column("metrics", m) for m in COMPARE_METRICS] + [column("params", p) for p in params]
                + [column("tags", t) for t in COMPARE_TAGS] + [column("tags", "mlflow.note.content")])
+    widths = {c: max(100, 8 * len(c.split("`")[1]) + 40) for c in columns[:-1]}
     state = {"selectedColumns": columns, "searchFilter": "", "orderByKey": "attributes.start_time",
-             "orderByAsc": False, "runsExpanded": {run_id: True for run_id in expanded}}
+             "orderByAsc": False, "columnOrder": [RUN_NAME, "runDateAndNestInfo", "duration", *columns], "columnWidths": widths,
+             "groupBy": {"groupByKeys": [{"mode": "tag", "groupByData": "method"}], "aggregateFunction": "max"},
+             "groupsExpanded": {"tag.method": True}}  # the runs without a method tag (a sweep's parent), open
     now = get_current_time_millis()
     return json.dumps({"name": "alignbench: comparison columns", "createdAt": now, "updatedAt": now,
                        "state": json.dumps(state)})
@@ -221,10 +228,9 @@ def tag_experiment(client, experiment) -> None:
             client.set_experiment_tag(experiment.experiment_id, key, value)
 
 
-def set_view(client, experiment_id: str, params: list[str], expanded: list[str] | tuple = ()) -> None:
-    """The saved view `alignbench` of an experiment, with the hyperparameters in `params` as columns
-    and the parent runs in `expanded` opened on their children."""
-    client.set_experiment_tag(experiment_id, VIEW_TAG, view_tag(sorted(params), expanded))
+def set_view(client, experiment_id: str, params: list[str]) -> None:
+    """The saved view `alignbench` of an experiment, with the hyperparameters in `params` as columns."""
+    client.set_experiment_tag(experiment_id, VIEW_TAG, view_tag(sorted(params)))
 
 
 def view_path(experiment_id: str) -> str:
