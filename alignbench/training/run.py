@@ -22,6 +22,7 @@ from alignbench.evaluation.judges import judge_accuracy_caveat, judge_bias_cavea
 from alignbench.methods import METHODS
 from alignbench.tracking.artifacts import SAMPLES_ARTIFACT
 from alignbench.tracking.null import NullTracker
+from alignbench.training.distributed import check_batch_split, is_main
 from alignbench.training.checkpoint import CHECKPOINTS, fetch_checkpoint, flat, save_policy
 from alignbench.training.loop import RunResult
 from alignbench.training.offline import offline_loop
@@ -99,6 +100,7 @@ def train(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunResult:
 def train_validated(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunResult:
     """`train` of a config its caller has validated already (the CLI does, before it opens the MLflow run)."""
     settle_heap()
+    check_batch_split(cfg)
     tracker = tracker or NullTracker()
     t0 = time.time()
     checkpoint = fetch_checkpoint(cfg, tracker) if cfg.get("resume") else None  # before the set-up: fail fast
@@ -122,7 +124,7 @@ def train_validated(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunRes
     not_saved = skip_policy(result.metrics) if skip_policy is not None else None
     if not_saved:
         tracker.set_tags({"alignbench.policy_not_saved": not_saved})
-    elif cfg.train.save_policy:
+    elif cfg.train.save_policy and is_main():
         save_policy(prepared.models, tracker)
     if cfg.train.get("checkpoint_every") or checkpoint is not None:
         tracker.delete_artifacts(CHECKPOINTS)  # the run is complete: its policy is kept, its checkpoint is not needed
