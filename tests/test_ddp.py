@@ -1,0 +1,75 @@
+"""One trial on two CPU processes (DDP over gloo) under torchrun: one MLflow run, one result line, the
+same loss curve and figures as one process at the same global batch; KTO's z0 and the caches shared
+across ranks. The end-to-end runs are slow-marked (`pytest -m slow tests/test_ddp.py`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from helpers import FAST, cli_env, run_cli
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+WORKER = Path(__file__).with_name("ddp_worker.py")
+# FAST with every step's loss logged and one evaluation at the end.
+DDP_RUN = [*FAST, "train.log_every=1", "eval.every_n_steps=0"]
+
+
+def torchrun(*args: str, cwd, cache=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 <args>` to its end (a free port: --standalone)."""
+    out = subprocess.run([*TORCHRUN[:3], "--standalone", *TORCHRUN[3:], *args], cwd=cwd, env=cli_env(cache),
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"torchrun {' '.join(args)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+def worker_results(check: str, tmp_path) -> list[dict]:
+    torchrun(str(WORKER), check, str(tmp_path), cwd=tmp_path)
+    return [json.loads((tmp_path / f"{check}-{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def test_kto_z0_is_the_mean_over_both_ranks(tmp_path):
+    ranks = worker_results("kto", tmp_path)
+    assert [r["processes"] for r in ranks] == [2, 2] and ranks[0]["backend"] == "gloo"
+    local = [r["local_z0"] for r in ranks]
+    assert local[0] != pytest.approx(local[1])  # each rank's own examples give its own z0 ...
+    assert ranks[0]["z0"] == ranks[1]["z0"]    # ... the loss uses the same z0 on both: their mean
+    assert ranks[0]["z0"] == pytest.approx(max(0.0, sum(local) / 2), rel=1e-5)
+
+
+def test_rank_0_builds_a_cache_entry_the_other_rank_reads(tmp_path):
+    ranks = worker_results("cache", tmp_path)
+    assert (tmp_path / "cache-builds.txt").read_text().split() == ["0"]  # built once, by rank 0
+    assert [r["value"] for r in ranks] == ["0", "0"]
+    assert [r["hit"] for r in ranks] == [False, True]
+
+
+def run_metrics(name: str) -> tuple[object, dict]:
+    """(the run named `name`, {metric: [(step, value)]}) from this directory's store."""
+    client = mlflow.MlflowClient()
+    run = mlflow.search_runs(search_all_experiments=True, filter_string=f"attributes.run_name = '{name}'",
+                             output_format="list")
+    assert len(run) == 1, f"{len(run)} runs named {name}"
+    keys = ("train/loss", "train/grad_norm", "train/margin", "train/tokens", "eval/win_rate", "eval/kl", "eval/gold_reward")
+    return run[0], {k: [(m.step, m.value) for m in client.get_metric_history(run[0].info.run_id, k)] for k in keys}
+
+
+@pytest.mark.slow
+def test_dpo_on_two_processes_is_one_run_equal_to_one_process(workdir):
+    two = torchrun("-m", "alignbench.cli", "train", *DDP_RUN, "threads=2", "tracking.run_name=two", cwd=workdir)
+    lines = [line for line in two.stdout.splitlines() if line.startswith("method=dpo win_rate=")]
+    assert len(lines) == 1, two.stdout  # rank 0's only
+    run_cli("train", *DDP_RUN, "threads=1", "tracking.run_name=one", check=True, timeout=300)
+    assert len(mlflow.search_runs(search_all_experiments=True)) == 2  # one per command
+    run_two, curves_two = run_metrics("two")
+    _, curves_one = run_metrics("one")
+    assert run_two.info.status == "FINISHED" and lines[0].endswith(run_two.info.run_id)
+    assert len(curves_two["train/loss"]) == 6  # every step logged once
+    for key, curve in curves_one.items():
+        assert [s for s, _ in curves_two[key]] == [s for s, _ in curve], key
+        assert [v for _, v in curves_two[key]] == pytest.approx([v for _, v in curve], abs=1e-4), key
