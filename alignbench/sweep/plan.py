@@ -137,7 +137,7 @@ def plan_sweep(cfg, overrides: list[str] | None = None) -> Plan:
     if keep_policies not in KEEP_POLICIES:
         raise ConfigError(f"sweep.keep_policies={keep_policies}: must be best, all or none")
     no_policy = ["train.save_policy=false"] if keep_policies == "none" else []
-    n_workers, worker_threads = workers_and_threads(get("n_workers", 1), user)
+    n_workers, worker_threads = workers_for_confirm(confirm, get("n_workers", 1), user)
     batch_trials = _check_batch_trials(get("batch_trials"), n_workers)
     spaces, trial_overrides, max_steps, train_seeds = {}, {}, {}, {}
     for m in methods:
@@ -173,6 +173,18 @@ def workers_and_threads(n_workers, user: list[str]) -> tuple[int, list[str]]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     user_threads = any(o.split("=", 1)[0].lstrip("+~") == "threads" for o in user)
     return max(1, cores), ([] if user_threads or cores == 1 else ["threads=1"])
+
+
+def workers_for_confirm(confirm: str, n_workers, user: list[str]) -> tuple[int, list[str]]:
+    """`workers_and_threads`, except that a race runs in one worker process: with several, a 2-worker
+    smoke race finished but one worker never exited (it hung in Python's thread shutdown). `auto`
+    gives one worker then; an explicit number above one is refused in one line."""
+    if confirm != "race":
+        return workers_and_threads(n_workers, user)
+    if n_workers != "auto" and int(n_workers) > 1:
+        raise ConfigError(f"sweep.n_workers={n_workers}: sweep.confirm=race runs in one worker process "
+                          f"(several can hang at exit); use sweep.n_workers=1 or auto")
+    return 1, []
 
 
 def _check_batch_trials(value, n_workers: int) -> int:
