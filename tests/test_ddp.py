@@ -73,3 +73,22 @@ def test_dpo_on_two_processes_is_one_run_equal_to_one_process(workdir):
     for key, curve in curves_one.items():
         assert [s for s, _ in curves_two[key]] == [s for s, _ in curve], key
         assert [v for _, v in curves_two[key]] == pytest.approx([v for _, v in curve], abs=1e-4), key
+
+
+@pytest.mark.slow
+def test_a_run_killed_under_ddp_resumes_to_finished(workdir):
+    checkpointed = [*DDP_RUN, "threads=2", "train.checkpoint_every=2"]
+    crashed = subprocess.run([*TORCHRUN[:3], "--standalone", *TORCHRUN[3:], "-m", "alignbench.cli", "train",
+                              *checkpointed, "fault.raise_at_step=5"], cwd=workdir, env=cli_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert crashed.returncode != 0
+    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FAILED"
+    resumed = torchrun("-m", "alignbench.cli", "train", *checkpointed, f"resume={run.info.run_id}", cwd=workdir)
+    assert resumed.stdout.count("resumed from the checkpoint of step 4") == 2  # each rank restored it
+    lines = [line for line in resumed.stdout.splitlines() if line.startswith("method=dpo win_rate=")]
+    assert len(lines) == 1 and lines[0].endswith(run.info.run_id)
+    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FINISHED"
+    losses = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in losses) == [1, 2, 3, 4, 5, 6]  # step 5 crashed before its log

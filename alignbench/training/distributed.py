@@ -67,6 +67,24 @@ def share_from_main(value):
     return box[0]
 
 
+def run_on_main(work):
+    """`work()` on rank 0 alone, its value (or the exception it raised: a one-line error, a sweep's
+    pruning) on every rank, so no rank waits for a result that never comes."""
+    if process_count() == 1:
+        return work()
+    outcome = (None, None)
+    if is_main():
+        try:
+            outcome = (work(), None)
+        except Exception as exc:
+            share_from_main((None, exc))
+            raise
+    value, error = share_from_main(outcome)
+    if error is not None:
+        raise error
+    return value
+
+
 def _collective_device() -> torch.device:
     """Where a collective's tensors live: nccl reduces only CUDA tensors, gloo CPU ones."""
     if torch.distributed.get_backend() == "nccl":

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignbench.training.checkpoint import LoopState, save_checkpoint
-from alignbench.training.distributed import is_main, mean_over_processes, share_from_main, sum_over_processes
+from alignbench.training.distributed import is_main, mean_over_processes, run_on_main, sum_over_processes
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +144,7 @@ class LoopBookkeeping:
         e.g. a sweep's pruning, raised on every rank)."""
         t_eval = time.time()
         policy = getattr(policy, "_orig_mod", policy)
-        outcome = None
-        if is_main():
-            try:
-                outcome = (run_evaluation(self.prepared, policy, step, self.tracker, self.on_eval, self.history), None)
-            except Exception as exc:  # the other ranks must not wait for a result that never comes
-                share_from_main((None, exc))
-                raise
-        result, error = share_from_main(outcome)
-        if error is not None:
-            raise error
+        result = run_on_main(lambda: run_evaluation(self.prepared, policy, step, self.tracker, self.on_eval, self.history))
         if not is_main():
             self.history.append((step, result.metrics))
         self.result = result

@@ -22,7 +22,7 @@ from alignbench.evaluation.judges import judge_accuracy_caveat, judge_bias_cavea
 from alignbench.methods import METHODS
 from alignbench.tracking.artifacts import SAMPLES_ARTIFACT
 from alignbench.tracking.null import NullTracker
-from alignbench.training.distributed import check_batch_split, is_main
+from alignbench.training.distributed import check_batch_split, is_main, run_on_main
 from alignbench.training.checkpoint import CHECKPOINTS, fetch_checkpoint, flat, save_policy
 from alignbench.training.loop import RunResult
 from alignbench.training.offline import offline_loop
@@ -103,7 +103,8 @@ def train_validated(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunRes
     check_batch_split(cfg)
     tracker = tracker or NullTracker()
     t0 = time.time()
-    checkpoint = fetch_checkpoint(cfg, tracker) if cfg.get("resume") else None  # before the set-up: fail fast
+    # before the set-up: fail fast; rank 0 fetches it into a local folder every rank reads (one host)
+    checkpoint = run_on_main(lambda: fetch_checkpoint(cfg, tracker)) if cfg.get("resume") else None
     prepared = prepare(cfg)
     method = METHODS[cfg.method.name]
     online = method.loop == "online"  # sampled rollouts scored by a reward model or the gold reward
