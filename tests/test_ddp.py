@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from helpers import FAST, cli_env, run_cli
+from helpers import FAST, PPO_FAST, cli_env, run_cli
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -92,3 +92,13 @@ def test_a_run_killed_under_ddp_resumes_to_finished(workdir):
     assert run.info.status == "FINISHED"
     losses = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in losses) == [1, 2, 3, 4, 5, 6]  # step 5 crashed before its log
+
+
+@pytest.mark.slow
+def test_ppo_on_two_processes_is_one_finished_run(workdir):
+    out = torchrun("-m", "alignbench.cli", "train", *PPO_FAST, "threads=2", cwd=workdir)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("method=ppo win_rate=")]
+    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(lines) == 1 and lines[0].endswith(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "ppo/approx_kl")) == [1, 2, 4, 6]

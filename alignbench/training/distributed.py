@@ -47,6 +47,10 @@ def check_batch_split(cfg) -> None:
     if n > 1 and cfg.train.batch_size % n:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: must divide by the {n} processes "
                           f"(each takes an equal share of every batch)")
+    m = cfg.method
+    if n > 1 and "n_minibatches" in m and max(1, m.rollout_batch_size // m.n_minibatches) % n:
+        raise ConfigError(f"method.rollout_batch_size={m.rollout_batch_size} / method.n_minibatches={m.n_minibatches}: "
+                          f"each minibatch must divide by the {n} processes")
 
 
 def threads_per_process(threads: int | None) -> int | None:
