@@ -69,11 +69,21 @@ def train_command(cfg: DictConfig) -> None:
 
 def sweep_command(cfg: DictConfig) -> None:
     from alignbench.sweep.run import SweepFailed, run_sweep
+    from alignbench.sweep.workers import follow_trials
     from alignbench.tracking.store import StoreError
+    from alignbench.training.distributed import announce_trial, launched_processes, start_processes
 
     try:
         check_types(cfg)
-        run_sweep(cfg)
+        # Under torchrun / accelerate launch: one worker whose every trial runs on all the processes;
+        # rank 0 is the worker (Optuna, MLflow), the others train the trials it announces.
+        if launched_processes() > 1 and not start_processes(cfg.device).is_main_process:
+            follow_trials()
+            return
+        try:
+            run_sweep(cfg)
+        finally:
+            announce_trial(None)  # the other ranks stop
     except (ConfigError, StoreError) as exc:
         fail(str(exc))
     except SweepFailed as exc:  # the summary is printed; the exit status says the sweep is not complete

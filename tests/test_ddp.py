@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from helpers import FAST, PPO_FAST, cli_env, run_cli
+from helpers import FAST, PPO_FAST, TINY, cli_env, mlflow_runs, run_cli
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -102,3 +102,16 @@ def test_ppo_on_two_processes_is_one_finished_run(workdir):
     assert len(lines) == 1 and lines[0].endswith(run.info.run_id)
     assert run.info.status == "FINISHED"
     assert sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "ppo/approx_kl")) == [1, 2, 4, 6]
+
+
+@pytest.mark.slow
+def test_a_sweep_under_torchrun_runs_each_trial_on_both_processes(workdir):
+    out = torchrun("-m", "alignbench.cli", "sweep", "sweep=smoke", "sweep.methods=[dpo]", "sweep.n_trials=2",
+                   "sweep.confirm_seeds=1", "threads=2", *TINY, cwd=workdir, timeout=600)
+    assert "dpo 2/2" in out.stdout and out.stdout.count("sweep smoke: best trial per method") == 1
+    parents, trials = mlflow_runs(mlflow.get_tracking_uri(), "sweep-smoke")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    trained = [r for r in runs if r.data.tags.get("alignbench.role") != "sweep"]
+    assert len(parents) == 1 and len(trials) == 2 and len(runs) == 4  # + 1 confirmation run, each recorded once
+    assert [r.data.tags.get("alignbench.processes") for r in trained] == ["2", "2", "2"]
+    assert {r.data.tags["optuna.trial_state"] for r in trained} <= {"COMPLETE", "PRUNED"}

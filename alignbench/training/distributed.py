@@ -112,3 +112,15 @@ def sum_over_processes(value: int) -> int:
     total = torch.tensor([value], dtype=torch.float64, device=_collective_device())
     torch.distributed.all_reduce(total)
     return int(total.item())
+
+
+def announce_trial(overrides: list[str] | None) -> None:
+    """Rank 0 of a sweep worker under a launcher tells the other ranks the next trial's overrides
+    (None: the sweep is over); they wait in `next_trial`. A no-op on one process."""
+    if process_count() > 1:
+        share_from_main(overrides)
+
+
+def next_trial() -> list[str] | None:
+    """On a rank other than 0: the overrides of the trial rank 0 is starting, or None at the end."""
+    return share_from_main(None)

@@ -22,7 +22,7 @@ from alignbench.evaluation.judges import judge_accuracy_caveat, judge_bias_cavea
 from alignbench.methods import METHODS
 from alignbench.tracking.artifacts import SAMPLES_ARTIFACT
 from alignbench.tracking.null import NullTracker
-from alignbench.training.distributed import check_batch_split, is_main, run_on_main
+from alignbench.training.distributed import check_batch_split, is_main, process_count, run_on_main
 from alignbench.training.checkpoint import CHECKPOINTS, fetch_checkpoint, flat, save_policy
 from alignbench.training.loop import RunResult
 from alignbench.training.offline import offline_loop
@@ -112,7 +112,8 @@ def train_validated(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunRes
     if checkpoint is None:  # a resumed run logged these before its first checkpoint
         tracker.log_params(run_params(cfg, prepared, method_params))
         tracker.log_metrics(prepared.evaluator.constant_metrics, 0)  # once: every evaluation shares them
-    tracker.set_tags({"method": cfg.method.name} | judge_caveats(cfg, prepared))
+    processes = {"alignbench.processes": str(process_count())} if process_count() > 1 else {}  # one trial, N processes
+    tracker.set_tags({"method": cfg.method.name} | processes | judge_caveats(cfg, prepared))
     if online:
         result = online_loop(cfg, prepared, tracker, on_eval, critic_free=not method.value_head)
     else:
