@@ -5,15 +5,19 @@ so a miss; an unchanged one is a hit. Writes are atomic (temp dir + rename) so c
 workers never read a half-written entry. Each entry's `.complete` marker records the size and
 SHA-256 of every file in it; an entry whose files no longer match (truncated, edited, written by
 an older alignbench) or that fails to load is a miss: a warning names it, it is removed and rebuilt.
+Under DDP (a `torch.distributed` group is initialised) rank 0 looks up or builds each entry while
+the other ranks wait, then they read it: no two processes of one trial build the same entry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import contextlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -25,6 +29,27 @@ log = logging.getLogger(__name__)
 
 MARKER = ".complete"
 _VERIFIED: set = set()  # (entry dir, marker mtime) checked in this process: the hashes are read once
+
+
+def _process_group():
+    """torch.distributed when this process is one of several of a trial, else None (torch not imported
+    for it: a process that never imported torch.distributed runs alone)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    return dist if dist.get_world_size() > 1 else None
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Under DDP: rank 0 runs the block first (looks up, builds, publishes), the others after it (and
+    find the entry published). Every rank reaches the same lookups in the same order: one barrier each."""
+    dist = _process_group()
+    if dist is not None and dist.get_rank() != 0:
+        dist.barrier()
+    yield
+    if dist is not None and dist.get_rank() == 0:
+        dist.barrier()
 
 
 def _plain(obj: Any) -> Any:
@@ -146,6 +171,11 @@ def store(cache_dir: str | Path, kind: str, key: str, write) -> Path:
 
 def cached(cache_dir: str | Path, kind: str, key: str, write) -> tuple[Path, bool]:
     """(entry dir, hit?) — computes and stores the entry on a miss (a broken entry is a miss)."""
+    with main_process_first():
+        return _cached(cache_dir, kind, key, write)
+
+
+def _cached(cache_dir: str | Path, kind: str, key: str, write) -> tuple[Path, bool]:
     hit = lookup(cache_dir, kind, key)
     if hit is not None:
         return hit, True
@@ -155,7 +185,12 @@ def cached(cache_dir: str | Path, kind: str, key: str, write) -> tuple[Path, boo
 def load_cached(cache_dir: str | Path, kind: str, key: str, write, read: Callable[[Path], Any]) -> tuple[Any, Path, bool]:
     """(read(entry dir), entry dir, hit?): `cached`, and an entry that passes its check but fails to
     load is a miss too (warned about, removed, rebuilt, read again)."""
-    path, hit = cached(cache_dir, kind, key, write)
+    with main_process_first():
+        return _load_cached(cache_dir, kind, key, write, read)
+
+
+def _load_cached(cache_dir, kind: str, key: str, write, read: Callable[[Path], Any]) -> tuple[Any, Path, bool]:
+    path, hit = _cached(cache_dir, kind, key, write)
     if hit:
         try:
             return read(path), path, True

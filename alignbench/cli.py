@@ -35,13 +35,14 @@ def train_command(cfg: DictConfig) -> None:
     from alignbench.tracking.store import StoreError
     from alignbench.training.run import train_validated
 
-    from accelerate import PartialState
+    from alignbench.training.distributed import start_processes
 
     run_id = None
     try:
         validate(cfg)
-        # Under `accelerate launch` every process trains; only the main one records the run.
-        if cfg.tracking.enabled and PartialState().is_main_process:
+        # Under torchrun / `accelerate launch` every process trains its shard; only rank 0 records the run.
+        main_process = start_processes(cfg.device).is_main_process
+        if cfg.tracking.enabled and main_process:
             problem = tracking.resume_problem(cfg.resume, cfg.tracking.uri) if cfg.get("resume") else None
             if problem:  # before reopening: a finished run is never touched
                 raise ConfigError(problem)
@@ -56,6 +57,8 @@ def train_command(cfg: DictConfig) -> None:
         fail(str(exc))
     except KeyboardInterrupt as exc:  # tracked_run has recorded the run KILLED
         exit_interrupted("train", exc, f"MLflow run {run_id} recorded KILLED" if run_id else "")
+    if not main_process:  # one result line per trial: rank 0's
+        return
     m = result.metrics
     print(f"method={cfg.method.name} win_rate={m['eval/win_rate']:.3f} "
           f"95% CI [{m['eval/win_rate_ci_low']:.3f}, {m['eval/win_rate_ci_high']:.3f}] "
@@ -68,11 +71,21 @@ def train_command(cfg: DictConfig) -> None:
 
 def sweep_command(cfg: DictConfig) -> None:
     from alignbench.sweep.run import SweepFailed, run_sweep
+    from alignbench.sweep.workers import follow_trials
     from alignbench.tracking.store import StoreError
+    from alignbench.training.distributed import announce_trial, launched_processes, start_processes
 
     try:
         check_types(cfg)
-        run_sweep(cfg)
+        # Under torchrun / accelerate launch: one worker whose every trial runs on all the processes;
+        # rank 0 is the worker (Optuna, MLflow), the others train the trials it announces.
+        if launched_processes() > 1 and not start_processes(cfg.device).is_main_process:
+            follow_trials()
+            return
+        try:
+            run_sweep(cfg)
+        finally:
+            announce_trial(None)  # the other ranks stop
     except (ConfigError, StoreError) as exc:
         fail(str(exc))
     except SweepFailed as exc:  # the summary is printed; the exit status says the sweep is not complete

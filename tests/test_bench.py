@@ -106,12 +106,16 @@ def test_only_picks_measurements_and_the_table_shows_what_was_measured(capsys):
     rows = table_rows({"overhead_share_tracked_default": 0.0125, "default_tracked_extra_seconds": 0.4,
                        "default_tracked_wall_seconds": 32.0})
     assert rows == [("tracked overhead share, default trial", 0.0125, "<= 0.02", "0.40 s of 32.0 s")]
+    assert not wanted(everything, "ddp") and wanted(parse_args([]), "ddp")  # 2 train runs: not with --quick
+    assert table_rows({"ddp_throughput_2proc_vs_1proc": 0.8, "ddp_pairs_per_second_2proc": 8.0,
+                       "ddp_pairs_per_second_1proc": 10.0}) == [
+        ("DPO pairs/s, 2 CPU processes (DDP) / 1", 0.8, "info", "8.0 vs 10.0 pairs/s")]
     with pytest.raises(SystemExit) as exit_:
         parse_args(["--only", "overhead,speed"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "alignbench: error: bench --only: unknown measurement speed (choose from throughput, step, compile, sweep, "
-        "overhead, overhead_default, rss, real, sweep_default)"]
+        "overhead, overhead_default, rss, ddp, real, sweep_default)"]
 
 
 def test_trl_peer_loads_a_pairs_file_with_the_datasets_cache_on(tmp_path, tiny_tokenizer):

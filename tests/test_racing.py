@@ -141,6 +141,14 @@ def _plan(*keys: str):
     return plan_mod.plan_sweep(compose(["sweep=smoke", *keys]), overrides=[])
 
 
+def test_a_race_runs_in_one_worker_process():
+    assert (_plan("sweep.confirm=race", "sweep.n_workers=auto").n_workers,
+            _plan("sweep.confirm=race", "sweep.n_workers=1").n_workers) == (1, 1)
+    with pytest.raises(ConfigError, match=r"sweep.n_workers=2: sweep.confirm=race runs in one worker process"):
+        _plan("sweep.confirm=race", "sweep.n_workers=2")
+    assert _plan("sweep.confirm=full", "sweep.n_workers=2").n_workers == 2
+
+
 def test_race_settings_are_read_and_checked():
     p = _plan("sweep.confirm=race", "sweep.confirm_seeds_max=4")
     assert p.confirm == "race" and p.confirm_seeds == 4

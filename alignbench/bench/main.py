@@ -47,6 +47,9 @@ Measurements (keys of bench.json):
   trial of that size.
 - ``peak_rss_mb``: peak resident memory (`resource.getrusage`) of a subprocess running
   `alignbench train tracking.enabled=false` with the default model, data, batch and eval sizes.
+- ``ddp_throughput_2proc_vs_1proc`` (``ddp_pairs_per_second_1proc``, ``_2proc``): DPO pairs/s of one
+  trial on 2 CPU processes under torchrun (gloo) / on 1, same global batch (`ddp_throughput`); information.
+  Not with `--quick` unless `--only ddp`.
 - ``real_dpo_step_s``, ``real_dpo_throughput_vs_trl``, ``real_share_prompt_speedup`` (not with `--quick`
   unless `--only real`): DPO with LoRA on SmolLM2-135M-Instruct against TRL's DPOTrainer with peft, and
   our step with the prompt shared against scored apart (`real_model`; skipped, with ``real_skipped``,
@@ -83,7 +86,7 @@ from alignbench.bench.trl_peer import TRL_MISSING, trl_available
 COMPILE_KEYS = ("compile_speedup_default_run", "compiled_step_vs_eager", "eager_step_seconds",
                 "compiled_step_seconds", "compile_seconds")
 # What `--only` picks from, in the order they run (`sweep_default` is `--with-sweep`'s).
-MEASUREMENTS = ("throughput", "step", "compile", "sweep", "overhead", "overhead_default", "rss", "real",
+MEASUREMENTS = ("throughput", "step", "compile", "sweep", "overhead", "overhead_default", "rss", "ddp", "real",
                 "sweep_default")
 
 
@@ -126,7 +129,8 @@ def wanted(args, name: str) -> bool:
         return name in args.only
     if name == "compile":
         return args.compile == "on" or (args.compile == "auto" and not args.quick)
-    return {"rss": not args.skip_rss, "sweep_default": args.with_sweep, "real": not args.quick}.get(name, True)
+    return {"rss": not args.skip_rss, "sweep_default": args.with_sweep, "real": not args.quick,
+            "ddp": not args.quick}.get(name, True)
 
 
 def machine_info() -> dict:
@@ -181,6 +185,9 @@ def table_rows(res: dict) -> list[tuple]:
                      f"{res['default_tracked_extra_seconds']:.2f} s of {res['default_tracked_wall_seconds']:.1f} s"))
     if "peak_rss_mb" in res:
         rows.append(("peak RSS of a default train run (MB)", res["peak_rss_mb"], "-", ""))
+    if "ddp_throughput_2proc_vs_1proc" in res:
+        rows.append(("DPO pairs/s, 2 CPU processes (DDP) / 1", res["ddp_throughput_2proc_vs_1proc"], "info",
+                     f"{res['ddp_pairs_per_second_2proc']:.1f} vs {res['ddp_pairs_per_second_1proc']:.1f} pairs/s"))
     if "real_dpo_throughput_vs_trl" in res:
         rows += [("real model: DPO+LoRA throughput vs TRL", res["real_dpo_throughput_vs_trl"], ">= 1.5",
                   f"{res['real_ours_pairs_per_second']:.2f} vs {res['real_trl_pairs_per_second']:.2f} pairs/s"),
@@ -251,6 +258,7 @@ def _quiet_process(args) -> None:
 def _measure_all(args, sizes: dict) -> dict:
     """Each measurement in turn, in a scratch directory (the sweep's cold caches, the MLflow store, the RSS run)."""
     from alignbench.bench.compile_step import measure_compile
+    from alignbench.bench.ddp_throughput import measure_ddp
     from alignbench.bench.measurements import (measure_default_overhead, measure_overhead, measure_rss, measure_step,
                                                measure_throughput, throughput_config)
     from alignbench.bench.real_model import measure_real
@@ -288,6 +296,9 @@ def _measure_all(args, sizes: dict) -> dict:
             res.update(measure_rss(args, cfg, tmp, sizes))
         elif args.only is None:
             res["peak_rss_mb"] = float("nan")
+        if wanted(args, "ddp"):
+            print("bench: DPO on 2 CPU processes (torchrun, gloo) vs 1 ...", flush=True)
+            res.update(measure_ddp(args, cfg, sizes, tmp))
         if wanted(args, "real"):
             print("bench: DPO with LoRA on SmolLM2-135M, ours vs TRL with peft ...", flush=True)
             res.update(measure_real(args, sizes))

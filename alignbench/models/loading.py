@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,12 +65,14 @@ class Models:
 
 
 def pick_device(device: str) -> torch.device:
-    """`device=`: auto (CUDA when available), cpu or cuda."""
+    """`device=`: auto (CUDA when available), cpu or cuda; under a launcher (LOCAL_RANK set) each
+    process's own GPU, the one accelerate gives it."""
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError("device=cuda but CUDA is not available")
-    return torch.device("cuda")
+    local_rank = os.environ.get("LOCAL_RANK")
+    return torch.device("cuda", int(local_rank)) if local_rank is not None else torch.device("cuda")
 
 
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype:

@@ -137,7 +137,7 @@ def plan_sweep(cfg, overrides: list[str] | None = None) -> Plan:
     if keep_policies not in KEEP_POLICIES:
         raise ConfigError(f"sweep.keep_policies={keep_policies}: must be best, all or none")
     no_policy = ["train.save_policy=false"] if keep_policies == "none" else []
-    n_workers, worker_threads = workers_and_threads(get("n_workers", 1), user)
+    n_workers, worker_threads = workers_for_confirm(confirm, get("n_workers", 1), user)
     batch_trials = _check_batch_trials(get("batch_trials"), n_workers)
     spaces, trial_overrides, max_steps, train_seeds = {}, {}, {}, {}
     for m in methods:
@@ -163,7 +163,15 @@ def workers_and_threads(n_workers, user: list[str]) -> tuple[int, list[str]]:
     `auto`: on a CUDA machine one worker (processes on one GPU only contend); on a CPU machine one
     single-threaded worker per available core. A small model's matrices are too small for torch's
     intra-op threads to pay: on 2 cores, 2 workers x 1 thread finish a sweep sooner than 1 x 2
-    (measured: README, Performance). A user's own `threads=` is kept."""
+    (measured: README, Performance). A user's own `threads=` is kept. Under torchrun / accelerate
+    launch: one worker, its trials on all the processes (`threads` is then split across them)."""
+    from alignbench.training.distributed import launched_processes
+
+    if launched_processes() > 1:  # under a launcher: one worker, each trial on all its processes
+        if n_workers != "auto" and int(n_workers) > 1:
+            raise ConfigError(f"sweep.n_workers={n_workers}: under torchrun / accelerate launch a sweep is one "
+                              f"worker whose trials run on all {launched_processes()} processes; use 1 or auto")
+        return 1, []
     if n_workers != "auto":
         return int(n_workers), []
     import torch
@@ -173,6 +181,18 @@ def workers_and_threads(n_workers, user: list[str]) -> tuple[int, list[str]]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     user_threads = any(o.split("=", 1)[0].lstrip("+~") == "threads" for o in user)
     return max(1, cores), ([] if user_threads or cores == 1 else ["threads=1"])
+
+
+def workers_for_confirm(confirm: str, n_workers, user: list[str]) -> tuple[int, list[str]]:
+    """`workers_and_threads`, except that a race runs in one worker process: with several, a 2-worker
+    smoke race finished but one worker never exited (it hung in Python's thread shutdown). `auto`
+    gives one worker then; an explicit number above one is refused in one line."""
+    if confirm != "race":
+        return workers_and_threads(n_workers, user)
+    if n_workers != "auto" and int(n_workers) > 1:
+        raise ConfigError(f"sweep.n_workers={n_workers}: sweep.confirm=race runs in one worker process "
+                          f"(several can hang at exit); use sweep.n_workers=1 or auto")
+    return 1, []
 
 
 def _check_batch_trials(value, n_workers: int) -> int:

@@ -160,6 +160,7 @@ def _train_in_run(plan: Plan, method: str, study, trial, job: TrialJob, parent_r
     tagged with how the trial ended. A pruned or failed trial's checkpoint is deleted; an
     interrupted one's stays, for the trial that resumes it."""
     from alignbench.training.checkpoint import CHECKPOINTS
+    from alignbench.training.distributed import announce_trial
     from alignbench.training.run import train
 
     tags = {**job.tags, "sweep.name": plan.name, "method": method,
@@ -178,6 +179,7 @@ def _train_in_run(plan: Plan, method: str, study, trial, job: TrialJob, parent_r
         try:
             overrides = plan.trial_overrides[method] + param_overrides(job.params) + job.extra_overrides
             trial_cfg = compose_trial(overrides + resume_overrides)
+            announce_trial(overrides + resume_overrides)  # under a launcher the other ranks train it with this one
             result = train(trial_cfg, tracker, on_eval, skip_policy=_policy_skipper(plan, study, job))
         except TrialPruned:
             tracker.set_tags({"optuna.trial_state": "PRUNED", "mlflow.runName": f"{job.run_name} (pruned)"})

@@ -159,3 +159,18 @@ def warm_caches(plan: Plan) -> None:
         prepare(compose_trial(plan.trial_overrides[plan.methods[0]]))
     except Exception as exc:  # the trials will report it
         log.warning("cache warm-up failed: %s", exc)
+
+
+def follow_trials() -> None:
+    """A sweep worker's rank other than 0 under torchrun / accelerate launch: train each trial rank 0
+    announces on this process's shard, untracked (rank 0 records the trial and tells Optuna), until
+    rank 0 announces the end. A trial's error (a pruning rank 0 shares, a failure every rank meets)
+    ends that trial here too."""
+    from alignbench.training.distributed import next_trial
+    from alignbench.training.run import train
+
+    while (overrides := next_trial()) is not None:
+        try:
+            train(compose_trial(overrides))
+        except Exception as exc:  # rank 0 records how the trial ended
+            log.debug("trial ended on this rank: %s", exc)

@@ -28,6 +28,7 @@ import torch
 from omegaconf import OmegaConf
 
 from alignbench.config import ConfigError
+from alignbench.training.distributed import is_main, share_from_main
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,8 @@ def fetch_checkpoint(cfg, tracker) -> Path:
 
 
 def restore_checkpoint(local: Path, policy, optimisation) -> LoopState:
-    """Load a fetched checkpoint into the policy, optimiser, schedule and RNGs; the loop's state."""
+    """Load a fetched checkpoint into the policy, optimiser, schedule and RNGs; the loop's state.
+    The folder is removed once every process has read it (rank 0 removes it)."""
     from safetensors.torch import load_file
 
     params = trainable(policy)
@@ -143,7 +145,9 @@ def restore_checkpoint(local: Path, policy, optimisation) -> LoopState:
     random.setstate((version, tuple(internal), gauss))
     kind, keys, *rest = meta["numpy_rng"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-    shutil.rmtree(local, ignore_errors=True)
+    share_from_main(None)  # a barrier: every rank has read the folder
+    if is_main():
+        shutil.rmtree(local, ignore_errors=True)
     state = LoopState(**meta["loop"])
     state.history = [(step, metrics) for step, metrics in state.history]
     log.info("resumed from the checkpoint of step %d", state.step)

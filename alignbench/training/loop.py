@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignbench.training.checkpoint import LoopState, save_checkpoint
+from alignbench.training.distributed import is_main, mean_over_processes, run_on_main, sum_over_processes
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ class RunResult:
 
 def make_accelerator(cfg, device: torch.device):
     """accelerate places the model, applies mixed precision (bf16 autocast on CUDA) and, under
-    `accelerate launch` on several GPUs, wraps the policy in DDP: the same loop serves 1 CPU,
-    1 GPU or many. Each process takes its slice of every global batch (`shard`)."""
+    `torchrun` or `accelerate launch` with several processes, wraps the policy in DDP (gloo on CPU,
+    nccl on CUDA): the same loop serves 1 CPU, 1 GPU or many processes. Each process takes its
+    slice of every global batch (`shard`)."""
     from accelerate import Accelerator
 
     from alignbench.models.loading import pick_dtype
@@ -160,13 +162,19 @@ class LoopBookkeeping:
     diverged: tuple[int, str] | None = None  # (first step, why) once an evaluation left the sane range
 
     def log(self, step: int, metrics: dict) -> None:
-        self.tracker.log_metrics(metrics, step)
+        """Each process's train metrics averaged over the processes (its shard's; every rank calls it)."""
+        self.tracker.log_metrics(mean_over_processes(metrics), step)
 
     def evaluate(self, step: int, policy) -> None:
-        """One evaluation of `policy` (its eager module: a compiled one would recompile per shape)."""
+        """One evaluation of `policy` (its eager module: a compiled one would recompile per shape).
+        Under DDP rank 0 evaluates the whole eval set and the others get its result (or its error,
+        e.g. a sweep's pruning, raised on every rank)."""
         t_eval = time.time()
         policy = getattr(policy, "_orig_mod", policy)
-        self.result = run_evaluation(self.prepared, policy, step, self.tracker, self.on_eval, self.history)
+        result = run_on_main(lambda: run_evaluation(self.prepared, policy, step, self.tracker, self.on_eval, self.history))
+        if not is_main():
+            self.history.append((step, result.metrics))
+        self.result = result
         self.eval_time += time.time() - t_eval
         reason = divergence(self.result.metrics, float(self.cfg.eval.diverged_kl))
         if reason and self.diverged is None:  # the first step it happened; the run goes on and is shown
@@ -174,7 +182,14 @@ class LoopBookkeeping:
             self.tracker.set_tags(diverged_tags(step, reason))
             log.warning("WARNING: the run diverged at step %d: %s", step, reason)
 
+    def count_tokens(self, n_tokens: int) -> None:
+        """Tokens of the whole global batch (every process's shard)."""
+        self.tokens_seen += sum_over_processes(n_tokens)
+
     def checkpoint(self, step: int, policy, optimisation: Optimisation, batches_drawn: int) -> None:
+        """Rank 0 writes it (every rank holds the same weights and optimiser state under DDP)."""
+        if not is_main():
+            return
         state = LoopState(step, batches_drawn, self.history, self.train_time, self.eval_time, self.tokens_seen)
         save_checkpoint(self.cfg, self.tracker, policy, optimisation, state)
 

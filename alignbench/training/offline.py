@@ -206,7 +206,7 @@ def offline_loop(cfg, prepared, tracker, on_eval=None, checkpoint=None) -> RunRe
         batch_ref = None if data.ref is None else {k: v[idx] for k, v in data.ref.items()}
         loss, method_metrics, n_tokens = objective.batch_loss(policy, batch, batch_ref, models.device,
                                                               models.padding_free, models.share_prompt)
-        book.tokens_seen += n_tokens
+        book.count_tokens(n_tokens)
         loss, grad_norm = optimisation.step(loss, step)
         book.train_time += time.time() - t_step
         if step % t.log_every == 0 or step == 1:

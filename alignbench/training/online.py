@@ -29,6 +29,12 @@ Budget: each minibatch update is one optimiser step and the run stops after cfg.
 of them, so PPO gets the same number of AdamW steps (same optimiser, schedule, clipping) as the
 offline methods. Its minibatch (rollout_batch_size / n_minibatches sequences) equals
 train.batch_size by default.
+
+Under DDP (torchrun / accelerate launch, `training.distributed`) every process samples and scores
+the whole rollout batch (the same samples on each: same seed, same weights), so rewards and
+advantages are normalised over all of it; each process then trains on its shard of every
+minibatch, the policy and value head wrapped in DDP, and the target-KL stop reads the whole
+minibatch's approximate KL. The rollout itself is not split across processes.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from alignbench.losses.ppo import (AdaptiveKLController, clipped_policy_loss, cl
 from alignbench.methods import METHODS
 from alignbench.models.generation import Samples, response_token_logps, sample
 from alignbench.models.logps import position_ids_from_mask, token_logps
+from alignbench.training.distributed import mean_over_processes
 from alignbench.training.loop import (LoopBookkeeping, Optimisation, RunResult, make_accelerator, make_optimizer,
                                       shard)
 
@@ -245,8 +252,9 @@ def minibatch_step(cfg, learner: Learner, rollout: Rollout, idx, counters: Count
     counters.step += 1
     step = counters.step
     loss, grad_norm = learner.optimisation.step(loss, step)
-    book.tokens_seen += int(rollout.attn[idx].sum())
-    approx_kl_value = approx_kl.item()
+    book.count_tokens(int(rollout.attn[idx].sum()))
+    # the whole minibatch's (every process's shard): the target-KL stop is the same on every rank
+    approx_kl_value = mean_over_processes({"approx_kl": approx_kl.item()})["approx_kl"]
     book.train_time += time.time() - t_step
 
     def metrics() -> dict:

@@ -22,6 +22,7 @@ from alignbench.evaluation.judges import judge_accuracy_caveat, judge_bias_cavea
 from alignbench.methods import METHODS
 from alignbench.tracking.artifacts import SAMPLES_ARTIFACT
 from alignbench.tracking.null import NullTracker
+from alignbench.training.distributed import check_batch_split, is_main, process_count, run_on_main
 from alignbench.training.checkpoint import CHECKPOINTS, fetch_checkpoint, flat, save_policy
 from alignbench.training.loop import NonFiniteLoss, RunResult, diverged_tags
 from alignbench.training.offline import offline_loop
@@ -99,9 +100,11 @@ def train(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunResult:
 def train_validated(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunResult:
     """`train` of a config its caller has validated already (the CLI does, before it opens the MLflow run)."""
     settle_heap()
+    check_batch_split(cfg)
     tracker = tracker or NullTracker()
     t0 = time.time()
-    checkpoint = fetch_checkpoint(cfg, tracker) if cfg.get("resume") else None  # before the set-up: fail fast
+    # before the set-up: fail fast; rank 0 fetches it into a local folder every rank reads (one host)
+    checkpoint = run_on_main(lambda: fetch_checkpoint(cfg, tracker)) if cfg.get("resume") else None
     prepared = prepare(cfg)
     method = METHODS[cfg.method.name]
     online = method.loop == "online"  # sampled rollouts scored by a reward model or the gold reward
@@ -109,7 +112,8 @@ def train_validated(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunRes
     if checkpoint is None:  # a resumed run logged these before its first checkpoint
         tracker.log_params(run_params(cfg, prepared, method_params))
         tracker.log_metrics(prepared.evaluator.constant_metrics, 0)  # once: every evaluation shares them
-    tracker.set_tags({"method": cfg.method.name} | judge_caveats(cfg, prepared))
+    processes = {"alignbench.processes": str(process_count())} if process_count() > 1 else {}  # one trial, N processes
+    tracker.set_tags({"method": cfg.method.name} | processes | judge_caveats(cfg, prepared))
     try:
         if online:
             result = online_loop(cfg, prepared, tracker, on_eval, critic_free=not method.value_head)
@@ -127,7 +131,7 @@ def train_validated(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunRes
     not_saved = skip_policy(result.metrics) if skip_policy is not None else None
     if not_saved:
         tracker.set_tags({"alignbench.policy_not_saved": not_saved})
-    elif cfg.train.save_policy:
+    elif cfg.train.save_policy and is_main():
         save_policy(prepared.models, tracker)
     if cfg.train.get("checkpoint_every") or checkpoint is not None:
         tracker.delete_artifacts(CHECKPOINTS)  # the run is complete: its policy is kept, its checkpoint is not needed

@@ -16,6 +16,7 @@ from alignbench import cache
 from alignbench.config import ConfigError
 from alignbench.data import builtin_task as task
 from alignbench.training.builtin_pairs import builtin_pairs
+from alignbench.training.distributed import threads_per_process
 from alignbench.data.parsing import chat_prompts
 from alignbench.data.preparing import SplitRows, distinct_prompts, load_preference_data, read_split_rows, sft_corpus
 from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord
@@ -148,8 +149,9 @@ def prepare(cfg) -> Prepared:
     """Models, filtered data, evaluator (its reference side cached): the per-run set-up."""
     t0 = time.time()
     torch.manual_seed(cfg.seed)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    threads = threads_per_process(cfg.get("threads"))  # the trial's threads, shared by its processes
+    if threads:
+        torch.set_num_threads(threads)
     builtin_task = cfg.data.source == "builtin"
     loaded = load_builtin_task(cfg) if builtin_task else load_data_set(cfg)
     require_pairs_unless_kto(cfg, loaded.train_records)
