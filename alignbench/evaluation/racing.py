@@ -178,10 +178,9 @@ def _look(tables: dict, seeds: dict, decided: dict, level: float, min_effect: fl
     test's on its per-seed mean differences, and equivalence needs both intervals inside the margin
     (futility's conditional power still reads the bootstrap's interval: the t interval on 1-3 degrees
     of freedom is not a normal one). With 2-4 seeds the bootstrap's seed level sees only the seeds
-    drawn (per-seed differences of 0.157 and 0.141 look like a known, tiny seed variance), so it
-    orders and settles too early: at 2 seeds it put SimPO ahead of PPO at p < 0.002 where all 5
-    seeds give 0.08. The t test pays for an unknown seed variance with its
-    degrees of freedom. The last look keeps the report's test alone: a race run to the maximum
+    drawn (two per-seed differences that happen to agree look like a known, tiny seed variance), so
+    it orders and settles too early (an example: docs/measured_defaults.md). The t test pays for an
+    unknown seed variance with its degrees of freedom. The last look keeps the report's test alone: a race run to the maximum
     reaches full confirmation's verdict there."""
     means = {m: float(t[:seeds[m]].mean(axis=1).mean()) for m, t in tables.items()}
     ranking = sorted(means, key=lambda m: (-means[m], m))
