@@ -12,8 +12,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from alignbench.config import CONF_DIR, ConfigError, apply_model_budget, check_overrides, check_types, one_line, validate
+from alignbench.config import CONF_DIR, ConfigError, apply_model_budget, check_overrides, check_settings, one_line, validate
 from alignbench.process import exit_interrupted, fail, interrupt_on_sigterm, quiet_libraries, setup_logging
+from alignbench.schemas import register
 
 USAGE = """usage: alignbench {train,sweep,report,ui,bench} [hydra overrides]
 
@@ -69,7 +70,7 @@ def sweep_command(cfg: DictConfig) -> None:
     from alignbench.tracking.store import StoreError
 
     try:
-        check_types(cfg)
+        check_settings(cfg)
         run_sweep(cfg)
     except (ConfigError, StoreError) as exc:
         fail(str(exc))
@@ -83,7 +84,7 @@ def report_command(cfg: DictConfig) -> None:
     from alignbench.tracking.store import StoreError
 
     try:
-        check_types(cfg)
+        check_settings(cfg)
         check_store_exists(cfg.report.sweep, cfg.tracking.uri)
         path = build_report(cfg)
     except (ConfigError, LookupError, StoreError) as exc:
@@ -99,7 +100,7 @@ def ui_command(cfg: DictConfig) -> None:
     from alignbench.tracking.mlflow_runs import experiment_links, set_uri
 
     try:
-        check_types(cfg)
+        check_settings(cfg)
         if not 0 < cfg.ui.port < 65536:
             raise ConfigError(f"ui.port={cfg.ui.port}: must be a port number, 1 to 65535")
     except ConfigError as exc:
@@ -157,6 +158,7 @@ def run_command(command: str, rest: list[str]) -> None:
         rest = ["sweep=default", *rest]
     setup_logging()
     quiet_libraries()
+    register()
     app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)(
         with_model_budget(COMMANDS[command], [a for a in rest if not a.startswith("-")]))
     sys.argv = [f"alignbench {command}", *rest]
