@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from alignbench.composition import (CONF_DIR, GROUPS, ConfigError, apply_model_budget, check_composed,  # noqa: F401
                                     check_overrides, compose, gguf_path, group_options, one_line)
 from alignbench.methods import METHODS
+from alignbench.schemas import shown
 
 JUDGES = ("gold", "reward_model", "llm_pairwise")
 
@@ -22,7 +23,7 @@ def check_settings(cfg: DictConfig, signs: bool = True) -> None:
     resolved = check_composed(cfg)
     for key, value in _numbers(resolved) if signs else ():
         if value < 0:
-            raise ConfigError(f"{key}={value}: must be >= 0")
+            raise ConfigError(f"{key}={shown(value)}: must be >= 0")
 
 
 def _numbers(node: dict, prefix: str = ""):
@@ -37,7 +38,7 @@ def _numbers(node: dict, prefix: str = ""):
 def _positive(cfg, key: str) -> None:
     value = OmegaConf.select(cfg, key)
     if value is None or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{key}={value}{source_of(cfg, key)}: must be > 0")
+        raise ConfigError(f"{key}={shown(value)}{source_of(cfg, key)}: must be > 0")
 
 
 def source_of(cfg, key: str) -> str:
@@ -82,7 +83,7 @@ def check_budget(cfg: DictConfig) -> None:
         raise ConfigError(f"train.max_length={cfg.train.max_length}: with train.max_prompt_length + eval.max_new_tokens, "
                           f"needs {longest} positions > model.context_length={context} (raise model.context_length)")
     if cfg.eval.temperature != 1.0:
-        raise ConfigError(f"eval.temperature={cfg.eval.temperature}: must be 1.0 (the sampled KL estimate is only "
+        raise ConfigError(f"eval.temperature={shown(cfg.eval.temperature)}: must be 1.0 (the sampled KL estimate is only "
                           "valid at temperature 1)")
     if cfg.eval.samples_per_prompt < 1:
         raise ConfigError(f"eval.samples_per_prompt={cfg.eval.samples_per_prompt}: must be an integer >= 1")
@@ -99,7 +100,7 @@ def check_data(cfg: DictConfig) -> None:
         for key in ("validation_fraction", "test_fraction"):
             value = cfg.data[key]
             if not 0 < value < 1:
-                raise ConfigError(f"data.{key}={value}: must be in (0, 1)")
+                raise ConfigError(f"data.{key}={shown(value)}: must be in (0, 1)")
         if cfg.data.validation_fraction + cfg.data.test_fraction >= 1:
             raise ConfigError("data.validation_fraction + data.test_fraction: must be < 1 (training needs prompts)")
 

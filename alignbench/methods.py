@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Union
 
+from alignbench.schemas import shown
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -136,7 +138,7 @@ def _not_positive(cfg, *keys: str) -> str | None:
     for key in keys:
         value = cfg.method[key]
         if not isinstance(value, (int, float)) or value <= 0:
-            return f"method.{key}={value}: must be > 0"
+            return f"method.{key}={shown(value)}: must be > 0"
     return None
 
 
@@ -145,7 +147,7 @@ def check_dpo(cfg) -> str | None:
     if problem := _not_positive(cfg, "beta"):
         return problem
     if not 0 <= m.label_smoothing < 0.5:
-        return f"method.label_smoothing={m.label_smoothing}: must be in [0, 0.5)"
+        return f"method.label_smoothing={shown(m.label_smoothing)}: must be in [0, 0.5)"
     return None
 
 
@@ -158,7 +160,7 @@ def check_simpo(cfg) -> str | None:
     if problem := _not_positive(cfg, "beta"):
         return problem
     if m.gamma_beta_ratio < 0:
-        return f"method.gamma_beta_ratio={m.gamma_beta_ratio}: must be >= 0"
+        return f"method.gamma_beta_ratio={shown(m.gamma_beta_ratio)}: must be >= 0"
     if m.gamma_convention not in ("ratio", "absolute"):
         return f"method.gamma_convention={m.gamma_convention}: must be ratio or absolute"
     return None
@@ -172,9 +174,9 @@ def check_online(cfg) -> str | None:
     """What PPO and RLOO share: the clipped surrogate, the KL penalty, the reward, the rollout sizes."""
     m = cfg.method
     if not 0 < m.clip_ratio < 1:
-        return f"method.clip_ratio={m.clip_ratio}: must be in (0, 1)"
+        return f"method.clip_ratio={shown(m.clip_ratio)}: must be in (0, 1)"
     if m.kl_coef < 0:
-        return f"method.kl_coef={m.kl_coef}: must be >= 0"
+        return f"method.kl_coef={shown(m.kl_coef)}: must be >= 0"
     if m.reward not in ("model", "gold"):
         return f"method.reward={m.reward}: must be model or gold"
     if m.reward == "gold" and cfg.data.source != "builtin":

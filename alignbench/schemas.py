@@ -369,3 +369,8 @@ def register() -> None:
     store.store(name="config_schema", node=Config)
     for (group, name), schema in SCHEMAS.items():
         store.store(group=f"schema/{group}", name=name, node=schema)
+
+
+def shown(value):
+    """`value` as a user would have typed it: a float field holds `method.beta=0` as 0.0, shown as 0."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value

@@ -189,3 +189,30 @@ def test_alignbench_ui_serves_the_runs_on_loopback_only(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_the_schemas_in_configstore_type_every_group_file_and_refuse_a_wrong_type_in_one_line():
+    """Hydra's ConfigStore holds the schemas; each file of conf/'s groups takes its kind's schema, so a
+    value of the wrong type is refused while composing, as one line naming the key and the kind."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from alignbench import schemas
+
+    schemas.register()
+    store = ConfigStore.instance().repo
+    assert "config_schema.yaml" in store
+    assert sorted(store["schema"]["method"]) == sorted(f"{m}.yaml" for m in TABLE)
+    for group in ("method", "model", "data", "judge"):
+        for option in group_options(group):
+            node = compose([f"{group}={option}"] + (["judge=reward_model"] if group == "data" else []))[group]
+            assert OmegaConf.get_type(node) in schemas.SCHEMAS.values(), (group, option)  # typed, not a dict
+    assert OmegaConf.get_type(compose(["sweep=smoke"]).sweep) is schemas.Sweep
+    for override, message in [("method.beta=abc", "method.beta=abc: must be a number"),
+                              ("train.max_steps=1.5", "train.max_steps=1.5: must be an integer"),
+                              ("train.padding_free=maybe", "train.padding_free=maybe: must be true or false"),
+                              ("device=[cpu]", "device=[cpu]: must be one value, not a list or group"),
+                              ("seed=null", "seed=null: must be set")]:
+        with pytest.raises(ConfigError) as err:
+            compose([override])
+        assert str(err.value) == message
