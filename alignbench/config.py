@@ -1,6 +1,7 @@
 """Config validation: what a schema cannot say (ranges, choices, rules across keys, files that must
-exist), each bad value as one line naming the key. Composition and the types are
-`alignbench.composition` and `alignbench.schemas`; the names below are imported from here."""
+exist), each bad value as one line naming the key. The config is composed by `alignbench.composition`
+(re-exported here: callers import `compose` and `ConfigError` from this module) and typed by
+`alignbench.schemas`."""
 
 from __future__ import annotations
 
