@@ -1,3 +1,3 @@
-"""alignbench: compare LLM alignment methods (PPO, DPO, IPO, KTO, SimPO) fairly."""
+"""alignbench: compare LLM alignment methods fairly (the methods: `alignbench.methods.METHODS`)."""
 
 __version__ = "0.1.0"

@@ -12,8 +12,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from alignbench.config import CONF_DIR, ConfigError, apply_model_budget, check_overrides, check_types, one_line, validate
+from alignbench.config import CONF_DIR, ConfigError, apply_model_budget, check_overrides, check_settings, one_line, validate
 from alignbench.process import exit_interrupted, fail, interrupt_on_sigterm, quiet_libraries, setup_logging
+from alignbench.schemas import register
 
 USAGE = """usage: alignbench {train,sweep,report,ui,bench,calibrate} [hydra overrides]
 
@@ -76,7 +77,7 @@ def sweep_command(cfg: DictConfig) -> None:
     from alignbench.training.distributed import announce_trial, launched_processes, start_processes
 
     try:
-        check_types(cfg)
+        check_settings(cfg)
         # Under torchrun / accelerate launch: one worker whose every trial runs on all the processes;
         # rank 0 is the worker (Optuna, MLflow), the others train the trials it announces.
         if launched_processes() > 1 and not start_processes(cfg.device).is_main_process:
@@ -98,7 +99,7 @@ def report_command(cfg: DictConfig) -> None:
     from alignbench.tracking.store import StoreError
 
     try:
-        check_types(cfg)
+        check_settings(cfg)
         check_store_exists(cfg.report.sweep, cfg.tracking.uri)
         path = build_report(cfg)
     except (ConfigError, LookupError, StoreError) as exc:
@@ -114,7 +115,7 @@ def ui_command(cfg: DictConfig) -> None:
     from alignbench.tracking.mlflow_runs import experiment_links, set_uri
 
     try:
-        check_types(cfg)
+        check_settings(cfg)
         if not 0 < cfg.ui.port < 65536:
             raise ConfigError(f"ui.port={cfg.ui.port}: must be a port number, 1 to 65535")
     except ConfigError as exc:
@@ -180,6 +181,7 @@ def run_command(command: str, rest: list[str]) -> None:
         rest = ["sweep=default", *rest]
     setup_logging()
     quiet_libraries()
+    register()
     app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)(
         with_model_budget(COMMANDS[command], [a for a in rest if not a.startswith("-")]))
     sys.argv = [f"alignbench {command}", *rest]

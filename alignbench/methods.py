@@ -7,27 +7,55 @@ Adding a method is one row here (with its objective and check beside it), one lo
 and one search space (conf/search_space/<name>.yaml).
 
 `objective(settings)` returns the function the method's loop calls, `settings` being the method's
-config node (`cfg.method`):
-  - offline, paired:   (policy chosen, policy rejected, chosen lengths, rejected lengths, reference
-                       {"chosen", "rejected"} or None) -> LossOutput (per-pair losses, implicit rewards);
-  - offline, unpaired: (policy log-probs, reference log-probs, desirable, policy and reference log-probs
-                       of the mismatched pairs, cross-process mean) -> KTOOutput;
-  - online:            (per-token rewards, old values or None, response mask) -> (advantages, returns).
-The loss modules are imported inside the objectives: `config` reads this table, and validating a
+config node (`cfg.method`): a `PairedLoss` (offline, paired), an `UnpairedLoss` (offline, unpaired:
+KTO) or an `Advantages` (online), the three protocols below. The loss modules are imported inside the objectives: `config` reads this table, and validating a
 config must not import torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Union
+
+from alignbench.schemas import shown
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from alignbench.losses.common import LossOutput
+    from alignbench.losses.kto import KTOOutput
+
+
+class PairedLoss(Protocol):
+    """An offline paired method's loss on a batch of pairs: summed log-probs of the policy's chosen and
+    rejected responses, their lengths in tokens, and the reference's log-probs ({"chosen", "rejected"},
+    None for a reference-free method) -> per-pair losses and implicit rewards."""
+
+    def __call__(self, policy_chosen: Tensor, policy_rejected: Tensor, chosen_lengths: Tensor,
+                 rejected_lengths: Tensor, reference: dict[str, Tensor] | None) -> LossOutput: ...
+
+
+class UnpairedLoss(Protocol):
+    """An offline unpaired method's loss (KTO) on single labelled examples: policy and reference
+    log-probs, which examples are desirable, policy and reference log-probs of the mismatched pairs
+    (the KL estimate), and the mean across processes."""
+
+    def __call__(self, logps: Tensor, ref_logps: Tensor, desirable: Tensor, policy_kl: Tensor, ref_kl: Tensor,
+                 mean_across_processes: Callable) -> KTOOutput: ...
+
+
+class Advantages(Protocol):
+    """An online method's advantages: per-token rewards, the old values (None: critic-free), the
+    response mask -> (advantages, returns)."""
+
+    def __call__(self, rewards: Tensor, values: Tensor | None, mask: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
 @dataclass(frozen=True)
 class Method:
     loop: str                          # "offline": fixed preference data | "online": sampled rollouts, a reward
     uses_reference: bool               # the objective reads the reference's log-probs (SimPO's does not)
-    objective: Callable                # settings -> what the loop calls (see the module docstring)
+    objective: Callable[[Any], Union[PairedLoss, UnpairedLoss, Advantages]]  # settings -> what the loop calls
     implicit_reward: Callable | None   # (policy logp, reference logp, response tokens) -> the reward behind
                                        # eval/pref_accuracy; None: the method has none (no pref accuracy)
     check: Callable                    # the composed config -> its first problem as one line, or None
@@ -51,14 +79,14 @@ def average_logp(policy_logps, reference_logps, n_tokens):
 
 # --------------------------------------------------------------------------- objectives
 
-def dpo_objective(m):
+def dpo_objective(m) -> PairedLoss:
     from alignbench.losses.dpo import dpo_loss
 
     return lambda pc, pr, nc, nr, ref: dpo_loss(pc, pr, ref["chosen"], ref["rejected"], beta=m.beta,
                                                 label_smoothing=m.label_smoothing)
 
 
-def ipo_objective(m):
+def ipo_objective(m) -> PairedLoss:
     from alignbench.losses.ipo import ipo_loss
 
     return lambda pc, pr, nc, nr, ref: ipo_loss(pc, pr, ref["chosen"], ref["rejected"], tau=m.tau, chosen_lengths=nc,
@@ -69,7 +97,7 @@ def ipo_params(m) -> dict:
     return {"method.convention": "mean over tokens (TRL)" if m.length_normalize else "sum over tokens (IPO paper)"}
 
 
-def simpo_objective(m):
+def simpo_objective(m) -> PairedLoss:
     from alignbench.losses.simpo import simpo_loss
 
     gamma = simpo_params(m)["method.gamma"]
@@ -82,7 +110,7 @@ def simpo_params(m) -> dict:
     return {"method.gamma": resolve_simpo_gamma(m.beta, m.gamma_beta_ratio, m.gamma_convention)}
 
 
-def kto_objective(m):
+def kto_objective(m) -> UnpairedLoss:
     from alignbench.losses.kto import kto_loss
 
     def kto(logps, ref_logps, desirable, policy_kl, ref_kl, mean_across_processes):
@@ -92,13 +120,13 @@ def kto_objective(m):
     return kto
 
 
-def ppo_objective(m):
+def ppo_objective(m) -> Advantages:
     from alignbench.losses.ppo import gae_advantages
 
     return lambda rewards, values, mask: gae_advantages(rewards, values, mask, m.gamma, m.lam)
 
 
-def rloo_objective(m):
+def rloo_objective(m) -> Advantages:
     from alignbench.losses.rloo import rloo_token_advantages
 
     return lambda rewards, values, mask: rloo_token_advantages(rewards, mask, m.rloo_k)
@@ -110,7 +138,7 @@ def _not_positive(cfg, *keys: str) -> str | None:
     for key in keys:
         value = cfg.method[key]
         if not isinstance(value, (int, float)) or value <= 0:
-            return f"method.{key}={value}: must be > 0"
+            return f"method.{key}={shown(value)}: must be > 0"
     return None
 
 
@@ -119,7 +147,7 @@ def check_dpo(cfg) -> str | None:
     if problem := _not_positive(cfg, "beta"):
         return problem
     if not 0 <= m.label_smoothing < 0.5:
-        return f"method.label_smoothing={m.label_smoothing}: must be in [0, 0.5)"
+        return f"method.label_smoothing={shown(m.label_smoothing)}: must be in [0, 0.5)"
     return None
 
 
@@ -132,7 +160,7 @@ def check_simpo(cfg) -> str | None:
     if problem := _not_positive(cfg, "beta"):
         return problem
     if m.gamma_beta_ratio < 0:
-        return f"method.gamma_beta_ratio={m.gamma_beta_ratio}: must be >= 0"
+        return f"method.gamma_beta_ratio={shown(m.gamma_beta_ratio)}: must be >= 0"
     if m.gamma_convention not in ("ratio", "absolute"):
         return f"method.gamma_convention={m.gamma_convention}: must be ratio or absolute"
     return None
@@ -146,9 +174,9 @@ def check_online(cfg) -> str | None:
     """What PPO and RLOO share: the clipped surrogate, the KL penalty, the reward, the rollout sizes."""
     m = cfg.method
     if not 0 < m.clip_ratio < 1:
-        return f"method.clip_ratio={m.clip_ratio}: must be in (0, 1)"
+        return f"method.clip_ratio={shown(m.clip_ratio)}: must be in (0, 1)"
     if m.kl_coef < 0:
-        return f"method.kl_coef={m.kl_coef}: must be >= 0"
+        return f"method.kl_coef={shown(m.kl_coef)}: must be >= 0"
     if m.reward not in ("model", "gold"):
         return f"method.reward={m.reward}: must be model or gold"
     if m.reward == "gold" and cfg.data.source != "builtin":

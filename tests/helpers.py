@@ -197,3 +197,105 @@ def check_consistent(study, parents: list, children: list, budget: int) -> list:
     for p in parents:
         assert p.info.status != "RUNNING"
     return trials
+
+
+# --- One sweep in this process (the smoke sweep at TINY size) ------------------------------------
+
+NO_CONFIRM = "sweep.confirm_seeds=0"  # tests about the search; tests/test_confirmation.py covers the rest
+
+
+def sweep(*sweep_overrides: str, user: tuple[str, ...] = (), live=False):
+    """Run the smoke sweep with `sweep.*` overrides and the user's trial overrides (as the CLI would)."""
+    from alignbench.config import compose
+    from alignbench.sweep import run as run_mod
+
+    cfg = compose(["sweep=smoke", NO_CONFIRM, *sweep_overrides, *TINY, *user])
+    return run_mod.run_sweep(cfg, overrides=[*TINY, *user], live=live)
+
+
+def plan(*sweep_overrides: str):
+    """The smoke sweep's plan at TINY size, with `sweep.*` overrides."""
+    from alignbench.config import compose
+    from alignbench.sweep import plan as plan_mod
+
+    return plan_mod.plan_sweep(compose(["sweep=smoke", NO_CONFIRM, *sweep_overrides, *TINY]), overrides=list(TINY))
+
+
+def sweep_cli(*args: str, cwd):
+    """(argv, Popen keyword arguments) of `alignbench sweep <args>` in `cwd`, unbuffered."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return [sys.executable, "-m", "alignbench.cli", "sweep", *args], dict(cwd=cwd, env=env)
+
+
+def studies(experiment="sweep-smoke", journal="sweeps.journal"):
+    """The sweep's Optuna studies in the journal, by method."""
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(Path(journal).resolve())))
+    return {s.study_name.split("/")[-1]: optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(experiment + "/")}
+
+
+def child_runs(experiment="sweep-smoke"):
+    """The sweep's trial runs in MLflow's current store."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("alignbench.role") == "trial"]
+
+
+def parent_runs(experiment="sweep-smoke"):
+    """The sweep's parent runs in MLflow's current store."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("alignbench.role") == "sweep"]
+
+
+def assert_consistent(experiment="sweep-smoke", journal="sweeps.journal"):
+    """One MLflow child run per (non-discarded) Optuna trial; params equal; states agree; none RUNNING."""
+    from optuna.trial import TrialState
+
+    by_key = {(r.data.tags["optuna.study"], int(r.data.tags["optuna.trial_number"])): r
+              for r in child_runs(experiment)}
+    assert len(by_key) == len(child_runs(experiment)), "duplicated child runs"
+    trials = [(study, t) for study in studies(experiment, journal).values() for t in study.trials
+              if not t.user_attrs.get("alignbench.discarded")]
+    assert len(trials) == len(by_key)
+    parent_id = parent_runs(experiment)[0].info.run_id
+    for study, t in trials:
+        run = by_key[(study.study_name, t.number)]
+        assert run.data.tags["mlflow.parentRunId"] == parent_id
+        assert run.data.tags["method"] == study.study_name.split("/")[-1]
+        assert t.user_attrs.get("mlflow_run_id") in (None, run.info.run_id)
+        assert run.info.status != "RUNNING"
+        assert run.data.tags["optuna.trial_state"] == t.state.name
+        if t.state == TrialState.FAIL and t.user_attrs.get("failure_kind") in ("interrupted", "stale"):
+            assert run.info.status == "KILLED"
+        else:
+            assert run.info.status == STATUS[t.state.name], (t.number, t.state, run.info.status)
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs["failure_reason"]
+            assert run.data.tags["failure_reason"]
+        for k, v in t.params.items():
+            assert run.data.params[k] == repr(v), k
+    return trials
+
+
+def interrupt_at(monkeypatch, step: int, when=lambda cfg: True):
+    """A simulated Ctrl-C (KeyboardInterrupt) at optimiser step `step` of the runs `when(cfg)` picks;
+    returns the real `inject_faults`, to put back."""
+    from alignbench.training import loop as train_mod
+
+    real = train_mod.inject_faults
+
+    def interrupt(cfg, loss, at):
+        if at == step and when(cfg):
+            raise KeyboardInterrupt("simulated Ctrl-C")
+        return real(cfg, loss, at)
+
+    monkeypatch.setattr(train_mod, "inject_faults", interrupt)
+    return real

@@ -139,7 +139,7 @@ def test_kill_9_after_the_first_checkpoint_then_resume_matches_an_uninterrupted_
 
 @pytest.mark.slow  # two sweeps, three trials
 def test_killed_sweep_trial_resumes_from_its_checkpoint_and_only_the_best_policy_is_kept(workdir, monkeypatch):
-    from test_sweep import child_runs, interrupt_at, studies, sweep
+    from helpers import child_runs, interrupt_at, studies, sweep
 
     user = ("train.checkpoint_every=2",)
     real = interrupt_at(monkeypatch, 3)
@@ -164,7 +164,7 @@ def test_killed_sweep_trial_resumes_from_its_checkpoint_and_only_the_best_policy
 
 
 def test_keep_policies_setting():
-    from test_sweep import plan
+    from helpers import plan
 
     assert plan().keep_policies == "best"
     assert "train.save_policy=false" in plan("sweep.keep_policies=none").trial_overrides["dpo"]
@@ -180,7 +180,7 @@ def test_a_search_trial_that_cannot_be_selected_does_not_write_its_policy():
     import optuna
 
     from alignbench.sweep.trials import TrialJob, _policy_skipper, search_job
-    from test_sweep import plan
+    from helpers import plan
 
     study = optuna.create_study(direction="maximize")
     best = plan()
@@ -206,7 +206,7 @@ def test_a_sweep_writes_only_the_policies_of_trials_that_may_be_selected(workdir
 
     from alignbench.sweep import storage as storage_mod
     from alignbench.sweep import studies as studies_mod
-    from test_sweep import child_runs, plan, studies, sweep
+    from helpers import child_runs, plan, studies, sweep
 
     over = ("sweep.methods=[dpo]", "sweep.n_trials=3", "sweep.pruner.type=none")
     p = plan(*over)

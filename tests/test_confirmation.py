@@ -20,7 +20,7 @@ from alignbench.sweep import run as run_mod
 from alignbench.sweep import storage as storage_mod
 from alignbench.sweep import studies as studies_mod
 from alignbench.training import loop as train_mod
-from test_sweep import interrupt_at
+from helpers import interrupt_at
 from helpers import TINY_NO_EVAL as TINY
 
 KEYS = ("sweep.n_trials=1", "sweep.confirm_seeds=2", "sweep.pruner.type=none")

@@ -9,14 +9,14 @@ import subprocess
 
 import pytest
 from optuna.trial import TrialState
-from test_sweep import NO_CONFIRM, TINY, _cli, assert_consistent, parent_runs, studies
+from helpers import NO_CONFIRM, TINY, assert_consistent, parent_runs, studies, sweep_cli
 
 
 @pytest.mark.slow
 def test_hydra_submitit_local_launcher_starts_workers_that_share_the_budget(workdir):
     import hydra_plugins.hydra_submitit_launcher  # noqa: F401  (the `launchers`/`test` extra: fail, never skip)
 
-    cmd, kw = _cli("--multirun", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=30",
+    cmd, kw = sweep_cli("--multirun", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=30",
                    "hydra.sweep.dir=multirun", "+sweep.worker=0,1", "sweep.batch_trials=2",
                    "sweep=smoke", NO_CONFIRM, "sweep.methods=[dpo]", "sweep.n_trials=4", *TINY,
                    "fault.sleep_per_step=1.0", cwd=workdir)

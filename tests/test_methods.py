@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alignbench import config, methods
+from alignbench import composition, config, methods
 from alignbench.config import ConfigError, compose, validate
 from alignbench.losses.common import LossOutput
 from alignbench.methods import METHODS, Method
@@ -51,7 +51,7 @@ def toy_method(tmp_path, monkeypatch):
     shutil.copytree(config.CONF_DIR, conf)
     (conf / "method" / "toy.yaml").write_text(TOY_CONFIG)
     (conf / "search_space" / "toy.yaml").write_text(TOY_SPACE)
-    monkeypatch.setattr(config, "CONF_DIR", conf)
+    monkeypatch.setattr(composition, "CONF_DIR", conf)  # where `compose` reads conf/
     monkeypatch.setattr(plan, "CONF_DIR", conf)
     calls = []
 
@@ -84,6 +84,23 @@ def test_a_toy_method_added_as_one_row_validates_and_has_a_search_space(toy_meth
     validate(compose(["method=toy", "train.checkpoint_every=2"]))  # an offline row may checkpoint
 
 
+def test_a_toy_method_added_as_one_row_is_a_choice_everywhere_and_a_sweep_plans_it(toy_method):
+    """Nothing but the row, the loss and the two YAML files: the CLI offers it, the schemas let its
+    config through untyped, and a sweep over it plans, searches its space and validates its trials."""
+    from alignbench.sweep.plan import plan_sweep
+
+    assert "toy" in config.group_options("method")
+    config.check_overrides(["method=toy"])  # a known choice now
+    with pytest.raises(ConfigError, match=r"unknown method \(choose from dpo, ipo, kto, ppo, rloo, simpo, toy\)"):
+        config.check_overrides(["method=nope"])
+    plan = plan_sweep(compose(["sweep=smoke", "sweep.methods=[toy,dpo]"]), overrides=[])
+    assert plan.methods == ["toy", "dpo"]
+    assert sorted(plan.spaces["toy"]) == ["method.beta", "method.lr"]
+    trial = compose(plan.trial_overrides["toy"])
+    validate(trial)
+    assert (trial.method.name, trial.method.beta, trial.train.max_steps) == ("toy", 0.5, 4)  # the smoke budget
+
+
 def test_a_toy_method_added_as_one_row_trains(toy_method, workdir):
     from alignbench.training.run import train
 
@@ -102,7 +119,6 @@ def test_a_toy_method_added_as_one_row_trains(toy_method, workdir):
 # --------------------------------------------------------------------------- the six rows
 
 def test_the_rows_say_which_loop_reference_and_reward_each_method_has():
-    assert list(METHODS) == ["ppo", "dpo", "ipo", "kto", "simpo", "rloo"]  # the order of "choose from ..." lines
     assert [n for n, m in METHODS.items() if m.loop == "online"] == ["ppo", "rloo"]
     assert [n for n, m in METHODS.items() if not m.uses_reference] == ["simpo"]
     assert [n for n, m in METHODS.items() if m.unpaired] == ["kto"]

@@ -26,19 +26,9 @@ from alignbench.sweep import run as run_mod
 from alignbench.sweep import storage as storage_mod
 from alignbench.sweep import studies as studies_mod
 from alignbench.tracking import store
-from alignbench.training import loop as train_mod
 from alignbench.config import ConfigError, compose, validate
-from helpers import TINY
-
-# Smaller than the smoke sweep's own overrides: 4 steps, evals at 2 and 4.
-STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "FINISHED"}  # pruned: name and tag say so
-NO_CONFIRM = "sweep.confirm_seeds=0"  # these tests are about the search; tests/test_confirmation.py covers the rest
-
-
-def sweep(*sweep_overrides: str, user: tuple[str, ...] = (), live=False):
-    """Run the smoke sweep with `sweep.*` overrides and the user's trial overrides (as the CLI would)."""
-    cfg = compose(["sweep=smoke", NO_CONFIRM, *sweep_overrides, *TINY, *user])
-    return run_mod.run_sweep(cfg, overrides=[*TINY, *user], live=live)
+from helpers import (NO_CONFIRM, TINY, assert_consistent, child_runs, interrupt_at, parent_runs, plan, studies,
+                     sweep, sweep_cli)
 
 
 def failing_sweep(*sweep_overrides: str, user: tuple[str, ...] = ()) -> dict:
@@ -46,57 +36,6 @@ def failing_sweep(*sweep_overrides: str, user: tuple[str, ...] = ()) -> dict:
     with pytest.raises(run_mod.SweepFailed, match="stopped by failures") as exc:
         sweep(*sweep_overrides, user=user)
     return exc.value.summary
-
-
-def plan(*sweep_overrides: str):
-    return plan_mod.plan_sweep(compose(["sweep=smoke", NO_CONFIRM, *sweep_overrides, *TINY]), overrides=list(TINY))
-
-
-def studies(experiment="sweep-smoke", journal="sweeps.journal"):
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(Path(journal).resolve())))
-    return {s.study_name.split("/")[-1]: optuna.load_study(study_name=s.study_name, storage=storage)
-            for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(experiment + "/")}
-
-
-def child_runs(experiment="sweep-smoke"):
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return [r for r in runs if r.data.tags.get("alignbench.role") == "trial"]
-
-
-def parent_runs(experiment="sweep-smoke"):
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("alignbench.role") == "sweep"]
-
-
-def assert_consistent(experiment="sweep-smoke", journal="sweeps.journal"):
-    """One MLflow child run per (non-discarded) Optuna trial; params equal; states agree; none RUNNING."""
-    by_key = {(r.data.tags["optuna.study"], int(r.data.tags["optuna.trial_number"])): r
-              for r in child_runs(experiment)}
-    assert len(by_key) == len(child_runs(experiment)), "duplicated child runs"
-    trials = [(study, t) for study in studies(experiment, journal).values() for t in study.trials
-              if not t.user_attrs.get("alignbench.discarded")]
-    assert len(trials) == len(by_key)
-    parent_id = parent_runs(experiment)[0].info.run_id
-    for study, t in trials:
-        run = by_key[(study.study_name, t.number)]
-        assert run.data.tags["mlflow.parentRunId"] == parent_id
-        assert run.data.tags["method"] == study.study_name.split("/")[-1]
-        assert t.user_attrs.get("mlflow_run_id") in (None, run.info.run_id)
-        assert run.info.status != "RUNNING"
-        assert run.data.tags["optuna.trial_state"] == t.state.name
-        if t.state == TrialState.FAIL and t.user_attrs.get("failure_kind") in ("interrupted", "stale"):
-            assert run.info.status == "KILLED"
-        else:
-            assert run.info.status == STATUS[t.state.name], (t.number, t.state, run.info.status)
-        if t.state == TrialState.FAIL:
-            assert t.user_attrs["failure_reason"]
-            assert run.data.tags["failure_reason"]
-        for k, v in t.params.items():
-            assert run.data.params[k] == repr(v), k
-    return trials
 
 
 # --------------------------------------------------------------------------- end to end
@@ -181,20 +120,6 @@ def test_a_bad_trial_is_pruned(workdir):
     view = json.loads(json.loads(exp.tags[store.VIEW_TAG])["state"])
     assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "method"}]
     assert {"params.`method.beta`", "params.`method.lr`"} <= set(view["selectedColumns"])
-
-
-def interrupt_at(monkeypatch, step: int, when=lambda cfg: True):
-    """A simulated Ctrl-C (KeyboardInterrupt) at optimiser step `step` of the runs `when(cfg)` picks;
-    returns the real `inject_faults`, to put back."""
-    real = train_mod.inject_faults
-
-    def interrupt(cfg, loss, at):
-        if at == step and when(cfg):
-            raise KeyboardInterrupt("simulated Ctrl-C")
-        return real(cfg, loss, at)
-
-    monkeypatch.setattr(train_mod, "inject_faults", interrupt)
-    return real
 
 
 def test_interrupt_finalises_both_records(workdir, monkeypatch):
@@ -376,11 +301,6 @@ def test_user_overrides_drop_sweep_and_method_keys():
 
 # --------------------------------------------------------------------------- slow: kill -9, workers
 
-def _cli(*args, cwd):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return [sys.executable, "-m", "alignbench.cli", "sweep", *args], dict(cwd=cwd, env=env)
-
-
 def _wait_for_running_child(timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -402,7 +322,7 @@ def _wait_for_running_child(timeout=300):
 @pytest.mark.slow
 def test_kill_9_mid_trial_then_resume(workdir):
     args = ["sweep=smoke", NO_CONFIRM, "sweep.methods=[dpo,ipo]", "sweep.n_trials=2", *TINY, "fault.sleep_per_step=1.5"]
-    cmd, kw = _cli(*args, cwd=workdir)
+    cmd, kw = sweep_cli(*args, cwd=workdir)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
     try:
         _wait_for_running_child()
@@ -471,7 +391,7 @@ def test_hydra_joblib_launcher_starts_workers_that_share_the_budget(workdir):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     # 1 s per step: a trial takes >= 4 s, so one worker cannot finish the budget before the other
     # has imported torch (both taking part is asserted below)
-    cmd, kw = _cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+sweep.worker=0,1",
+    cmd, kw = sweep_cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+sweep.worker=0,1",
                    "sweep=smoke", NO_CONFIRM, "sweep.methods=[dpo]", "sweep.n_trials=4", *TINY,
                    "fault.sleep_per_step=1.0", "sweep.batch_trials=2", cwd=workdir)
     kw["env"].pop("MLFLOW_TRACKING_URI", None)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from alignbench import cache
-from alignbench.config import ConfigError, gguf_path
+from alignbench.composition import ConfigError, gguf_path
 from alignbench.models.settings import GGUFFile
 
 log = logging.getLogger(__name__)

@@ -1,13 +1,13 @@
-"""The offline loop: DPO, IPO, KTO and SimPO (the offline rows of `alignbench.methods.METHODS`) on
+"""The offline loop: the offline rows of `alignbench.methods.METHODS`, on
 fixed preference data, with the same batches, optimiser (AdamW), schedule (linear warm-up, then
 constant), gradient clipping, precision and step budget. `offline_objective` turns a method's row
 into what the loop runs: its loss on a batch, its train metrics, whether it trains on unpaired
-examples (KTO) and needs the reference."""
+examples and needs the reference."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
@@ -17,7 +17,7 @@ from alignbench.data.preparing import to_unpaired
 from alignbench.data.records import PreferenceRecord, UnpairedRecord
 from alignbench.data.tokenizing import build_sequences, tokenize_unpaired
 from alignbench.losses.kto import mismatched_indices
-from alignbench.methods import METHODS
+from alignbench.methods import METHODS, Method
 from alignbench.models.logps import sequence_logps
 from alignbench.models.pairs import shared_prompt_pair_logps
 from alignbench.training.checkpoint import restore_checkpoint
@@ -27,7 +27,7 @@ from alignbench.training.reference import cached_tokenize_pairs, reference_pair_
 
 class BatchLoss(Protocol):
     """An offline objective on one batch: (mean loss, its train metrics built when asked, tokens in
-    the batch). `PairedBatchLoss` (DPO, IPO, SimPO) and `UnpairedBatchLoss` (KTO) are the two."""
+    the batch). `PairedBatchLoss` (a paired row) and `UnpairedBatchLoss` (an unpaired row) are the two."""
 
     def __call__(self, policy, batch: dict, ref: dict | None, device, padding_free: bool,
                  share_prompt: bool = False) -> tuple[torch.Tensor, Callable[[], dict], int]: ...
@@ -35,12 +35,10 @@ class BatchLoss(Protocol):
 
 @dataclass(frozen=True)
 class Objective:
-    """What an offline method optimises and what that needs."""
+    """What an offline method optimises (`batch_loss`) and its row, which says what that needs."""
 
     batch_loss: BatchLoss
-    unpaired: bool = False          # KTO: single labelled examples (each pair split in two)
-    uses_reference: bool = True     # SimPO is reference-free
-    params: dict = field(default_factory=dict)  # its conventions, logged with the run's params
+    row: Method
 
 
 def offline_objective(method) -> Objective:
@@ -48,11 +46,8 @@ def offline_objective(method) -> Objective:
     row = METHODS[method.name]
     if row.loop != "offline":
         raise ValueError(f"not an offline method: {method.name}")
-    params = row.params(method) if row.params else {}
-    if row.unpaired:
-        return Objective(UnpairedBatchLoss(row.objective(method)), unpaired=True, uses_reference=row.uses_reference,
-                         params=params)
-    return Objective(PairedBatchLoss(row.objective(method)), uses_reference=row.uses_reference, params=params)
+    loss = UnpairedBatchLoss if row.unpaired else PairedBatchLoss
+    return Objective(loss(row.objective(method)), row)
 
 
 @dataclass(frozen=True)
@@ -161,7 +156,7 @@ class TrainingData:
 def training_data(cfg, prepared, objective: Objective) -> TrainingData:
     """Tokens and cached reference log-probs of the training set, in the form the objective trains on."""
     models = prepared.models
-    if objective.unpaired:
+    if objective.row.unpaired:
         records = prepared.train_records
         if isinstance(records[0], PreferenceRecord):
             records = to_unpaired(records)
@@ -169,7 +164,7 @@ def training_data(cfg, prepared, objective: Objective) -> TrainingData:
         ref = reference_unpaired_logps(cfg, models, tokens)
         return TrainingData(tokens, ref, len(records), 2 * cfg.train.batch_size)  # same pairs per step as the others
     tokens = cached_tokenize_pairs(cfg, prepared.train_records, models.tokenizer, models.key)
-    ref = reference_pair_logps(cfg, models, tokens) if objective.uses_reference else None
+    ref = reference_pair_logps(cfg, models, tokens) if objective.row.uses_reference else None
     return TrainingData(tokens, ref, len(prepared.train_records), cfg.train.batch_size)
 
 
