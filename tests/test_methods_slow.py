@@ -47,11 +47,14 @@ def test_dpo_kl_falls_as_beta_rises(workdir):
 
 def test_kto_at_its_defaults_collapses_on_at_most_one_seed_in_ten(workdir):
     """KTO at its defaults once went to a sampled KL of 134.6 nats/seq on one seed in four (issue 32,
-    threads=1 on another machine; docs/kto_collapse.md). A collapse is what the run tags as diverged
-    (sampled KL above eval.diverged_kl), or a test win rate below the reference's 1/2."""
+    threads=1 on another machine; docs/kto_collapse.md). A collapse is where the run ends: its final
+    sampled KL above eval.diverged_kl, or its test win rate below the reference's 1/2. (An excursion
+    past the limit that comes back is tagged diverged at its step, but is not a collapse here.)"""
     outcomes = {}
     for seed in range(1, 11):
-        m = train(compose(["method=kto", f"seed={seed}", "eval.split=test", "threads=1"]), NullTracker()).metrics
-        outcomes[seed] = (round(m["eval/win_rate"], 3), round(m["eval/kl"], 1), m["train/diverged"])
-    collapsed = [s for s, (win, _, diverged) in outcomes.items() if diverged or win < 0.5]
+        cfg = compose(["method=kto", f"seed={seed}", "eval.split=test", "threads=1"])
+        m = train(cfg, NullTracker()).metrics
+        outcomes[seed] = (round(m["eval/win_rate"], 3), round(m["eval/kl"], 1), m.get("train/diverged_step"))
+    limit = float(cfg.eval.diverged_kl)
+    collapsed = [s for s, (win, kl, _) in outcomes.items() if kl > limit or win < 0.5]
     assert len(collapsed) <= 1, outcomes
