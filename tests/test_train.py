@@ -63,6 +63,9 @@ def test_other_offline_methods_run(workdir, method):
     assert last_logged["eval/win_rate"] == result.metrics["eval/win_rate"]
     assert 0.0 <= result.metrics["eval/win_rate_ci_low"] <= result.metrics["eval/win_rate"] <= result.metrics["eval/win_rate_ci_high"] <= 1.0
     assert result.metrics["train/tokens"] > 0
+    if method == "kto":  # TRL's rewards/chosen and rewards/rejected, and its kl (z0), to compare runs with
+        assert {"train/reward_desirable", "train/reward_undesirable", "train/kl_z0"} <= set(last_logged)
+        assert last_logged["train/kl_z0"] >= 0.0
 
 
 def test_ipo_convention_and_simpo_gamma_are_logged(workdir):

@@ -122,8 +122,18 @@ def kto_batch_loss(unpaired_loss, policy, batch: dict, ref: dict, device, paddin
 
     out = unpaired_loss(logps, ref["logps"].to(device), batch["desirable"].to(device), policy_kl, ref_kl,
                         mean_across_processes=lambda kl: reduce(kl, reduction="mean"))
-    metrics = lambda: {"train/reward": out.rewards.mean().item(), "train/kl_z0": float(out.kl)}  # noqa: E731
+    metrics = lambda: kto_metrics(out, batch["desirable"].to(torch.bool))  # noqa: E731
     return out.losses.mean(), metrics, int(batch["attention_mask"].sum())
+
+
+def kto_metrics(out, desirable: torch.Tensor) -> dict:
+    """KTO's train metrics: the mean implicit reward beta * log-ratio, overall and of the desirable and
+    undesirable examples apart (TRL's rewards/chosen and rewards/rejected), and z0."""
+    metrics = {"train/reward": out.rewards.mean().item(), "train/kl_z0": float(out.kl)}
+    for name, mask in (("desirable", desirable), ("undesirable", ~desirable)):
+        if mask.any():
+            metrics[f"train/reward_{name}"] = out.rewards[mask.to(out.rewards.device)].mean().item()
+    return metrics
 
 
 def kto_tokens(records: list[UnpairedRecord], tokenizer, cfg) -> dict:
