@@ -11,9 +11,9 @@ the other ranks wait, then they read it: no two processes of one trial build the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import contextlib
 import logging
 import os
 import shutil
@@ -40,14 +40,21 @@ def _process_group():
     return dist if dist.get_world_size() > 1 else None
 
 
+_ORDERED = [False]  # inside main_process_first already: a nested lookup needs no barrier of its own
+
+
 @contextlib.contextmanager
 def main_process_first():
     """Under DDP: rank 0 runs the block first (looks up, builds, publishes), the others after it (and
     find the entry published). Every rank reaches the same lookups in the same order: one barrier each."""
-    dist = _process_group()
+    dist = None if _ORDERED[0] else _process_group()
     if dist is not None and dist.get_rank() != 0:
         dist.barrier()
-    yield
+    _ORDERED[0], outer = True, _ORDERED[0]
+    try:
+        yield
+    finally:
+        _ORDERED[0] = outer
     if dist is not None and dist.get_rank() == 0:
         dist.barrier()
 
@@ -190,7 +197,7 @@ def load_cached(cache_dir: str | Path, kind: str, key: str, write, read: Callabl
 
 
 def _load_cached(cache_dir, kind: str, key: str, write, read: Callable[[Path], Any]) -> tuple[Any, Path, bool]:
-    path, hit = _cached(cache_dir, kind, key, write)
+    path, hit = cached(cache_dir, kind, key, write)  # nested: no second barrier
     if hit:
         try:
             return read(path), path, True
