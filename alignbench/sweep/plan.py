@@ -163,7 +163,7 @@ def workers_and_threads(n_workers, user: list[str]) -> tuple[int, list[str]]:
     `auto`: on a CUDA machine one worker (processes on one GPU only contend); on a CPU machine one
     single-threaded worker per available core. A small model's matrices are too small for torch's
     intra-op threads to pay: on 2 cores, 2 workers x 1 thread finish a sweep sooner than 1 x 2
-    (measured: README, Performance). A user's own `threads=` is kept. Under torchrun / accelerate
+    (measured: docs/performance.md). A user's own `threads=` is kept. Under torchrun / accelerate
     launch: one worker, its trials on all the processes (`threads` is then split across them)."""
     from alignbench.training.distributed import launched_processes
 

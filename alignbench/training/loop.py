@@ -83,8 +83,7 @@ def make_optimizer(cfg, params, lr: float):
 def compiled_for_training(cfg, policy):
     """`train.compile`: the policy's training forward (and with it the backward) under `torch.compile`,
     dynamic shapes because packed rows change length every step. Off by default: on a 2-core CPU
-    compiling (~2 minutes) costs more than its faster steps save over a default run (README,
-    Performance). Evaluation and checkpoints use the eager module (`LoopBookkeeping.evaluate` unwraps it)."""
+    compiling costs more than its faster steps save over a default run (measured: docs/performance.md). Evaluation and checkpoints use the eager module (`LoopBookkeeping.evaluate` unwraps it)."""
     return torch.compile(policy, dynamic=True) if cfg.train.get("compile") else policy
 
 
