@@ -63,3 +63,24 @@ def test_no_stage_below_training_reads_the_config_tree():
                                   if a.arg == "cfg" or a.arg.endswith("_cfg")]
     assert offenders == []
     assert len(list((ROOT / "alignbench" / "models").rglob("*.py"))) > 5  # the walk saw the stages' files
+
+
+def test_the_docs_newcomers_read_first_stay_short_and_name_only_what_exists():
+    """README.md is first contact (<= 200 lines) and docs/ARCHITECTURE.md one page (<= 100 lines); every
+    module or package ARCHITECTURE.md names in backticks exists, and the README's method table has one
+    row per method of METHODS, no more, no fewer."""
+    import re
+
+    from alignbench.methods import METHODS
+
+    readme, arch = (ROOT / "README.md").read_text(), (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    assert len(readme.splitlines()) <= 200 and len(arch.splitlines()) <= 100
+    named = set(re.findall(r"`([a-z_]+(?:/[a-z_]+)*(?:\.py|/))", arch))
+    assert len(named) > 15  # the page names the modules it describes
+    files = {str(p.relative_to(ROOT / "alignbench")) for p in (ROOT / "alignbench").rglob("*.py")}
+    dirs = {str(p.relative_to(ROOT / "alignbench")) + "/" for p in (ROOT / "alignbench").rglob("*") if p.is_dir()}
+    missing = [n for n in named if not ((ROOT / n).exists() or any(f == n or f.endswith("/" + n) for f in files | dirs))]
+    assert missing == []
+    section = readme.split("\n## Methods\n")[1].split("\n## ")[0]
+    table = [m for m in re.findall(r"^\| ([A-Za-z]+) \|", section, flags=re.M) if m != "method"]
+    assert sorted(m.lower() for m in table) == sorted(METHODS)
