@@ -48,10 +48,10 @@ def test_every_method_model_data_judge_composes_and_validates(method, model, dat
             validate(cfg)
         assert str(err.value) == (f"model.gguf.package={cfg.model.gguf.package}: not installed; "
                                   f"install it with {cfg.model.gguf.install}")
-    elif judge == "gold" and data != "builtin":  # invalid by design: the gold reward is the built-in task's
+    elif judge == "gold" and data not in ("builtin", "sentiment"):  # invalid by design: the gold reward is the built-in tasks''
         with pytest.raises(ConfigError) as err:
             validate(cfg)
-        assert str(err.value) == (f"judge=gold: the gold reward exists only on data=builtin (data={data}); "
+        assert str(err.value) == (f"judge=gold: the gold reward exists only on data=builtin and data=sentiment (data={data}); "
                                   "use judge=reward_model")
     else:
         validate(cfg)  # nothing downloaded
