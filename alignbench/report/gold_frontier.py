@@ -46,8 +46,10 @@ def frontier_at(kl: np.ndarray, gold: np.ndarray, x: float) -> float:
     return float(reached.max()) if reached.size else float("-inf")
 
 
-def leaders(points: pd.DataFrame, n_grid: int = 200) -> list[tuple[str, float, float]]:
-    """(variant, KL from, KL to) stretches with one leader each, over the KL range every variant reaches."""
+def leaders(points: pd.DataFrame) -> list[tuple[str, float, float]]:
+    """(variant, KL from, KL to) stretches with one leader each, over the KL range every variant reaches.
+    Frontiers change only at a run's KL, so the leader is read at those KLs exactly: it holds from one
+    to the next (a stretch whose ends are equal is the leader at that KL alone)."""
     variants = sorted(points["variant"].unique())
     if len(variants) < 2:
         return []
@@ -56,12 +58,14 @@ def leaders(points: pd.DataFrame, n_grid: int = 200) -> list[tuple[str, float, f
     low = max(kl.min() for kl, _ in by.values())   # from where every variant has a point ...
     high = float(points["kl"].max())               # ... to the largest KL any run reached
     stretches: list[tuple[str, float, float]] = []
-    for x in np.linspace(low, high, n_grid) if high > low else [low]:
+    for x in sorted(k for k in set(points["kl"].tolist()) if low <= k <= high):
         best = max(variants, key=lambda v: frontier_at(*by[v], x))
         if stretches and stretches[-1][0] == best:
-            stretches[-1] = (best, stretches[-1][1], float(x))
-        else:
-            stretches.append((best, float(x), float(x)))
+            continue
+        if stretches:
+            stretches[-1] = (stretches[-1][0], stretches[-1][1], float(x))
+        stretches.append((best, float(x), float(x)))
+    stretches[-1] = (stretches[-1][0], stretches[-1][1], high)
     return stretches
 
 
@@ -75,7 +79,7 @@ def leader_sentence(points: pd.DataFrame) -> str:
         v, lo, hi = stretches[0]
         return (f"{v}'s frontier is ahead over the whole KL range every variant reaches ({lo:.2f} to {hi:.2f} "
                 f"nats/seq): at every KL there, its best run has the highest gold reward.")
-    parts = [f"{v} for KL {lo:.2f}-{hi:.2f}" for v, lo, hi in stretches]
+    parts = [f"{v} at KL {lo:.2f}" if lo == hi else f"{v} for KL {lo:.2f}-{hi:.2f}" for v, lo, hi in stretches]
     return ("The frontier ahead (highest gold reward reached at or below each KL) changes with KL: "
             + "; ".join(parts) + " nats/seq.")
 
