@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pytest
 from alignbench.report.gold_frontier import frontier_points, gold_frontier_figure, leader_sentence, leaders
 
 
@@ -59,3 +60,33 @@ def test_the_figure_is_saved_with_the_sentence_in_its_caption(tmp_path):
         None, leader_sentence(frontier_points(TRIALS[TRIALS["method"] == "dpo"])))
     assert not (tmp_path / "none").exists()
     assert math.isnan(TRIALS["metrics.eval/kl"].iloc[-1])
+
+
+@pytest.mark.slow
+def test_a_toy_real_frontier_sweep_on_the_tiny_model_reports_the_frontier_and_its_leader(workdir):
+    """sweep=real_frontier's grids at toy size on the built-in tiny model (data=sentiment): DPO at two
+    betas, PPO with the learned reward and PPO-GT at one KL coefficient; the report draws the frontier."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from alignbench.config import compose
+    from alignbench.report.build import build_report
+    from alignbench.sweep import run as run_mod
+    from test_sentiment_task import TINY_SENTIMENT
+
+    keys = ["sweep=real_frontier", "sweep.n_trials=2", "sweep.n_workers=1",
+            "sweep.overrides=[data=sentiment,eval.every_n_steps=0]",
+            "sweep.search_space.dpo={method.beta: {choices: [0.1, 1.0]}}",
+            "sweep.search_space.ppo={method.kl_coef: {choices: [0.05]}, method.reward: {choices: [model, gold]}}",
+            "sweep.method_overrides.ppo=[method.reward_model.steps=4,method.rollout_batch_size=8]"]
+    user = [o for o in TINY_SENTIMENT if o != "data=sentiment"]
+    run_mod.run_sweep(compose([*keys, *user]), overrides=user, live=False)
+    out = build_report(OmegaConf.create({"tracking": {"uri": None}, "seed": 0,
+                                         "report": {"sweep": "sweep-real_frontier", "out_dir": "reports"}}))
+    assert (out / "figures" / "gold_frontier.png").stat().st_size > 1000
+    md = (out / "report.md").read_text()
+    sentence = next(line for line in md.splitlines() if "frontier" in line and ("ahead" in line))
+    assert any(v in sentence for v in ("dpo", "ppo-gt", "ppo (reward model)")), sentence
+    runs = json.loads((out / "summary.json").read_text())
+    assert runs
