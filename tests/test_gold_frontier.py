@@ -75,13 +75,13 @@ def test_a_toy_real_frontier_sweep_on_the_tiny_model_reports_the_frontier_and_it
     from alignbench.sweep import run as run_mod
     from test_sentiment_task import TINY_SENTIMENT
 
-    keys = ["sweep=real_frontier", "sweep.n_trials=2", "sweep.n_workers=1",
-            "sweep.overrides=[data=sentiment,eval.every_n_steps=0]",
-            "sweep.search_space.dpo={method.beta: {choices: [0.1, 1.0]}}",
-            "sweep.search_space.ppo={method.kl_coef: {choices: [0.05]}, method.reward: {choices: [model, gold]}}",
-            "sweep.method_overrides.ppo=[method.reward_model.steps=4,method.rollout_batch_size=8]"]
     user = [o for o in TINY_SENTIMENT if o != "data=sentiment"]
-    run_mod.run_sweep(compose([*keys, *user]), overrides=user, live=False)
+    cfg = compose(["sweep=real_frontier", "sweep.n_trials=2", "sweep.n_workers=1", *user])
+    cfg.sweep.overrides = ["data=sentiment", "eval.every_n_steps=0"]  # the tiny model, not SmolLM2
+    cfg.sweep.search_space = {"dpo": {"method.beta": {"choices": [0.1, 1.0]}},
+                              "ppo": {"method.kl_coef": {"choices": [0.05]}, "method.reward": {"choices": ["model", "gold"]}}}
+    cfg.sweep.method_overrides = {"ppo": ["method.reward_model.steps=4", "method.rollout_batch_size=8"]}
+    run_mod.run_sweep(cfg, overrides=user, live=False)
     out = build_report(OmegaConf.create({"tracking": {"uri": None}, "seed": 0,
                                          "report": {"sweep": "sweep-real_frontier", "out_dir": "reports"}}))
     assert (out / "figures" / "gold_frontier.png").stat().st_size > 1000
