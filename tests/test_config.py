@@ -23,8 +23,8 @@ SWEEP_FILES = sorted(p.stem for p in (CONF_DIR.parent / "sweeps").glob("*.yaml")
 def test_groups_have_the_presets_the_brief_names():
     assert METHODS == ["dpo", "ipo", "kto", "ppo", "rloo", "simpo"]
     assert {"tiny", "smollm2-135m", "qwen2.5-0.5b-instruct", "pythia-160m"} <= set(MODELS)
-    assert {"builtin", "hh-rlhf", "ultrafeedback", "local"} <= set(DATASETS)
-    assert {"smoke", "default", "beta_frontier", "real_smoke"} <= set(group_options("sweep"))
+    assert {"builtin", "sentiment", "hh-rlhf", "ultrafeedback", "local"} <= set(DATASETS)
+    assert {"smoke", "default", "beta_frontier", "real_smoke", "real", "real_frontier"} <= set(group_options("sweep"))
     assert JUDGES == ["gold", "llm_pairwise", "reward_model"]
     assert SWEEP_FILES == group_options("sweep")  # conf/sweep is sweeps/
 
