@@ -104,6 +104,8 @@ def check_data(cfg: DictConfig) -> None:
             raise ConfigError("data.path: required for data=local (data.path=/path/to/file.jsonl)")
         if not Path(path).exists():
             raise ConfigError(f"data.path={path}: file not found")
+    if cfg.data.source == "builtin":
+        check_builtin_task(cfg.data)
     if cfg.data.source != "builtin":
         for key in ("validation_fraction", "test_fraction"):
             value = cfg.data[key]
@@ -113,6 +115,25 @@ def check_data(cfg: DictConfig) -> None:
             raise ConfigError("data.validation_fraction + data.test_fraction: must be < 1 (training needs prompts)")
 
 
+def check_builtin_task(data: DictConfig) -> None:
+    """A built-in task's prompts and, for data=sentiment, its gap filter and lexicon package (before any work)."""
+    import importlib.util
+
+    task = data.get("task", "builtin")
+    if task not in ("builtin", "sentiment"):
+        raise ConfigError(f"data.task={task}: must be builtin or sentiment")
+    for key in ("n_train_prompts", "n_eval_prompts"):
+        if not isinstance(data[key], int) or data[key] < 1:
+            raise ConfigError(f"data.{key}={data[key]}: no prompts to sample pairs on (must be an integer >= 1)")
+    if task != "sentiment":
+        return
+    if not isinstance(data.min_gold_gap, (int, float)) or not 0 <= data.min_gold_gap < 2:
+        raise ConfigError(f"data.min_gold_gap={data.min_gold_gap}: must be in [0, 2) (gold rewards lie in [-1, 1])")
+    if importlib.util.find_spec("vaderSentiment") is None:
+        raise ConfigError("data=sentiment: its gold reward needs the lexicon package vaderSentiment; install it with "
+                          "`pip install vaderSentiment==3.3.2`")
+
+
 def check_model_and_judge(cfg: DictConfig) -> None:
     lora = cfg.model.get("lora")
     if lora is not None and not OmegaConf.is_dict(lora):
@@ -120,7 +141,8 @@ def check_model_and_judge(cfg: DictConfig) -> None:
     if cfg.model.get("gguf"):  # before any work: the package holding the file must be installed
         gguf_path(cfg.model.gguf)
     if cfg.judge.name == "gold" and cfg.data.source != "builtin":
-        raise ConfigError(f"judge=gold: the gold reward exists only on data=builtin (data={cfg.data.name}); use judge=reward_model")
+        raise ConfigError(f"judge=gold: the gold reward exists only on data=builtin and data=sentiment "
+                          f"(data={cfg.data.name}); use judge=reward_model")
     if cfg.judge.name not in JUDGES:
         raise ConfigError(f"judge.name={cfg.judge.name}: unknown judge (choose from {', '.join(JUDGES)})")
     if cfg.judge.name == "llm_pairwise":

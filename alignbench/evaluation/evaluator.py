@@ -94,17 +94,20 @@ class EvalResult:
 
 class Evaluator:
     def __init__(self, settings: EvalSettings, models, judge, prompts: list[str], pref_eval=None,
-                 builtin_task: bool = False, prompts_seen_in_training: int = 0, held_out_pairs=None):
+                 builtin_task: bool = False, prompts_seen_in_training: int = 0, held_out_pairs=None,
+                 gold_reward: Callable | None = None):
         """`prompts`: the distinct held-out prompts; `pref_eval`: optional (tokenized pairs dict,
         reference logps dict) for held-out pair accuracy; `prompts_seen_in_training`: the held-out
         prompts also trained on (0 for any split alignbench makes), logged once per run (`constant_metrics`);
-        `held_out_pairs`: the held-out preference records the judge's own accuracy is measured on."""
+        `held_out_pairs`: the held-out preference records the judge's own accuracy is measured on;
+        `gold_reward`: the task's gold reward (prompt, response) -> float (`data=builtin`'s if None)."""
         self.settings, self.models, self.judge, self.prompts = settings, models, judge, list(prompts)
         self.samples_per_prompt = settings.samples_per_prompt
         # Prompt-major: the samples of prompt i are rows i*S .. i*S + S-1.
         self.sample_prompts = [p for p in self.prompts for _ in range(self.samples_per_prompt)]
         self.pref_eval = pref_eval
         self.builtin_task = builtin_task
+        self.gold_reward = gold_reward or task.gold_reward
         self.prompts_seen_in_training = prompts_seen_in_training
         self.implicit_reward = settings.implicit_reward  # behind eval/pref_accuracy
         self.seed = settings.seed
@@ -164,7 +167,7 @@ class Evaluator:
             side = {"responses": samples.responses, "scores": scores,
                     "lengths": samples.lengths.tolist(), "logps": logps.tolist()}
             if self.builtin_task:
-                side["gold"] = [task.gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses)]
+                side["gold"] = [self.gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses)]
             (path / "reference.json").write_text(json.dumps(side))
 
         side, _, self.cache_hit = cache.load_cached(self.settings.cache_dir, "ref_eval", key, write,
@@ -189,7 +192,7 @@ class Evaluator:
         gold = None
         if self.builtin_task:
             gold = scores if self.judge.name == "gold" else [
-                task.gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses)]
+                self.gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses)]
             metrics["eval/gold_reward"] = sum(gold) / n
         metrics.update(self.constant_metrics)
         if self.pref_eval is not None and self.implicit_reward is not None:

@@ -19,12 +19,15 @@ from alignbench.methods import is_online
 
 
 class GoldJudge:
-    """The built-in task's ground-truth reward."""
+    """A built-in task's ground-truth reward (`data=builtin`'s unless another task's is given)."""
 
     name = "gold"
 
+    def __init__(self, reward=task.gold_reward):
+        self.reward = reward
+
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        return [task.gold_reward(p, r) for p, r in zip(prompts, responses)]
+        return [self.reward(p, r) for p, r in zip(prompts, responses)]
 
 
 class RewardModelJudge:

@@ -41,6 +41,7 @@ from alignbench.report.analysis import (IMPORTANCE_METHOD, SAMPLE_COLUMNS, SEARC
 from alignbench.report.figures import (CURVE_KEYS, Figure, curves_figure, frontier_figure, history_figure,
                                        importance_figure, method_color, seed_strip_figure, sensitivity_figure)
 from alignbench.report.formatting import fmt, fmt_p, slug
+from alignbench.report.gold_frontier import gold_frontier_figure
 from alignbench.report.reading import (NoStudies, column, diverged_confirmations, find_sweep,
                                        load_confirmation_runs, load_studies, load_trials, params_of,
                                        study_methods_of)
@@ -196,7 +197,17 @@ def _frontier_figures(trials, methods, has_gold: bool, fig_dir: Path, notes: dic
                             "Line: each method's Pareto frontier (higher gold, lower KL).")
         if f:
             shown.append(f)
+        shown += _gold_frontier(trials, fig_dir, notes)
     return shown
+
+
+def _gold_frontier(trials, fig_dir: Path, notes: dict) -> list[Figure]:
+    """The DPO paper's figure where two variants (e.g. DPO, PPO, PPO-GT) have gold-reward runs, and its sentence."""
+    f, sentence = gold_frontier_figure(trials, fig_dir)
+    if not f:
+        return []
+    notes["frontier"].append(sentence)
+    return [f]
 
 
 def _optuna_figures(studies, methods, headline, fig_dir: Path, notes: dict) -> tuple[list[Figure], list[Figure]]:

@@ -46,7 +46,6 @@ from dataclasses import dataclass
 
 import torch
 
-from alignbench.data import builtin_task as task
 from alignbench.losses.ppo import (AdaptiveKLController, clipped_policy_loss, clipped_value_loss,
                                    entropy_from_logits, kl_penalty_rewards, masked_mean, whiten)
 from alignbench.methods import METHODS
@@ -188,7 +187,8 @@ def collect_rollout(cfg, prepared, learner: Learner, reward_model, prompts: list
     # 2. score each response once, at its last token
     gold = None
     if prepared.builtin_task:
-        gold = torch.tensor([task.gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses)])
+        gold_reward = prepared.evaluator.gold_reward  # the task's
+        gold = torch.tensor([gold_reward(p, r) for p, r in zip(samples.prompts, samples.responses)])
     rm_scores = reward_model.score_tokens(samples.input_ids, samples.attention_mask) if reward_model else None
     scores = gold if m.reward == "gold" else rm_scores
 

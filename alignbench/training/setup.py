@@ -8,17 +8,19 @@ import logging
 import random
 import time
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 
 from alignbench import cache
 from alignbench.config import ConfigError
-from alignbench.data import builtin_task as task
-from alignbench.training.builtin_pairs import builtin_pairs
+from alignbench.data import sentiment_task
+from alignbench.training.builtin_pairs import builtin_pairs, task_module
 from alignbench.training.distributed import threads_per_process
 from alignbench.data.parsing import chat_prompts
-from alignbench.data.preparing import SplitRows, distinct_prompts, load_preference_data, read_split_rows, sft_corpus
+from alignbench.data.preparing import (SplitRows, distinct_prompts, load_preference_data, log_drops, read_split_rows,
+                                       require_enough, sft_corpus)
 from alignbench.data.records import DataError, PreferenceRecord, UnpairedRecord
 from alignbench.evaluation.evaluator import Evaluator
 from alignbench.evaluation.judges import GoldJudge, RewardModelJudge
@@ -65,7 +67,7 @@ def count_seen_in_training(held_out_prompts, training_prompts) -> int:
 
 def make_judge(cfg, models: Models, prepared_records=None):
     if cfg.judge.name == "gold":
-        return GoldJudge()
+        return GoldJudge(task_module(cfg.data).gold_reward)
     if cfg.judge.name == "llm_pairwise":
         j = cfg.judge
         return PairwiseJudge.from_pretrained(str(j.path), models.device, pick_dtype(cfg.precision, models.device),
@@ -84,18 +86,31 @@ def make_judge(cfg, models: Models, prepared_records=None):
 
 
 def load_builtin_task(cfg) -> LoadedData:
-    """The built-in model, SFT on the task's corpus (train prompts), and the task's pairs sampled from it:
-    training pairs on train prompts, held-out pairs on validation prompts. All keyed on task_seed."""
+    """The model (the built-in one SFT on the task's corpus, train prompts) and the task's pairs sampled
+    from it: training pairs on train prompts, held-out pairs on validation prompts, all keyed on
+    task_seed. `data=sentiment`'s pairs with too small a gold gap are dropped, counted and logged."""
+    task = task_module(cfg.data)
+    if task is sentiment_task:
+        sentiment_task.require_lexicon()  # one line before any model is loaded
     n_sft, task_seed = cfg.model.sft.n_examples, cfg.task_seed
     sft_examples = lambda: task.sft_corpus(n_sft, task_seed)  # noqa: E731 (built on a miss only)
-    models = load_models(load_settings(cfg), sft_examples, corpus_id=cache.content_key("task-sft-corpus-v2", n_sft, task_seed))
-    train_records = builtin_pairs(cfg, models, "train", cfg.data.n_train_prompts)
-    held_out_pairs = builtin_pairs(cfg, models, "validation", cfg.data.n_eval_prompts)
+    corpus_id = (cache.content_key("task-sft-corpus-v2", n_sft, task_seed) if task is not sentiment_task
+                 else cache.content_key("sentiment-sft-corpus-v1", n_sft, task_seed))
+    models = load_models(load_settings(cfg), sft_examples, corpus_id=corpus_id)
+    train_records, train_dropped = builtin_pairs(cfg, models, "train", cfg.data.n_train_prompts)
+    held_out_pairs, held_out_dropped = builtin_pairs(cfg, models, "validation", cfg.data.n_eval_prompts)
+    drops = {}
+    if task is sentiment_task:
+        drops = {"gold_gap_too_small": train_dropped, "held_out_gold_gap_too_small": held_out_dropped}
+        log_drops(Counter(gold_gap_too_small=train_dropped), len(train_records) + train_dropped, log, "data/train")
+        log_drops(Counter(gold_gap_too_small=held_out_dropped), len(held_out_pairs) + held_out_dropped, log,
+                  "data/validation")
+        require_enough(train_records, max(2, int(cfg.train.batch_size)), Counter(gold_gap_too_small=train_dropped))
     eval_prompts = chat_prompts(task.eval_prompts(cfg.eval.split, cfg.eval.n_prompts, task_seed), models.tokenizer)
     held_out = chat_prompts(task.split_prompts("validation") + task.split_prompts("test"), models.tokenizer)
     sft_prompts = chat_prompts(task.sft_prompts(n_sft, task_seed), models.tokenizer)
     seen = count_seen_in_training(held_out, distinct_prompts(train_records) + sft_prompts)
-    return LoadedData(models, train_records, held_out_pairs, eval_prompts, {}, seen)
+    return LoadedData(models, train_records, held_out_pairs, eval_prompts, drops, seen)
 
 
 def data_sft_examples(cfg, rows: SplitRows) -> list[tuple[str, str]]:
@@ -141,8 +156,10 @@ def make_evaluator(cfg, loaded: LoadedData, builtin_task: bool) -> Evaluator:
         tokens = cached_tokenize_pairs(cfg, paired_eval, models.tokenizer, models.key)
         pref_eval = (tokens, reference_pair_logps(cfg, models, tokens))
     judge = make_judge(cfg, models, loaded.train_records)
+    gold_reward = task_module(cfg.data).gold_reward if builtin_task else None
     return Evaluator(eval_settings(cfg), models, judge, loaded.eval_prompts, pref_eval, builtin_task,
-                     loaded.prompts_seen_in_training, held_out_pairs=paired_eval)
+                     loaded.prompts_seen_in_training, held_out_pairs=paired_eval,
+                     gold_reward=gold_reward)
 
 
 def prepare(cfg) -> Prepared:
