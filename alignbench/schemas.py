@@ -301,6 +301,7 @@ class Lengths:
 class BuiltinData(Lengths):
     name: str = MISSING
     source: str = MISSING
+    task: str = MISSING
     n_train_prompts: int = MISSING
     n_eval_prompts: int = MISSING
     bt_temperature: float = MISSING
