@@ -309,6 +309,18 @@ class BuiltinData(Lengths):
 
 
 @dataclass
+class SentimentData(Lengths):
+    """`data=sentiment`: the built-in sentiment task, its pairs filtered by gold gap (no Bradley-Terry draw)."""
+    name: str = MISSING
+    source: str = MISSING
+    task: str = MISSING
+    n_train_prompts: int = MISSING
+    n_eval_prompts: int = MISSING
+    min_gold_gap: float = MISSING
+    sample_max_new_tokens: int = MISSING
+
+
+@dataclass
 class FileData(Lengths):
     """A preference data set read from files: a local file (`source: local`) or the hub's."""
     name: str = MISSING
@@ -357,7 +369,7 @@ SCHEMAS = {  # (group, name) -> schema; a group file names one as `/schema/<grou
     ("method", "dpo"): DPO, ("method", "ipo"): IPO, ("method", "kto"): KTO, ("method", "simpo"): SimPO,
     ("method", "ppo"): PPO, ("method", "rloo"): RLOO,
     ("model", "builtin"): BuiltinModel, ("model", "hub"): HubModel, ("model", "gguf"): GGUFModel,
-    ("data", "builtin"): BuiltinData, ("data", "hub"): HubData, ("data", "file"): FileData,
+    ("data", "builtin"): BuiltinData, ("data", "sentiment"): SentimentData, ("data", "hub"): HubData, ("data", "file"): FileData,
     ("judge", "gold"): GoldJudge, ("judge", "reward_model"): RewardModelJudge, ("judge", "llm_pairwise"): PairwiseJudge,
 }
 
