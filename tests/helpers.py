@@ -299,3 +299,8 @@ def interrupt_at(monkeypatch, step: int, when=lambda cfg: True):
 
     monkeypatch.setattr(train_mod, "inject_faults", interrupt)
     return real
+
+# data=sentiment on the built-in tiny model, seconds per run (tests/test_sentiment_task.py, test_gold_frontier.py)
+TINY_SENTIMENT = ["data=sentiment", "model.sft.steps=20", "model.sft.n_examples=200", "data.n_train_prompts=64",
+                  "data.n_eval_prompts=32", "train.batch_size=8", "train.max_steps=3", "eval.every_n_steps=0",
+                  "eval.n_prompts=16", "eval.n_pref_pairs=16", "eval.max_new_tokens=16", "threads=1"]

@@ -73,7 +73,7 @@ def test_a_toy_real_frontier_sweep_on_the_tiny_model_reports_the_frontier_and_it
     from alignbench.config import compose
     from alignbench.report.build import build_report
     from alignbench.sweep import run as run_mod
-    from test_sentiment_task import TINY_SENTIMENT
+    from helpers import TINY_SENTIMENT
 
     user = [o for o in TINY_SENTIMENT if o != "data=sentiment"]
     cfg = compose(["sweep=real_frontier", "sweep.n_trials=2", "sweep.n_workers=1", *user])

@@ -14,6 +14,7 @@ import pytest
 from alignbench.config import ConfigError, compose, validate
 from alignbench.data import sentiment_task as task
 from alignbench.data.records import DataError
+from helpers import TINY_SENTIMENT
 
 # VADER: compound = s / sqrt(s^2 + 15), s the sum of the words' valences ("good" 1.9, "awful" -2.0).
 GOOD = 1.9 / math.sqrt(1.9 ** 2 + 15)      # 0.4404
@@ -129,9 +130,6 @@ def test_gold_judge_and_ppo_gold_are_valid_on_sentiment():
 
 
 # A short run on the built-in tiny model: an SFT stage on the task's English corpus, pairs sampled from it.
-TINY_SENTIMENT = ["data=sentiment", "model.sft.steps=20", "model.sft.n_examples=200", "data.n_train_prompts=64",
-                  "data.n_eval_prompts=32", "train.batch_size=8", "train.max_steps=3", "eval.every_n_steps=0",
-                  "eval.n_prompts=16", "eval.n_pref_pairs=16", "eval.max_new_tokens=16", "threads=1"]
 
 
 def test_a_short_dpo_run_on_the_tiny_model_logs_gold_drops_and_a_perfect_gold_judge(workdir):

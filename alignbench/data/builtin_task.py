@@ -92,11 +92,12 @@ def prompt_split(opener_index: int, subject_index: int) -> str:
     return "train" if residue < 3 else "validation" if residue == 3 else "test"
 
 
-def split_prompts(split: str) -> list[str]:
-    """All distinct prompts of one split, in a fixed order (opener-major)."""
+def split_prompts(split: str, openers: list[str] = OPENERS, subjects: list[str] = SUBJECTS) -> list[str]:
+    """All distinct prompts of one split, in a fixed order (opener-major); another task's openers and
+    subjects split by the same rule."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
-    return [f"{opener} {subject}.\n" for i, opener in enumerate(OPENERS) for j, subject in enumerate(SUBJECTS)
+    return [f"{opener} {subject}.\n" for i, opener in enumerate(openers) for j, subject in enumerate(subjects)
             if prompt_split(i, j) == split]
 
 

@@ -31,7 +31,8 @@ import functools
 import random
 import re
 
-from alignbench.data.builtin_task import SPLITS, prompt_split
+from alignbench.data import builtin_task
+from alignbench.data.builtin_task import SPLITS  # noqa: F401  (the splits the task shares)
 from alignbench.data.records import DataError
 
 OPENERS = ["Write a short review of", "Tell me what you thought of", "Describe your experience with",
@@ -58,11 +59,8 @@ _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 
 
 def split_prompts(split: str) -> list[str]:
-    """All distinct prompts of one split, in a fixed order (opener-major)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
-    return [f"{opener} {subject}.\n" for i, opener in enumerate(OPENERS) for j, subject in enumerate(SUBJECTS)
-            if prompt_split(i, j) == split]
+    """All distinct prompts of one split, in a fixed order (opener-major), split as the built-in task's."""
+    return builtin_task.split_prompts(split, OPENERS, SUBJECTS)
 
 
 def make_prompts(n: int, seed: int, split: str = "train") -> list[str]:
