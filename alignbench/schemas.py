@@ -298,26 +298,26 @@ class Lengths:
 
 
 @dataclass
-class BuiltinData(Lengths):
+class BuiltinTaskData(Lengths):
+    """What both built-in tasks' data files set: prompts and pairs come from alignbench itself."""
     name: str = MISSING
     source: str = MISSING
     task: str = MISSING
     n_train_prompts: int = MISSING
     n_eval_prompts: int = MISSING
-    bt_temperature: float = MISSING
     sample_max_new_tokens: int = MISSING
 
 
 @dataclass
-class SentimentData(Lengths):
-    """`data=sentiment`: the built-in sentiment task, its pairs filtered by gold gap (no Bradley-Terry draw)."""
-    name: str = MISSING
-    source: str = MISSING
-    task: str = MISSING
-    n_train_prompts: int = MISSING
-    n_eval_prompts: int = MISSING
+class BuiltinData(BuiltinTaskData):
+    """`data=builtin`: pairs labelled by a Bradley-Terry draw on the gold reward."""
+    bt_temperature: float = MISSING
+
+
+@dataclass
+class SentimentData(BuiltinTaskData):
+    """`data=sentiment`: pairs kept only where the gold gap is at least `min_gold_gap`."""
     min_gold_gap: float = MISSING
-    sample_max_new_tokens: int = MISSING
 
 
 @dataclass
