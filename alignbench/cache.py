@@ -73,6 +73,15 @@ def content_key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """A hash of a file's bytes: the same file in another venv or after a reinstall has the same key."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def tensor_digest(tensors: dict) -> str:
     """A hash of the bytes of every tensor in a dict (the data a cached computation read)."""
     h = hashlib.sha256()

@@ -5,6 +5,7 @@ context. The slow test loads the real model (skipped where the wheel is not inst
 from __future__ import annotations
 
 import importlib.util
+import os
 import struct
 
 from pathlib import Path
@@ -71,6 +72,20 @@ def packaged_file(tmp_path, monkeypatch, content: bytes):
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     return compose([*REAL, "model.gguf.package=fake_gguf_wheel", "model.gguf.file=model.gguf",
                     f"cache_dir={tmp_path / 'cache'}"])
+
+
+def test_the_dequantised_cache_is_keyed_by_the_files_content(tmp_path):
+    """A second venv's copy of the same file (another path, a later mtime) finds the same entry."""
+    from alignbench.models.gguf import dequantised_key
+
+    first, second, other = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf", tmp_path / "c" / "m.gguf"
+    for path, content in ((first, b"GGUF" + bytes(64)), (second, b"GGUF" + bytes(64)), (other, b"GGUF" + bytes(63) + b"x")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    os.utime(second, (1_000_000_000, 1_000_000_000))
+    assert first.stat().st_mtime_ns != second.stat().st_mtime_ns
+    assert dequantised_key(first) == dequantised_key(second)
+    assert dequantised_key(other) != dequantised_key(first)  # same size, other bytes
 
 
 def test_a_file_that_is_not_gguf_is_one_line(tmp_path, monkeypatch):

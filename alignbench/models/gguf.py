@@ -4,7 +4,8 @@ The package is found with `importlib.util.find_spec`, never imported: such packa
 pulls in their own runtime (`llm`, `llama_cpp`), which alignbench does not need. transformers
 dequantises the GGUF (`from_pretrained(..., gguf_file=...)`, ~17 s for 135M parameters on 2 cores);
 the dequantised model and tokenizer are saved once as safetensors in the content-keyed cache, keyed
-by the file's name, size and mtime and the transformers version, so later runs load a plain local folder.
+by the file's size and a hash of its bytes and the transformers version (not its path or mtime:
+a second venv or a reinstall of the same file finds the entry), so later runs load a plain local folder.
 """
 
 from __future__ import annotations
@@ -31,13 +32,18 @@ def check_gguf_header(path: Path) -> None:
         raise ConfigError(f"{path}: not a GGUF file (corrupt or truncated: {path.stat().st_size} bytes)")
 
 
-def dequantised_folder(gguf: GGUFFile, cache_dir) -> Path:
-    """A local folder holding the dequantised model (safetensors) and its tokenizer, built once in `cache_dir`."""
+def dequantised_key(path: Path) -> str:
+    """The cache key of a GGUF file's dequantised folder: its size, a hash of its bytes and the dequantiser's
+    version. Not its path or mtime: each venv installs its own copy of the same file."""
     import transformers
 
+    return cache.content_key("gguf-v2", path.stat().st_size, cache.file_digest(path), transformers.__version__)
+
+
+def dequantised_folder(gguf: GGUFFile, cache_dir) -> Path:
+    """A local folder holding the dequantised model (safetensors) and its tokenizer, built once in `cache_dir`."""
     path = gguf_path(gguf)
-    stat = path.stat()  # a file's identity as judges.saved_model_key has it; the dequantiser's version too
-    key = cache.content_key("gguf-v1", path.name, stat.st_size, stat.st_mtime_ns, transformers.__version__)
+    key = dequantised_key(path)
 
     def write(out: Path):
         from transformers import AutoModelForCausalLM, AutoTokenizer

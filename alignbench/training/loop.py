@@ -205,7 +205,8 @@ class LoopBookkeeping:
         """The run's result: the last eval's metrics, the training summary, then the loop's `extra` figures."""
         timings.update(train_seconds=self.train_time, eval_seconds=self.eval_time)
         summary = dict(self.result.metrics)
-        summary.update({"train/seconds": self.train_time, "train/tokens": float(self.tokens_seen),
+        # the training seconds are logged once, as time/train_seconds with the other timings
+        summary.update({"train/tokens": float(self.tokens_seen),
                         "train/diverged": float(self.diverged is not None)})
         if self.diverged is not None:
             summary["train/diverged_step"] = float(self.diverged[0])

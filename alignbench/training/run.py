@@ -124,7 +124,7 @@ def train_validated(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunRes
             tracker.set_tags(diverged_tags(exc.step, str(exc)))
         raise
     result.timings["total_seconds"] = time.time() - t0
-    summary = {k: v for k, v in result.metrics.items() if k.startswith("train/")}  # seconds, tokens, pairs/s
+    summary = {k: v for k, v in result.metrics.items() if k.startswith("train/")}  # tokens, pairs/s, divergence
     tracker.log_metrics(summary | {f"time/{k}": v for k, v in result.timings.items()}, cfg.train.max_steps)
     tracker.log_files(documents={"config.yaml": OmegaConf.to_container(cfg, resolve=True)},
                       tables={SAMPLES_ARTIFACT: result.rows})
