@@ -51,6 +51,25 @@ def test_bench_quick_console_script_exits_zero_and_writes_bench_json(workdir):
     assert machine["cpu_count"] >= 1 and machine["torch_threads"] >= 1 and machine["torch_version"]
     assert "DPO throughput vs TRL" in proc.stdout and "wrote bench.json" in proc.stdout
     assert proc.stderr.count("Traceback") == 0
+    assert not (workdir / "mlruns").exists()  # the bench's runs and artifacts stay in its own scratch
+
+
+def test_the_bench_store_keeps_its_artifacts_in_its_scratch_folder(tmp_path, monkeypatch):
+    from alignbench.bench.measurements import BENCH_EXPERIMENTS, bench_store
+    from alignbench.tracking.mlflow_runs import tracked_run
+
+    cwd, scratch = tmp_path / "cwd", tmp_path / "scratch"
+    cwd.mkdir()
+    scratch.mkdir()
+    monkeypatch.chdir(cwd)
+    uri = bench_store(scratch)
+    assert bench_store(scratch) == uri  # a second call finds the experiments
+    for name in BENCH_EXPERIMENTS:
+        with tracked_run(name, uri=uri) as tracker:
+            tracker.log_files(documents={"note.json": {"experiment": name}})
+    assert sorted(p.parent.parent.parent.name for p in scratch.glob("mlruns/*/*/artifacts/note.json")) == \
+        sorted(BENCH_EXPERIMENTS)
+    assert list(cwd.iterdir()) == []  # nothing written where the bench was started
 
 
 def test_bench_without_trl_says_which_extra_to_install_and_exits_2(tmp_path):

@@ -179,7 +179,7 @@ def measure_overhead(args, sizes, workdir: Path) -> dict:
     train(cfg, record)  # warm every cache this trial size uses; keeps what a run logs
     untracked = [train(cfg, NullTracker()).timings for _ in range(SMOKE_REPEATS)]
     shares = [1 - (t["train_seconds"] + t["eval_seconds"]) / t["total_seconds"] for t in untracked]
-    uri = f"sqlite:///{workdir / 'bench_mlflow.db'}"
+    uri = bench_store(workdir)
     _record_seconds(NullTracker(), uri)  # the store and experiment made, as a sweep's workers find them
     first = _tracked_trial(cfg, uri)  # a sweep worker's first trial
     tracked = [_tracked_trial(cfg, uri) for _ in range(SMOKE_REPEATS)]
@@ -208,9 +208,25 @@ def measure_default_overhead(args, workdir: Path) -> dict:
 
     cfg = compose(args)
     train(cfg)  # untracked: warms this size's caches
-    trial = _tracked_trial(cfg, f"sqlite:///{workdir / 'bench_mlflow.db'}")
+    trial = _tracked_trial(cfg, bench_store(workdir))
     return {"overhead_share_tracked_default": trial["share"], "default_tracked_wall_seconds": trial["wall"],
             "default_tracked_extra_seconds": trial["extra"], "default_tracked_timings": trial["timings"]}
+
+
+def bench_store(workdir: Path) -> str:
+    """The bench's own MLflow store in its scratch folder, artifacts included: its experiments are made
+    here with their artifact root beside the database (MLflow's default root is ./mlruns in the cwd)."""
+    import mlflow
+
+    uri = f"sqlite:///{workdir / 'bench_mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    for name in BENCH_EXPERIMENTS:
+        if client.get_experiment_by_name(name) is None:
+            client.create_experiment(name, artifact_location=(workdir / "mlruns" / name).as_uri())
+    return uri
+
+
+BENCH_EXPERIMENTS = ("bench", "bench-record")  # `_tracked_trial`'s and `_record_seconds`' runs
 
 
 def _median_at(values: list) -> int:
