@@ -327,6 +327,40 @@ def test_a_sqlite_store_is_written_ahead_with_normal_sync_unless_turned_off(work
     assert modes(workdir / "b.db") == ("delete", 2)  # 2: FULL, SQLite's default
 
 
+def test_a_new_store_beside_another_stores_stale_wal_and_shm_files_is_one_line(tmp_path):
+    """mlflow.db deleted while its -wal/-shm stay, and a new store made there: SQLite replays the stale
+    log onto the new file, which then holds the old database's tables. Each command ends with one line
+    naming the files (before: a sqlite3.OperationalError traceback, or runs written into the wrong store)."""
+    import shutil
+    import sqlite3
+
+    from alignbench.tracking import mlflow_runs as tracking
+    from helpers import run_cli
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    holder = sqlite3.connect(old / "mlflow.db")  # an old database whose log is not yet checkpointed
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("PRAGMA wal_autocheckpoint=0")
+    holder.execute("CREATE TABLE samples (x)")
+    holder.executemany("INSERT INTO samples VALUES (?)", [(i,) for i in range(2000)])
+    holder.commit()
+    uri = f"sqlite:///{new / 'mlflow.db'}"
+    tracking.create_run("first", None, {"method": "dpo"}, uri=uri)
+    for suffix in ("-wal", "-shm"):  # the old database's files, beside the new store
+        shutil.copy(old / f"mlflow.db{suffix}", new / f"mlflow.db{suffix}")
+    holder.close()
+    for command in ("train", "report"):
+        out = run_cli(command, cwd=new, cache=tmp_path / "cache", timeout=240)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (command, out.stderr[-2000:])
+        assert [ln for ln in out.stderr.splitlines() if ln.startswith("alignbench: error:")] == [
+            f"alignbench: error: tracking.uri={uri}: {new / 'mlflow.db'} is not a usable MLflow store (SQLite "
+            "tables, but not MLflow's: samples; a stale mlflow.db-wal replayed onto a new file looks like this); "
+            "move it aside, with any mlflow.db-wal and mlflow.db-shm beside it, or set tracking.uri"], command
+    assert not (tmp_path / "cache").exists()  # refused before any work
+
+
 def test_a_store_that_is_not_sqlite_ends_each_command_with_one_line_at_once(tmp_path):
     """An overwritten mlflow.db: train, sweep, report and ui exit 2 with one line naming the file and
     what to move aside, before MLflow's engine retries (about 100 s of them) and before any training."""
@@ -335,7 +369,7 @@ def test_a_store_that_is_not_sqlite_ends_each_command_with_one_line_at_once(tmp_
     junk = bytes(range(256)) * 20  # 5,120 bytes, no SQLite header
     (tmp_path / "mlflow.db").write_bytes(junk)
     for command in ("train", "sweep", "report", "ui"):
-        out = run_cli(command, cwd=tmp_path, cache=tmp_path / "cache", timeout=60)
+        out = run_cli(command, cwd=tmp_path, cache=tmp_path / "cache", timeout=240)
         errors = [ln for ln in out.stderr.splitlines() if ln.startswith("alignbench: error:")]
         assert out.returncode == 2, (command, out.stderr[-2000:])
         assert errors == [f"alignbench: error: tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}: {tmp_path / 'mlflow.db'} "

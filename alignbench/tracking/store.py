@@ -95,18 +95,24 @@ def check_store_file(uri: str | None) -> None:
 
 
 def _check_sqlite_file(uri: str, db: Path) -> None:
-    """Fail at once on a file that SQLite cannot read (overwritten, truncated, or a stale -wal beside
-    a new file): MLflow would retry creating its engine for about 100 s before giving up."""
+    """Fail at once on a file that SQLite cannot read (overwritten, truncated: MLflow would retry creating
+    its engine for about 100 s before giving up), or one that holds another database's tables."""
     if not db.exists():
         return
     connection = sqlite3.connect(db, timeout=30)
     try:
-        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
         if "locked" not in str(exc):  # busy beyond the timeout is not a broken file: MLflow waits its own way
             raise _unusable(uri, db, exc) from None
+        return
     finally:
         connection.close()
+    if tables and "experiments" not in tables:
+        # Another database: most often a new mlflow.db beside the -wal of a deleted store, which SQLite
+        # replays onto it. MLflow would add its tables to it (or fail on a cached engine): runs lost.
+        raise _unusable(uri, db, f"SQLite tables, but not MLflow's: {', '.join(sorted(tables)[:3])}; "
+                                 f"a stale {db.name}-wal replayed onto a new file looks like this")
 
 
 def _unusable(uri: str, db: Path, why) -> "StoreError":
