@@ -171,13 +171,15 @@ def check_consistent(study, parents: list, children: list, budget: int) -> list:
     params equal between Optuna and MLflow; states agree; nothing RUNNING."""
     from optuna.trial import TrialState
 
+    from alignbench.sweep.liveness import attempt_number
+
     trials = [t for t in study.trials if not t.user_attrs.get("alignbench.discarded")]
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == budget
     assert all(t.state != TrialState.RUNNING for t in study.trials)
-    numbers = Counter(int(r.data.tags["optuna.trial_number"]) for r in children)
+    numbers = Counter(attempt_number(r.data.tags) for r in children)
     assert all(n == 1 for n in numbers.values()), f"duplicated child runs: {numbers}"
     assert len({t.number for t in study.trials}) == len(study.trials)
-    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
+    by_number = {attempt_number(r.data.tags): r for r in children}
     assert set(by_number) == {t.number for t in trials}
     parent_ids = {p.info.run_id for p in parents}
     for t in trials:
@@ -259,7 +261,9 @@ def assert_consistent(experiment="sweep-smoke", journal="sweeps.journal"):
     """One MLflow child run per (non-discarded) Optuna trial; params equal; states agree; none RUNNING."""
     from optuna.trial import TrialState
 
-    by_key = {(r.data.tags["optuna.study"], int(r.data.tags["optuna.trial_number"])): r
+    from alignbench.sweep.liveness import attempt_number
+
+    by_key = {(r.data.tags["optuna.study"], attempt_number(r.data.tags)): r
               for r in child_runs(experiment)}
     assert len(by_key) == len(child_runs(experiment)), "duplicated child runs"
     trials = [(study, t) for study in studies(experiment, journal).values() for t in study.trials

@@ -156,7 +156,10 @@ def test_killed_sweep_trial_resumes_from_its_checkpoint_and_only_the_best_policy
     assert t1.user_attrs["mlflow_run_id"] == killed_run and t1.state == TrialState.COMPLETE
     runs = {r.info.run_id: r for r in child_runs()}
     assert len(runs) == 2 and runs[killed_run].info.status == "FINISHED"
-    assert runs[killed_run].data.tags["optuna.trial_number"] == "1"
+    # the trial keeps its identity across the resume: trial 0's run, name and number; Optuna's trial 1 ran it
+    tags = runs[killed_run].data.tags
+    assert (tags["optuna.trial_number"], tags["optuna.attempt"], tags["mlflow.runName"]) == ("0", "1", "dpo-000")
+    assert t1.user_attrs["alignbench.trial_identity"] == 0 and t2.user_attrs["alignbench.trial_identity"] == 2
     assert [m.step for m in mlflow.MlflowClient().get_metric_history(killed_run, "eval/win_rate")][-1] == 4
     best = max((t1, t2), key=lambda t: (t.value, -t.number))
     with_policy = {r for r in runs if "policy" in [p.rsplit("/", 1)[-1] for p in artifacts(r)]}

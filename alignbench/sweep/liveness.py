@@ -21,6 +21,7 @@ from alignbench.tracking.store import HOST, process_start  # one notion of "this
 log = logging.getLogger(__name__)
 
 ACTIVE: set = set()  # (study name, trial number) run by this process right now
+ATTEMPT_TAG = "optuna.attempt"  # an MLflow run's Optuna trial now (optuna.trial_number stays its first one's)
 ORPHAN_AFTER_SECONDS = 60  # another host's worker ends a trial's run right after telling Optuna
 UNTAGGED_STALE_SECONDS = 120  # a trial without a worker record, on storage without a local lock
 
@@ -69,7 +70,7 @@ def kill_trial_run(plan: Plan, study, trial, reason: str) -> None:
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id is None:  # killed between creating the run and recording its id: find it by tags
         runs = tracking.search_runs(plan.experiment, f"tags.`optuna.study` = '{study.study_name}' and "
-                                    f"tags.`optuna.trial_number` = '{trial.number}'", plan.tracking["uri"])
+                                    f"tags.`{ATTEMPT_TAG}` = '{trial.number}'", plan.tracking["uri"])
         run_id = runs[0].info.run_id if runs else None
     if run_id is not None:
         tracking.set_run_tags(run_id, {"optuna.trial_state": "FAIL"}, plan.tracking["uri"])
@@ -106,13 +107,19 @@ def reap_stale(plan: Plan, study) -> int:
     return n
 
 
+def attempt_number(tags: dict) -> int:
+    """The Optuna trial that runs (or last ran) an MLflow run: its attempt tag; the trial-number tag on
+    runs recorded before the tag existed (they were never resumed under another number)."""
+    return int(tags.get(ATTEMPT_TAG, tags.get("optuna.trial_number", -1)))
+
+
 def _end_orphaned_runs(plan: Plan, study) -> None:
     """A run whose trial already ended but whose process died before ending the run."""
     runs = tracking.search_runs(plan.experiment, f"tags.`optuna.study` = '{study.study_name}' and "
                                 "attributes.status = 'RUNNING'", plan.tracking["uri"])
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     for run in runs:
-        t = trials.get(int(run.data.tags.get("optuna.trial_number", -1)))
+        t = trials.get(attempt_number(run.data.tags))
         if t is not None and t.state != TrialState.RUNNING and run_orphaned(t):
             tracking.set_run_tags(run.info.run_id, {"optuna.trial_state": t.state.name}, plan.tracking["uri"])
             tracking.mark_killed(run.info.run_id, "stale: its process died before ending the run",

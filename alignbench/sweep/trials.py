@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import TrialState
 
-from alignbench.sweep.liveness import ACTIVE
+from alignbench.sweep.liveness import ACTIVE, ATTEMPT_TAG
 from alignbench.sweep.plan import Plan, compose_trial, param_overrides
 from alignbench.sweep.selection import finite_number
 from alignbench.sweep.studies import best_trial, should_prune
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 RESUMABLE = ("stale", "interrupted")  # how a trial ended that a later one may resume (not an error)
 RESUMES = "alignbench.resumes_trial"
+IDENTITY = "alignbench.trial_identity"  # the number of the first trial of a resume chain: the trial's name for good
 
 # Copied from the final eval onto the Optuna trial, for the summary and the dashboard.
 RESULT_ATTRS = ("eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/kl", "eval/kl_per_token",
@@ -143,6 +144,12 @@ def resumable_run(plan: Plan, study, trial) -> tuple[int, str] | None:
     return None
 
 
+def trial_identity(study, number: int) -> int:
+    """The identity of trial `number`: its own number, or that of the first trial it resumes (chains too)."""
+    trial = study.get_trials(deepcopy=False)[number]
+    return int(trial.user_attrs.get(IDENTITY, number))
+
+
 def enqueue_resumable(plan: Plan, study) -> None:
     """Ask the search trials killed after a checkpoint again with their own params (called under
     the budget lock, before asking), so that `resumable_run` finds and resumes them."""
@@ -163,10 +170,14 @@ def _train_in_run(plan: Plan, method: str, study, trial, job: TrialJob, parent_r
     from alignbench.training.distributed import announce_trial
     from alignbench.training.run import train
 
-    tags = {**job.tags, "sweep.name": plan.name, "method": method,
-            "optuna.study": study.study_name, "optuna.trial_number": trial.number}
     resumed = resumable_run(plan, study, trial)
+    identity = trial.number if resumed is None else trial_identity(study, resumed[0])
+    # optuna.trial_number: the trial's identity, kept across resumes (the MLflow run, its name and the
+    # report's rows stay "trial 3"); optuna.attempt: the Optuna trial running it now (liveness reads it)
+    tags = {**job.tags, "sweep.name": plan.name, "method": method, "optuna.study": study.study_name,
+            "optuna.trial_number": identity, ATTEMPT_TAG: trial.number}
     resume_overrides = []
+    trial.set_user_attr(IDENTITY, identity)
     if resumed is not None:
         trial.set_user_attr(RESUMES, resumed[0])
         tracking.set_run_tags(resumed[1], tags, plan.tracking["uri"])  # this trial's before RUNNING: not an orphan
