@@ -84,3 +84,42 @@ def test_the_docs_newcomers_read_first_stay_short_and_name_only_what_exists():
     section = readme.split("\n## Methods\n")[1].split("\n## ")[0]
     table = [m for m in re.findall(r"^\| ([A-Za-z]+) \|", section, flags=re.M) if m != "method"]
     assert sorted(m.lower() for m in table) == sorted(METHODS)
+
+
+def private_imports(package: Path) -> list[str]:
+    """Where a module of `package` reaches into another module's private names: `from pkg.x import _y`
+    (relative imports included), or `x._y` on a name bound by importing a module of the package."""
+    import ast
+
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        own_modules = set()  # local names bound to a module (or anything) imported from the package
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == package.name):
+                offenders += [f"{path.name}:{node.lineno} imports {a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+                own_modules |= {a.asname or a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                own_modules |= {a.asname or a.name.split(".")[0] for a in node.names
+                                if a.name.split(".")[0] == package.name}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                base = node.value
+                while isinstance(base, ast.Attribute):
+                    base = base.value
+                if isinstance(base, ast.Name) and base.id in own_modules:
+                    offenders.append(f"{path.name}:{node.lineno} reads {ast.unparse(node)}")
+    return offenders
+
+
+def test_no_module_imports_another_modules_private_names(tmp_path):
+    """A leading underscore says "only this module uses it"; a name another module needs is public."""
+    assert private_imports(ROOT / "alignbench") == []
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("def _hidden():\n    return 1\n")
+    (pkg / "b.py").write_text("from pkg.a import _hidden\nfrom . import a as mod\nimport pkg.a\n"
+                              "x = mod._hidden() + pkg.a._hidden() + _hidden()\n")
+    assert sorted(private_imports(pkg)) == ["b.py:1 imports _hidden", "b.py:4 reads mod._hidden",
+                                            "b.py:4 reads pkg.a._hidden"]

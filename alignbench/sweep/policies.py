@@ -17,7 +17,7 @@ import logging
 import optuna
 from optuna.trial import TrialState
 
-from alignbench.sweep.confirmation import selection_attrs
+from alignbench.sweep.confirm_runs import selection_attrs
 from alignbench.sweep.plan import Plan
 from alignbench.sweep.studies import best_trial
 from alignbench.tracking import mlflow_runs as tracking

@@ -115,9 +115,8 @@ def _record_sweep(plan: Plan, tracker, parent: str, created: bool) -> str:
     """Log the sweep's description on its parent run; returns the parent run's id."""
     info = {"sweep.name": plan.name, "sweep.methods": ",".join(plan.methods), "sweep.n_trials": plan.n_trials,
             "sweep.objective": plan.objective, "sweep.seed": plan.seed, "sweep.pruner": plan.pruner,
-            "sweep.storage": plan.storage, "sweep.confirm_seeds": plan.confirm_seeds,
-            "sweep.study_names": ",".join(plan.study_name(m) for m in plan.methods), "sweep.confirm": plan.confirm,
-            **{f"sweep.race.{k}": v for k, v in plan.race.items() if k != "alpha"}}
+            "sweep.storage": plan.storage, "sweep.study_names": ",".join(plan.study_name(m) for m in plan.methods),
+            **plan.confirmation.logged_params()}
     if created or not tracker.client.get_run(parent).data.params:
         try:
             tracker.log_params(info)  # params are immutable: logged once; the tags follow the last invocation
@@ -140,12 +139,12 @@ def _run_trials(plan: Plan, storage, parent: str, live: bool | None) -> dict:
         warm_caches(plan)
         run_workers(plan, parent, progress)
     stopped = {}
-    raced = race_outcome(plan, storage)[1] if plan.confirm == "race" and plan.confirm_seeds else None
+    raced = race_outcome(plan, storage)[1] if plan.confirmation.raced and plan.confirmation.seeds else None
     for m in plan.methods:
         search = "done" if count(plan, load_study(plan, m, storage)).done >= plan.n_trials else "incomplete"
         conf = confirmation_of(plan, m, storage)
         full = len(conf.win_rates) == len(conf.seeds)
-        confirmed = ("off" if not plan.confirm_seeds else "done" if (raced if raced is not None else full)
+        confirmed = ("off" if not plan.confirmation.seeds else "done" if (raced if raced is not None else full)
                      else "incomplete")
         stopped[m] = (search, confirmed)
     return stopped
