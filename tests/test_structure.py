@@ -123,3 +123,23 @@ def test_no_module_imports_another_modules_private_names(tmp_path):
                               "x = mod._hidden() + pkg.a._hidden() + _hidden()\n")
     assert sorted(private_imports(pkg)) == ["b.py:1 imports _hidden", "b.py:4 reads mod._hidden",
                                             "b.py:4 reads pkg.a._hidden"]
+
+
+def test_the_sweep_talks_to_mlflow_only_through_its_recorder():
+    """sweep/recorder.py is the sweep's one door to MLflow: no other sweep module imports mlflow, the
+    run functions (`tracking.mlflow_runs`) or the artifact readers (`tracking.artifacts`)."""
+    import ast
+
+    mlflow_modules = ("mlflow", "alignbench.tracking.mlflow_runs", "alignbench.tracking.artifacts")
+    importers = set()
+    for path in sorted((ROOT / "alignbench" / "sweep").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            if any(n == m or n.startswith(m + ".") for n in names for m in mlflow_modules):
+                importers.add(path.name)
+    assert importers == {"recorder.py"}

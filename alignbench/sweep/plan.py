@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from alignbench.config import CONF_DIR, METHODS, ConfigError, compose, validate
 from alignbench.confirm.settings import CONFIRM_MODES, ConfirmSettings
+from alignbench.sweep.recorder import Recorder
 from alignbench.sweep.storage import storage_url
 
 OBJECTIVES = ("win_rate", "pareto")
@@ -49,6 +50,11 @@ class Plan:
     keep_policies: str = "best"  # whose policy/ artifacts stay: the selected + confirmed runs', all, or none
     confirm_overrides: list = field(default_factory=list)  # the confirmation runs' overrides: CONFIRM_OVERRIDES + the sweep's
     confirmation: ConfirmSettings = ConfirmSettings()  # full or raced, K seeds (0 = none), the race's rule
+
+    @property
+    def recorder(self) -> Recorder:
+        """The sweep's MLflow recorder, bound to `tracking`."""
+        return Recorder(self.tracking.get("uri"), bool(self.tracking.get("async_logging", True)))
 
     def study_name(self, method: str) -> str:
         return f"{self.experiment}/{method}"

@@ -46,20 +46,11 @@ class SamplesCache:
     """Eval samples of finished confirmation runs by MLflow run id (they never change)."""
 
     def __init__(self, plan: Plan):
-        self.plan, self.samples, self._client = plan, {}, None
+        self.recorder, self.samples = plan.recorder, {}
 
     def get(self, run_id: str):
         if run_id not in self.samples:
-            from alignbench.tracking.artifacts import load_samples
-
-            if self._client is None:
-                from mlflow import MlflowClient
-
-                from alignbench.tracking import mlflow_runs as tracking
-
-                tracking.set_uri(self.plan.tracking["uri"])
-                self._client = MlflowClient()
-            self.samples[run_id] = load_samples(self._client, run_id)
+            self.samples[run_id] = self.recorder.samples(run_id)
         return self.samples[run_id]
 
 
