@@ -143,3 +143,27 @@ def test_the_sweep_talks_to_mlflow_only_through_its_recorder():
             if any(n == m or n.startswith(m + ".") for n in names for m in mlflow_modules):
                 importers.add(path.name)
     assert importers == {"recorder.py"}
+
+
+def imported_test_modules(tests_dir: Path) -> dict[str, list[str]]:
+    """{test module: the test modules it imports}: shared helpers belong in tests/helpers.py or fixtures."""
+    import ast
+
+    found = {}
+    for path in sorted(tests_dir.glob("test_*.py")):
+        names = []
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.append(node.module)
+        found[path.name] = sorted({n for n in names if n.split(".")[-1].startswith("test_")})
+    return {k: v for k, v in found.items() if v}
+
+
+def test_no_test_module_imports_another(tmp_path):
+    assert imported_test_modules(ROOT / "tests") == {}
+    (tmp_path / "test_a.py").write_text("X = 1\n")
+    (tmp_path / "test_b.py").write_text("from test_a import X\nimport helpers\n")
+    (tmp_path / "test_c.py").write_text("def f():\n    import tests.test_a\n")
+    assert imported_test_modules(tmp_path) == {"test_b.py": ["test_a"], "test_c.py": ["tests.test_a"]}
