@@ -203,7 +203,7 @@ def check_consistent(study, parents: list, children: list, budget: int) -> list:
 
 # --- One sweep in this process (the smoke sweep at TINY size) ------------------------------------
 
-NO_CONFIRM = "sweep.confirm_seeds=0"  # tests about the search; tests/test_confirmation.py covers the rest
+NO_CONFIRM = "sweep.confirm_seeds=0"  # tests about the search; tests/test_sweep_confirmation.py covers the rest
 
 
 def sweep(*sweep_overrides: str, user: tuple[str, ...] = (), live=False):

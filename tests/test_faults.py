@@ -4,7 +4,7 @@ Already covered elsewhere (not repeated here): a trial that raises (simulated OO
 goes NaN is FAIL with the reason and the sweep goes on (test_sweep: resume_after_failure,
 nan_loss_fails_the_trial); Ctrl-C as an in-process KeyboardInterrupt (test_sweep:
 interrupt_finalises_both_records); a stale RUNNING trial of a dead local process
-(test_sweep: stale_running_trial...); drop counting per reason (test_data).
+(test_sweep: stale_running_trial...); drop counting per reason (test_data_pipeline).
 
 Here: `kill -9` of one of two workers on PostgreSQL with Optuna's heartbeat; a real SIGTERM to
 the CLI; a torn last line in the journal file; a data file with nothing usable through the CLI;

@@ -10,7 +10,7 @@ import pytest
 
 from alignbench.config import compose
 from alignbench.evaluation.stats import two_level_bootstrap_ci
-from alignbench.evaluation.confirmation import prompt_means
+from alignbench.confirm.tables import prompt_means
 from alignbench.tracking.null import NullTracker
 from alignbench.training.run import train
 

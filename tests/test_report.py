@@ -493,7 +493,7 @@ def test_honesty_notes_importance_evaluator_and_length_control_under_gold(main_r
 
 
 def test_confirmation_tables_pair_by_prompt_and_leave_out_unmatched_methods():
-    from alignbench.evaluation.confirmation import comparable, method_tables
+    from alignbench.confirm.tables import comparable, method_tables
 
     a = pd.DataFrame({"prompt": ["p1", "p2", "p1", "p2"], "winner": ["policy", "reference", "tie", "policy"],
                       "kl": [1.0, 2.0, 3.0, 4.0]})

@@ -84,3 +84,86 @@ def test_the_docs_newcomers_read_first_stay_short_and_name_only_what_exists():
     section = readme.split("\n## Methods\n")[1].split("\n## ")[0]
     table = [m for m in re.findall(r"^\| ([A-Za-z]+) \|", section, flags=re.M) if m != "method"]
     assert sorted(m.lower() for m in table) == sorted(METHODS)
+
+
+def private_imports(package: Path) -> list[str]:
+    """Where a module of `package` reaches into another module's private names: `from pkg.x import _y`
+    (relative imports included), or `x._y` on a name bound by importing a module of the package."""
+    import ast
+
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        own_modules = set()  # local names bound to a module (or anything) imported from the package
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == package.name):
+                offenders += [f"{path.name}:{node.lineno} imports {a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+                own_modules |= {a.asname or a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                own_modules |= {a.asname or a.name.split(".")[0] for a in node.names
+                                if a.name.split(".")[0] == package.name}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                base = node.value
+                while isinstance(base, ast.Attribute):
+                    base = base.value
+                if isinstance(base, ast.Name) and base.id in own_modules:
+                    offenders.append(f"{path.name}:{node.lineno} reads {ast.unparse(node)}")
+    return offenders
+
+
+def test_no_module_imports_another_modules_private_names(tmp_path):
+    """A leading underscore says "only this module uses it"; a name another module needs is public."""
+    assert private_imports(ROOT / "alignbench") == []
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("def _hidden():\n    return 1\n")
+    (pkg / "b.py").write_text("from pkg.a import _hidden\nfrom . import a as mod\nimport pkg.a\n"
+                              "x = mod._hidden() + pkg.a._hidden() + _hidden()\n")
+    assert sorted(private_imports(pkg)) == ["b.py:1 imports _hidden", "b.py:4 reads mod._hidden",
+                                            "b.py:4 reads pkg.a._hidden"]
+
+
+def test_the_sweep_talks_to_mlflow_only_through_its_recorder():
+    """sweep/recorder.py is the sweep's one door to MLflow: no other sweep module imports mlflow, the
+    run functions (`tracking.mlflow_runs`) or the artifact readers (`tracking.artifacts`)."""
+    import ast
+
+    mlflow_modules = ("mlflow", "alignbench.tracking.mlflow_runs", "alignbench.tracking.artifacts")
+    importers = set()
+    for path in sorted((ROOT / "alignbench" / "sweep").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            if any(n == m or n.startswith(m + ".") for n in names for m in mlflow_modules):
+                importers.add(path.name)
+    assert importers == {"recorder.py"}
+
+
+def imported_test_modules(tests_dir: Path) -> dict[str, list[str]]:
+    """{test module: the test modules it imports}: shared helpers belong in tests/helpers.py or fixtures."""
+    import ast
+
+    found = {}
+    for path in sorted(tests_dir.glob("test_*.py")):
+        names = []
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.append(node.module)
+        found[path.name] = sorted({n for n in names if n.split(".")[-1].startswith("test_")})
+    return {k: v for k, v in found.items() if v}
+
+
+def test_no_test_module_imports_another(tmp_path):
+    assert imported_test_modules(ROOT / "tests") == {}
+    (tmp_path / "test_a.py").write_text("X = 1\n")
+    (tmp_path / "test_b.py").write_text("from test_a import X\nimport helpers\n")
+    (tmp_path / "test_c.py").write_text("def f():\n    import tests.test_a\n")
+    assert imported_test_modules(tmp_path) == {"test_b.py": ["test_a"], "test_c.py": ["tests.test_a"]}

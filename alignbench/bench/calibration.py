@@ -11,7 +11,7 @@ The second form is the empirical check (`trained_aa`): one method trained on 2K 
 prompts] win table built as the report builds confirmation tables, and every split of the seeds into
 two groups of K (A/A: the same method on both sides) tested as the report tests a pair. The rate of
 splits called different is the observed false-positive rate; the splits share seeds, so it is a rough
-check (for 2K = 6, ten splits), shown beside the rate `evaluation.calibration` simulates from that
+check (for 2K = 6, ten splits), shown beside the rate `confirm.calibration` simulates from that
 table's own variance components.
 
 A simulated method: its seed s has a win probability mean + seed[s] (seed[s] ~ N(0, seed_sd), or, with
@@ -129,8 +129,8 @@ def seed_splits(n_seeds: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
 
 def aa_on_table(table: np.ndarray, n_boot: int = 2000, n_sims: int = 1000) -> dict:
     """The A/A splits of one method's (2K, P) win table tested as the report tests a pair, and the rate
-    `evaluation.calibration` simulates from the table's own components at (K, P)."""
-    from alignbench.evaluation.calibration import difference_components, rejection_rate, simulate_null, variance_components
+    `confirm.calibration` simulates from the table's own components at (K, P)."""
+    from alignbench.confirm.calibration import difference_components, rejection_rate, simulate_null, variance_components
 
     splits = seed_splits(len(table))
     p_boot, p_report = [], []
@@ -156,7 +156,7 @@ def trained_aa(n_seeds: int, overrides: list[str], n_boot: int = 2000) -> dict:
     import pandas as pd
 
     from alignbench.config import compose, validate
-    from alignbench.evaluation.confirmation import method_tables
+    from alignbench.confirm.tables import method_tables
     from alignbench.training.run import train
 
     samples, seconds = {}, {}

@@ -5,12 +5,12 @@
 Each DIR holds a finished `alignbench sweep` with `sweep.confirm=full` (its ./mlflow.db). A race
 looks at a prefix of the same seeds (round k trains confirmation seed k, the same run as full
 confirmation's seed k: same selection, seed, config), so what a race would have done on that sweep
-is computed exactly from the full runs' eval samples: `evaluation.racing.race` on each method's
-[seeds x prompts] win table (`evaluation.confirmation.method_tables`, as the report builds it), with the
+is computed exactly from the full runs' eval samples: `confirm.racing.replay_race` on each method's
+[seeds x prompts] win table (`confirm.tables.method_tables`, as the report builds it), with the
 sweep's seed for the bootstrap draws, as a raced sweep runs it.
 
 Per DIR and alpha spending it prints and returns:
-- the verdicts: full confirmation's (`evaluation.confirmation.confirmation_statistics`, the report's)
+- the verdicts: full confirmation's (`confirm.comparison.confirmation_statistics`, the report's)
   and the race's (`race_statistics`), compared as the sets of ordered pairs ("a ahead of b");
 - compute: the summed `time/total_seconds` of the confirmation runs the race uses over that of all
   of full confirmation's runs. Each sweep worker trains single-threaded, so a run's wall time is
@@ -25,7 +25,8 @@ import argparse
 import json
 from pathlib import Path
 
-from alignbench.evaluation.racing import SPENDING
+from alignbench.confirm.racing import SPENDING
+from alignbench.confirm.settings import ConfirmSettings
 
 
 def ordered_pairs(pairs: list[dict], decided=None) -> set[tuple[str, str]]:
@@ -42,7 +43,7 @@ def load_sweep(folder: Path):
     import mlflow
     import pandas as pd
 
-    from alignbench.evaluation.confirmation import method_tables
+    from alignbench.confirm.tables import method_tables
     from alignbench.report.reading import find_sweep, load_confirmation_runs, params_of
     from alignbench.tracking.artifacts import load_samples
 
@@ -70,7 +71,7 @@ def least_seeds(tables: dict, full_pairs: set, min_seeds: int, seed: int) -> dic
     (a race needs evidence for that: equivalence or futility); a pair that it orders must stay open
     until the report's test on the first k seeds (Holm over every pair, at the full alpha = 0.05,
     which no look of a race exceeds) orders it the same way. A method gets the most its pairs need."""
-    from alignbench.evaluation.confirmation import confirmation_statistics
+    from alignbench.confirm.comparison import confirmation_statistics
 
     n_max = min(len(t.seeds) for t in tables.values())
     need = {m: min(min_seeds, n_max) for m in tables}
@@ -98,7 +99,7 @@ def replay(folder: Path, min_seeds: int, min_effect: float, futility: float) -> 
 def replay_tables(tables: dict, seconds: dict, seed: int, min_seeds: int, min_effect: float, futility: float) -> dict:
     """Full confirmation, the race under each alpha spending, and the least seeds (`least_seeds`) on
     the same methods' tables; `seconds`: {(method, seed): run seconds}."""
-    from alignbench.evaluation.confirmation import confirmation_statistics, race_statistics
+    from alignbench.confirm.comparison import confirmation_statistics, race_statistics
 
     k = min(len(t.seeds) for t in tables.values())
     full, full_verdict = confirmation_statistics(tables, rng_seed=seed, calibration_sims=0)
@@ -114,8 +115,9 @@ def replay_tables(tables: dict, seconds: dict, seed: int, min_seeds: int, min_ef
            "full_seconds": total, "full_verdict": full_verdict["statement"],
            "full_ordered": sorted(full_pairs), "races": {}, "least": compute(least) | {"seeds": least}}
     for spending in SPENDING:
-        settings = {"min_seeds": min_seeds, "min_effect": min_effect, "spending": spending, "futility": futility}
-        conf, verdict = race_statistics(tables, settings, k, rng_seed=seed)
+        settings = ConfirmSettings(mode="race", seeds=k, min_seeds=min_seeds, min_effect=min_effect, spending=spending,
+                                   futility=futility, rng_seed=seed)
+        conf, verdict = race_statistics(tables, settings)
         used = {m: r["race_seeds"] for m, r in conf["methods"].items()}
         race_pairs = ordered_pairs(conf["pairwise"], decided=True)
         out["races"][spending] = compute(used) | {

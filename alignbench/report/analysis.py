@@ -17,7 +17,7 @@ from alignbench.evaluation.stats import holm, length_controlled_win_rate, paired
 from alignbench.report.formatting import duration, fmt, number, short_value, shown_text, text
 from alignbench.report.reading import column
 from alignbench.sweep.selection import best_index, finite_number
-from alignbench.evaluation.confirmation import win_indicator
+from alignbench.confirm.tables import win_indicator
 
 STATES = ("COMPLETE", "PRUNED", "FAIL")
 # Params that differ between trials without being hyperparameters.

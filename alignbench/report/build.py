@@ -18,7 +18,7 @@ The Optuna studies (importances, optimisation history) are found from the parent
 `reading.load_studies`); without them those sections are skipped with a note and everything else
 is still built. This module only orders the steps: reading (`reading`), computing (`analysis`),
 drawing (`figures`) and writing (`rendering`) live in their own modules, the confirmation statistics
-in `confirmation`.
+in `alignbench.confirm`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ import pandas as pd
 
 import alignbench
 from alignbench.evaluation.caveats import caveated_verdict, verdict_caveats
-from alignbench.evaluation.confirmation import comparable, confirmation_statistics, method_tables, race_statistics
+from alignbench.confirm.comparison import compare
+from alignbench.confirm.settings import ConfirmSettings
+from alignbench.confirm.tables import method_tables
 from alignbench.report.analysis import (IMPORTANCE_METHOD, SAMPLE_COLUMNS, SEARCH_CAVEAT, SEED_OUTCOMES_NOTE,
                                         best_trials, examples, headline_rows, hyperparams, importance_caveat,
                                         importances, judge_caveats, judge_chance_caveat, length_control_caveat,
@@ -305,19 +307,9 @@ def _confirmation(client, parents: pd.DataFrame, parent_params: dict, rng_seed: 
             notes["confirmation"].append(why + ".")
         else:
             tables[method] = t
-    if parent_params.get("sweep.confirm") == "race":
-        return _raced(tables, parent_params, notes)
-    compared, left_out = comparable(tables)
-    notes["confirmation"] += [n + "." for n in left_out]
-    if not compared:
-        notes["confirmation"].append("No method has usable confirmation results, so this report makes no verdict.")
-        return None, None
-    expected = parent_params.get("sweep.confirm_seeds")
-    n_seeds = len(next(iter(compared.values())).seeds)
-    if expected and str(expected).isdigit() and int(expected) != n_seeds:
-        notes["confirmation"].append(f"The sweep asked for {expected} confirmation seeds; {n_seeds} finished "
-                                     "for every compared method, and only those are compared.")
-    return confirmation_statistics(compared, rng_seed=rng_seed)
+    confirmation, verdict, why_not = compare(tables, ConfirmSettings.from_logged(parent_params, rng_seed))
+    notes["confirmation"] += why_not
+    return confirmation, verdict
 
 
 def _with_caveats(verdict: dict | None, confirmation: dict | None, judge_caveat: str | None,
@@ -328,30 +320,6 @@ def _with_caveats(verdict: dict | None, confirmation: dict | None, judge_caveat:
         return None
     n_seeds = min(len(r["seeds"]) for r in confirmation["methods"].values())
     return caveated_verdict(verdict, verdict_caveats(n_seeds, judge_caveat, diverged), judge_caveat is not None)
-
-
-def _raced(tables: dict, parent_params: dict, notes: dict) -> tuple[dict | None, dict | None]:
-    """A raced confirmation: the race replayed with the sweep's settings and seed (its bootstrap
-    draws), so the report makes the sweep's stops and verdict. Methods on other prompts are left out."""
-    if not tables:
-        notes["confirmation"].append("No method has usable confirmation results, so this report makes no verdict.")
-        return None, None
-    by_prompts: dict[tuple, list[str]] = {}
-    for m, t in sorted(tables.items()):
-        by_prompts.setdefault(tuple(t.prompts), []).append(m)
-    kept = max(by_prompts.values(), key=len)
-    notes["confirmation"] += [f"{m}: evaluated on other test prompts than {', '.join(kept)}, so it is not compared."
-                              for m in sorted(tables) if m not in kept]
-    given = {k: parent_params.get(f"sweep.race.{k}") for k in ("min_seeds", "min_effect", "spending", "futility")}
-    settings = {"min_seeds": int(given["min_seeds"] or 2), "min_effect": float(given["min_effect"] or 0.05),
-                "spending": given["spending"] or "obrien_fleming", "futility": float(given["futility"] or 0.0)}
-    confirmation, verdict = race_statistics({m: tables[m] for m in kept}, settings,
-                                            int(parent_params.get("sweep.confirm_seeds") or 0),
-                                            rng_seed=int(parent_params.get("sweep.seed") or 0))
-    if not confirmation["race"]["finished"]:
-        notes["confirmation"].append("The race has not finished (a method still needs seeds): the verdict is "
-                                     "that of its looks so far.")
-    return confirmation, verdict
 
 
 def _no_confirmation_reason(confirm_seeds) -> str:

@@ -32,7 +32,8 @@ class Figure:
     caption: str = ""
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display), imported only when a figure is drawn."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -41,8 +42,9 @@ def _plt():
     return plt
 
 
-def _save(fig, out: Path, name: str, title: str, caption: str = "") -> Figure:
-    plt = _plt()
+def save_figure(fig, out: Path, name: str, title: str, caption: str = "") -> Figure:
+    """Write `fig` as out/<name>.png, close it, and return it as a report `Figure` (its PNG inlined)."""
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": "alignbench"})
@@ -61,7 +63,7 @@ def method_color(methods: list[str], method: str) -> str:
 def frontier_figure(trials, methods, y_key, y_label, out, name, title, caption, line_caption) -> Figure | None:
     """Every trial of each method in (KL, `y_key`); `line_caption` (what the Pareto lines are) joins
     `caption` only when some method's frontier has two trials or more, so that a line is drawn."""
-    plt = _plt()
+    plt = pyplot()
     yc, xc = f"metrics.{y_key}", "metrics.eval/kl"
     if yc not in trials or xc not in trials:
         return None
@@ -104,11 +106,11 @@ def frontier_figure(trials, methods, y_key, y_label, out, name, title, caption, 
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     ax.set_title(title)
     caption = f"{caption} {line_caption}" if lines else f"{caption} No Pareto line: each method's frontier is one trial."
-    return _save(fig, out, name, title, caption)
+    return save_figure(fig, out, name, title, caption)
 
 
 def sensitivity_figure(trials, method, params, color, out) -> Figure | None:
-    plt = _plt()
+    plt = pyplot()
     sub = trials[(trials["method"] == method) & (trials["state"] == "COMPLETE")]
     params = [p for p in params if f"params.{p}" in sub]
     if not params or sub.empty:
@@ -147,7 +149,7 @@ def sensitivity_figure(trials, method, params, color, out) -> Figure | None:
             if i == 1:
                 ax.set_xlabel(p)
     fig.suptitle(f"{method}: sensitivity to each swept hyperparameter (complete trials)")
-    return _save(fig, out, f"sensitivity_{slug(method)}", f"Sensitivity — {method}")
+    return save_figure(fig, out, f"sensitivity_{slug(method)}", f"Sensitivity — {method}")
 
 
 def _log_ticks(ax, low: float, high: float) -> None:
@@ -162,14 +164,14 @@ def _log_ticks(ax, low: float, high: float) -> None:
 
 
 def importance_figure(imp: dict, method, color, out, n_complete: int) -> Figure:
-    plt = _plt()
+    plt = pyplot()
     names = list(imp)[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.4))
     ax.barh(names, [imp[n] for n in names], color=color)
     ax.set_xlabel("importance (Optuna, PED-ANOVA)")
     ax.set_title(f"{method}: hyperparameter importance for the objective")
     ax.grid(alpha=0.3, axis="x")
-    return _save(fig, out, f"importance_{slug(method)}", f"Importances — {method}",
+    return save_figure(fig, out, f"importance_{slug(method)}", f"Importances — {method}",
                  f"{method}: PED-ANOVA (which params matter to reach the top 10% of trials), from {n_complete} "
                  "complete trials" + (" — few trials, so read it as a rough hint." if n_complete < 50 else "."))
 
@@ -177,7 +179,7 @@ def importance_figure(imp: dict, method, color, out, n_complete: int) -> Figure:
 def history_figure(study, method, out) -> Figure | None:
     import optuna
 
-    plt = _plt()
+    plt = pyplot()
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         return None
     kwargs = {"target": lambda t: t.values[0], "target_name": "win rate"} if len(study.directions) > 1 else {
@@ -192,11 +194,11 @@ def history_figure(study, method, out) -> Figure | None:
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{method}: optimisation history ({study.study_name})")
-        return _save(fig, out, f"history_{slug(method)}", f"Optimisation history — {method}")
+        return save_figure(fig, out, f"history_{slug(method)}", f"Optimisation history — {method}")
 
 
 def curves_figure(histories: dict[str, dict[str, list]], methods, out) -> Figure | None:
-    plt = _plt()
+    plt = pyplot()
     if not any(any(h.values()) for h in histories.values()):
         return None
     from matplotlib.ticker import MaxNLocator
@@ -215,13 +217,13 @@ def curves_figure(histories: dict[str, dict[str, list]], methods, out) -> Figure
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Training curves of each method's best trial", y=1.04)
-    return _save(fig, out, "training_curves", "Training curves")
+    return save_figure(fig, out, "training_curves", "Training curves")
 
 
 def seed_strip_figure(confirmation: dict, methods, out) -> Figure | None:
     """Each confirmation seed's test win rate as a dot per method (diverged seeds a red cross), the
     mean over seeds a bar: the seeds a mean over few of them hides."""
-    plt = _plt()
+    plt = pyplot()
     rows = sorted(confirmation.get("methods", {}).items())
     if not rows:
         return None
@@ -244,6 +246,6 @@ def seed_strip_figure(confirmation: dict, methods, out) -> Figure | None:
     if any(s.get("diverged") for _, r in rows for s in r["per_seed"]):
         ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Confirmation: win rate of each seed")
-    return _save(fig, out, "confirmation_seeds", "Per-seed outcomes",
+    return save_figure(fig, out, "confirmation_seeds", "Per-seed outcomes",
                  "Each dot one confirmation seed's test win rate; bar: the mean over seeds; red cross: a seed "
                  "tagged diverged (its sampled KL above eval.diverged_kl, or its loss not finite).")

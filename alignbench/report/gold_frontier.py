@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from alignbench.report.figures import COLORS, Figure, _plt, _save
+from alignbench.report.figures import COLORS, Figure, pyplot, save_figure
 from alignbench.report.reading import column
 
 
@@ -91,7 +91,7 @@ def gold_frontier_figure(trials: pd.DataFrame, out) -> tuple[Figure | None, str]
     variants = sorted(points["variant"].unique()) if not points.empty else []
     if len(variants) < 2:
         return None, sentence
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.6))
     for i, v in enumerate(variants):
         sub = points[points["variant"] == v].sort_values("kl")
@@ -105,4 +105,4 @@ def gold_frontier_figure(trials: pd.DataFrame, out) -> tuple[Figure | None, str]
     title = "Gold reward vs KL: each variant's frontier (the DPO paper's Fig. 2)"
     caption = ("One point per complete run; line: the best gold reward each variant reached at or below each KL. "
                + sentence)
-    return _save(fig, out, "gold_frontier", title, caption), sentence
+    return save_figure(fig, out, "gold_frontier", title, caption), sentence

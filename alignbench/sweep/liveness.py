@@ -15,7 +15,6 @@ from optuna.trial import TrialState
 
 from alignbench.sweep.plan import Plan
 from alignbench.sweep.storage import lock_path
-from alignbench.tracking import mlflow_runs as tracking
 from alignbench.tracking.store import HOST, process_start  # one notion of "this process" for runs and trials
 
 log = logging.getLogger(__name__)
@@ -69,12 +68,12 @@ def kill_trial_run(plan: Plan, study, trial, reason: str) -> None:
     """End the trial's MLflow run KILLED (tagged FAIL), found by id or, failing that, by its tags."""
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id is None:  # killed between creating the run and recording its id: find it by tags
-        runs = tracking.search_runs(plan.experiment, f"tags.`optuna.study` = '{study.study_name}' and "
-                                    f"tags.`{ATTEMPT_TAG}` = '{trial.number}'", plan.tracking["uri"])
+        runs = plan.recorder.find_runs(plan.experiment, f"tags.`optuna.study` = '{study.study_name}' and "
+                                                        f"tags.`{ATTEMPT_TAG}` = '{trial.number}'")
         run_id = runs[0].info.run_id if runs else None
     if run_id is not None:
-        tracking.set_run_tags(run_id, {"optuna.trial_state": "FAIL"}, plan.tracking["uri"])
-        tracking.mark_killed(run_id, reason, plan.tracking["uri"])
+        plan.recorder.set_tags(run_id, {"optuna.trial_state": "FAIL"})
+        plan.recorder.mark_killed(run_id, reason)
 
 
 def heartbeat_stale(plan: Plan):
@@ -115,12 +114,11 @@ def attempt_number(tags: dict) -> int:
 
 def _end_orphaned_runs(plan: Plan, study) -> None:
     """A run whose trial already ended but whose process died before ending the run."""
-    runs = tracking.search_runs(plan.experiment, f"tags.`optuna.study` = '{study.study_name}' and "
-                                "attributes.status = 'RUNNING'", plan.tracking["uri"])
+    runs = plan.recorder.find_runs(plan.experiment, f"tags.`optuna.study` = '{study.study_name}' and "
+                                                    "attributes.status = 'RUNNING'")
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     for run in runs:
         t = trials.get(attempt_number(run.data.tags))
         if t is not None and t.state != TrialState.RUNNING and run_orphaned(t):
-            tracking.set_run_tags(run.info.run_id, {"optuna.trial_state": t.state.name}, plan.tracking["uri"])
-            tracking.mark_killed(run.info.run_id, "stale: its process died before ending the run",
-                                 plan.tracking["uri"])
+            plan.recorder.set_tags(run.info.run_id, {"optuna.trial_state": t.state.name})
+            plan.recorder.mark_killed(run.info.run_id, "stale: its process died before ending the run")

@@ -7,7 +7,6 @@ import logging
 import time
 
 from alignbench.sweep.plan import Plan
-from alignbench.tracking import mlflow_runs as tracking
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +16,8 @@ PARENT_SETTLE_SECONDS = 1.0  # paid once per new sweep, by the workers that crea
 def parent_runs(plan: Plan) -> list:
     """The sweep's parent runs (normally one), oldest first; ties broken by run id so every worker
     orders them the same way."""
-    runs = tracking.search_runs(plan.experiment, f"tags.`alignbench.role` = 'sweep' and "
-                                f"tags.`sweep.name` = '{plan.name}'", plan.tracking["uri"])
+    runs = plan.recorder.find_runs(plan.experiment, f"tags.`alignbench.role` = 'sweep' and "
+                                                    f"tags.`sweep.name` = '{plan.name}'")
     return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
@@ -35,11 +34,11 @@ def open_parent_run(plan: Plan, tags: dict) -> tuple[str, bool]:
     runs = parent_runs(plan)
     if runs:
         return runs[0].info.run_id, False
-    mine = tracking.create_run(plan.experiment, f"sweep-{plan.name}", tags, plan.tracking["uri"])
+    mine = plan.recorder.create_run(plan.experiment, f"sweep-{plan.name}", tags)
     time.sleep(PARENT_SETTLE_SECONDS)
     oldest = parent_runs(plan)[0].info.run_id
     if oldest != mine:
-        tracking.delete_run(mine, plan.tracking["uri"])
+        plan.recorder.delete_run(mine)
         log.info("sweep %s: another worker created the parent run at the same time; adopted %s",
                  plan.name, oldest)
         return oldest, False

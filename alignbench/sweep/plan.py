@@ -11,6 +11,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from alignbench.config import CONF_DIR, METHODS, ConfigError, compose, validate
+from alignbench.confirm.settings import CONFIRM_MODES, ConfirmSettings
+from alignbench.sweep.recorder import Recorder
 from alignbench.sweep.storage import storage_url
 
 OBJECTIVES = ("win_rate", "pareto")
@@ -18,7 +20,6 @@ OBJECTIVES = ("win_rate", "pareto")
 # pruned or selected on their intermediate evaluations.
 CONFIRM_OVERRIDES = ["eval.split=test", "eval.every_n_steps=0"]
 PRUNERS = ("median", "none")
-CONFIRM_MODES = ("full", "race")  # every seed for every method | seed by seed until the order is settled
 KEEP_POLICIES = ("best", "all", "none")
 
 
@@ -45,12 +46,15 @@ class Plan:
     tracking: dict               # uri, async_logging
     max_steps: dict = field(default_factory=dict)  # method -> train.max_steps (no pruning at the last eval)
     started: float = 0.0         # this invocation's start (failures are counted per invocation)
-    confirm_seeds: int = 0       # K: the selected trial retrained on seeds seed+1..seed+K (0 = none)
     train_seeds: dict = field(default_factory=dict)  # method -> the search trials' `seed`
     keep_policies: str = "best"  # whose policy/ artifacts stay: the selected + confirmed runs', all, or none
     confirm_overrides: list = field(default_factory=list)  # the confirmation runs' overrides: CONFIRM_OVERRIDES + the sweep's
-    confirm: str = "full"        # full: K seeds per method | race: seed by seed, at most K (= confirm_seeds_max)
-    race: dict = field(default_factory=dict)  # min_seeds, min_effect, spending (`evaluation.racing`)
+    confirmation: ConfirmSettings = ConfirmSettings()  # full or raced, K seeds (0 = none), the race's rule
+
+    @property
+    def recorder(self) -> Recorder:
+        """The sweep's MLflow recorder, bound to `tracking`."""
+        return Recorder(self.tracking.get("uri"), bool(self.tracking.get("async_logging", True)))
 
     def study_name(self, method: str) -> str:
         return f"{self.experiment}/{method}"
@@ -131,30 +135,31 @@ def plan_sweep(cfg, overrides: list[str] | None = None) -> Plan:
         if m not in METHODS:
             raise ConfigError(f"sweep.search_space / method_overrides: {m}: unknown method")
     base = list(_container(get("overrides"), []))
-    confirm, confirm_seeds, race = _check_confirm(get)
+    seed = int(get("seed", cfg.seed))
+    confirmation = _check_confirm(get, seed)
     confirm_overrides = [*CONFIRM_OVERRIDES, *_container(get("confirm_overrides"), [])]
     keep_policies = get("keep_policies", "best")
     if keep_policies not in KEEP_POLICIES:
         raise ConfigError(f"sweep.keep_policies={keep_policies}: must be best, all or none")
     no_policy = ["train.save_policy=false"] if keep_policies == "none" else []
-    n_workers, worker_threads = workers_for_confirm(confirm, get("n_workers", 1), user)
+    n_workers, worker_threads = workers_for_confirm(confirmation.mode, get("n_workers", 1), user)
     batch_trials = _check_batch_trials(get("batch_trials"), n_workers)
     spaces, trial_overrides, max_steps, train_seeds = {}, {}, {}, {}
     for m in methods:
         spaces[m] = load_space(m, search_keys.get(m))
         trial_overrides[m] = [f"method={m}", *base, *method_overrides.get(m, []), *user, *no_policy, *worker_threads]
-        max_steps[m], train_seeds[m] = _check_trial_configs(m, spaces[m], trial_overrides[m], confirm_seeds,
+        max_steps[m], train_seeds[m] = _check_trial_configs(m, spaces[m], trial_overrides[m], confirmation.seeds,
                                                              confirm_overrides)
     track = cfg.tracking
     return Plan(name=name, experiment=get("experiment") or f"sweep-{name}", methods=methods,
-                n_trials=int(get("n_trials")), objective=objective, seed=int(get("seed", cfg.seed)),
+                n_trials=int(get("n_trials")), objective=objective, seed=seed,
                 sampler=_container(get("sampler")), pruner=pruner, storage=storage_url(get("storage")),
                 heartbeat_interval=get("heartbeat_interval"), grace_period=get("grace_period"),
                 n_workers=n_workers, batch_trials=batch_trials, max_failures=int(get("max_failures", 3)), spaces=spaces,
                 trial_overrides=trial_overrides,
                 tracking={"uri": track.uri, "async_logging": bool(track.async_logging)}, max_steps=max_steps,
-                confirm_seeds=confirm_seeds, train_seeds=train_seeds, keep_policies=keep_policies,
-                confirm_overrides=confirm_overrides, confirm=confirm, race=race)
+                train_seeds=train_seeds, keep_policies=keep_policies, confirm_overrides=confirm_overrides,
+                confirmation=confirmation)
 
 
 def workers_and_threads(n_workers, user: list[str]) -> tuple[int, list[str]]:
@@ -212,17 +217,18 @@ def _check_confirm_seeds(value, key: str = "confirm_seeds") -> int:
     return value
 
 
-def _check_confirm(get) -> tuple[str, int, dict]:
-    """(sweep.confirm, the number of confirmation seeds, the race settings). A race's seeds are
-    seed+1 .. seed+confirm_seeds_max (null: confirm_seeds); it needs race.min_seeds of them at least."""
-    from alignbench.evaluation.racing import SPENDING
+def _check_confirm(get, seed: int) -> ConfirmSettings:
+    """The confirmation settings: sweep.confirm, the number of confirmation seeds, the race's rule,
+    the sweep's seed for the bootstrap draws. A race's seeds are seed+1 .. seed+confirm_seeds_max
+    (null: confirm_seeds); it needs race.min_seeds of them at least."""
+    from alignbench.confirm.racing import SPENDING
 
     mode = get("confirm", "full")
     if mode not in CONFIRM_MODES:
         raise ConfigError(f"sweep.confirm={mode}: must be full or race")
     seeds = _check_confirm_seeds(get("confirm_seeds", 0))
     if mode == "full":
-        return mode, seeds, {}
+        return ConfirmSettings(mode=mode, seeds=seeds, rng_seed=seed)
     if get("confirm_seeds_max") is not None:
         seeds = _check_confirm_seeds(get("confirm_seeds_max"), "confirm_seeds_max")
     race = {"min_seeds": get("race.min_seeds", 2), "min_effect": get("race.min_effect", 0.05),
@@ -245,7 +251,7 @@ def _check_confirm(get) -> tuple[str, int, dict]:
     if race["spending"] not in SPENDING:
         raise ConfigError(f"sweep.race.spending={race['spending']}: must be {' or '.join(SPENDING)}")
     race["min_effect"] = float(effect)
-    return mode, seeds, race
+    return ConfirmSettings(mode=mode, seeds=seeds, rng_seed=seed, **race)
 
 
 def _check_methods(methods: list) -> list:

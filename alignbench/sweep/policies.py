@@ -17,10 +17,9 @@ import logging
 import optuna
 from optuna.trial import TrialState
 
-from alignbench.sweep.confirmation import selection_attrs
+from alignbench.sweep.confirm_runs import selection_attrs
 from alignbench.sweep.plan import Plan
 from alignbench.sweep.studies import best_trial
-from alignbench.tracking import mlflow_runs as tracking
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +60,8 @@ def prune_policies(plan: Plan, method: str, storage) -> int:
     running = {t.user_attrs.get("mlflow_run_id") for t in trials if t.state == TrialState.RUNNING}
     pruned = 0
     for run_id in {t.user_attrs.get("mlflow_run_id") for t in trials} - keep - running - {None}:
-        if POLICY in {p.rsplit("/", 1)[-1] for p in tracking.open_tracker(run_id, plan.tracking["uri"]).list_artifacts(None)}:
-            pruned += tracking.delete_artifacts(run_id, POLICY, plan.tracking["uri"])
+        if POLICY in {p.rsplit("/", 1)[-1] for p in plan.recorder.open_run(run_id).list_artifacts(None)}:
+            pruned += plan.recorder.delete_artifacts(run_id, POLICY)
     if pruned:
         log.info("%s: kept the policies of %d run(s), deleted %d (sweep.keep_policies=best)", method, len(keep), pruned)
     return pruned

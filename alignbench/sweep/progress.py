@@ -12,7 +12,8 @@ import sys
 import optuna
 
 from alignbench.sweep.budget import Counts, count
-from alignbench.sweep.confirmation import Confirmation, confirm_seeds, confirmation_of
+from alignbench.sweep.confirm_runs import confirm_seeds
+from alignbench.sweep.confirmation import Confirmation, confirmation_of
 from alignbench.sweep.plan import Plan
 from alignbench.sweep.race import race_outcome
 from alignbench.sweep.storage import journal_path
@@ -60,12 +61,12 @@ class Progress:
         t = Table(title=f"sweep {self.plan.name} — {self.plan.n_trials} trials per method"
                   + (f" — {self.current}" if self.current else ""))
         for col in ("method", "done", "pruned", "failed", "running", "best win rate (validation)", "KL",
-                    "best params", *(CONFIRM_COLUMNS if self.plan.confirm_seeds else ())):
+                    "best params", *(CONFIRM_COLUMNS if self.plan.confirmation.seeds else ())):
             t.add_column(col)
         for m, c, best, conf in self.rows():
             t.add_row(m, f"{c.done}/{self.plan.n_trials}", str(c.pruned), str(c.failed), str(c.running),
                       _fmt_wr(best), _fmt_kl(best), _fmt_params(best),
-                      *(_fmt_confirmation(conf) if self.plan.confirm_seeds else ()))
+                      *(_fmt_confirmation(conf) if self.plan.confirmation.seeds else ()))
         return t
 
     def line(self) -> str:
@@ -74,7 +75,7 @@ class Progress:
             confirmed = _fmt_confirmation(conf)
             parts.append(f"{m} {c.done}/{self.plan.n_trials} (pruned {c.pruned}, failed {c.failed}"
                          + (f", running {c.running}" if c.running else "") + f") best {_fmt_wr(best)} validation"
-                         + (f", test {confirmed[0]} ({confirmed[1]} seeds)" if self.plan.confirm_seeds else ""))
+                         + (f", test {confirmed[0]} ({confirmed[1]} seeds)" if self.plan.confirmation.seeds else ""))
         return "sweep progress: " + " | ".join(parts)
 
     def refresh(self):
@@ -138,7 +139,7 @@ def summarize(plan: Plan, storage, stopped: dict, parent_run_id: str | None) -> 
     stopped, its best trial (selected on validation), its confirmation on test and (pareto) its
     front. `stopped`: {method: (why the search stopped, why the confirmation stopped)}."""
     methods = {}
-    raced = race_outcome(plan, storage)[0] if plan.confirm == "race" and plan.confirm_seeds else None
+    raced = race_outcome(plan, storage)[0] if plan.confirmation.raced and plan.confirmation.seeds else None
     for m in plan.methods:
         study = optuna.load_study(study_name=plan.study_name(m), storage=storage)
         c = count(plan, study)
@@ -155,7 +156,7 @@ def summarize(plan: Plan, storage, stopped: dict, parent_run_id: str | None) -> 
                              "win_rate_ci": [a.get("eval/win_rate_ci_low"), a.get("eval/win_rate_ci_high")],
                              "kl": a.get("eval/kl"), "gold_reward": a.get("eval/gold_reward"),
                              "params": dict(best.params), "mlflow_run_id": a.get("mlflow_run_id")}
-        if plan.confirm_seeds:
+        if plan.confirmation.seeds:
             entry["confirmation"] = _confirmation_entry(plan, m, storage, confirm_status)
             if raced is not None:
                 entry["confirmation"]["race"] = raced[m]
@@ -163,7 +164,8 @@ def summarize(plan: Plan, storage, stopped: dict, parent_run_id: str | None) -> 
             entry["pareto_front"] = [{"trial": t.number, "win_rate": t.values[0], "kl": t.values[1],
                                       "params": dict(t.params)} for t in study.best_trials]
         methods[m] = entry
-    return {"sweep": plan.name, "experiment": plan.experiment, "objective": plan.objective, "confirm": plan.confirm,
+    return {"sweep": plan.name, "experiment": plan.experiment, "objective": plan.objective,
+            "confirm": plan.confirmation.mode,
             "storage": plan.storage, "parent_run_id": parent_run_id, "n_trials": plan.n_trials,
             "methods": methods}
 
@@ -212,7 +214,7 @@ def print_summary(plan: Plan, storage, summary: dict) -> None:
 
     t = Table(title=f"sweep {plan.name}: best trial per method ({plan.objective})")
     for col in ("method", "complete", "pruned", "failed", "best trial", "validation win rate [95% CI]",
-                "KL (nats/seq)", "params", *(CONFIRM_COLUMNS if plan.confirm_seeds else ())):
+                "KL (nats/seq)", "params", *(CONFIRM_COLUMNS if plan.confirmation.seeds else ())):
         t.add_column(col)
     for m in plan.methods:
         study = optuna.load_study(study_name=plan.study_name(m), storage=storage)
@@ -220,7 +222,7 @@ def print_summary(plan: Plan, storage, summary: dict) -> None:
         e = summary["methods"][m]
         t.add_row(m, str(e["complete"]), str(e["pruned"]), str(e["failed"]), "-" if best is None else str(best.number),
                   _fmt_wr(best), _fmt_kl(best), _fmt_params(best),
-                  *(_fmt_confirmation(confirmation_of(plan, m, storage)) if plan.confirm_seeds else ()))
+                  *(_fmt_confirmation(confirmation_of(plan, m, storage)) if plan.confirmation.seeds else ()))
     console = Console(width=max(120, Console().width))
     console.print(t)
     if plan.sampler.get("type") == "grid":  # a grid is read point by point (e.g. KL against beta)

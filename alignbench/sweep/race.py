@@ -1,15 +1,15 @@
 """`sweep.confirm=race`: the methods' selections confirmed seed by seed, in rounds, until their order
-is settled (`alignbench.evaluation.racing`: the stopping rule, its alpha spending).
+is settled (`alignbench.confirm.racing`: the stopping rule, its alpha spending).
 
 The race starts once every method's search is complete. Its state is never stored: it is replayed
 from the confirmation runs there are (their eval samples, the same [seeds x prompts] tables the
-report builds, `evaluation.confirmation.method_tables`) every time a worker asks for work, under the
+report builds, `confirm.tables.method_tables`) every time a worker asks for work, under the
 budget lock, so a re-run resumes it and several workers share it: each takes a (method, seed) the
 next look needs that no other worker runs, and waits while the look waits on runs of others.
 
 Confirmation runs are the trials of each method's `<experiment>/<method>/confirm` study, as in
-`confirmation.run_confirmation` (the same selection attrs, seeds seed+1 .. seed+K in order, K =
-`sweep.confirm_seeds_max`)."""
+`confirmation.run_confirmation` (`confirm_runs`: the same selection attrs, seeds seed+1 .. seed+K in
+order, K = `sweep.confirm_seeds_max`)."""
 
 from __future__ import annotations
 
@@ -19,15 +19,13 @@ from dataclasses import dataclass, field
 
 from optuna.trial import TrialState
 
-from alignbench.evaluation.racing import Race, race
-from alignbench.sweep.budget import count, discard, too_many_failures
-from alignbench.sweep.confirmation import (_ask, _of_selection, _seed_taken, confirm_seeds, confirmation_job,
-                                           selection_attrs)
-from alignbench.sweep.liveness import reap_stale, worker_tag
+from alignbench.confirm.racing import Race, replay_race
+from alignbench.sweep.budget import count, too_many_failures
+from alignbench.sweep.confirm_runs import ask_seed, confirm_seeds, of_selection, run_seed, seeds_in, selection_attrs
+from alignbench.sweep.liveness import reap_stale
 from alignbench.sweep.plan import Plan
 from alignbench.sweep.storage import budget_lock
 from alignbench.sweep.studies import best_trial, load_confirm_study, load_study
-from alignbench.sweep.trials import run_trial
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +46,11 @@ class SamplesCache:
     """Eval samples of finished confirmation runs by MLflow run id (they never change)."""
 
     def __init__(self, plan: Plan):
-        self.plan, self.samples, self._client = plan, {}, None
+        self.recorder, self.samples = plan.recorder, {}
 
     def get(self, run_id: str):
         if run_id not in self.samples:
-            from alignbench.tracking.artifacts import load_samples
-
-            if self._client is None:
-                from mlflow import MlflowClient
-
-                from alignbench.tracking import mlflow_runs as tracking
-
-                tracking.set_uri(self.plan.tracking["uri"])
-                self._client = MlflowClient()
-            self.samples[run_id] = load_samples(self._client, run_id)
+            self.samples[run_id] = self.recorder.samples(run_id)
         return self.samples[run_id]
 
 
@@ -88,7 +77,7 @@ def _complete_runs(plan: Plan, method: str, study, selected) -> list[tuple[int, 
     the seed order (a race only ever uses seeds 1..n of its order)."""
     selection = selection_attrs(selected)
     done = {int(t.params["seed"]): t.user_attrs.get("mlflow_run_id")
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _of_selection(t, selection)}
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if of_selection(t, selection)}
     prefix = []
     for seed in confirm_seeds(plan, method):
         if seed not in done:
@@ -99,7 +88,7 @@ def _complete_runs(plan: Plan, method: str, study, selected) -> list[tuple[int, 
 
 def race_state(plan: Plan, ent: Entrants, cache: SamplesCache) -> tuple[Race, dict]:
     """The race replayed on the confirmation runs there are; also {method: [(seed, run id)]}."""
-    from alignbench.evaluation.confirmation import method_tables
+    from alignbench.confirm.tables import method_tables  # pandas: only once a race looks
 
     runs, wins = {}, {}
     for m, selected in ent.selected.items():
@@ -116,19 +105,15 @@ def race_state(plan: Plan, ent: Entrants, cache: SamplesCache) -> tuple[Race, di
             wins[m] = tables.tables["win"].to_numpy(dtype=float)
         else:
             wins[m] = None
-    r = plan.race
     if any(w is None for w in wins.values()):  # before the first look: every method needs min_seeds
-        return Race(needs={m: r["min_seeds"] for m in wins}), runs
-    return race(wins, max_seeds=plan.confirm_seeds, min_seeds=r["min_seeds"], min_effect=r["min_effect"],
-                alpha=r["alpha"], spending=r["spending"], futility=r["futility"], rng_seed=plan.seed), runs
+        return Race(needs={m: plan.confirmation.min_seeds for m in wins}), runs
+    return replay_race(wins, plan.confirmation), runs
 
 
 def _next_job(plan: Plan, state: Race, runs: dict, ent: Entrants) -> tuple[str, int] | None:
     """The (method, seed) to run next: a seed the next look needs that is neither done nor running."""
     for m, n in sorted(state.needs.items()):
-        selection = selection_attrs(ent.selected[m])
-        running = {t.params.get("seed") for t in ent.studies[m].get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if _of_selection(t, selection)}
+        running = seeds_in(ent.studies[m], selection_attrs(ent.selected[m]), TrialState.RUNNING)
         done = {seed for seed, _ in runs[m]}
         for seed in confirm_seeds(plan, m)[:n]:
             if seed not in done and seed not in running:
@@ -140,7 +125,7 @@ def run_race(plan: Plan, storage, parent_run_id: str, worker: int = 0, progress=
     """Run the race until it is finished; returns {method: why its confirmation stopped}: "done",
     "failures" (too many failed runs of one method: the race stops there), or what `entrants`
     says of a method that is not in it."""
-    if plan.confirm_seeds < 1:
+    if plan.confirmation.seeds < 1:
         return {m: "off" for m in plan.methods}
     cache = SamplesCache(plan)
     while True:
@@ -159,24 +144,14 @@ def run_race(plan: Plan, storage, parent_run_id: str, worker: int = 0, progress=
                 job = _next_job(plan, state, runs, ent)
             if job is not None:
                 method, seed = job
-                trial = _ask(ent.studies[method], ent.selected[method], seed, confirm_seeds(plan, method))
-                trial.set_user_attr("alignbench.worker", worker_tag())
-                selection = selection_attrs(ent.selected[method])
-                for key, value in selection.items():
-                    trial.set_user_attr(key, value)
+                trial = ask_seed(ent.studies[method], ent.selected[method], seed, confirm_seeds(plan, method))
         if job is None:  # the next look waits on runs of other workers (or on their searches)
             if progress is not None:
                 progress.poll()
             time.sleep(POLL_SECONDS)
             continue
-        study = ent.studies[method]
-        if _seed_taken(study, trial, selection):
-            discard(study, trial, "over budget: another worker took this seed")
-            continue
-        job = confirmation_job(plan, method, trial, selection)
-        if progress is not None:
-            progress.running(job.label, 0, None)
-        run_trial(plan, method, study, trial, parent_run_id, progress, job)
+        run_seed(plan, method, ent.studies[method], trial, selection_attrs(ent.selected[method]), parent_run_id,
+                 progress)
 
 
 def race_outcome(plan: Plan, storage) -> tuple[dict, bool]:

@@ -45,8 +45,6 @@ import sys
 import time
 
 import optuna
-from mlflow.exceptions import MlflowException
-
 from alignbench.sweep.budget import count
 from alignbench.sweep.confirmation import confirmation_of
 from alignbench.sweep.description import sweep_note
@@ -58,8 +56,6 @@ from alignbench.sweep.progress import Progress, print_summary, shortfall, summar
 from alignbench.sweep.storage import make_storage
 from alignbench.sweep.studies import load_study
 from alignbench.sweep.workers import run_worker, run_workers, warm_caches
-from alignbench.tracking import mlflow_runs as tracking
-from alignbench.tracking import store
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +78,7 @@ def run_sweep(cfg, overrides: list[str] | None = None, live: bool | None = None)
     """
     plan = plan_sweep(cfg, overrides)
     plan.started = time.time()
-    store.check_store_file(plan.tracking["uri"])  # before the journal is written
+    plan.recorder.check_store()  # before the journal is written
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(plan, heartbeat_stale(plan))
     for m in plan.methods:  # creates the studies; a study with another objective is a config error
@@ -93,12 +89,12 @@ def run_sweep(cfg, overrides: list[str] | None = None, live: bool | None = None)
             "sweep.objective": plan.objective}
     parent, created = open_parent_run(plan, tags)
     try:
-        with tracking.tracked_run(plan.experiment, run_name=f"sweep-{plan.name}", run_id=parent, tags=tags,
-                                  async_logging=False, uri=plan.tracking["uri"]) as tracker:
+        with plan.recorder.tracked_run(plan.experiment, f"sweep-{plan.name}", run_id=parent, tags=tags,
+                                       async_logging=False) as tracker:
             parent = _record_sweep(plan, tracker, parent, created)
             stopped = _run_trials(plan, storage, parent, live)
             summary = summarize(plan, storage, stopped, parent)
-            _log_summary(tracker, summary)
+            _log_summary(plan, tracker, summary)
     except KeyboardInterrupt:
         print(f"alignbench: sweep {plan.name} interrupted; records finalised (trial FAIL 'interrupted', "
               f"MLflow runs KILLED). Re-run the same command to resume.", file=sys.stderr)
@@ -115,17 +111,9 @@ def _record_sweep(plan: Plan, tracker, parent: str, created: bool) -> str:
     """Log the sweep's description on its parent run; returns the parent run's id."""
     info = {"sweep.name": plan.name, "sweep.methods": ",".join(plan.methods), "sweep.n_trials": plan.n_trials,
             "sweep.objective": plan.objective, "sweep.seed": plan.seed, "sweep.pruner": plan.pruner,
-            "sweep.storage": plan.storage, "sweep.confirm_seeds": plan.confirm_seeds,
-            "sweep.study_names": ",".join(plan.study_name(m) for m in plan.methods), "sweep.confirm": plan.confirm,
-            **{f"sweep.race.{k}": v for k, v in plan.race.items() if k != "alpha"}}
-    if created or not tracker.client.get_run(parent).data.params:
-        try:
-            tracker.log_params(info)  # params are immutable: logged once; the tags follow the last invocation
-        except MlflowException:
-            # workers opening a new sweep together: one that found the parent without params can race
-            # its creator to write them (a unique-key violation): whoever wrote first, they are there
-            if not tracker.client.get_run(parent).data.params:
-                raise
+            "sweep.storage": plan.storage, "sweep.study_names": ",".join(plan.study_name(m) for m in plan.methods),
+            **plan.confirmation.logged_params()}
+    plan.recorder.log_params_once(tracker, info, created)  # the tags follow the last invocation
     tracker.set_tags({k: v for k, v in info.items() if k != "sweep.pruner"})
     return tracker.run_id
 
@@ -140,18 +128,18 @@ def _run_trials(plan: Plan, storage, parent: str, live: bool | None) -> dict:
         warm_caches(plan)
         run_workers(plan, parent, progress)
     stopped = {}
-    raced = race_outcome(plan, storage)[1] if plan.confirm == "race" and plan.confirm_seeds else None
+    raced = race_outcome(plan, storage)[1] if plan.confirmation.raced and plan.confirmation.seeds else None
     for m in plan.methods:
         search = "done" if count(plan, load_study(plan, m, storage)).done >= plan.n_trials else "incomplete"
         conf = confirmation_of(plan, m, storage)
         full = len(conf.win_rates) == len(conf.seeds)
-        confirmed = ("off" if not plan.confirm_seeds else "done" if (raced if raced is not None else full)
+        confirmed = ("off" if not plan.confirmation.seeds else "done" if (raced if raced is not None else full)
                      else "incomplete")
         stopped[m] = (search, confirmed)
     return stopped
 
 
-def _log_summary(tracker, summary: dict) -> None:
+def _log_summary(plan: Plan, tracker, summary: dict) -> None:
     """The summary on the parent run: `sweep_summary.json`, per-method metrics (`best/<method>/...`,
     `confirmation/<method>/...`: they sort by kind, then method), the run's description (the
     summary table, `sweep.description`) and the experiment's saved view, whose columns include
@@ -167,7 +155,6 @@ def _log_summary(tracker, summary: dict) -> None:
         if "race" in e.get("confirmation", {}):  # how many seeds the race gave the method, and why it stopped
             race = e["confirmation"]["race"]
             tracker.set_tags({f"race.{m}.n_seeds": race["n_seeds"], f"race.{m}.stop": race["stop"]})
-    experiment_id = tracker.client.get_run(tracker.run_id).info.experiment_id
     searched = {k for e in summary["methods"].values() for k in (e.get("best") or {}).get("params", {})}
-    store.set_view(tracker.client, experiment_id, sorted(searched))
+    experiment_id = plan.recorder.show_columns(tracker, sorted(searched))
     tracker.set_tags({"mlflow.note.content": sweep_note(summary, experiment_id)})

@@ -21,7 +21,6 @@ from alignbench.sweep.liveness import ACTIVE, ATTEMPT_TAG
 from alignbench.sweep.plan import Plan, compose_trial, param_overrides
 from alignbench.sweep.selection import finite_number
 from alignbench.sweep.studies import best_trial, should_prune
-from alignbench.tracking import mlflow_runs as tracking
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ def _eval_callback(plan: Plan, method: str, trial, job: TrialJob, progress):
 def has_checkpoint(plan: Plan, run_id: str | None) -> bool:
     from alignbench.training.checkpoint import latest_checkpoint
 
-    return run_id is not None and latest_checkpoint(tracking.open_tracker(run_id, plan.tracking["uri"])) is not None
+    return run_id is not None and latest_checkpoint(plan.recorder.open_run(run_id)) is not None
 
 
 def resumable_run(plan: Plan, study, trial) -> tuple[int, str] | None:
@@ -180,11 +179,10 @@ def _train_in_run(plan: Plan, method: str, study, trial, job: TrialJob, parent_r
     trial.set_user_attr(IDENTITY, identity)
     if resumed is not None:
         trial.set_user_attr(RESUMES, resumed[0])
-        tracking.set_run_tags(resumed[1], tags, plan.tracking["uri"])  # this trial's before RUNNING: not an orphan
+        plan.recorder.set_tags(resumed[1], tags)  # this trial's before RUNNING: not an orphan
         resume_overrides = [f"resume='{resumed[1]}'"]  # quoted: a hex id must stay a string
-    with tracking.tracked_run(plan.experiment, run_name=job.run_name, parent_run_id=parent_run_id,
-                              tags=tags, async_logging=plan.tracking["async_logging"],
-                              uri=plan.tracking["uri"], run_id=resumed[1] if resumed else None) as tracker:
+    with plan.recorder.tracked_run(plan.experiment, job.run_name, parent_run_id=parent_run_id, tags=tags,
+                                   run_id=resumed[1] if resumed else None) as tracker:
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
         tracker.log_params(job.params, synchronous=True)  # now, so a run killed during set-up still shows its params
         try:

@@ -86,12 +86,12 @@ def run_worker(plan: Plan, parent_run_id: str, worker: int = 0, progress=None, s
     stopped = {}
     for m in plan.methods:
         search = run_method(plan, m, storage, parent_run_id, worker, progress)
-        if plan.confirm == "race":  # after every search: a race compares the methods round by round
+        if plan.confirmation.raced:  # after every search: a race compares the methods round by round
             stopped[m] = (search, None)
             continue
         stopped[m] = (search, run_confirmation(plan, m, storage, parent_run_id, worker, progress))
         prune_policies(plan, m, storage)
-    if plan.confirm == "race":
+    if plan.confirmation.raced:
         raced = run_race(plan, storage, parent_run_id, worker, progress)
         for m in plan.methods:
             stopped[m] = (stopped[m][0], raced.get(m, "not run"))

@@ -1,4 +1,4 @@
-"""The verdict's calibration (`evaluation/calibration.py`): variance components of a constructed table,
+"""The verdict's calibration (`confirm/calibration.py`): variance components of a constructed table,
 the simulated test's false-positive rate against a t test's known one, power, and the seeds needed."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from alignbench.evaluation.calibration import (Components, NullDraws, calibration_text, comparison_calibration,
+from alignbench.confirm.calibration import (Components, NullDraws, calibration_text, comparison_calibration,
                                                difference_components, min_detectable, p_values, rejection_rate,
                                                seeds_needed, simulate_null, variance_components)
 

@@ -11,7 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from alignbench.config import ConfigError, compose
-from alignbench.evaluation.racing import look_levels, look_n_boot, race, spent
+from alignbench.confirm.racing import look_levels, look_n_boot, race, spent
+from alignbench.confirm.settings import ConfirmSettings
 from alignbench.sweep import plan as plan_mod
 from helpers import TINY_NO_EVAL as TINY
 
@@ -79,7 +80,7 @@ def test_two_seeds_that_agree_do_not_order_a_pair_at_the_first_look():
     seeds, 0.095 on all five, where the report's test gives p = 0.08. The bootstrap alone took the two
     seeds' spread for the seed variance and ordered the pair at look 2 (p < 0.002); with the seed
     t test (p = 0.034 on 1 degree of freedom) it stays open."""
-    from alignbench.evaluation.racing import _look, look_levels
+    from alignbench.confirm.racing import _look, look_levels
 
     simpo, ppo = table([0.641, 0.664, 0.695, 0.598, 0.598]), table([0.484, 0.523, 0.539, 0.566, 0.605])
     level = look_levels(0.05, 2, 5)[2]
@@ -150,11 +151,14 @@ def test_a_race_runs_in_one_worker_process():
 
 
 def test_race_settings_are_read_and_checked():
-    p = _plan("sweep.confirm=race", "sweep.confirm_seeds_max=4")
-    assert p.confirm == "race" and p.confirm_seeds == 4
-    assert p.race == {"min_seeds": 2, "min_effect": 0.05, "spending": "obrien_fleming", "futility": 0.1, "alpha": 0.05}
-    assert _plan("sweep.confirm=race").confirm_seeds == 2  # confirm_seeds_max null: confirm_seeds
-    assert _plan("sweep.confirm_seeds_max=9").confirm_seeds == 2  # full confirmation ignores the maximum
+    p = _plan("sweep.confirm=race", "sweep.confirm_seeds_max=4", "seed=7")
+    assert p.confirmation == ConfirmSettings(mode="race", seeds=4, min_seeds=2, min_effect=0.05,
+                                             spending="obrien_fleming", futility=0.1, alpha=0.05, rng_seed=7)
+    assert p.confirmation.race_params() == {"min_seeds": 2, "min_effect": 0.05, "spending": "obrien_fleming",
+                                            "futility": 0.1}
+    assert _plan("sweep.confirm=race").confirmation.seeds == 2  # confirm_seeds_max null: confirm_seeds
+    full = _plan("sweep.confirm_seeds_max=9").confirmation
+    assert (full.mode, full.seeds, full.race_params()) == ("full", 2, {})  # full confirmation ignores the maximum
     for bad, words in (("sweep.confirm=fast", "must be full or race"),
                        ("sweep.race.min_seeds=3", "more than the race's maximum"),
                        ("sweep.race.min_effect=1.5", "in [0, 1)"),
@@ -217,7 +221,7 @@ def test_least_seeds_bounds_any_race_by_when_the_reports_test_first_orders_each_
     import pandas as pd
 
     from alignbench.bench.race_replay import replay_tables
-    from alignbench.evaluation.confirmation import MethodTables
+    from alignbench.confirm.tables import MethodTables
 
     seeds, prompts = [1, 2, 3, 4, 5], list(range(16))
     rows = {"A": [1.0] * 16, "C": [0.0] * 16, "E": [1.0] + [0.0] * 15}

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from alignbench.confirm.settings import ConfirmSettings
 from alignbench.evaluation.stats import holm, paired_difference
 
 SPENDING = ("obrien_fleming", "bonferroni")
@@ -155,6 +156,14 @@ def race(tables: dict, *, max_seeds: int, min_seeds: int = 2, min_effect: float 
     return state
 
 
+def replay_race(tables: dict, settings: ConfirmSettings) -> Race:
+    """`race` with a sweep's settings: the one place a race is assembled, for the sweep deciding
+    which seed runs next and for the report and the replay bench reading its outcome."""
+    return race(tables, max_seeds=settings.seeds, min_seeds=settings.min_seeds, min_effect=settings.min_effect,
+                alpha=settings.alpha, spending=settings.spending, futility=settings.futility,
+                rng_seed=settings.rng_seed)
+
+
 def _look(tables: dict, seeds: dict, decided: dict, level: float, min_effect: float, rng_seed: int,
           seed_t: bool = True) -> list[dict]:
     """Look at level `level`: every pair on its shared seeds (a pair settled earlier keeps its
@@ -163,12 +172,12 @@ def _look(tables: dict, seeds: dict, decided: dict, level: float, min_effect: fl
     `seed_t` (the report's test, `stats.paired_difference`; off only to show the bootstrap alone): a
     pair's p-value is the larger of the bootstrap's and a t test's on its per-seed mean differences,
     and equivalence needs both intervals inside the margin (futility's conditional power still reads
-    the bootstrap's interval: the t interval on 1-3 degrees of freedom is not a normal one). With 2-4 seeds the bootstrap's seed level sees only the seeds
-    drawn (per-seed differences of 0.157 and 0.141 look like a known, tiny seed variance), so it
-    orders and settles too early: at 2 seeds it put SimPO ahead of PPO at p < 0.002 where all 5
-    seeds give 0.08. The t test pays for an unknown seed variance with its
-    degrees of freedom. The last look is the report's test: a race run to the maximum reaches full
-    confirmation's verdict there."""
+    the bootstrap's interval: the t interval on 1-3 degrees of freedom is not a normal one). With 2-4
+    seeds the bootstrap's seed level sees only the seeds drawn (two close per-seed differences look
+    like a known, tiny seed variance), so alone it orders and settles pairs too early; the t test
+    pays for an unknown seed variance with its degrees of freedom (the case that showed it:
+    docs/measured_defaults.md). The last look is the report's test: a race run to the maximum reaches
+    full confirmation's verdict there."""
     means = {m: float(t[:seeds[m]].mean(axis=1).mean()) for m, t in tables.items()}
     ranking = sorted(means, key=lambda m: (-means[m], m))
     pairs = [(a, b) for i, a in enumerate(ranking) for b in ranking[i + 1:]]

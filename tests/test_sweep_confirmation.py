@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from alignbench.config import compose
-from alignbench.sweep import confirmation, progress
+from alignbench.sweep import confirm_runs, confirmation, progress
 from alignbench.sweep import plan as plan_mod
 from alignbench.sweep import run as run_mod
 from alignbench.sweep import storage as storage_mod
@@ -102,7 +102,7 @@ def test_a_changed_selection_is_confirmed_from_scratch(workdir):
     for params, value in (({"method.beta": 0.1, "method.lr": 5e-4}, 0.5), ({"method.beta": 0.3, "method.lr": 1e-3}, 0.75)):
         search.add_trial(optuna.trial.create_trial(params=params, value=value, distributions=space,
                                                    user_attrs={"eval/win_rate": value}))
-    old = confirmation.selection_attrs(search.trials[0])
+    old = confirm_runs.selection_attrs(search.trials[0])
     confirm = studies_mod.load_confirm_study(p, "dpo", storage)
     for seed in (1, 2):  # trial 0's confirmation, win rate 0 (no real run can be told apart by it)
         confirm.add_trial(optuna.trial.create_trial(
@@ -124,10 +124,10 @@ def test_a_changed_selection_is_confirmed_from_scratch(workdir):
 def test_confirmation_is_off_with_zero_seeds_and_waits_for_the_search(tmp_path):
     storage = f"sweep.storage=journal://{tmp_path}/j.journal"
     p = plan_mod.plan_sweep(compose(["sweep=smoke", "sweep.confirm_seeds=0", storage, *TINY]), overrides=list(TINY))
-    assert p.confirm_seeds == 0 and confirmation.run_confirmation(p, "dpo", None, "parent") == "off"
+    assert p.confirmation.seeds == 0 and confirmation.run_confirmation(p, "dpo", None, "parent") == "off"
     p = plan_mod.plan_sweep(compose(["sweep=smoke", "sweep.confirm_seeds=3", storage, "seed=5", *TINY]),
                             overrides=["seed=5", *TINY])
-    assert confirmation.confirm_seeds(p, "dpo") == [6, 7, 8]
+    assert confirm_runs.confirm_seeds(p, "dpo") == [6, 7, 8]
     assert p.confirm_study_name("dpo") == "sweep-smoke/dpo/confirm"
     assert confirmation.run_confirmation(p, "dpo", storage_mod.make_storage(p), "parent") == "waiting"
 
