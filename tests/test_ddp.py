@@ -118,22 +118,21 @@ def test_a_sweep_under_torchrun_runs_each_trial_on_both_processes(workdir):
 
 
 def test_threads_batch_and_workers_take_the_process_count_into_account(monkeypatch):
-    from omegaconf import OmegaConf
-
     from alignbench.config import ConfigError, compose
     from alignbench.sweep.plan import plan_sweep
     from alignbench.training.distributed import check_batch_split, threads_per_process
+    from alignbench.training.settings import run_settings
 
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert (threads_per_process(4), threads_per_process(3), threads_per_process(1)) == (2, 1, 1)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    cfg = OmegaConf.create({"train": {"batch_size": 7}, "method": {"name": "dpo"}})
     with pytest.raises(ConfigError, match=r"^train.batch_size=7: must divide by the 2 processes"):
-        check_batch_split(cfg)
-    ppo = OmegaConf.create({"train": {"batch_size": 8}, "method": {"rollout_batch_size": 8, "n_minibatches": 8}})
+        check_batch_split(7)
+    ppo = run_settings(compose(["method=ppo", "train.batch_size=8", "method.rollout_batch_size=8",
+                                "method.n_minibatches=8"]))
     with pytest.raises(ConfigError, match=r"each minibatch must divide by the 2 processes"):
-        check_batch_split(ppo)
-    check_batch_split(OmegaConf.create({"train": {"batch_size": 8}, "method": {"name": "dpo"}}))  # no error
+        check_batch_split(ppo.train.batch_size, ppo.method.online)
+    check_batch_split(8)  # no error: dpo, 8 pairs over 2 processes
     assert plan_sweep(compose(["sweep=smoke", "sweep.n_workers=auto"]), overrides=[]).n_workers == 1
     with pytest.raises(ConfigError, match=r"^sweep.n_workers=2: under torchrun / accelerate launch a sweep is one worker"):
         plan_sweep(compose(["sweep=smoke", "sweep.n_workers=2"]), overrides=[])

@@ -40,15 +40,16 @@ def is_main() -> bool:
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
-def check_batch_split(cfg) -> None:
+def check_batch_split(batch_size: int, online=None) -> None:
     """Each process takes an equal share of every global batch, so the averaged gradient is the whole
-    batch's: `train.batch_size` must divide by the process count (one line otherwise)."""
+    batch's: `train.batch_size` (and an online method's minibatch, `online`: its `OnlineSettings`)
+    must divide by the process count (one line otherwise)."""
     n = launched_processes()
-    if n > 1 and cfg.train.batch_size % n:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: must divide by the {n} processes "
+    if n > 1 and batch_size % n:
+        raise ConfigError(f"train.batch_size={batch_size}: must divide by the {n} processes "
                           f"(each takes an equal share of every batch)")
-    m = cfg.method
-    if n > 1 and "n_minibatches" in m and max(1, m.rollout_batch_size // m.n_minibatches) % n:
+    m = online
+    if n > 1 and m is not None and max(1, m.rollout_batch_size // m.n_minibatches) % n:
         raise ConfigError(f"method.rollout_batch_size={m.rollout_batch_size} / method.n_minibatches={m.n_minibatches}: "
                           f"each minibatch must divide by the {n} processes")
 
