@@ -153,7 +153,7 @@ def test_tokenised_data_cache(workdir, fresh_ref_cache, monkeypatch):
     assert calls["n"] == n + 1  # changed max length
     reference_module.cached_tokenize_pairs(records[1:], models.tokenizer, models.key, limits, cache_dir)
     assert calls["n"] == n + 2  # changed data
-    reference_module.cached_tokenize_pairs(records, models.tokenizer, models.key + "-other-tokenizer", limits, cache_dir)
+    reference_module.cached_tokenize_pairs(records, models.tokenizer, models.key + "-other", limits, cache_dir)
     assert calls["n"] == n + 3  # changed model / tokenizer
 
 

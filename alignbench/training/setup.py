@@ -99,8 +99,10 @@ def load_builtin_task(settings: RunSettings) -> LoadedData:
     corpus_id = (cache.content_key("task-sft-corpus-v2", n_sft, task_seed) if task is not sentiment_task
                  else cache.content_key("sentiment-sft-corpus-v1", n_sft, task_seed))
     models = load_models(settings.load, sft_examples, corpus_id=corpus_id)
-    pairs = lambda split, n: builtin_pairs(data, settings.limits.max_prompt_length, task_seed, settings.cache_dir,  # noqa: E731
-                                           models, split, n)
+
+    def pairs(split: str, n: int):
+        return builtin_pairs(data, settings.limits.max_prompt_length, task_seed, settings.cache_dir, models, split, n)
+
     train_records, train_dropped = pairs("train", data.n_train_prompts)
     held_out_pairs, held_out_dropped = pairs("validation", data.n_eval_prompts)
     drops = {}
@@ -121,7 +123,8 @@ def load_data_set(settings: RunSettings) -> LoadedData:
     """A hub or local preference data set split by prompt first, then the model (the built-in one,
     or a hub model whose `model.sft.enabled`, SFT on the train rows' preferred responses), then
     each set parsed for that model."""
-    task_seed, limits, model, split = settings.train.task_seed, settings.limits, settings.load.model, settings.eval.split
+    task_seed, limits, model = settings.train.task_seed, settings.limits, settings.load.model
+    split = settings.eval.split
     rows = read_split_rows(settings.data.source, task_seed, logger=log)
     corpus = []
     if model.source == "builtin" or model.sft.enabled:  # a hub model too when its config says SFT first
