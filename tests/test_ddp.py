@@ -42,6 +42,25 @@ def test_kto_z0_is_the_mean_over_both_ranks(tmp_path):
     assert ranks[0]["z0"] == pytest.approx(max(0.0, sum(local) / 2), rel=1e-5)
 
 
+def test_ppo_whitens_each_ranks_rollout_with_the_statistics_of_both(tmp_path):
+    """Each rank samples its own block of the rollout batch (RLOO's groups kept whole); advantages and
+    rewards are whitened with both blocks' mean and variance: the same on both ranks, and the same
+    numbers as whitening the whole batch on one process."""
+    import torch
+
+    from alignbench.losses.ppo import whiten, whitening_stats
+
+    ranks = worker_results("whiten", tmp_path)
+    assert [r["block"] for r in ranks] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert ranks[0]["local_mean"] != pytest.approx(ranks[1]["local_mean"], abs=0.5)  # the blocks differ ...
+    assert (ranks[0]["mean"], ranks[0]["var"]) == (ranks[1]["mean"], ranks[1]["var"])  # ... their statistics do not
+    x, mask = (torch.cat([torch.tensor(r[k]) for r in ranks]) for k in ("x", "mask"))
+    mean, var = whitening_stats(x, mask)
+    assert (ranks[0]["mean"], ranks[0]["var"]) == (pytest.approx(mean.item(), rel=1e-6), pytest.approx(var.item(), rel=1e-6))
+    whole = whiten(x, mask)
+    torch.testing.assert_close(torch.cat([torch.tensor(r["whitened"]) for r in ranks]), whole, atol=1e-5, rtol=0)
+
+
 def test_rank_0_builds_a_cache_entry_the_other_rank_reads(tmp_path):
     ranks = worker_results("cache", tmp_path)
     assert (tmp_path / "cache-builds.txt").read_text().split() == ["0"]  # built once, by rank 0
@@ -132,6 +151,11 @@ def test_threads_batch_and_workers_take_the_process_count_into_account(monkeypat
                                 "method.n_minibatches=8"]))
     with pytest.raises(ConfigError, match=r"each minibatch must divide by the 2 processes"):
         check_batch_split(ppo.train.batch_size, ppo.method.online)
+    rloo = run_settings(compose(["method=rloo", "train.batch_size=8", "method.rollout_batch_size=12",
+                                 "method.rloo_k=4", "method.n_minibatches=2"]))
+    with pytest.raises(ConfigError, match=r"^method.rollout_batch_size=12: each of the 2 processes samples 6 of it, "
+                                          r"which must be a multiple of method.rloo_k=4"):
+        check_batch_split(rloo.train.batch_size, rloo.method.online)
     check_batch_split(8)  # no error: dpo, 8 pairs over 2 processes
     assert plan_sweep(compose(["sweep=smoke", "sweep.n_workers=auto"]), overrides=[]).n_workers == 1
     with pytest.raises(ConfigError, match=r"^sweep.n_workers=2: under torchrun / accelerate launch a sweep is one worker"):

@@ -30,11 +30,14 @@ of them, so PPO gets the same number of AdamW steps (same optimiser, schedule, c
 offline methods. Its minibatch (rollout_batch_size / n_minibatches sequences) equals
 train.batch_size by default.
 
-Under DDP (torchrun / accelerate launch, `training.distributed`) every process samples and scores
-the whole rollout batch (the same samples on each: same seed, same weights), so rewards and
-advantages are normalised over all of it; each process then trains on its shard of every
-minibatch, the policy and value head wrapped in DDP, and the target-KL stop reads the whole
-minibatch's approximate KL. The rollout itself is not split across processes.
+Under DDP (torchrun / accelerate launch, `training.distributed`) the rollout is sharded: every
+process draws the same prompt batch and samples, scores and computes advantages for its own
+contiguous block of it (RLOO's k samples of a prompt stay together), with its own sampling seed.
+Rewards and advantages are whitened with the statistics of all processes' rollouts (their sums
+and counts added up across processes), and the adaptive KL controller reads the whole batch's KL,
+so every rank normalises alike. Each process then trains on its block's share of every minibatch,
+the policy and value head wrapped in DDP (gradients averaged), and the target-KL stop reads the
+whole minibatch's approximate KL.
 """
 
 from __future__ import annotations
@@ -50,9 +53,9 @@ from alignbench.losses.ppo import (AdaptiveKLController, clipped_policy_loss, cl
                                    entropy_from_logits, kl_penalty_rewards, masked_mean, whiten)
 from alignbench.models.generation import Samples, response_token_logps, sample
 from alignbench.models.logps import position_ids_from_mask, token_logps
-from alignbench.training.distributed import mean_over_processes
-from alignbench.training.loop import (LoopBookkeeping, Optimisation, RunResult, make_accelerator, make_optimizer,
-                                      shard)
+from alignbench.training.distributed import (contiguous_share, mean_over_processes, process_count, process_index,
+                                             sum_tensor_over_processes)
+from alignbench.training.loop import LoopBookkeeping, Optimisation, RunResult, make_accelerator, make_optimizer
 from alignbench.training.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -176,11 +179,12 @@ def collect_rollout(settings: RunSettings, prepared, learner: Learner, reward_mo
     """Steps 1-5: sample, score, the rollout policy's and reference's log-probs, rewards, advantages."""
     m, models = settings.method.online, prepared.models
     device = models.device
-    # 1. one sampled response per prompt (RLOO: k per prompt), temperature 1 (so the KL estimate is valid)
+    # 1. one sampled response per prompt (RLOO: k per prompt), temperature 1 (so the KL estimate is valid);
+    #    under DDP `prompts` is this process's block, sampled with its own seed
+    seed = settings.train.seed * 100_003 + n_rollouts * process_count() + process_index()
     samples: Samples = sample(learner.unwrapped, models.tokenizer, prompts, max_new_tokens=m.max_new_tokens,
                               temperature=1.0, max_prompt_length=settings.limits.max_prompt_length,
-                              batch_size=m.rollout_batch_size, seed=settings.train.seed * 100_003 + n_rollouts,
-                              device=device)
+                              batch_size=m.rollout_batch_size, seed=seed, device=device)
     pw = samples.prompt_width
     mask = samples.response_mask[:, pw:].to(device)
     ids, attn = samples.input_ids.to(device), samples.attention_mask.to(device)
@@ -205,15 +209,15 @@ def collect_rollout(settings: RunSettings, prepared, learner: Learner, reward_mo
     # 4. per-token rewards: KL penalty on every token, the score on the last one
     rewards, kl = kl_penalty_rewards(old_logps, ref_logps, scores.to(device), mask, kl_coef)
     if m.whiten_rewards:  # TRL option: rescale (keep the mean) so the step size ignores the reward scale
-        rewards = whiten(rewards, mask, shift_mean=False)
+        rewards = whiten(rewards, mask, shift_mean=False, total=sum_tensor_over_processes)  # every process's
     seq_kl = kl.sum(-1)
 
     # 5. the method's advantages (its objective in alignbench.methods): PPO's GAE (gamma, lam) with the
     #    value head; RLOO's leave-one-out advantage of the whole sequence's reward, on every response
-    #    token. Whitened advantages.
+    #    token. Advantages whitened over every process's rollout.
     advantages, returns = settings.method.objective(rewards, None if critic_free else old_values, mask)
     if m.whiten_advantages:
-        advantages = whiten(advantages, mask)
+        advantages = whiten(advantages, mask, total=sum_tensor_over_processes)
     stats = rollout_stats(samples, mask, seq_kl, kl_coef, scores, returns, rm_scores, gold)
     return Rollout(samples, ids, attn, mask, old_logps, old_values, advantages, returns, seq_kl, stats)
 
@@ -282,15 +286,16 @@ def optimise_on_rollout(settings: RunSettings, learner: Learner, rollout: Rollou
                         book: LoopBookkeeping) -> None:
     """Step 6: `ppo_epochs` x `n_minibatches` clipped updates on this batch, until the step budget."""
     m = settings.method.online
-    mb_size = max(1, m.rollout_batch_size // m.n_minibatches)
-    accelerator, device = learner.optimisation.accelerator, rollout.ids.device
+    # this process's share of every minibatch, drawn from its own block of the rollout
+    mb_size = max(1, m.rollout_batch_size // m.n_minibatches) // process_count()
+    device = rollout.ids.device
     for epoch in range(m.ppo_epochs):
         epoch_approx_kl = []
         order = torch.randperm(len(rollout.samples.prompts), generator=perm_gen)
         for start in range(0, len(order), mb_size):
             if counters.step >= settings.train.max_steps:
                 break
-            idx = shard(accelerator, order[start:start + mb_size]).to(device)
+            idx = order[start:start + mb_size].to(device)
             epoch_approx_kl.append(minibatch_step(settings, learner, rollout, idx, counters, epoch, book))
         # target-KL early stop (cleanrl `target_kl`): the policy moved too far from the rollout
         # policy in this epoch; skip the remaining epochs and sample a fresh batch.
@@ -317,14 +322,15 @@ def online_loop(settings: RunSettings, prepared, tracker, on_eval=None, critic_f
     counters, book = Counters(), LoopBookkeeping(settings, prepared, tracker, on_eval)
     while counters.step < max_steps:
         t_rollout = time.time()
-        rollout = collect_rollout(settings, prepared, learner, reward_model, next(stream), counters.rollouts, kl_coef,
-                                  critic_free)
+        rollout = collect_rollout(settings, prepared, learner, reward_model, contiguous_share(next(stream)),
+                                  counters.rollouts, kl_coef, critic_free)
         counters.rollouts += 1
         book.train_time += time.time() - t_rollout
         optimise_on_rollout(settings, learner, rollout, perm_gen, counters, book)
         # 7. adaptive KL coefficient (Ziegler et al. 2019), from this batch's sequence KL
-        if kl_ctl is not None:
-            kl_coef = kl_ctl.update(rollout.seq_kl.mean().item(), len(rollout.samples.prompts))
+        if kl_ctl is not None:  # the whole batch's KL (every process's block): the same coefficient on every rank
+            batch_kl = mean_over_processes({"kl": rollout.seq_kl.mean().item()})["kl"]
+            kl_coef = kl_ctl.update(batch_kl, len(rollout.samples.prompts) * process_count())
 
     summary = {"ppo/rollouts": float(counters.rollouts), "ppo/early_stops": float(counters.early_stops),
                "ppo/final_kl_coef": kl_coef,
