@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from helpers import FAST, PPO_FAST, TINY, cli_env, mlflow_runs, run_cli
+from helpers import FAST, PPO_FAST, RLOO_FAST, TINY, cli_env, mlflow_runs, run_cli
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -114,9 +114,12 @@ def test_a_run_killed_under_ddp_resumes_to_finished(workdir):
 
 
 @pytest.mark.slow
-def test_ppo_on_two_processes_is_one_finished_run(workdir):
-    out = torchrun("-m", "alignbench.cli", "train", *PPO_FAST, "threads=2", cwd=workdir)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("method=ppo win_rate=")]
+@pytest.mark.parametrize("method, keys", [("ppo", PPO_FAST), ("rloo", [*RLOO_FAST, "method.adaptive_kl=true"])])
+def test_ppo_and_rloo_on_two_processes_are_one_finished_run(workdir, method, keys):
+    """Each rank samples its own half of every rollout batch (RLOO: whole groups of k, with the adaptive
+    KL controller fed the whole batch's KL); one run, FINISHED, one result line."""
+    out = torchrun("-m", "alignbench.cli", "train", *keys, "threads=2", cwd=workdir)
+    lines = [line for line in out.stdout.splitlines() if line.startswith(f"method={method} win_rate=")]
     [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert len(lines) == 1 and lines[0].endswith(run.info.run_id)
     assert run.info.status == "FINISHED"
