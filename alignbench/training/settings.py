@@ -263,7 +263,7 @@ class RunSettings:
     cache_dir: str
     resume: str | None
     config: dict = field(hash=False)
-    config_yaml: str = ""
+    config_yaml: str
 
 
 def train_settings(cfg) -> TrainSettings:
