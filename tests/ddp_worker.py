@@ -4,6 +4,9 @@ each rank writes what it saw to `<out dir>/<check>-<rank>.json` (gloo on CPU, no
   kto    KTO's batch loss on this rank's own examples (a seeded random tiny Llama): the z0 it used
          and the z0 of its examples alone
   cache  one cache entry asked for by every rank: which ranks built it, and whether each found it
+  whiten PPO's whitening of this rank's own advantages with the statistics of both ranks' rollouts:
+         the statistics it used, its own batch's mean, its inputs and outputs, and its block of a
+         rollout batch
 """
 
 from __future__ import annotations
@@ -42,6 +45,20 @@ def kto_check(rank: int) -> dict:
     return {"z0": metrics()["train/kl_z0"], "local_z0": local_metrics()["train/kl_z0"]}
 
 
+def whiten_check(rank: int) -> dict:
+    from alignbench.losses.ppo import whiten, whitening_stats
+    from alignbench.training.distributed import contiguous_share, sum_tensor_over_processes
+
+    gen = torch.Generator().manual_seed(200 + rank)  # each rank its own rollout, on another scale
+    x = torch.randn(3, 5, generator=gen) * (1 + 2 * rank) + 3 * rank
+    mask = (torch.rand(3, 5, generator=gen) > 0.3).long()
+    mean, var = whitening_stats(x, mask, sum_tensor_over_processes)
+    local_mean, _ = whitening_stats(x, mask)
+    return {"mean": mean.item(), "var": var.item(), "local_mean": local_mean.item(), "x": x.tolist(),
+            "mask": mask.tolist(), "whitened": whiten(x, mask, total=sum_tensor_over_processes).tolist(),
+            "block": contiguous_share(list(range(8)))}
+
+
 def cache_check(rank: int, out: Path) -> dict:
     from alignbench import cache
 
@@ -60,7 +77,8 @@ def main() -> None:
 
     state = start_processes("cpu")
     rank = state.process_index
-    result = kto_check(rank) if check == "kto" else cache_check(rank, out)
+    result = {"kto": lambda: kto_check(rank), "whiten": lambda: whiten_check(rank),
+              "cache": lambda: cache_check(rank, out)}[check]()
     result.update(rank=rank, processes=state.num_processes, backend=torch.distributed.get_backend())
     (out / f"{check}-{rank}.json").write_text(json.dumps(result))
 

@@ -289,18 +289,24 @@ def assert_consistent(experiment="sweep-smoke", journal="sweeps.journal"):
     return trials
 
 
-def interrupt_at(monkeypatch, step: int, when=lambda cfg: True):
-    """A simulated Ctrl-C (KeyboardInterrupt) at optimiser step `step` of the runs `when(cfg)` picks;
-    returns the real `inject_faults`, to put back."""
+def interrupt_at(monkeypatch, step: int, when=lambda settings: True):
+    """A simulated Ctrl-C (KeyboardInterrupt) at optimiser step `step` of the runs `when(settings)`
+    picks (the run's `RunSettings`, as `train` built them); returns the real `inject_faults`, to put back."""
     from alignbench.training import loop as train_mod
+    from alignbench.training import run as run_mod
 
-    real = train_mod.inject_faults
+    real, real_settings, current = train_mod.inject_faults, run_mod.run_settings, []
 
-    def interrupt(cfg, loss, at):
-        if at == step and when(cfg):
+    def recording_settings(cfg):
+        current[:] = [real_settings(cfg)]
+        return current[0]
+
+    def interrupt(faults, loss, at):
+        if at == step and when(current[0]):
             raise KeyboardInterrupt("simulated Ctrl-C")
-        return real(cfg, loss, at)
+        return real(faults, loss, at)
 
+    monkeypatch.setattr(run_mod, "run_settings", recording_settings)
     monkeypatch.setattr(train_mod, "inject_faults", interrupt)
     return real
 

@@ -155,7 +155,6 @@ def test_trl_peer_loads_a_pairs_file_with_the_datasets_cache_on(tmp_path, tiny_t
 def test_compiled_policy_gives_eagers_log_probs_on_packed_rows_of_changing_width():
     """`train.compile`: the compiled policy (dynamic shapes) scores packed batches of two widths
     like the eager one, to 1e-5, and its gradients match too."""
-    from omegaconf import OmegaConf
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from alignbench.models.logps import packed_sequence_logps
@@ -164,8 +163,8 @@ def test_compiled_policy_gives_eagers_log_probs_on_packed_rows_of_changing_width
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64))
-    assert compiled_for_training(OmegaConf.create({"train": {"compile": False}}), model) is model
-    compiled = compiled_for_training(OmegaConf.create({"train": {"compile": True}}), model)
+    assert compiled_for_training(False, model) is model
+    compiled = compiled_for_training(True, model)
     assert compiled._orig_mod is model
     for width in (9, 14):
         ids = torch.randint(1, 50, (4, width))

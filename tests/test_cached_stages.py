@@ -20,7 +20,7 @@ from alignbench.tracking.null import NullTracker
 from alignbench.training import reference as reference_module
 from alignbench.training.reference import reference_pair_logps
 from alignbench.training.run import train
-from alignbench.training.settings import load_settings, reward_model_settings
+from alignbench.training.settings import length_limits, load_settings, reward_model_settings, run_settings
 from alignbench.training.setup import prepare
 from helpers import FAST, count_calls
 
@@ -30,16 +30,16 @@ class Trained(Exception):
 
 
 def test_sft_model_cache_hits_unchanged_and_misses_changed_inputs(workdir, monkeypatch):
-    prepare(compose(FAST))  # the SFT stage runs at most once per session (shared cache)
+    prepare(run_settings(compose(FAST)))  # the SFT stage runs at most once per session (shared cache)
     def refuse(*args, **kwargs):
         raise Trained
     monkeypatch.setattr(models_module, "sft_train", refuse)
-    prepare(compose(FAST))  # hit: no training
-    prepare(compose([*FAST, "seed=1"]))  # the training seed does not touch the reference model
+    prepare(run_settings(compose(FAST)))  # hit: no training
+    prepare(run_settings(compose([*FAST, "seed=1"])))  # the training seed does not touch the reference model
     for change in ("task_seed=1", "train.max_length=60", "model.hidden_size=64", "model.sft.steps=61",
                    "model.sft.n_examples=999"):
         with pytest.raises(Trained):
-            prepare(compose([*FAST, change]))
+            prepare(run_settings(compose([*FAST, change])))
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def fresh_ref_cache(shared_cache, tmp_path):
 
 
 def _records_and_models(cfg):
-    prepared = prepare(cfg)
+    prepared = prepare(run_settings(cfg))
     return prepared.train_records, prepared.models
 
 
@@ -85,22 +85,23 @@ def test_reference_logps_miss_on_changed_max_length_data_or_reference(workdir, f
     tokens = tokenize_pairs(records, tokenizer, t.max_length, t.max_prompt_length)
 
     count = len(reference_forwards)
-    first = reference_pair_logps(cfg, models, tokens)
+    batch_size, cache_dir = cfg.eval.batch_size, cfg.cache_dir
+    first = reference_pair_logps(models, tokens, batch_size, cache_dir)
     assert len(reference_forwards) == count + 1  # cold: one reference pass
-    again = reference_pair_logps(cfg, models, tokens)
+    again = reference_pair_logps(models, tokens, batch_size, cache_dir)
     assert len(reference_forwards) == count + 1  # warm: none
     assert torch.equal(first["chosen"], again["chosen"])
 
     shorter = tokenize_pairs(records, tokenizer, 40, t.max_prompt_length)
-    reference_pair_logps(cfg, models, shorter)
+    reference_pair_logps(models, shorter, batch_size, cache_dir)
     assert len(reference_forwards) == count + 2  # changed max length
 
     fewer = tokenize_pairs(records[1:], tokenizer, t.max_length, t.max_prompt_length)
-    reference_pair_logps(cfg, models, fewer)
+    reference_pair_logps(models, fewer, batch_size, cache_dir)
     assert len(reference_forwards) == count + 3  # changed data
 
     other_reference = dataclasses.replace(models, key=models.key + "-other-seed")
-    reference_pair_logps(cfg, other_reference, tokens)
+    reference_pair_logps(other_reference, tokens, batch_size, cache_dir)
     assert len(reference_forwards) == count + 4  # changed reference model (e.g. another seed's SFT)
 
 
@@ -114,7 +115,7 @@ def test_reference_key_follows_the_seed(workdir, monkeypatch):
         return real(cache_dir, kind, key, write)
 
     monkeypatch.setattr(cache, "cached", recording)
-    models = prepare(compose(FAST)).models  # the session's SFT model (trained here at most once)
+    models = prepare(run_settings(compose(FAST))).models  # the session's SFT model (trained here at most once)
     seed_0_keys = list(lookups)
     assert ("sft", models.key) in seed_0_keys  # the reference key is the SFT model's cache key
     assert any(kind == "ref_logps" for kind, _ in seed_0_keys)
@@ -123,7 +124,7 @@ def test_reference_key_follows_the_seed(workdir, monkeypatch):
         raise Trained
     monkeypatch.setattr(models_module, "sft_train", refuse)
     with pytest.raises(Trained):
-        prepare(compose([*FAST, "task_seed=7"]))
+        prepare(run_settings(compose([*FAST, "task_seed=7"])))
     seed_7_sft = [key for kind, key in lookups[len(seed_0_keys):] if kind == "sft"]
     assert len(seed_7_sft) == 1 and seed_7_sft[0] != models.key  # another key: a cache miss, another entry
 
@@ -139,28 +140,29 @@ def test_tokenised_data_cache(workdir, fresh_ref_cache, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(reference_module, "tokenize_pairs", counting)
-    first = reference_module.cached_tokenize_pairs(cfg, records, models.tokenizer, models.key)
+    limits, cache_dir = length_limits(cfg), cfg.cache_dir
+    first = reference_module.cached_tokenize_pairs(records, models.tokenizer, models.key, limits, cache_dir)
     n = calls["n"]
-    again = reference_module.cached_tokenize_pairs(cfg, records, models.tokenizer, models.key)
+    again = reference_module.cached_tokenize_pairs(records, models.tokenizer, models.key, limits, cache_dir)
     assert calls["n"] == n  # hit
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert torch.equal(first["chosen_input_ids"], real(records, models.tokenizer, cfg.train.max_length,
                                                        cfg.train.max_prompt_length)["chosen_input_ids"])
-    reference_module.cached_tokenize_pairs(compose([*FAST, f"cache_dir={fresh_ref_cache}", "train.max_length=40"]),
-                                       records, models.tokenizer, models.key)
+    reference_module.cached_tokenize_pairs(records, models.tokenizer, models.key,
+                                           dataclasses.replace(limits, max_length=40), cache_dir)
     assert calls["n"] == n + 1  # changed max length
-    reference_module.cached_tokenize_pairs(cfg, records[1:], models.tokenizer, models.key)
+    reference_module.cached_tokenize_pairs(records[1:], models.tokenizer, models.key, limits, cache_dir)
     assert calls["n"] == n + 2  # changed data
-    reference_module.cached_tokenize_pairs(cfg, records, models.tokenizer, models.key + "-other-tokenizer")
+    reference_module.cached_tokenize_pairs(records, models.tokenizer, models.key + "-other", limits, cache_dir)
     assert calls["n"] == n + 3  # changed model / tokenizer
 
 
 def test_reference_eval_side_cached(workdir):
-    prepare(compose(FAST))
-    assert prepare(compose(FAST)).evaluator.cache_hit is True
-    assert prepare(compose([*FAST, "eval.max_new_tokens=11"])).evaluator.cache_hit is False
-    assert prepare(compose([*FAST, "eval.max_new_tokens=11"])).evaluator.cache_hit is True
-    assert prepare(compose([*FAST, "eval.n_prompts=20"])).evaluator.cache_hit is False  # other prompts
+    prepare(run_settings(compose(FAST)))
+    assert prepare(run_settings(compose(FAST))).evaluator.cache_hit is True
+    assert prepare(run_settings(compose([*FAST, "eval.max_new_tokens=11"]))).evaluator.cache_hit is False
+    assert prepare(run_settings(compose([*FAST, "eval.max_new_tokens=11"]))).evaluator.cache_hit is True
+    assert prepare(run_settings(compose([*FAST, "eval.n_prompts=20"]))).evaluator.cache_hit is False  # other prompts
 
 
 def test_reward_model_cache(workdir, reward_model_trainings):

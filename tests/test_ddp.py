@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from helpers import FAST, PPO_FAST, TINY, cli_env, mlflow_runs, run_cli
+from helpers import FAST, PPO_FAST, RLOO_FAST, TINY, cli_env, mlflow_runs, run_cli
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -40,6 +40,25 @@ def test_kto_z0_is_the_mean_over_both_ranks(tmp_path):
     assert local[0] != pytest.approx(local[1])  # each rank's own examples give its own z0 ...
     assert ranks[0]["z0"] == ranks[1]["z0"]    # ... the loss uses the same z0 on both: their mean
     assert ranks[0]["z0"] == pytest.approx(max(0.0, sum(local) / 2), rel=1e-5)
+
+
+def test_ppo_whitens_each_ranks_rollout_with_the_statistics_of_both(tmp_path):
+    """Each rank samples its own block of the rollout batch (RLOO's groups kept whole); advantages and
+    rewards are whitened with both blocks' mean and variance: the same on both ranks, and the same
+    numbers as whitening the whole batch on one process."""
+    import torch
+
+    from alignbench.losses.ppo import whiten, whitening_stats
+
+    ranks = worker_results("whiten", tmp_path)
+    assert [r["block"] for r in ranks] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert ranks[0]["local_mean"] != pytest.approx(ranks[1]["local_mean"], abs=0.5)  # the blocks differ ...
+    assert (ranks[0]["mean"], ranks[0]["var"]) == (ranks[1]["mean"], ranks[1]["var"])  # ... their statistics do not
+    x, mask = (torch.cat([torch.tensor(r[k]) for r in ranks]) for k in ("x", "mask"))
+    mean, var = whitening_stats(x, mask)
+    assert (ranks[0]["mean"], ranks[0]["var"]) == (pytest.approx(mean.item(), rel=1e-6), pytest.approx(var.item(), rel=1e-6))
+    whole = whiten(x, mask)
+    torch.testing.assert_close(torch.cat([torch.tensor(r["whitened"]) for r in ranks]), whole, atol=1e-5, rtol=0)
 
 
 def test_rank_0_builds_a_cache_entry_the_other_rank_reads(tmp_path):
@@ -95,9 +114,12 @@ def test_a_run_killed_under_ddp_resumes_to_finished(workdir):
 
 
 @pytest.mark.slow
-def test_ppo_on_two_processes_is_one_finished_run(workdir):
-    out = torchrun("-m", "alignbench.cli", "train", *PPO_FAST, "threads=2", cwd=workdir)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("method=ppo win_rate=")]
+@pytest.mark.parametrize("method, keys", [("ppo", PPO_FAST), ("rloo", [*RLOO_FAST, "method.adaptive_kl=true"])])
+def test_ppo_and_rloo_on_two_processes_are_one_finished_run(workdir, method, keys):
+    """Each rank samples its own half of every rollout batch (RLOO: whole groups of k, with the adaptive
+    KL controller fed the whole batch's KL); one run, FINISHED, one result line."""
+    out = torchrun("-m", "alignbench.cli", "train", *keys, "threads=2", cwd=workdir)
+    lines = [line for line in out.stdout.splitlines() if line.startswith(f"method={method} win_rate=")]
     [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert len(lines) == 1 and lines[0].endswith(run.info.run_id)
     assert run.info.status == "FINISHED"
@@ -118,22 +140,26 @@ def test_a_sweep_under_torchrun_runs_each_trial_on_both_processes(workdir):
 
 
 def test_threads_batch_and_workers_take_the_process_count_into_account(monkeypatch):
-    from omegaconf import OmegaConf
-
     from alignbench.config import ConfigError, compose
     from alignbench.sweep.plan import plan_sweep
     from alignbench.training.distributed import check_batch_split, threads_per_process
+    from alignbench.training.settings import run_settings
 
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert (threads_per_process(4), threads_per_process(3), threads_per_process(1)) == (2, 1, 1)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    cfg = OmegaConf.create({"train": {"batch_size": 7}, "method": {"name": "dpo"}})
     with pytest.raises(ConfigError, match=r"^train.batch_size=7: must divide by the 2 processes"):
-        check_batch_split(cfg)
-    ppo = OmegaConf.create({"train": {"batch_size": 8}, "method": {"rollout_batch_size": 8, "n_minibatches": 8}})
+        check_batch_split(7)
+    ppo = run_settings(compose(["method=ppo", "train.batch_size=8", "method.rollout_batch_size=8",
+                                "method.n_minibatches=8"]))
     with pytest.raises(ConfigError, match=r"each minibatch must divide by the 2 processes"):
-        check_batch_split(ppo)
-    check_batch_split(OmegaConf.create({"train": {"batch_size": 8}, "method": {"name": "dpo"}}))  # no error
+        check_batch_split(ppo.train.batch_size, ppo.method.online)
+    rloo = run_settings(compose(["method=rloo", "train.batch_size=8", "method.rollout_batch_size=12",
+                                 "method.rloo_k=4", "method.n_minibatches=2"]))
+    with pytest.raises(ConfigError, match=r"^method.rollout_batch_size=12: each of the 2 processes samples 6 of it, "
+                                          r"which must be a multiple of method.rloo_k=4"):
+        check_batch_split(rloo.train.batch_size, rloo.method.online)
+    check_batch_split(8)  # no error: dpo, 8 pairs over 2 processes
     assert plan_sweep(compose(["sweep=smoke", "sweep.n_workers=auto"]), overrides=[]).n_workers == 1
     with pytest.raises(ConfigError, match=r"^sweep.n_workers=2: under torchrun / accelerate launch a sweep is one worker"):
         plan_sweep(compose(["sweep=smoke", "sweep.n_workers=2"]), overrides=[])

@@ -18,9 +18,10 @@ COLUMNS = {"prompt", "policy_response", "reference_response", "policy_score", "r
 
 
 def prepare_fast():
+    from alignbench.training.settings import run_settings
     from alignbench.training.setup import prepare
 
-    return prepare(compose(FAST))
+    return prepare(run_settings(compose(FAST)))
 
 
 @pytest.fixture
@@ -102,9 +103,10 @@ def test_clustered_interval_is_wilson_for_one_sample_and_wider_for_clustered_sam
 
 
 def test_several_samples_per_prompt_rows_and_counts(workdir):
+    from alignbench.training.settings import run_settings
     from alignbench.training.setup import prepare
 
-    prepared = prepare(compose([*FAST, "eval.n_prompts=6", "eval.samples_per_prompt=3"]))
+    prepared = prepare(run_settings(compose([*FAST, "eval.n_prompts=6", "eval.samples_per_prompt=3"])))
     with prepared.models.reference_model() as ref:
         result = prepared.evaluator.evaluate(ref)
     m = result.metrics

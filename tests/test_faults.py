@@ -263,11 +263,12 @@ def test_sigterm_to_train_is_one_line_exit_130_and_a_killed_run(workdir, shared_
                                                                  marker, delay):
     from helpers import FAST
 
+    from alignbench.training.settings import run_settings
     from alignbench.training.setup import prepare
 
     cache_dir = tmp_path / "cold-cache" if stage == "sft" else shared_cache
     if stage == "training":
-        prepare(compose(FAST))  # the SFT model is cached: the run reaches training quickly
+        prepare(run_settings(compose(FAST)))  # the SFT model is cached: the run reaches training quickly
     env = dict(os.environ, PYTHONUNBUFFERED="1", ALIGNBENCH_CACHE=str(cache_dir))
     env.pop("MLFLOW_TRACKING_URI", None)
     status, stderr, elapsed = _run_then_sigterm(alignbench_cmd("train", *FAST, *overrides), workdir, env, marker,

@@ -24,7 +24,7 @@ from alignbench.models.logps import position_ids_from_mask, sequence_logps
 from alignbench.models.pairs import pair_logps
 from alignbench.training import online
 from alignbench.training.loop import make_accelerator
-from alignbench.training.settings import load_settings, model_settings
+from alignbench.training.settings import length_limits, load_settings, model_settings, run_settings
 from alignbench.training.setup import load_data_set, prepare
 from helpers import FAST, count_calls, make_tiny_tokenizer
 
@@ -84,7 +84,7 @@ def test_hub_model_whose_config_says_sft_is_sft_trained_on_external_data(hub_dir
     cfg = hub_cfg(hub_dir, "data=local", f"data.path={data_file}", f"cache_dir={tmp_path / 'cache'}", *sft,
                   model="pythia-160m")
     assert cfg.model.sft.enabled  # conf/model/pythia-160m.yaml: a base model, SFT first
-    loaded = load_data_set(cfg)
+    loaded = load_data_set(run_settings(cfg))
     assert len(sft_runs) == 1
     examples = sft_runs[0][2]
     assert len(examples) == 16 and all(r.startswith(" it was great") for _, r in examples)  # the chosen replies
@@ -93,13 +93,13 @@ def test_hub_model_whose_config_says_sft_is_sft_trained_on_external_data(hub_dir
     before = AutoModelForCausalLM.from_pretrained(hub_dir).state_dict()
     after = loaded.models.reference.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # SFT moved the weights
-    again = load_data_set(cfg)  # the SFT stage is cached: a second run trains nothing
+    again = load_data_set(run_settings(cfg))  # the SFT stage is cached: a second run trains nothing
     assert len(sft_runs) == 1 and again.models.key == loaded.models.key
     torch.testing.assert_close(again.models.reference.state_dict(), after)
 
     off = hub_cfg(hub_dir, "data=local", f"data.path={data_file}", f"cache_dir={tmp_path / 'cache'}")
     assert not off.model.sft.enabled  # conf/model/smollm2-135m.yaml: an instruct model, no SFT
-    load_data_set(off)
+    load_data_set(run_settings(off))
     assert len(sft_runs) == 1
 
 
@@ -168,10 +168,10 @@ def test_kl_and_log_ratios_at_step_zero_are_exactly_zero(hub_dir, tmp_path, shar
         cfg = hub_cfg(hub_dir, f"precision={precision}", f"cache_dir={tmp_path}", *sizes)
     else:  # the shared cache's SFT model; its bf16 reference outputs are cached under their own keys
         cfg = compose([*FAST, f"precision={precision}", "device=cpu", *sizes])
-    prepared = prepare(cfg)
+    prepared = prepare(run_settings(cfg))
     models = prepared.models
     assert models.autocast_dtype == (torch.bfloat16 if precision == "bf16" else None)
-    accelerator = make_accelerator(cfg, models.device)
+    accelerator = make_accelerator(cfg.precision, models.device)
     policy = accelerator.unwrap_model(accelerator.prepare(models.policy))  # as the loops evaluate it
     metrics = prepared.evaluator.evaluate(policy).metrics
     assert metrics["eval/kl"] == 0.0 and metrics["eval/kl_per_token"] == 0.0
@@ -205,11 +205,12 @@ def test_old_logps_come_from_the_policy_in_eval_mode(hub_dir):
         for name, p in models.policy.named_parameters():
             if "lora_B" in name:
                 p.fill_(0.05)  # adapters that do something, so their dropout shows
-    learner = online.make_learner(cfg, models, critic_free=False)
+    settings = run_settings(cfg)
+    learner = online.make_learner(settings, models, critic_free=False)
     prepared = SimpleNamespace(models=models, builtin_task=False)
     scorer = SimpleNamespace(score_tokens=lambda ids, mask: torch.zeros(ids.shape[0]))
     assert learner.policy.training
-    rollout = online.collect_rollout(cfg, prepared, learner, scorer, PROMPTS, 0, 0.05, critic_free=False)
+    rollout = online.collect_rollout(settings, prepared, learner, scorer, PROMPTS, 0, 0.05, critic_free=False)
     assert learner.policy.training  # restored for the optimisation epochs
     pw = rollout.samples.prompt_width
     with torch.no_grad(), online.eval_mode(learner.policy):
@@ -229,13 +230,13 @@ def test_reward_model_identity_is_part_of_the_reference_eval_cache_key(hub_dir, 
     """judge=reward_model judge.path=trained: another reward model gets its own reference scores."""
     base = [f"cache_dir={tmp_path}", "method=ppo", "judge=reward_model", "judge.path=trained", "eval.n_prompts=8",
             "data.n_train_prompts=16", "data.n_eval_prompts=8", "eval.n_pref_pairs=0"]
-    first = prepare(hub_cfg(hub_dir, *base, "method.reward_model.steps=2")).evaluator
+    first = prepare(run_settings(hub_cfg(hub_dir, *base, "method.reward_model.steps=2"))).evaluator
     assert not first.cache_hit and len(reward_model_trainings) == 1
-    other = prepare(hub_cfg(hub_dir, *base, "method.reward_model.steps=3")).evaluator
+    other = prepare(run_settings(hub_cfg(hub_dir, *base, "method.reward_model.steps=3"))).evaluator
     assert len(reward_model_trainings) == 2 and other.judge.key != first.judge.key
     assert not other.cache_hit  # not the first reward model's cached reference scores
     assert len(list((tmp_path / "ref_eval").iterdir())) == 2
-    again = prepare(hub_cfg(hub_dir, *base, "method.reward_model.steps=2")).evaluator
+    again = prepare(run_settings(hub_cfg(hub_dir, *base, "method.reward_model.steps=2"))).evaluator
     assert again.cache_hit and again.judge.key == first.judge.key and len(reward_model_trainings) == 2
     assert again.reference["scores"] == first.reference["scores"]
 
@@ -288,7 +289,7 @@ def test_kto_batch_loss_reduces_z0_across_processes(hub_dir, monkeypatch):
     models = load_models(load_settings(cfg))
     reductions = count_calls(monkeypatch, accelerate.utils, "reduce")
     records = [UnpairedRecord(p, " it was great.", i % 2 == 0) for i, p in enumerate(PROMPTS)]
-    tokens = kto_tokens(records, models.tokenizer, cfg)
+    tokens = kto_tokens(records, models.tokenizer, length_limits(cfg))
     batch = {k: v for k, v in tokens.items() if torch.is_tensor(v)}
     ref = {"logps": torch.zeros(len(records)), "kl_logps": torch.zeros(len(records))}
     _, metrics, _ = kto_batch_loss(METHODS["kto"].objective(cfg.method), models.policy, batch, ref, CPU)
@@ -303,9 +304,9 @@ def test_kto_batch_loss_reduces_z0_across_processes(hub_dir, monkeypatch):
 
 def test_n_pref_pairs_zero_means_none(hub_dir, tmp_path):
     sizes = [f"cache_dir={tmp_path}", "eval.n_prompts=8", "data.n_train_prompts=16", "data.n_eval_prompts=8"]
-    none = prepare(hub_cfg(hub_dir, *sizes, "eval.n_pref_pairs=0"))
+    none = prepare(run_settings(hub_cfg(hub_dir, *sizes, "eval.n_pref_pairs=0")))
     assert none.evaluator.pref_eval is None
     assert "eval/pref_accuracy" not in none.evaluator.evaluate(none.models.policy).metrics
-    five = prepare(hub_cfg(hub_dir, *sizes, "eval.n_pref_pairs=5"))
+    five = prepare(run_settings(hub_cfg(hub_dir, *sizes, "eval.n_pref_pairs=5")))
     tokens, ref = five.evaluator.pref_eval
     assert tokens["chosen_input_ids"].shape[0] == 5 and ref["chosen"].shape == (5,)

@@ -96,14 +96,15 @@ def test_packing_is_checked_per_model():
 def test_loaded_model_falls_back_to_padding_when_packing_disagrees(monkeypatch, workdir, caplog):
     from alignbench.models import loading as models_mod
     from alignbench.config import compose
+    from alignbench.training.settings import run_settings
     from alignbench.training.setup import prepare
     from helpers import FAST
 
-    assert prepare(compose(FAST)).models.padding_free  # the built-in model packs
-    assert not prepare(compose([*FAST, "train.padding_free=false"])).models.padding_free
+    assert prepare(run_settings(compose(FAST))).models.padding_free  # the built-in model packs
+    assert not prepare(run_settings(compose([*FAST, "train.padding_free=false"]))).models.padding_free
     monkeypatch.setattr(models_mod, "packing_agrees", lambda *a, **k: False)
     monkeypatch.setattr(models_mod, "_PACKING_AGREES", {})  # the check is memoised per model and process
-    assert not prepare(compose(FAST)).models.padding_free
+    assert not prepare(run_settings(compose(FAST))).models.padding_free
     assert "train.padding_free ignored" in caplog.text
 
 

@@ -14,6 +14,7 @@ from alignbench.models.generation import response_token_logps, sample
 from alignbench.tracking.null import NullTracker
 from alignbench.training.loop import NonFiniteLoss
 from alignbench.training.run import train
+from alignbench.training.settings import run_settings
 from alignbench.training.setup import prepare
 from helpers import FAST, PPO_FAST, RLOO_FAST
 
@@ -24,7 +25,7 @@ REQUIRED = ["train/loss", "ppo/kl", "ppo/clipfrac", "ppo/approx_kl", "ppo/value_
 @pytest.fixture(scope="module")
 def prepared_fast(shared_cache):
     cfg = compose(["method=ppo", *FAST, "method.reward_model.steps=40"])
-    return cfg, prepare(cfg)
+    return cfg, prepare(run_settings(cfg))
 
 
 def _logged(tracker: NullTracker, key: str) -> list[float]:

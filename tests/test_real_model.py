@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from alignbench.config import ConfigError, compose, validate
 from alignbench.models.gguf import dequantised_folder
-from alignbench.training.settings import load_settings, model_settings, reward_model_settings
+from alignbench.training.settings import load_settings, model_settings, reward_model_settings, run_settings
 from helpers import make_tiny_tokenizer, run_cli
 
 REAL = ["model=smollm2-135m-gguf", "device=cpu"]
@@ -156,7 +156,7 @@ def test_the_real_model_starts_at_kl_zero_and_takes_a_dpo_step_on_lora_weights(t
     base_folder = dequantised_folder(model_settings(compose(REAL).model).gguf, compose(REAL).cache_dir)
     run = [*REAL, "method=dpo", "data=local", f"data.path={hh}", "judge=llm_pairwise", f"judge.path={base_folder}",
            "eval.n_prompts=4", "eval.n_pref_pairs=4", "eval.max_new_tokens=16", "train.batch_size=2"]
-    prepared = prepare(compose(run))
+    prepared = prepare(run_settings(compose(run)))
     metrics = prepared.evaluator.evaluate(prepared.models.policy).metrics
     assert metrics["eval/kl"] == 0.0 and metrics["eval/kl_per_token"] == 0.0
     tokens, ref = prepared.evaluator.pref_eval

@@ -60,9 +60,10 @@ def test_builtin_run_logs_no_prompt_seen_in_training(workdir):
 
 
 def test_seed_moves_training_only_and_task_seed_moves_the_task(workdir):
+    from alignbench.training.settings import run_settings
     from alignbench.training.setup import load_builtin_task
 
-    base, other_seed, other_task = (load_builtin_task(compose([*FAST, *extra]))
+    base, other_seed, other_task = (load_builtin_task(run_settings(compose([*FAST, *extra])))
                                     for extra in ([], ["seed=1"], ["task_seed=1"]))
     assert other_seed.models.key == base.models.key
     assert other_seed.train_records == base.train_records and other_seed.eval_records == base.eval_records
@@ -72,7 +73,7 @@ def test_seed_moves_training_only_and_task_seed_moves_the_task(workdir):
     assert other_task.eval_prompts != base.eval_prompts
     assert set(other_task.eval_prompts) <= set(task.split_prompts("validation"))
     assert other_task.prompts_seen_in_training == 0
-    on_test = load_builtin_task(compose([*FAST, "eval.split=test"]))
+    on_test = load_builtin_task(run_settings(compose([*FAST, "eval.split=test"])))
     assert set(on_test.eval_prompts) <= set(task.split_prompts("test"))
     assert {r.prompt for r in base.eval_records} <= set(task.split_prompts("validation"))
 
@@ -136,6 +137,7 @@ def test_split_by_prompt_keeps_unparseable_rows_in_train():
 
 
 def test_local_file_run_never_evaluates_on_a_training_prompt(workdir):
+    from alignbench.training.settings import run_settings
     from alignbench.training.setup import load_data_set
 
     path = workdir / "hh.jsonl"
@@ -143,11 +145,11 @@ def test_local_file_run_never_evaluates_on_a_training_prompt(workdir):
     overrides = [*(o for o in FAST if not o.startswith("data.")),  # the built-in task's sizes
                  "data=local", f"data.path={path}", "data.validation_fraction=0.2", "data.test_fraction=0.2",
                  "train.max_prompt_length=160", "train.max_length=200"]
-    loaded = load_data_set(compose(overrides))
+    loaded = load_data_set(run_settings(compose(overrides)))
     assert loaded.prompts_seen_in_training == 0 and not loaded.drops
     train = set(distinct_prompts(loaded.train_records))
     assert len(train) == 18 and len(loaded.eval_prompts) == 6
     assert train.isdisjoint(loaded.eval_prompts) and train.isdisjoint(distinct_prompts(loaded.eval_records))
-    on_test = load_data_set(compose([*overrides, "eval.split=test"]))
+    on_test = load_data_set(run_settings(compose([*overrides, "eval.split=test"])))
     assert set(on_test.eval_prompts).isdisjoint(loaded.eval_prompts) and on_test.prompts_seen_in_training == 0
     assert on_test.models.key == loaded.models.key  # the split, and so the SFT corpus, does not depend on eval.split

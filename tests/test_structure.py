@@ -44,25 +44,41 @@ def test_package_inits_hold_only_a_docstring():
         assert code == [], f"{init} holds code besides its docstring"
 
 
-def test_no_stage_below_training_reads_the_config_tree():
-    """data/, models/, losses/ and evaluation/ take typed settings (built once in training/settings.py),
-    never the composed config: no omegaconf import, no parameter named cfg or *_cfg."""
+def _config_tree_readers(paths) -> list[str]:
+    """Where `paths` read the composed config: an omegaconf import, a parameter named cfg or *_cfg."""
     import ast
 
     offenders = []
-    for stage in ("data", "models", "losses", "evaluation"):
-        for path in sorted((ROOT / "alignbench" / stage).rglob("*.py")):
-            tree = ast.parse(path.read_text())
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.Import, ast.ImportFrom)):
-                    names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
-                    offenders += [f"{path.name}: imports {n}" for n in names if n.split(".")[0] == "omegaconf"]
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
-                    offenders += [f"{path.name}:{node.name}({a.arg})" for a in args
-                                  if a.arg == "cfg" or a.arg.endswith("_cfg")]
-    assert offenders == []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                offenders += [f"{path.name}: imports {n}" for n in names if n.split(".")[0] == "omegaconf"]
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                offenders += [f"{path.name}:{getattr(node, 'name', 'lambda')}({a.arg})" for a in args
+                              if a.arg == "cfg" or a.arg.endswith("_cfg")]
+    return offenders
+
+
+def test_no_stage_below_training_reads_the_config_tree():
+    """data/, models/, losses/ and evaluation/ take typed settings (built once in training/settings.py),
+    never the composed config: no omegaconf import, no parameter named cfg or *_cfg."""
+    stages = [path for stage in ("data", "models", "losses", "evaluation")
+              for path in sorted((ROOT / "alignbench" / stage).rglob("*.py"))]
+    assert _config_tree_readers(stages) == []
     assert len(list((ROOT / "alignbench" / "models").rglob("*.py"))) > 5  # the walk saw the stages' files
+
+
+def test_the_training_loops_take_settings_not_the_config_tree():
+    """Under training/ only settings.py (config -> typed settings, once per run) and run.py (which
+    builds them and hands them down) read the composed config; the loops, the set-up, checkpoints
+    and the rest take the settings."""
+    training = sorted((ROOT / "alignbench" / "training").glob("*.py"))
+    readers = [p for p in training if p.name not in ("settings.py", "run.py")]
+    assert len(readers) >= 8  # loop, offline, online, setup, checkpoint, distributed, reference, builtin_pairs
+    assert _config_tree_readers(readers) == []
+    assert _config_tree_readers([p for p in training if p.name == "settings.py"]) != []  # the check sees a reader
 
 
 def test_the_docs_newcomers_read_first_stay_short_and_name_only_what_exists():

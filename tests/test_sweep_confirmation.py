@@ -50,7 +50,7 @@ def finished_confirmations(method: str) -> list:
 
 def test_confirmation_runs_are_tagged_parented_and_resume_without_duplicates(workdir, monkeypatch):
     # 1st invocation, killed (Ctrl-C) during ipo's second confirmation run.
-    real = interrupt_at(monkeypatch, 2, when=lambda cfg: cfg.method.name == "ipo" and cfg.seed == 2)
+    real = interrupt_at(monkeypatch, 2, when=lambda run: run.method.name == "ipo" and run.train.seed == 2)
     with pytest.raises(SystemExit) as exc:
         sweep("sweep.methods=[dpo,ipo]")
     assert exc.value.code == 130

@@ -66,11 +66,12 @@ def test_sft_reference_wins_about_half_against_itself(workdir):
     """Two independent samples from the SFT model: the 'policy' side is the reference itself."""
     from alignbench.config import compose
     from alignbench.models.generation import sample
+    from alignbench.training.settings import run_settings
     from alignbench.training.setup import prepare
     from helpers import FAST
 
     cfg = compose(FAST + ["eval.n_prompts=64", "data.n_eval_prompts=64"])
-    prepared = prepare(cfg)
+    prepared = prepare(run_settings(cfg))
     ev = prepared.evaluator
     with prepared.models.reference_model() as ref:
         other = sample(ref, prepared.models.tokenizer, ev.prompts, max_new_tokens=cfg.eval.max_new_tokens,

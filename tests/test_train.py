@@ -126,3 +126,33 @@ def test_cli_train_prints_win_rate_and_is_searchable(workdir):
     runs = mlflow.search_runs(search_all_experiments=True)
     assert len(runs) == 1 and runs.loc[0, "status"] == "FINISHED"
     assert line[0].endswith(runs.loc[0, "run_id"])
+
+
+def test_a_run_reads_its_config_once_into_frozen_settings(workdir, monkeypatch):
+    """`train` turns the config into one `RunSettings` and hands it down: the length limits and the reward
+    model's settings (PPO's, which a trained judge shares) are built once, and the settings are frozen."""
+    import dataclasses
+
+    from alignbench.training import run as run_mod
+    from alignbench.training import settings as settings_mod
+    from helpers import PPO_FAST
+
+    built = {"length_limits": 0, "reward_model_settings": 0}
+    for name in built:
+        real = getattr(settings_mod, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            built[_name] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(settings_mod, name, counted)
+    handed_down, real_loop = [], run_mod.online_loop
+    monkeypatch.setattr(run_mod, "online_loop", lambda settings, *a, **kw: handed_down.append(settings) or real_loop(
+        settings, *a, **kw))
+    result = train(compose([*PPO_FAST, "judge=reward_model", "judge.path=trained", "train.max_length=100"]))
+    assert math.isfinite(result.metrics["eval/win_rate"])
+    assert built == {"length_limits": 1, "reward_model_settings": 1}  # the judge and PPO share one reward model
+    [settings] = handed_down
+    assert (settings.method.name, settings.method.online.rollout_batch_size, settings.reward_model.steps) == ("ppo", 8, 10)
+    assert settings.limits.max_length == settings.load.max_length == settings.reward_model.max_length == 100
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.train.max_steps = 1

@@ -22,6 +22,7 @@ from alignbench.config import compose
 from alignbench.evaluation.evaluator import Evaluator
 from alignbench.tracking.null import NullTracker
 from alignbench.training.offline import offline_loop
+from alignbench.training.settings import run_settings
 from alignbench.training.setup import prepare
 
 BUDGETS = [(16, 4), (32, 1), (32, 2), (64, 1), (64, 2), (64, 4)]  # (prompts, samples per prompt)
@@ -41,8 +42,9 @@ def evaluate_budget(cfg, prepared, policy, n_prompts: int, samples_per_prompt: i
 
 def main(overrides: list[str]) -> None:
     cfg = compose(["eval.split=test", "eval.every_n_steps=0", *overrides])
-    prepared = prepare(cfg)
-    offline_loop(cfg, prepared, NullTracker())
+    settings = run_settings(cfg)
+    prepared = prepare(settings)
+    offline_loop(settings, prepared, NullTracker())
     policy = prepared.models.policy
     print(f"policy: method={cfg.method.name}, {len(prepared.eval_prompts)} test prompts, "
           f"{cfg.eval.max_new_tokens} new tokens per response")

@@ -71,6 +71,7 @@ def trl_trace(cfg, prepared, out_dir: Path) -> tuple[list[dict], object]:
 
 def main(argv: list[str]) -> None:
     from alignbench.config import compose
+    from alignbench.training.settings import run_settings
     from alignbench.training.setup import prepare
 
     parser = argparse.ArgumentParser()
@@ -84,7 +85,7 @@ def main(argv: list[str]) -> None:
     cfg = compose(["method=kto", f"seed={a.seed}", "eval.split=test", f"train.max_steps={a.steps}",
                    "eval.every_n_steps=0", "train.save_policy=false", "tracking.enabled=false", *a.overrides])
     ours, our_metrics = our_trace(cfg)
-    prepared = prepare(cfg)
+    prepared = prepare(run_settings(cfg))
     with tempfile.TemporaryDirectory() as tmp:
         theirs, model = trl_trace(cfg, prepared, Path(tmp))
     model.eval()

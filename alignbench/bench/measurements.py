@@ -57,10 +57,12 @@ def run_ours_loop(cfg) -> dict:
     """`prepare` (warm cache) then `offline_loop`; the loop's own timings."""
     from alignbench.tracking.null import NullTracker
     from alignbench.training.offline import offline_loop
+    from alignbench.training.settings import run_settings
     from alignbench.training.setup import prepare
 
-    prepared = prepare(cfg)
-    result = offline_loop(cfg, prepared, NullTracker())
+    settings = run_settings(cfg)
+    prepared = prepare(settings)
+    result = offline_loop(settings, prepared, NullTracker())
     t = result.timings
     return {"train_seconds": t["train_seconds"], "eval_seconds": t["eval_seconds"],
             "pairs_per_second": cfg.train.max_steps * cfg.train.batch_size / t["train_seconds"],
@@ -72,13 +74,15 @@ def bare_step_times(cfg, steps: int, compiled: bool = False) -> list[float]:
     concatenated batches; `compiled`: the policy under `torch.compile` (dynamic shapes, as packed
     rows change length every step), its first step paying for the compilation."""
     from alignbench.training.loop import make_optimizer
+    from alignbench.training.settings import run_settings
     from alignbench.training.setup import prepare
 
-    prepared = prepare(cfg)
+    settings = run_settings(cfg)
+    prepared = prepare(settings)
     batches = _loop_batches(cfg, prepared, steps)
     policy = prepared.models.policy
     policy.train()
-    optimizer, _ = make_optimizer(cfg, [p for p in policy.parameters() if p.requires_grad], cfg.method.lr)
+    optimizer, _ = make_optimizer(settings.train, [p for p in policy.parameters() if p.requires_grad], settings.method.lr)
     forward = torch.compile(policy, dynamic=True) if compiled else policy
     times = []
     for inputs in batches:
@@ -126,11 +130,12 @@ def throughput_config(args, sizes):
 
 def measure_throughput(args, sizes) -> dict:
     """Training pairs/s of our DPO loop and of TRL's DPOTrainer, alternating rounds, best of each side."""
+    from alignbench.training.settings import run_settings
     from alignbench.training.setup import prepare
 
     steps = sizes["steps"]
     cfg = throughput_config(args, sizes)
-    prepared = prepare(cfg)  # models.load_models on the composed config; warms the SFT model, pairs, caches
+    prepared = prepare(run_settings(cfg))  # models.load_models on the composed config; warms the SFT model, pairs, caches
     records = prepared.train_records
     sft = sft_model_path(cfg, prepared.models)
     ours, trl_runs = [], []

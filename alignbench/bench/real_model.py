@@ -60,14 +60,14 @@ def measure_real(args, sizes) -> dict:
     """`real_dpo_step_s` and `real_dpo_throughput_vs_trl`, rounds alternating ours / TRL."""
     from alignbench.models.gguf import dequantised_folder
     from alignbench.models.loading import peft_lora_config
-    from alignbench.training.settings import model_settings
+    from alignbench.training.settings import model_settings, run_settings
     from alignbench.training.setup import prepare
 
     missing = real_model_missing()
     if missing:
         return {"real_skipped": missing}
     cfg = real_config(args, sizes.get("real_steps"))
-    prepared = prepare(cfg)  # dequantises the GGUF once and samples the built-in pairs from the model (cached)
+    prepared = prepare(run_settings(cfg))  # dequantises the GGUF once and samples the built-in pairs from the model (cached)
     records, tokenizer = prepared.train_records, prepared.models.tokenizer
     steps = cfg.train.max_steps
     folder = dequantised_folder(model_settings(cfg.model).gguf, cfg.cache_dir)

@@ -22,12 +22,13 @@ def measure_sweep(args, sizes, main_cache: Path, scratch: Path) -> dict:
     sides alike). Both start cold and keep their caches from trial to trial, as each does in a
     sweep: ours its content-keyed reference caches, TRL its `datasets` cache of the tokenised pairs
     and reference log-probs (a pairs file on disk, loaded with `datasets.load_dataset`)."""
+    from alignbench.training.settings import run_settings
     from alignbench.training.setup import prepare
 
     scratch_cache(main_cache, scratch)
     steps = sizes["sweep_steps"] or int(compose(args).train.max_steps)  # default: a default trial's budget
     extra = [f"train.max_steps={steps}", f"cache_dir={main_cache}"]
-    prepared = prepare(compose(args, *extra))  # the same records and the SFT path for TRL (not timed)
+    prepared = prepare(run_settings(compose(args, *extra)))  # the same records and the SFT path for TRL (not timed)
     sft = sft_model_path(compose(args, *extra), prepared.models)
     pairs = write_pairs_file(prepared.train_records, prepared.models.tokenizer, scratch / "trl" / "pairs.jsonl")
     del prepared

@@ -25,19 +25,31 @@ def masked_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def whitening_stats(x: Tensor, mask: Tensor | None = None, total=None) -> tuple[Tensor, Tensor]:
+    """The mean and unbiased (Bessel-corrected) variance of `x` over the valid positions that `whiten`
+    uses. `total(sums)` adds up per-batch sums over a larger batch (under DDP: every process's
+    rollout, `training.distributed.sum_tensor_over_processes`), so each process normalises by the
+    whole batch's statistics; None: this batch alone."""
+    m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    total = total or (lambda sums: sums)
+    weighted_sum, n = total(torch.stack([(x * m).sum(), m.sum()]))
+    mean = weighted_sum / n.clamp(min=1)
+    var = total((((x - mean) ** 2) * m).sum()) / (n - 1).clamp(min=1)
+    return mean, var
+
+
+def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8,
+           total=None) -> Tensor:
     """Normalise to unit variance (and zero mean when `shift_mean`) over the valid positions.
 
     Trick (cleanrl `norm_adv`, TRL `whiten_advantages`): advantages are whitened per batch so
     the policy step size does not depend on the reward scale. `shift_mean=False` only rescales
     (TRL's reward whitening keeps the mean, which carries the signal). The variance is the
     unbiased (Bessel-corrected) one, like `torch.std` in cleanrl and TRL's `masked_var`.
-    Padding positions come back as 0.
+    Padding positions come back as 0. `total`: as `whitening_stats` (the batch is every process's).
     """
     m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
-    n = m.sum()
-    mean = (x * m).sum() / n.clamp(min=1)
-    var = (((x - mean) ** 2) * m).sum() / (n - 1).clamp(min=1)
+    mean, var = whitening_stats(x, mask, total)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -1,5 +1,5 @@
-"""What the models stage reads of a run's config, as frozen dataclasses built once by
-`training/setup.py` (`model_settings`, `load_settings`): the built-in model's sizes, a hub model's
+"""What the models stage reads of a run's config, as frozen dataclasses built once per run by
+`training/settings.py` (`model_settings`, `load_settings`): the built-in model's sizes, a hub model's
 source, the SFT stage, LoRA, and the run's device, precision and lengths.
 
 The values come from the composed config (conf/model/*.yaml and the command line); nothing here

@@ -153,10 +153,11 @@ def _stop(procs) -> None:
 
 def warm_caches(plan: Plan) -> None:
     """Before spawning workers: build the shared SFT model and pairs once, not once per worker."""
+    from alignbench.training.settings import run_settings
     from alignbench.training.setup import prepare
 
     try:
-        prepare(compose_trial(plan.trial_overrides[plan.methods[0]]))
+        prepare(run_settings(compose_trial(plan.trial_overrides[plan.methods[0]])))
     except Exception as exc:  # the trials will report it
         log.warning("cache warm-up failed: %s", exc)
 

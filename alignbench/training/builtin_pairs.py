@@ -18,44 +18,46 @@ from alignbench.data import builtin_task, sentiment_task
 from alignbench.data.parsing import chat_prompts
 from alignbench.data.records import PreferenceRecord
 from alignbench.models.generation import sample
+from alignbench.training.settings import BuiltinTaskSettings
 
 
-def task_module(data):
-    """The module of a `data.source: builtin` config's task (its prompts, SFT corpus and gold reward)."""
-    return sentiment_task if data.get("task", "builtin") == "sentiment" else builtin_task
+def task_module(task: str):
+    """The module of a built-in task (`data.task`: its prompts, SFT corpus and gold reward)."""
+    return sentiment_task if task == "sentiment" else builtin_task
 
 
-def _two_samples(cfg, models, prompts: list[str]) -> tuple[list[str], list[str]]:
-    d, task_seed = cfg.data, cfg.task_seed
+def _two_samples(data: BuiltinTaskSettings, max_prompt_length: int, task_seed: int, models,
+                 prompts: list[str]) -> tuple[list[str], list[str]]:
     with models.reference_model() as sft:
-        kw = dict(max_new_tokens=d.sample_max_new_tokens, temperature=1.0,
-                  max_prompt_length=cfg.train.max_prompt_length, batch_size=256, device=models.device)
+        kw = dict(max_new_tokens=data.sample_max_new_tokens, temperature=1.0,
+                  max_prompt_length=max_prompt_length, batch_size=256, device=models.device)
         a = sample(sft, models.tokenizer, prompts, seed=task_seed * 2 + 1, **kw).responses
         b = sample(sft, models.tokenizer, prompts, seed=task_seed * 2 + 2, **kw).responses
     return a, b
 
 
-def builtin_pairs(cfg, models, split: str, n: int) -> tuple[list[PreferenceRecord], int]:
+def builtin_pairs(data: BuiltinTaskSettings, max_prompt_length: int, task_seed: int, cache_dir: str, models,
+                  split: str, n: int) -> tuple[list[PreferenceRecord], int]:
     """Up to n preference pairs on `split`'s prompts, two samples per prompt, labelled by the task's
     gold reward; returns the pairs and how many were dropped for too small a gold gap (0 on data=builtin)."""
-    d, task_seed, task = cfg.data, cfg.task_seed, task_module(cfg.data)
+    task = task_module(data.task)
     if task is sentiment_task:
-        key = cache.content_key("sentiment-pairs-v1", models.key, split, n, float(d.min_gold_gap),
-                                d.sample_max_new_tokens, task_seed, cfg.train.max_prompt_length)
+        key = cache.content_key("sentiment-pairs-v1", models.key, split, n, data.min_gold_gap,
+                                data.sample_max_new_tokens, task_seed, max_prompt_length)
     else:
-        key = cache.content_key("builtin-pairs-v3", models.key, split, n, d.bt_temperature, d.sample_max_new_tokens,
-                                task_seed, cfg.train.max_prompt_length)
+        key = cache.content_key("builtin-pairs-v3", models.key, split, n, data.bt_temperature,
+                                data.sample_max_new_tokens, task_seed, max_prompt_length)
 
     def write(path):
         prompts = chat_prompts(task.make_prompts(n, task_seed, split), models.tokenizer)  # a chat model: its template
-        a, b = _two_samples(cfg, models, prompts)
+        a, b = _two_samples(data, max_prompt_length, task_seed, models, prompts)
         if task is sentiment_task:
-            rows, dropped = sentiment_task.label_by_gold(prompts, a, b, float(d.min_gold_gap))
+            rows, dropped = sentiment_task.label_by_gold(prompts, a, b, data.min_gold_gap)
         else:
             rng, rows, dropped = random.Random(f"bt-{split}-{task_seed}"), [], 0
             for p, ra, rb in zip(prompts, a, b):
                 a_wins = task.bradley_terry_label(task.gold_reward(p, ra), task.gold_reward(p, rb),
-                                                  d.bt_temperature, rng)
+                                                  data.bt_temperature, rng)
                 rows.append({"prompt": p, "chosen": ra if a_wins else rb, "rejected": rb if a_wins else ra})
         stored = {"rows": rows, "dropped": dropped} if task is sentiment_task else rows  # builtin-pairs-v3's format
         (path / "pairs.json").write_text(json.dumps(stored))
@@ -65,4 +67,4 @@ def builtin_pairs(cfg, models, split: str, n: int) -> tuple[list[PreferenceRecor
         if isinstance(stored, list):  # data=builtin: nothing is dropped
             stored = {"rows": stored, "dropped": 0}
         return [PreferenceRecord(**r) for r in stored["rows"]], int(stored["dropped"])
-    return cache.load_cached(cfg.cache_dir, "builtin_pairs", key, write, read)[0]
+    return cache.load_cached(cache_dir, "builtin_pairs", key, write, read)[0]

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from alignbench.config import ConfigError
 from alignbench.training.distributed import is_main, share_from_main
@@ -70,8 +69,9 @@ def rng_states() -> dict:
     return states
 
 
-def save_checkpoint(cfg, tracker, policy, optimisation, state: LoopState) -> None:
-    """Write the checkpoint of `state.step`, then delete the older ones."""
+def save_checkpoint(config_yaml: str, tracker, policy, optimisation, state: LoopState) -> None:
+    """Write the checkpoint of `state.step` (with the run's resolved config, `config_yaml`), then
+    delete the older ones."""
     from safetensors.torch import save_file
 
     name = f"{CHECKPOINTS}/step-{state.step:08d}"
@@ -85,7 +85,7 @@ def save_checkpoint(cfg, tracker, policy, optimisation, state: LoopState) -> Non
         (out / "state.json").write_text(json.dumps({
             "loop": state.__dict__, "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
             "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}))
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (out / "config.yaml").write_text(config_yaml)
         tracker.log_dir(out, name)
     with tempfile.TemporaryDirectory() as tmp:  # last: the checkpoint is complete
         (Path(tmp) / MARKER).write_text(str(state.step))
@@ -103,21 +103,21 @@ def latest_checkpoint(tracker) -> str | None:
     return max(complete, default=None)
 
 
-def fetch_checkpoint(cfg, tracker) -> Path:
-    """Download the newest complete checkpoint of the run being resumed and check that this
-    command trains the same thing; ConfigError (one line) otherwise."""
-    if tracker.run_id != cfg.resume:
-        raise ConfigError(f"resume={cfg.resume}: logging into run {tracker.run_id}, not the run being resumed")
+def fetch_checkpoint(resume: str, config: dict, read_config, tracker) -> Path:
+    """Download the newest complete checkpoint of the run being resumed (`resume`) and check that this
+    command trains the same thing: its resolved `config` against the checkpoint's, as `read_config`
+    (`training.settings.saved_config`) reads that file; ConfigError (one line) otherwise."""
+    if tracker.run_id != resume:
+        raise ConfigError(f"resume={resume}: logging into run {tracker.run_id}, not the run being resumed")
     path = latest_checkpoint(tracker)
     if path is None:
-        raise ConfigError(f"resume={cfg.resume}: the run has no checkpoint (train.checkpoint_every=N writes them)")
+        raise ConfigError(f"resume={resume}: the run has no checkpoint (train.checkpoint_every=N writes them)")
     local = Path(tracker.download_artifacts(path, tempfile.mkdtemp(prefix="alignbench-resume-")))
-    saved = flat(OmegaConf.to_container(OmegaConf.load(local / "config.yaml"), resolve=True))
-    now = flat(OmegaConf.to_container(cfg, resolve=True))
+    saved, now = flat(read_config(local / "config.yaml")), flat(config)
     for key in sorted(set(saved) | set(now)):
         if not key.startswith(MAY_DIFFER) and saved.get(key) != now.get(key):
             shutil.rmtree(local, ignore_errors=True)
-            raise ConfigError(f"resume={cfg.resume}: the run was trained with {key}={saved.get(key)}, "
+            raise ConfigError(f"resume={resume}: the run was trained with {key}={saved.get(key)}, "
                               f"this command has {key}={now.get(key)}; resume with the run's own settings")
     return local
 

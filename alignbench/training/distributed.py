@@ -36,21 +36,39 @@ def process_count() -> int:
     return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
+def process_index() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def contiguous_share(items: list) -> list:
+    """This process's contiguous block of `items` (equal blocks; `check_batch_split` makes them so): an
+    online method's share of each rollout batch, RLOO's k samples of a prompt kept on one process."""
+    share = len(items) // process_count()
+    return items[process_index() * share:(process_index() + 1) * share]
+
+
 def is_main() -> bool:
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
-def check_batch_split(cfg) -> None:
+def check_batch_split(batch_size: int, online=None) -> None:
     """Each process takes an equal share of every global batch, so the averaged gradient is the whole
-    batch's: `train.batch_size` must divide by the process count (one line otherwise)."""
+    batch's: `train.batch_size` (and an online method's minibatch, `online`: its `OnlineSettings`)
+    must divide by the process count (one line otherwise). Each process samples its own block of
+    every rollout batch: RLOO's block must hold whole groups of `rloo_k` samples."""
     n = launched_processes()
-    if n > 1 and cfg.train.batch_size % n:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: must divide by the {n} processes "
+    if n > 1 and batch_size % n:
+        raise ConfigError(f"train.batch_size={batch_size}: must divide by the {n} processes "
                           f"(each takes an equal share of every batch)")
-    m = cfg.method
-    if n > 1 and "n_minibatches" in m and max(1, m.rollout_batch_size // m.n_minibatches) % n:
+    m = online
+    if n == 1 or m is None:
+        return
+    if m.rollout_batch_size % n or max(1, m.rollout_batch_size // m.n_minibatches) % n:
         raise ConfigError(f"method.rollout_batch_size={m.rollout_batch_size} / method.n_minibatches={m.n_minibatches}: "
-                          f"each minibatch must divide by the {n} processes")
+                          f"the rollout batch and each minibatch must divide by the {n} processes")
+    if m.rloo_k and (m.rollout_batch_size // n) % m.rloo_k:
+        raise ConfigError(f"method.rollout_batch_size={m.rollout_batch_size}: each of the {n} processes samples "
+                          f"{m.rollout_batch_size // n} of it, which must be a multiple of method.rloo_k={m.rloo_k}")
 
 
 def threads_per_process(threads: int | None) -> int | None:
@@ -104,6 +122,16 @@ def mean_over_processes(metrics: dict) -> dict:
     values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=_collective_device())
     torch.distributed.all_reduce(values)
     return {k: v / process_count() for k, v in zip(keys, values.tolist())}
+
+
+def sum_tensor_over_processes(sums: torch.Tensor) -> torch.Tensor:
+    """`sums` added up element-wise over the processes (in float64), in its own dtype and device: each
+    process's batch statistics become the whole batch's. Itself on one process."""
+    if process_count() == 1:
+        return sums
+    total = sums.detach().to(device=_collective_device(), dtype=torch.float64)
+    torch.distributed.all_reduce(total)
+    return total.to(device=sums.device, dtype=sums.dtype)
 
 
 def sum_over_processes(value: int) -> int:

@@ -13,6 +13,7 @@ import torch
 
 from alignbench.training.checkpoint import LoopState, save_checkpoint
 from alignbench.training.distributed import is_main, mean_over_processes, run_on_main, sum_over_processes
+from alignbench.training.settings import FaultDrills, RunSettings, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class RunResult:
     timings: dict
 
 
-def make_accelerator(cfg, device: torch.device):
+def make_accelerator(precision: str, device: torch.device):
     """accelerate places the model, applies mixed precision (bf16 autocast on CUDA) and, under
     `torchrun` or `accelerate launch` with several processes, wraps the policy in DDP (gloo on CPU,
     nccl on CUDA): the same loop serves 1 CPU, 1 GPU or many processes. Each process takes its
@@ -63,7 +64,7 @@ def make_accelerator(cfg, device: torch.device):
 
     from alignbench.models.loading import pick_dtype
 
-    mixed = "bf16" if pick_dtype(cfg.precision, device) == torch.bfloat16 else "no"
+    mixed = "bf16" if pick_dtype(precision, device) == torch.bfloat16 else "no"
     return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
 
 
@@ -72,19 +73,18 @@ def shard(accelerator, idx: torch.Tensor) -> torch.Tensor:
     return idx[accelerator.process_index::accelerator.num_processes]
 
 
-def make_optimizer(cfg, params, lr: float):
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.train.adam_betas),
-                                  weight_decay=cfg.train.weight_decay)
-    warmup = max(1, cfg.train.warmup_steps)
+def make_optimizer(train: TrainSettings, params, lr: float):
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=train.adam_betas, weight_decay=train.weight_decay)
+    warmup = max(1, train.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     return optimizer, scheduler
 
 
-def compiled_for_training(cfg, policy):
+def compiled_for_training(enabled: bool, policy):
     """`train.compile`: the policy's training forward (and with it the backward) under `torch.compile`,
     dynamic shapes because packed rows change length every step. Off by default: on a 2-core CPU
     compiling costs more than its faster steps save over a default run (measured: docs/performance.md). Evaluation and checkpoints use the eager module (`LoopBookkeeping.evaluate` unwraps it)."""
-    return torch.compile(policy, dynamic=True) if cfg.train.get("compile") else policy
+    return torch.compile(policy, dynamic=True) if enabled else policy
 
 
 def check_finite(loss: torch.Tensor, step: int) -> None:
@@ -92,9 +92,8 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
         raise NonFiniteLoss(f"loss is {loss.item()} at step {step}", step)
 
 
-def inject_faults(cfg, loss: torch.Tensor, step: int) -> torch.Tensor:
+def inject_faults(f: FaultDrills, loss: torch.Tensor, step: int) -> torch.Tensor:
     """Test/drill hooks (all off by default): NaN loss, a raised error, a slow step."""
-    f = cfg.fault
     if f.sleep_per_step:
         time.sleep(f.sleep_per_step)
     if f.raise_at_step is not None and step == f.raise_at_step:
@@ -118,21 +117,23 @@ def run_evaluation(prepared, policy, step: int, tracker, on_eval, history: list)
 
 @dataclass
 class Optimisation:
-    """AdamW and its schedule inside the accelerator, over `params` (the ones clipped together)."""
+    """AdamW and its schedule inside the accelerator, over `params` (the ones clipped together, to
+    `max_grad_norm`), with the run's fault drills."""
 
-    cfg: object
     accelerator: object
     optimizer: object
     scheduler: object
     params: list
+    max_grad_norm: float
+    faults: FaultDrills
 
     def step(self, loss: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step on `loss` (after the fault drills and the finite check): the loss and grad norm."""
-        loss = inject_faults(self.cfg, loss, step)
+        loss = inject_faults(self.faults, loss, step)
         check_finite(loss, step)
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
-        grad_norm = self.accelerator.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         return loss, grad_norm
@@ -147,9 +148,10 @@ class Optimisation:
 class LoopBookkeeping:
     """What a loop writes down as it goes: seconds training and evaluating, tokens seen, every eval
     so far (the last one is the run's result); and the logging, evaluation and checkpoint it is told
-    to do. When to do them is each loop's own `if step % ...` lines."""
+    to do. When to do them is each loop's own `if step % ...` lines. `settings`: the run's (what
+    counts as diverged, the config a checkpoint keeps)."""
 
-    cfg: object
+    settings: RunSettings
     prepared: object
     tracker: object
     on_eval: object = None
@@ -175,7 +177,7 @@ class LoopBookkeeping:
             self.history.append((step, result.metrics))
         self.result = result
         self.eval_time += time.time() - t_eval
-        reason = divergence(self.result.metrics, float(self.cfg.eval.diverged_kl))
+        reason = divergence(self.result.metrics, self.settings.eval.diverged_kl)
         if reason and self.diverged is None:  # the first step it happened; the run goes on and is shown
             self.diverged = (step, reason)
             self.tracker.set_tags(diverged_tags(step, reason))
@@ -190,14 +192,14 @@ class LoopBookkeeping:
         if not is_main():
             return
         state = LoopState(step, batches_drawn, self.history, self.train_time, self.eval_time, self.tokens_seen)
-        save_checkpoint(self.cfg, self.tracker, policy, optimisation, state)
+        save_checkpoint(self.settings.config_yaml, self.tracker, policy, optimisation, state)
 
     def restore(self, state: LoopState) -> None:
         """Go on from a checkpoint's bookkeeping (its eval history, seconds and tokens so far)."""
         self.history = list(state.history)
         self.train_time, self.eval_time, self.tokens_seen = state.train_time, state.eval_time, state.tokens_seen
         for step, metrics in self.history:  # the run's tags say so already; the summary needs it too
-            reason = divergence(metrics, float(self.cfg.eval.diverged_kl))
+            reason = divergence(metrics, self.settings.eval.diverged_kl)
             if reason and self.diverged is None:
                 self.diverged = (step, reason)
 

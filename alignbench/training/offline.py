@@ -17,13 +17,16 @@ from alignbench.data.preparing import to_unpaired
 from alignbench.data.records import PreferenceRecord, UnpairedRecord
 from alignbench.data.tokenizing import build_sequences, tokenize_unpaired
 from alignbench.losses.kto import mismatched_indices
-from alignbench.methods import METHODS, Method
+from alignbench.data.measuring import LengthLimits
+from alignbench.methods import Method
 from alignbench.models.logps import sequence_logps
 from alignbench.models.pairs import shared_prompt_pair_logps
 from alignbench.training.checkpoint import restore_checkpoint
 from alignbench.training.loop import (LoopBookkeeping, Optimisation, RunResult, compiled_for_training, make_accelerator,
                                      make_optimizer, shard)
 from alignbench.training.reference import cached_tokenize_pairs, reference_pair_logps, reference_unpaired_logps
+from alignbench.training.settings import MethodSettings, RunSettings
+
 
 class BatchLoss(Protocol):
     """An offline objective on one batch: (mean loss, its train metrics built when asked, tokens in
@@ -41,13 +44,13 @@ class Objective:
     row: Method
 
 
-def offline_objective(method) -> Objective:
+def offline_objective(method: MethodSettings) -> Objective:
     """The offline method's objective (its row in `alignbench.methods.METHODS`) as the loop runs it."""
-    row = METHODS[method.name]
+    row = method.row
     if row.loop != "offline":
         raise ValueError(f"not an offline method: {method.name}")
     loss = UnpairedBatchLoss if row.unpaired else PairedBatchLoss
-    return Objective(loss(row.objective(method)), row)
+    return Objective(loss(method.objective), row)
 
 
 @dataclass(frozen=True)
@@ -136,19 +139,19 @@ def kto_metrics(out, desirable: torch.Tensor) -> dict:
     return metrics
 
 
-def kto_tokens(records: list[UnpairedRecord], tokenizer, cfg) -> dict:
+def kto_tokens(records: list[UnpairedRecord], tokenizer, limits: LengthLimits) -> dict:
     """Unpaired tokens plus, for each example i, a mismatched sequence (prompt_i, completion_j).
 
     j is fixed at preparation (as TRL does), so the reference's log-probs of the mismatched
     pairs can be cached like the rest. With fewer than 3 examples no mismatched pair exists
     and z0 falls back to 0.
     """
-    tokens = tokenize_unpaired(records, tokenizer, cfg.train.max_length, cfg.train.max_prompt_length)
+    tokens = tokenize_unpaired(records, tokenizer, limits.max_length, limits.max_prompt_length)
     # offset -2 (j = i+2): to_unpaired interleaves each prompt's two completions, so i+1 may share i's prompt.
     j = mismatched_indices(len(records), offset=-2).tolist()
     if j:
         ids, attn, resp = build_sequences(tokens["prompt_tokens"], [tokens["completion_tokens"][k] for k in j],
-                                          tokenizer.pad_token_id, cfg.train.max_length)
+                                          tokenizer.pad_token_id, limits.max_length)
         tokens.update(kl_input_ids=ids, kl_attention_mask=attn, kl_response_mask=resp)
     return tokens
 
@@ -163,40 +166,40 @@ class TrainingData:
     per_step: int       # examples per optimiser step
 
 
-def training_data(cfg, prepared, objective: Objective) -> TrainingData:
+def training_data(settings: RunSettings, prepared, objective: Objective) -> TrainingData:
     """Tokens and cached reference log-probs of the training set, in the form the objective trains on."""
-    models = prepared.models
+    models, batch_size, cache_dir = prepared.models, settings.train.batch_size, settings.cache_dir
+    ref_batch_size = settings.evaluator.batch_size  # the reference's forwards batch like the evaluation's
     if objective.row.unpaired:
         records = prepared.train_records
         if isinstance(records[0], PreferenceRecord):
             records = to_unpaired(records)
-        tokens = kto_tokens(records, models.tokenizer, cfg)
-        ref = reference_unpaired_logps(cfg, models, tokens)
-        return TrainingData(tokens, ref, len(records), 2 * cfg.train.batch_size)  # same pairs per step as the others
-    tokens = cached_tokenize_pairs(cfg, prepared.train_records, models.tokenizer, models.key)
-    ref = reference_pair_logps(cfg, models, tokens) if objective.row.uses_reference else None
-    return TrainingData(tokens, ref, len(prepared.train_records), cfg.train.batch_size)
+        tokens = kto_tokens(records, models.tokenizer, settings.limits)
+        ref = reference_unpaired_logps(models, tokens, ref_batch_size, cache_dir)
+        return TrainingData(tokens, ref, len(records), 2 * batch_size)  # same pairs per step as the others
+    tokens = cached_tokenize_pairs(prepared.train_records, models.tokenizer, models.key, settings.limits, cache_dir)
+    ref = reference_pair_logps(models, tokens, ref_batch_size, cache_dir) if objective.row.uses_reference else None
+    return TrainingData(tokens, ref, len(prepared.train_records), batch_size)
 
 
-def offline_loop(cfg, prepared, tracker, on_eval=None, checkpoint=None) -> RunResult:
+def offline_loop(settings: RunSettings, prepared, tracker, on_eval=None, checkpoint=None) -> RunResult:
     """Train `train.max_steps` steps; `checkpoint` (a fetched checkpoint folder): go on from its step."""
-    models, objective = prepared.models, offline_objective(cfg.method)
+    models, objective, t = prepared.models, offline_objective(settings.method), settings.train
     t_setup = time.time()
-    data = training_data(cfg, prepared, objective)
+    data = training_data(settings, prepared, objective)
     timings = dict(prepared.timings, reference_seconds=time.time() - t_setup)  # training data + reference log-probs
 
     policy = models.policy
     policy.train()
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(cfg, params, cfg.method.lr)
-    accelerator = make_accelerator(cfg, models.device)
-    policy, optimizer = accelerator.prepare(compiled_for_training(cfg, policy), optimizer)
-    optimisation = Optimisation(cfg, accelerator, optimizer, scheduler, params)
-    rng = torch.Generator().manual_seed(cfg.seed)
+    optimizer, scheduler = make_optimizer(t, params, settings.method.lr)
+    accelerator = make_accelerator(t.precision, models.device)
+    policy, optimizer = accelerator.prepare(compiled_for_training(t.compile, policy), optimizer)
+    optimisation = Optimisation(accelerator, optimizer, scheduler, params, t.max_grad_norm, settings.faults)
+    rng = torch.Generator().manual_seed(t.seed)
     order = index_batches(data.n_examples, data.per_step, lambda n: torch.randperm(n, generator=rng))
-    book = LoopBookkeeping(cfg, prepared, tracker, on_eval)
-    t = cfg.train
-    eval_every, checkpoint_every = cfg.eval.every_n_steps, t.checkpoint_every  # 0: never
+    book = LoopBookkeeping(settings, prepared, tracker, on_eval)
+    eval_every, checkpoint_every = settings.eval.every_n_steps, t.checkpoint_every  # 0: never
     first = 1
     if checkpoint is not None:
         state = restore_checkpoint(checkpoint, models.policy, optimisation)

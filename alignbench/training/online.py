@@ -1,6 +1,6 @@
 """The online loop: PPO for RLHF (in the style of cleanrl's ppo.py) and RLOO, as named steps.
 
-    reward model (`reward_model_for`, a cached stage) -> repeat until cfg.train.max_steps optimiser steps:
+    reward model (`reward_model_for`, a cached stage) -> repeat until train.max_steps optimiser steps:
         (`collect_rollout`: steps 1-5; `optimise_on_rollout` / `minibatch_step`: step 6)
         1. rollout:   sample `rollout_batch_size` responses from the policy (temperature 1, dropout off)
         2. score:     reward-model score (method.reward=model) or gold reward (=gold, PPO-GT)
@@ -25,16 +25,19 @@ cleanrl's Atari agent and TRL's old `AutoModelForCausalLMWithValueHead`), not a 
 model: on a 2-core CPU a second network would double the cost of every step. The value loss
 therefore also shapes the policy's backbone, weighted by `vf_coef`.
 
-Budget: each minibatch update is one optimiser step and the run stops after cfg.train.max_steps
+Budget: each minibatch update is one optimiser step and the run stops after train.max_steps
 of them, so PPO gets the same number of AdamW steps (same optimiser, schedule, clipping) as the
 offline methods. Its minibatch (rollout_batch_size / n_minibatches sequences) equals
 train.batch_size by default.
 
-Under DDP (torchrun / accelerate launch, `training.distributed`) every process samples and scores
-the whole rollout batch (the same samples on each: same seed, same weights), so rewards and
-advantages are normalised over all of it; each process then trains on its shard of every
-minibatch, the policy and value head wrapped in DDP, and the target-KL stop reads the whole
-minibatch's approximate KL. The rollout itself is not split across processes.
+Under DDP (torchrun / accelerate launch, `training.distributed`) the rollout is sharded: every
+process draws the same prompt batch and samples, scores and computes advantages for its own
+contiguous block of it (RLOO's k samples of a prompt stay together), with its own sampling seed.
+Rewards and advantages are whitened with the statistics of all processes' rollouts (their sums
+and counts added up across processes), and the adaptive KL controller reads the whole batch's KL,
+so every rank normalises alike. Each process then trains on its block's share of every minibatch,
+the policy and value head wrapped in DDP (gradients averaged), and the target-KL stop reads the
+whole minibatch's approximate KL.
 """
 
 from __future__ import annotations
@@ -48,12 +51,12 @@ import torch
 
 from alignbench.losses.ppo import (AdaptiveKLController, clipped_policy_loss, clipped_value_loss,
                                    entropy_from_logits, kl_penalty_rewards, masked_mean, whiten)
-from alignbench.methods import METHODS
 from alignbench.models.generation import Samples, response_token_logps, sample
 from alignbench.models.logps import position_ids_from_mask, token_logps
-from alignbench.training.distributed import mean_over_processes
-from alignbench.training.loop import (LoopBookkeeping, Optimisation, RunResult, make_accelerator, make_optimizer,
-                                      shard)
+from alignbench.training.distributed import (contiguous_share, mean_over_processes, process_count, process_index,
+                                             sum_tensor_over_processes)
+from alignbench.training.loop import LoopBookkeeping, Optimisation, RunResult, make_accelerator, make_optimizer
+from alignbench.training.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -133,28 +136,27 @@ class Counters:
     early_stops: int = 0
 
 
-def reward_model_for(cfg, prepared, tracker):
+def reward_model_for(settings: RunSettings, prepared, tracker):
     """The learned Bradley-Terry reward model (cached stage), or None for the gold reward."""
     judge = prepared.evaluator.judge
     reward_model = None
     if hasattr(judge, "score_tokens"):  # judge=reward_model judge.path=trained: the very same RM
         reward_model = judge
-    elif cfg.method.reward == "model":
+    elif settings.method.online.reward == "model":
         from alignbench.models.reward_model import load_or_train_reward_model
-        from alignbench.training.settings import reward_model_settings
 
-        reward_model = load_or_train_reward_model(reward_model_settings(cfg), prepared.models, prepared.train_records)
+        reward_model = load_or_train_reward_model(settings.reward_model, prepared.models, prepared.train_records)
     if reward_model is not None:
         tracker.log_metrics(reward_model.stats, 0)
     return reward_model
 
 
-def make_learner(cfg, models, critic_free: bool) -> Learner:
+def make_learner(settings: RunSettings, models, critic_free: bool) -> Learner:
     """The value head (zero-initialised; none for RLOO) and one AdamW over policy + head, the shared schedule."""
-    policy, device = models.policy, models.device
-    torch.manual_seed(cfg.seed)
+    policy, device, t = models.policy, models.device, settings.train
+    torch.manual_seed(t.seed)
     params = [p for p in policy.parameters() if p.requires_grad]
-    accelerator = make_accelerator(cfg, device)
+    accelerator = make_accelerator(t.precision, device)
     value_head = None
     if not critic_free:
         dtype = next(policy.parameters()).dtype
@@ -162,24 +164,27 @@ def make_learner(cfg, models, critic_free: bool) -> Learner:
         torch.nn.init.zeros_(value_head.weight)  # V = 0 at the start: the first advantages are the raw returns
         torch.nn.init.zeros_(value_head.bias)
         params += list(value_head.parameters())
-    optimizer, scheduler = make_optimizer(cfg, params, cfg.method.lr)
+    optimizer, scheduler = make_optimizer(t, params, settings.method.lr)
     if value_head is None:
         policy, optimizer = accelerator.prepare(policy, optimizer)
     else:
         policy, value_head, optimizer = accelerator.prepare(policy, value_head, optimizer)
     unwrapped = accelerator.unwrap_model(policy)  # for sampling and evaluation (generate is not DDP's)
-    return Learner(policy, unwrapped, value_head, Optimisation(cfg, accelerator, optimizer, scheduler, params))
+    optimisation = Optimisation(accelerator, optimizer, scheduler, params, t.max_grad_norm, settings.faults)
+    return Learner(policy, unwrapped, value_head, optimisation)
 
 
-def collect_rollout(cfg, prepared, learner: Learner, reward_model, prompts: list[str], n_rollouts: int,
-                    kl_coef: float, critic_free: bool) -> Rollout:
+def collect_rollout(settings: RunSettings, prepared, learner: Learner, reward_model, prompts: list[str],
+                    n_rollouts: int, kl_coef: float, critic_free: bool) -> Rollout:
     """Steps 1-5: sample, score, the rollout policy's and reference's log-probs, rewards, advantages."""
-    m, models = cfg.method, prepared.models
+    m, models = settings.method.online, prepared.models
     device = models.device
-    # 1. one sampled response per prompt (RLOO: k per prompt), temperature 1 (so the KL estimate is valid)
+    # 1. one sampled response per prompt (RLOO: k per prompt), temperature 1 (so the KL estimate is valid);
+    #    under DDP `prompts` is this process's block, sampled with its own seed
+    seed = settings.train.seed * 100_003 + n_rollouts * process_count() + process_index()
     samples: Samples = sample(learner.unwrapped, models.tokenizer, prompts, max_new_tokens=m.max_new_tokens,
-                              temperature=1.0, max_prompt_length=cfg.train.max_prompt_length,
-                              batch_size=m.rollout_batch_size, seed=cfg.seed * 100_003 + n_rollouts, device=device)
+                              temperature=1.0, max_prompt_length=settings.limits.max_prompt_length,
+                              batch_size=m.rollout_batch_size, seed=seed, device=device)
     pw = samples.prompt_width
     mask = samples.response_mask[:, pw:].to(device)
     ids, attn = samples.input_ids.to(device), samples.attention_mask.to(device)
@@ -204,15 +209,15 @@ def collect_rollout(cfg, prepared, learner: Learner, reward_model, prompts: list
     # 4. per-token rewards: KL penalty on every token, the score on the last one
     rewards, kl = kl_penalty_rewards(old_logps, ref_logps, scores.to(device), mask, kl_coef)
     if m.whiten_rewards:  # TRL option: rescale (keep the mean) so the step size ignores the reward scale
-        rewards = whiten(rewards, mask, shift_mean=False)
+        rewards = whiten(rewards, mask, shift_mean=False, total=sum_tensor_over_processes)  # every process's
     seq_kl = kl.sum(-1)
 
     # 5. the method's advantages (its objective in alignbench.methods): PPO's GAE (gamma, lam) with the
     #    value head; RLOO's leave-one-out advantage of the whole sequence's reward, on every response
-    #    token. Whitened advantages.
-    advantages, returns = METHODS[m.name].objective(m)(rewards, None if critic_free else old_values, mask)
+    #    token. Advantages whitened over every process's rollout.
+    advantages, returns = settings.method.objective(rewards, None if critic_free else old_values, mask)
     if m.whiten_advantages:
-        advantages = whiten(advantages, mask)
+        advantages = whiten(advantages, mask, total=sum_tensor_over_processes)
     stats = rollout_stats(samples, mask, seq_kl, kl_coef, scores, returns, rm_scores, gold)
     return Rollout(samples, ids, attn, mask, old_logps, old_values, advantages, returns, seq_kl, stats)
 
@@ -233,11 +238,11 @@ def rollout_stats(samples: Samples, mask, seq_kl, kl_coef: float, scores, return
     return stats
 
 
-def minibatch_step(cfg, learner: Learner, rollout: Rollout, idx, counters: Counters, epoch: int,
+def minibatch_step(settings: RunSettings, learner: Learner, rollout: Rollout, idx, counters: Counters, epoch: int,
                    book: LoopBookkeeping) -> float:
     """Step 6, one minibatch: clipped surrogate (+ vf_coef x clipped value loss), one optimiser
     step, its log and eval triggers. Returns the minibatch's approximate KL to the rollout policy."""
-    m, critic_free = cfg.method, learner.value_head is None
+    m, critic_free = settings.method.online, learner.value_head is None
     t_step = time.time()
     mb_mask = rollout.mask[idx]
     logps, values, logits = policy_forward(learner.policy, learner.value_head, rollout.ids[idx], rollout.attn[idx],
@@ -269,28 +274,29 @@ def minibatch_step(cfg, learner: Learner, rollout: Rollout, idx, counters: Count
                         "ppo/value_mean": masked_mean(values.detach(), mb_mask).item()})
         return out
 
-    eval_every = cfg.eval.every_n_steps  # 0: only at the end
-    if step % cfg.train.log_every == 0 or step == 1:
+    eval_every, t = settings.eval.every_n_steps, settings.train  # eval_every 0: only at the end
+    if step % t.log_every == 0 or step == 1:
         book.log(step, metrics())
-    if step == cfg.train.max_steps or (eval_every and step % eval_every == 0):
+    if step == t.max_steps or (eval_every and step % eval_every == 0):
         book.evaluate(step, learner.unwrapped)
     return approx_kl_value
 
 
-def optimise_on_rollout(cfg, learner: Learner, rollout: Rollout, perm_gen, counters: Counters,
+def optimise_on_rollout(settings: RunSettings, learner: Learner, rollout: Rollout, perm_gen, counters: Counters,
                         book: LoopBookkeeping) -> None:
     """Step 6: `ppo_epochs` x `n_minibatches` clipped updates on this batch, until the step budget."""
-    m = cfg.method
-    mb_size = max(1, m.rollout_batch_size // m.n_minibatches)
-    accelerator, device = learner.optimisation.accelerator, rollout.ids.device
+    m = settings.method.online
+    # this process's share of every minibatch, drawn from its own block of the rollout
+    mb_size = max(1, m.rollout_batch_size // m.n_minibatches) // process_count()
+    device = rollout.ids.device
     for epoch in range(m.ppo_epochs):
         epoch_approx_kl = []
         order = torch.randperm(len(rollout.samples.prompts), generator=perm_gen)
         for start in range(0, len(order), mb_size):
-            if counters.step >= cfg.train.max_steps:
+            if counters.step >= settings.train.max_steps:
                 break
-            idx = shard(accelerator, order[start:start + mb_size]).to(device)
-            epoch_approx_kl.append(minibatch_step(cfg, learner, rollout, idx, counters, epoch, book))
+            idx = order[start:start + mb_size].to(device)
+            epoch_approx_kl.append(minibatch_step(settings, learner, rollout, idx, counters, epoch, book))
         # target-KL early stop (cleanrl `target_kl`): the policy moved too far from the rollout
         # policy in this epoch; skip the remaining epochs and sample a fresh batch.
         if m.target_kl is not None and epoch_approx_kl and sum(epoch_approx_kl) / len(epoch_approx_kl) > m.target_kl:
@@ -298,32 +304,33 @@ def optimise_on_rollout(cfg, learner: Learner, rollout: Rollout, perm_gen, count
             break
 
 
-def online_loop(cfg, prepared, tracker, on_eval=None, critic_free: bool = False) -> RunResult:
+def online_loop(settings: RunSettings, prepared, tracker, on_eval=None, critic_free: bool = False) -> RunResult:
     """PPO (critic_free=False) or RLOO (critic_free=True): rollouts and clipped updates until
     `train.max_steps` optimiser steps."""
-    m = cfg.method
+    m, seed, max_steps = settings.method.online, settings.train.seed, settings.train.max_steps
     t_setup = time.time()
-    reward_model = reward_model_for(cfg, prepared, tracker)
+    reward_model = reward_model_for(settings, prepared, tracker)
     timings = dict(prepared.timings, reward_model_seconds=time.time() - t_setup)
-    learner = make_learner(cfg, prepared.models, critic_free)
+    learner = make_learner(settings, prepared.models, critic_free)
     kl_ctl = AdaptiveKLController(m.kl_coef, m.adaptive_kl_target, m.adaptive_kl_horizon) if m.adaptive_kl else None
     kl_coef = float(m.kl_coef)
     learner.policy.train()
 
     prompts = list(dict.fromkeys(r.prompt for r in prepared.train_records))
-    stream = _prompt_stream(prompts, m.rollout_batch_size, cfg.seed, repeats=m.rloo_k if critic_free else 1)
-    perm_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    counters, book = Counters(), LoopBookkeeping(cfg, prepared, tracker, on_eval)
-    while counters.step < cfg.train.max_steps:
+    stream = _prompt_stream(prompts, m.rollout_batch_size, seed, repeats=m.rloo_k if critic_free else 1)
+    perm_gen = torch.Generator().manual_seed(seed + 1)
+    counters, book = Counters(), LoopBookkeeping(settings, prepared, tracker, on_eval)
+    while counters.step < max_steps:
         t_rollout = time.time()
-        rollout = collect_rollout(cfg, prepared, learner, reward_model, next(stream), counters.rollouts, kl_coef,
-                                  critic_free)
+        rollout = collect_rollout(settings, prepared, learner, reward_model, contiguous_share(next(stream)),
+                                  counters.rollouts, kl_coef, critic_free)
         counters.rollouts += 1
         book.train_time += time.time() - t_rollout
-        optimise_on_rollout(cfg, learner, rollout, perm_gen, counters, book)
+        optimise_on_rollout(settings, learner, rollout, perm_gen, counters, book)
         # 7. adaptive KL coefficient (Ziegler et al. 2019), from this batch's sequence KL
-        if kl_ctl is not None:
-            kl_coef = kl_ctl.update(rollout.seq_kl.mean().item(), len(rollout.samples.prompts))
+        if kl_ctl is not None:  # the whole batch's KL (every process's block): the same coefficient on every rank
+            batch_kl = mean_over_processes({"kl": rollout.seq_kl.mean().item()})["kl"]
+            kl_coef = kl_ctl.update(batch_kl, len(rollout.samples.prompts) * process_count())
 
     summary = {"ppo/rollouts": float(counters.rollouts), "ppo/early_stops": float(counters.early_stops),
                "ppo/final_kl_coef": kl_coef,

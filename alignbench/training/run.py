@@ -2,7 +2,8 @@
 data, evaluator) → judge caveats → loop → summary → the policy kept (artifact `policy/`).
 
 `train(cfg, tracker, on_eval, skip_policy)` (validate, then `train_validated`) is a plain function: the CLI wraps it in an MLflow run, a sweep
-wraps it in an Optuna trial. Nothing here imports mlflow or optuna. The loop is chosen here, from
+wraps it in an Optuna trial. It is where the composed config becomes the run's `RunSettings`
+(`training.settings.run_settings`, once per run); everything it calls takes those settings. Nothing here imports mlflow or optuna. The loop is chosen here, from
 the method's row in `alignbench.methods.METHODS`: the offline loop (`training.offline`: DPO, IPO,
 KTO, SimPO on fixed preference data) or the online loop (`training.online`: PPO, RLOO on sampled
 rollouts), built from the same parts (`training.loop`).
@@ -14,12 +15,9 @@ import gc
 import logging
 import time
 
-from omegaconf import OmegaConf
-
 from alignbench.config import validate
 from alignbench.evaluation.evaluator import KL_ESTIMATOR, win_rate_ci_method
 from alignbench.evaluation.judges import judge_accuracy_caveat, judge_bias_caveat
-from alignbench.methods import METHODS
 from alignbench.tracking.artifacts import SAMPLES_ARTIFACT
 from alignbench.tracking.null import NullTracker
 from alignbench.training.distributed import check_batch_split, is_main, process_count, run_on_main
@@ -27,6 +25,7 @@ from alignbench.training.checkpoint import CHECKPOINTS, fetch_checkpoint, flat, 
 from alignbench.training.loop import NonFiniteLoss, RunResult, diverged_tags
 from alignbench.training.offline import offline_loop
 from alignbench.training.online import online_loop
+from alignbench.training.settings import RunSettings, run_settings, saved_config
 from alignbench.training.setup import Prepared, prepare
 
 log = logging.getLogger(__name__)
@@ -42,15 +41,14 @@ KEY_PARAMS = ("seed", "task_seed", "device", "precision", "model.name", "model.p
 KEY_PARAM_PREFIXES = ("method.", "judge.", "model.lora.")
 
 
-def run_params(cfg, prepared: Prepared | None = None, method_params: dict | None = None) -> dict:
+def run_params(settings: RunSettings, prepared: Prepared | None = None) -> dict:
     """What is logged as params: the config's key params (`KEY_PARAMS`) plus the conventions in force
-    (`method_params`: the method's own, e.g. IPO's length convention, SimPO's resolved gamma) and,
-    after the set-up, what the data came to (pairs, evaluation prompts, rows dropped or truncated)."""
-    params = {k: v for k, v in flat(OmegaConf.to_container(cfg, resolve=True)).items()
-              if k in KEY_PARAMS or k.startswith(KEY_PARAM_PREFIXES)}
+    (the method's own, e.g. IPO's length convention, SimPO's resolved gamma) and, after the set-up,
+    what the data came to (pairs, evaluation prompts, rows dropped or truncated)."""
+    params = {k: v for k, v in flat(settings.config).items() if k in KEY_PARAMS or k.startswith(KEY_PARAM_PREFIXES)}
     params["eval.kl_estimator"] = KL_ESTIMATOR
-    params["eval.win_rate_ci"] = win_rate_ci_method(int(cfg.eval.samples_per_prompt))
-    params.update(method_params or {})
+    params["eval.win_rate_ci"] = win_rate_ci_method(settings.evaluator.samples_per_prompt)
+    params.update(settings.method.params)
     if prepared is not None:
         params["data.n_train"] = len(prepared.train_records)
         params["eval.n_prompts_distinct"] = len(prepared.eval_prompts)  # of eval.split (eval.n_prompts asks for)
@@ -61,7 +59,7 @@ def run_params(cfg, prepared: Prepared | None = None, method_params: dict | None
     return params
 
 
-def judge_caveats(cfg, prepared: Prepared) -> dict:
+def judge_caveats(settings: RunSettings, prepared: Prepared) -> dict:
     """Tags saying plainly when the judge's win rates mean nothing (it cannot tell chosen from
     rejected on held-out pairs) or are biased (it is the reward model PPO/RLOO optimised); each is
     also printed."""
@@ -69,7 +67,7 @@ def judge_caveats(cfg, prepared: Prepared) -> dict:
     useless = judge_accuracy_caveat(prepared.evaluator.judge_metrics)
     if useless:
         tags["judge.warning"] = useless
-    biased = judge_bias_caveat(cfg.method.name, cfg.judge.name, cfg.judge.get("path"), cfg.method.get("reward"))
+    biased = judge_bias_caveat(settings.method.name, settings.judge.name, settings.judge.path, settings.method.reward)
     if biased:
         tags["judge.bias"] = biased
     for text in tags.values():
@@ -100,39 +98,41 @@ def train(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunResult:
 def train_validated(cfg, tracker=None, on_eval=None, skip_policy=None) -> RunResult:
     """`train` of a config its caller has validated already (the CLI does, before it opens the MLflow run)."""
     settle_heap()
-    check_batch_split(cfg)
+    settings = run_settings(cfg)  # the one reading of the config; everything below takes the settings
+    check_batch_split(settings.train.batch_size, settings.method.online)
     tracker = tracker or NullTracker()
     t0 = time.time()
     # before the set-up: fail fast; rank 0 fetches it into a local folder every rank reads (one host)
-    checkpoint = run_on_main(lambda: fetch_checkpoint(cfg, tracker)) if cfg.get("resume") else None
-    prepared = prepare(cfg)
-    method = METHODS[cfg.method.name]
+    checkpoint = None
+    if settings.resume:
+        checkpoint = run_on_main(lambda: fetch_checkpoint(settings.resume, settings.config, saved_config, tracker))
+    prepared = prepare(settings)
+    method = settings.method.row
     online = method.loop == "online"  # sampled rollouts scored by a reward model or the gold reward
-    method_params = method.params(cfg.method) if method.params else {}
     if checkpoint is None:  # a resumed run logged these before its first checkpoint
-        tracker.log_params(run_params(cfg, prepared, method_params))
+        tracker.log_params(run_params(settings, prepared))
         tracker.log_metrics(prepared.evaluator.constant_metrics, 0)  # once: every evaluation shares them
     processes = {"alignbench.processes": str(process_count())} if process_count() > 1 else {}  # one trial, N processes
-    tracker.set_tags({"method": cfg.method.name} | processes | judge_caveats(cfg, prepared))
+    tracker.set_tags({"method": settings.method.name} | processes | judge_caveats(settings, prepared))
     try:
         if online:
-            result = online_loop(cfg, prepared, tracker, on_eval, critic_free=not method.value_head)
+            result = online_loop(settings, prepared, tracker, on_eval, critic_free=not method.value_head)
         else:
-            result = offline_loop(cfg, prepared, tracker, on_eval, checkpoint)
+            result = offline_loop(settings, prepared, tracker, on_eval, checkpoint)
     except NonFiniteLoss as exc:  # it fails (nothing to train on), tagged diverged so that it is counted
         if exc.step is not None:
             tracker.set_tags(diverged_tags(exc.step, str(exc)))
         raise
     result.timings["total_seconds"] = time.time() - t0
     summary = {k: v for k, v in result.metrics.items() if k.startswith("train/")}  # tokens, pairs/s, divergence
-    tracker.log_metrics(summary | {f"time/{k}": v for k, v in result.timings.items()}, cfg.train.max_steps)
-    tracker.log_files(documents={"config.yaml": OmegaConf.to_container(cfg, resolve=True)},
+    tracker.log_metrics(summary | {f"time/{k}": v for k, v in result.timings.items()}, settings.train.max_steps)
+    tracker.log_files(documents={"config.yaml": settings.config},
                       tables={SAMPLES_ARTIFACT: result.rows})
     not_saved = skip_policy(result.metrics) if skip_policy is not None else None
     if not_saved:
         tracker.set_tags({"alignbench.policy_not_saved": not_saved})
-    elif cfg.train.save_policy and is_main():
+    elif settings.train.save_policy and is_main():
         save_policy(prepared.models, tracker)
-    if cfg.train.get("checkpoint_every") or checkpoint is not None:
+    if settings.train.checkpoint_every or checkpoint is not None:
         tracker.delete_artifacts(CHECKPOINTS)  # the run is complete: its policy is kept, its checkpoint is not needed
     return result
