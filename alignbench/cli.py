@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from alignbench.config import CONF_DIR, ConfigError, apply_model_budget, check_overrides, check_settings, one_line, validate
+from alignbench.config import CONF_DIR, ConfigError, check_overrides, check_settings, one_line, validate
 from alignbench.process import exit_interrupted, fail, interrupt_on_sigterm, quiet_libraries, setup_logging
 from alignbench.schemas import register
 
@@ -182,8 +182,7 @@ def run_command(command: str, rest: list[str]) -> None:
     setup_logging()
     quiet_libraries()
     register()
-    app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)(
-        with_model_budget(COMMANDS[command], [a for a in rest if not a.startswith("-")]))
+    app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)(COMMANDS[command])
     sys.argv = [f"alignbench {command}", *rest]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors to us (one line below) instead of printing three
     try:
@@ -191,17 +190,6 @@ def run_command(command: str, rest: list[str]) -> None:
     except (HydraException, OmegaConfBaseException) as exc:  # bad override syntax, unknown key, broken interpolation
         fail(one_line(exc) if not isinstance(exc, OverrideParseException)
              else f"{unparsable([a for a in rest if not a.startswith('-')])}: {one_line(exc)}")
-
-
-def with_model_budget(command, overrides: list[str]):
-    """`command` on the config with its model's budget applied (`config.apply_model_budget`)."""
-    def task(cfg: DictConfig) -> None:
-        try:
-            apply_model_budget(cfg, overrides)
-        except ConfigError as exc:
-            fail(str(exc))
-        command(cfg)
-    return task
 
 
 def unparsable(overrides: list[str]) -> str:

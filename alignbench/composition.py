@@ -1,7 +1,7 @@
 """The run config, composed: Hydra's compose API over conf/ with the schemas registered
-(`alignbench.schemas`), the chosen model's CPU budget applied, and Hydra's and OmegaConf's errors
-as one line, and what every command needs of the result (`check_composed`). `alignbench.config`
-validates the values."""
+(`alignbench.schemas`; a model's CPU budget is a group of conf/ too, `budget`), Hydra's and
+OmegaConf's errors as one line, and what every command needs of the result (`check_composed`).
+`alignbench.config` validates the values."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from alignbench.schemas import register
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("method", "model", "data", "judge", "sweep")
+GROUPS = ("method", "model", "data", "judge", "sweep", "budget")
 
 
 class ConfigError(ValueError):
@@ -28,7 +28,7 @@ def check_overrides(overrides: list[str]) -> None:
     for item in overrides:
         key, _, value = item.lstrip("+~").partition("=")
         if key in GROUPS and value and value != "null" and value not in group_options(key):
-            what = "method" if key == "method" else f"{key} preset"
+            what = {"method": "method", "budget": "budget"}.get(key, f"{key} preset")
             raise ConfigError(f"{key}={value}: unknown {what} (choose from {', '.join(group_options(key))})")
 
 
@@ -50,26 +50,6 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
             if type_problem(exc) is None:
                 raise
             raise ConfigError(type_problem(exc)) from None
-    return apply_model_budget(cfg, overrides)
-
-
-def apply_model_budget(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """A model's `budget` block over the shared defaults: settings sized for that model on 2 CPU cores,
-    under `all` and under `method=<name>` / `data=<name>` for one method's or one data set's own
-    settings. A key given as an override (command line, a sweep's overrides) keeps the given value;
-    `model.budget=null` keeps the shared defaults. Applied here and by the CLI, the two places a run
-    config is composed."""
-    budget = OmegaConf.select(cfg, "model.budget", default=None)
-    if not budget:
-        return cfg
-    given = {item.lstrip("+~").partition("=")[0] for item in overrides}
-    sections = ("all", f"method={OmegaConf.select(cfg, 'method.name')}", f"data={OmegaConf.select(cfg, 'data.name')}")
-    for key, value in ((k, v) for name in sections for k, v in budget.get(name, {}).items()):
-        if key in given:
-            continue
-        if OmegaConf.select(cfg, key, default="???") == "???":  # absent: a typo in the model's budget
-            raise ConfigError(f"model.budget: {key} is not a setting")
-        OmegaConf.update(cfg, key, value)
     return cfg
 
 
@@ -98,14 +78,15 @@ def type_problem(exc: BaseException) -> str | None:
 
 def one_line(exc: Exception) -> str:
     """A Hydra or OmegaConf error (a value of the wrong type, bad override syntax, unknown key, broken
-    interpolation) as one line."""
+    interpolation, a key a config file sets that its schema does not have) as one line."""
     problem = type_problem(exc)
     if problem:
         return problem
     skip = ("See http", "full_key:", "object_type", "reference_type", "^")
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith(skip)]
     text = "; ".join(lines) or type(exc).__name__
-    key = getattr(exc, "full_key", None)
+    cause = exc.__cause__ or exc.__context__  # Hydra's error merging a config file holds OmegaConf's, with its key
+    key = getattr(exc, "full_key", None) or getattr(cause, "full_key", None)
     return f"{key}: {text}" if key else text
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from alignbench.composition import (CONF_DIR, GROUPS, ConfigError, apply_model_budget, check_composed,  # noqa: F401
+from alignbench.composition import (CONF_DIR, GROUPS, ConfigError, check_composed,  # noqa: F401
                                     check_overrides, compose, gguf_path, group_options, one_line)
 from alignbench.methods import METHODS
 from alignbench.schemas import shown
@@ -28,7 +28,7 @@ def check_settings(cfg: DictConfig, signs: bool = True) -> None:
 
 
 def _numbers(node: dict, prefix: str = ""):
-    """(key, number) of every setting; a search space's or a budget's dotted keys are data, not settings."""
+    """(key, number) of every setting; a search space's dotted keys are data, not settings."""
     for name, value in ((n, v) for n, v in node.items() if "." not in str(n)):
         if isinstance(value, dict):
             yield from _numbers(value, f"{prefix}{name}.")

@@ -265,10 +265,10 @@ class GGUF:
 
 @dataclass
 class GGUFModel(HubModel):
-    """A hub architecture whose weights come from a GGUF file in an installed package, with a CPU
-    budget: `budget.all`, `budget.method=<name>`, `budget.data=<name>`, each of `key: value` settings."""
+    """A hub architecture whose weights come from a GGUF file in an installed package; `budget_name`
+    names the CPU budget composed in (conf/budget/<name>.yaml sets it), None when there is none."""
     gguf: GGUF = MISSING
-    budget: Optional[Dict[str, Any]] = MISSING
+    budget_name: Optional[str] = MISSING
 
 
 @dataclass

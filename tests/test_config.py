@@ -140,17 +140,25 @@ def test_cli_config_errors_exit_2_with_one_line_before_any_work(tmp_path):
 
 def test_every_default_in_the_defaults_list_is_a_file_of_the_repository_conf():
     """The installed package composes from this checkout's conf/, and each `group: option` of
-    config.yaml's defaults list names a file there (`sweep: null` is the one optional group)."""
+    config.yaml's defaults list names a file there (`sweep: null` is the one group left out); the
+    budget, chosen by the model's name, names a model, and its own files a method or a data set."""
     import yaml
 
     assert CONF_DIR == Path(__file__).resolve().parent.parent / "conf"
     defaults = yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]
     groups = {k: v for d in defaults if isinstance(d, dict) for k, v in d.items() if not k.startswith("override")}
-    assert groups == {"method": "dpo", "model": "tiny", "data": "builtin", "judge": "gold", "sweep": None}
+    assert groups == {"method": "dpo", "model": "tiny", "data": "builtin", "judge": "gold", "sweep": None,
+                      "optional budget": "${model}"}
     for group, option in groups.items():
-        assert (CONF_DIR / group).is_dir(), group
-        if option is not None:
+        assert (CONF_DIR / group.removeprefix("optional ")).is_dir(), group
+        if option is not None and not option.startswith("${"):
             assert (CONF_DIR / group / f"{option}.yaml").is_file(), (group, option)
+    budgets = set(group_options("budget")) - {"none"}
+    assert budgets and budgets <= set(group_options("model"))
+    for name in budgets:
+        for group in ("method", "data"):
+            own = {p.stem for p in (CONF_DIR / "budget" / name / group).glob("*.yaml")}
+            assert own <= set(group_options(group)), (name, group, own)
 
 
 def _listening_addresses(port: int) -> set[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import struct
+import sys
 
 from pathlib import Path
 
@@ -24,9 +25,14 @@ def test_the_model_budget_applies_unless_given_on_the_command_line():
     cfg = compose([*REAL, "method=ppo", "train.max_steps=3"])
     assert (cfg.train.batch_size, cfg.train.max_steps, cfg.method.rollout_batch_size) == (4, 3, 8)
     assert cfg.method.max_new_tokens == cfg.eval.max_new_tokens == 32  # the interpolation follows the budget
+    assert cfg.model.budget_name == "smollm2-135m-gguf"
     assert compose([*REAL, "method=dpo"]).method.get("rollout_batch_size") is None  # PPO's own stays PPO's
-    assert compose([*REAL, "model.budget=null"]).train.batch_size == compose([]).train.batch_size == 32
+    off = compose([*REAL, "budget=none"])
+    assert (off.train.batch_size, off.model.budget_name) == (compose([]).train.batch_size, None) == (32, None)
     assert compose([*REAL, "data=local", "data.path=x.jsonl"]).data.max_rows == 96
+    sentiment = compose([*REAL, "data=sentiment", "train.batch_size=2"])  # the data set's file over the model's
+    assert (sentiment.train.batch_size, sentiment.train.max_steps, sentiment.data.n_train_prompts) == (2, 32, 256)
+    assert compose(["method=ppo"]).train.batch_size == 32  # the built-in model has no budget file
 
 
 def test_a_trained_judge_reward_model_keeps_the_budget_with_any_method():
@@ -39,12 +45,48 @@ def test_a_trained_judge_reward_model_keeps_the_budget_with_any_method():
     assert (given.steps, given.batch_size) == (20, 4)
     shared = reward_model_settings(compose(["method=dpo"]))  # the built-in model has no budget: PPO's block
     assert (shared.steps, shared.batch_size) == (150, 32)
+    off = reward_model_settings(compose([*REAL, "method=dpo", "judge=reward_model", "budget=none"]))
+    assert (off.steps, off.batch_size) == (150, 32)
 
 
-def test_a_budget_key_that_is_not_a_setting_is_one_line():
+@pytest.mark.parametrize("line, error", [
+    ("  batch_size: 4", "train.batch_sise: In 'budget/smollm2-135m-gguf': ConfigKeyError raised while composing "
+                        "config:; Key 'batch_sise' not in 'Train'"),
+    ("  max_steps: 8", "train.max_steps: In 'budget/smollm2-135m-gguf': ValidationError raised while composing "
+                       "config:; Value 'eight' of type 'str' could not be converted to Integer")])
+def test_a_budget_file_the_schema_refuses_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, line, error):
+    """A key misspelt, or a value of the wrong type, in a budget file: the schema's error, one line."""
+    import shutil
+
+    from alignbench import cli, composition
+
+    conf = tmp_path / "conf"
+    shutil.copytree(composition.CONF_DIR, conf)  # conf/sweep is a link: copied as the files it points to
+    budget = conf / "budget" / "smollm2-135m-gguf.yaml"
+    text = budget.read_text()
+    assert f"\n{line}\n" in text
+    budget.write_text(text.replace(f"\n{line}\n", "\n" + line.replace("batch_size", "batch_sise")
+                                   .replace(": 8", ": eight") + "\n"))
+    monkeypatch.setattr(composition, "CONF_DIR", conf)
+    monkeypatch.setattr(cli, "CONF_DIR", conf)
+    monkeypatch.setattr(cli, "interrupt_on_sigterm", lambda: None)  # what cli.main changes in the process
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+
+    def composed(cfg):
+        raise AssertionError("the config composed: the budget file was not read")
+
+    monkeypatch.setitem(cli.COMMANDS, "train", composed)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", *REAL])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"alignbench: error: {error}"]
+
+
+def test_an_unknown_budget_is_one_line():
     with pytest.raises(ConfigError) as err:
-        compose([*REAL, "+model.budget.all={train.batch_sise: 2}"])
-    assert str(err.value) == "model.budget: train.batch_sise is not a setting"
+        compose([*REAL, "budget=smollm2"])
+    assert str(err.value) == "budget=smollm2: unknown budget (choose from none, smollm2-135m-gguf)"
 
 
 def test_the_package_missing_names_the_install_command(monkeypatch):

@@ -38,7 +38,7 @@ def real_model_missing() -> str | None:
 
 
 def real_config(args, steps: int | None, extra: list[str] = ()):
-    """The real model's run at its CPU budget (the model config's `budget`), `steps` steps if given."""
+    """The real model's run at its CPU budget (conf/budget/smollm2-135m-gguf.yaml), `steps` steps if given."""
     from alignbench.config import compose
 
     steps_override = [f"train.max_steps={steps}"] if steps else []

@@ -97,17 +97,18 @@ def length_limits(cfg) -> LengthLimits:
 def reward_model_settings(cfg) -> RewardModelSettings:
     """The reward-model stage's settings: the method's `reward_model` block (PPO, RLOO). A method
     without one (`judge.path=trained` with DPO, say) gets the reward model PPO would train on this
-    model: PPO's block (conf/method/ppo.yaml) under the model budget's `method=ppo` reward-model keys
-    (a real model's CPU budget: a few steps, not 150 of 32 pairs), under whatever
+    model: PPO's block (conf/method/ppo.yaml) under the PPO file of the model's CPU budget
+    (conf/budget/<model.budget_name>/method/ppo.yaml: a few steps, not 150 of 32 pairs), under whatever
     `+method.reward_model.*` the user added."""
     from omegaconf import OmegaConf
 
     ppo_block = OmegaConf.load(CONF_DIR / "method" / "ppo.yaml").reward_model
-    budget = OmegaConf.select(cfg, "model.budget", default=None) or {}
-    for key, value in (budget.get("method=ppo") or {}).items():
-        if key.startswith("method.reward_model."):
-            ppo_block[key.removeprefix("method.reward_model.")] = value
-    # PPO's and RLOO's own blocks are complete (their budget already applied), so the merge changes nothing for them.
+    budget = OmegaConf.select(cfg, "model.budget_name", default=None)
+    ppo_budget = CONF_DIR / "budget" / str(budget) / "method" / "ppo.yaml"
+    if budget is not None and ppo_budget.is_file():
+        ppo_block = OmegaConf.merge(ppo_block, OmegaConf.select(OmegaConf.load(ppo_budget), "method.reward_model",
+                                                                default=None) or {})
+    # PPO's and RLOO's own blocks are complete (their budget already composed in), so the merge changes nothing for them.
     block = OmegaConf.merge(ppo_block, cfg.method.get("reward_model") or {})
     t = cfg.train
     return RewardModelSettings(steps=int(block.steps), lr=float(block.lr), batch_size=int(block.batch_size),
