@@ -27,6 +27,10 @@ def check_overrides(overrides: list[str]) -> None:
     """Catch `group=unknown` before Hydra does, so the user gets one line, not a traceback."""
     for item in overrides:
         key, _, value = item.lstrip("+~").partition("=")
+        if key in GROUPS and value == "null" and not item.startswith("~"):  # Hydra: a ValueError traceback
+            off = "; budget=none turns the model's budget off" if key == "budget" else ""
+            raise ConfigError(f"{key}=null: a {key} is chosen by name (choose from "
+                              f"{', '.join(group_options(key))}){off}")
         if key in GROUPS and value and value != "null" and value not in group_options(key):
             what = {"method": "method", "budget": "budget"}.get(key, f"{key} preset")
             raise ConfigError(f"{key}={value}: unknown {what} (choose from {', '.join(group_options(key))})")

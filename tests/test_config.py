@@ -117,6 +117,17 @@ def test_unknown_method_is_one_line():
     assert str(err.value) == f"method=foo: unknown method (choose from {', '.join(METHODS)})"
 
 
+def test_a_group_set_to_null_is_one_line():
+    """Hydra raises a ValueError traceback on `group=null`; the budget's message says how to turn it off."""
+    with pytest.raises(ConfigError) as err:
+        compose(["method=null"])
+    assert str(err.value) == f"method=null: a method is chosen by name (choose from {', '.join(METHODS)})"
+    with pytest.raises(ConfigError) as err:
+        compose(["model=smollm2-135m-gguf", "budget=null"])
+    assert str(err.value) == ("budget=null: a budget is chosen by name (choose from none, smollm2-135m-gguf); "
+                              "budget=none turns the model's budget off")
+
+
 def test_cli_help_and_cfg_job_behave_like_hydra(tmp_path):
     help_out = run_cli("train", "--help", cwd=tmp_path)
     assert help_out.returncode == 0
