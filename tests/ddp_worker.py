@@ -81,6 +81,10 @@ def main() -> None:
               "cache": lambda: cache_check(rank, out)}[check]()
     result.update(rank=rank, processes=state.num_processes, backend=torch.distributed.get_backend())
     (out / f"{check}-{rank}.json").write_text(json.dumps(result))
+    # Leave together: a rank that exits while the other still holds gloo's connection can abort
+    # ("terminate called without an active exception") on a loaded machine.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
