@@ -194,8 +194,9 @@ def _frontier_figures(trials, methods, has_gold: bool, fig_dir: Path, notes: dic
     else:
         notes["frontier"].append("No complete trial has both eval/win_rate and eval/kl.")
     if has_gold:
-        f = frontier_figure(trials, methods, "eval/gold_reward", "gold reward (built-in task)", fig_dir,
-                            "gold_vs_kl", "Gold reward vs KL, every trial", "The built-in task's ground-truth reward.",
+        f = frontier_figure(trials, methods, "eval/gold_reward", "gold reward (the task's)", fig_dir,
+                            "gold_vs_kl", "Gold reward vs KL, every trial",
+                            "The task's gold reward (data=builtin: its grammar's; data=sentiment: VADER, guarded).",
                             "Line: each method's Pareto frontier (higher gold, lower KL).")
         if f:
             shown.append(f)
