@@ -101,18 +101,27 @@ def split_prompts(split: str, openers: list[str] = OPENERS, subjects: list[str] 
             if prompt_split(i, j) == split]
 
 
+def draw_prompts(pool: list[str], n: int, rng_key: str) -> list[str]:
+    """n prompts drawn uniformly (with replacement) from `pool`, seeded by `rng_key`."""
+    rng = random.Random(rng_key)
+    return [rng.choice(pool) for _ in range(n)]
+
+
+def first_prompts(pool: list[str], n: int, rng_key: str) -> list[str]:
+    """Up to n distinct prompts of `pool` in an order seeded by `rng_key` (all of them if fewer exist)."""
+    pool = list(pool)
+    random.Random(rng_key).shuffle(pool)
+    return pool[:n]
+
+
 def make_prompts(n: int, seed: int, split: str = "train") -> list[str]:
     """n prompts drawn uniformly (with replacement) from one split's prompts."""
-    pool = split_prompts(split)
-    rng = random.Random(f"prompts-{split}-{seed}")
-    return [rng.choice(pool) for _ in range(n)]
+    return draw_prompts(split_prompts(split), n, f"prompts-{split}-{seed}")
 
 
 def eval_prompts(split: str, n: int, seed: int) -> list[str]:
     """Up to n distinct prompts of a held-out split, in a seeded order (all of them if fewer exist)."""
-    pool = split_prompts(split)
-    random.Random(f"eval-prompts-{split}-{seed}").shuffle(pool)
-    return pool[:n]
+    return first_prompts(split_prompts(split), n, f"eval-prompts-{split}-{seed}")
 
 
 def prompt_topic(prompt: str) -> str | None:

@@ -68,15 +68,12 @@ def make_prompts(n: int, seed: int, split: str = "train") -> list[str]:
     pool = split_prompts(split)
     if not pool:
         raise DataError(f"data=sentiment: no {split} prompts")
-    rng = random.Random(f"sentiment-prompts-{split}-{seed}")
-    return [rng.choice(pool) for _ in range(n)]
+    return builtin_task.draw_prompts(pool, n, f"sentiment-prompts-{split}-{seed}")
 
 
 def eval_prompts(split: str, n: int, seed: int) -> list[str]:
     """Up to n distinct prompts of a held-out split, in a seeded order (all of them if fewer exist)."""
-    pool = split_prompts(split)
-    random.Random(f"sentiment-eval-prompts-{split}-{seed}").shuffle(pool)
-    return pool[:n]
+    return builtin_task.first_prompts(split_prompts(split), n, f"sentiment-eval-prompts-{split}-{seed}")
 
 
 def sft_prompts(n: int, seed: int) -> list[str]:
