@@ -36,7 +36,7 @@ def train_command(cfg: DictConfig) -> None:
     from alignbench.tracking.store import StoreError
     from alignbench.training.run import train_validated
 
-    from alignbench.training.distributed import start_processes
+    from alignbench.training.distributed import end_processes, start_processes
 
     run_id = None
     try:
@@ -58,6 +58,7 @@ def train_command(cfg: DictConfig) -> None:
         fail(str(exc))
     except KeyboardInterrupt as exc:  # tracked_run has recorded the run KILLED
         exit_interrupted("train", exc, f"MLflow run {run_id} recorded KILLED" if run_id else "")
+    end_processes()
     if not main_process:  # one result line per trial: rank 0's
         return
     m = result.metrics
@@ -74,7 +75,7 @@ def sweep_command(cfg: DictConfig) -> None:
     from alignbench.sweep.run import SweepFailed, run_sweep
     from alignbench.sweep.workers import follow_trials
     from alignbench.tracking.store import StoreError
-    from alignbench.training.distributed import announce_trial, launched_processes, start_processes
+    from alignbench.training.distributed import announce_trial, end_processes, launched_processes, start_processes
 
     try:
         check_settings(cfg)
@@ -82,11 +83,13 @@ def sweep_command(cfg: DictConfig) -> None:
         # rank 0 is the worker (Optuna, MLflow), the others train the trials it announces.
         if launched_processes() > 1 and not start_processes(cfg.device).is_main_process:
             follow_trials()
+            end_processes()
             return
         try:
             run_sweep(cfg)
         finally:
             announce_trial(None)  # the other ranks stop
+            end_processes()
     except (ConfigError, StoreError) as exc:
         fail(str(exc))
     except SweepFailed as exc:  # the summary is printed; the exit status says the sweep is not complete

@@ -163,3 +163,15 @@ def test_threads_batch_and_workers_take_the_process_count_into_account(monkeypat
     assert plan_sweep(compose(["sweep=smoke", "sweep.n_workers=auto"]), overrides=[]).n_workers == 1
     with pytest.raises(ConfigError, match=r"^sweep.n_workers=2: under torchrun / accelerate launch a sweep is one worker"):
         plan_sweep(compose(["sweep=smoke", "sweep.n_workers=2"]), overrides=[])
+
+
+def test_end_processes_takes_the_group_down_and_is_a_no_op_without_one(tmp_path):
+    import torch.distributed as dist
+
+    from alignbench.training.distributed import end_processes, process_count
+
+    end_processes()  # no group: nothing to do, no error
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized() and process_count() == 1
+    end_processes()
+    assert not dist.is_initialized()

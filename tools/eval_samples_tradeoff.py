@@ -13,10 +13,9 @@ Numbers depend on the machine; compare the rows of one run with each other."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import sys
-
-from omegaconf import OmegaConf
 
 from alignbench.config import compose
 from alignbench.evaluation.evaluator import Evaluator
@@ -29,12 +28,13 @@ BUDGETS = [(16, 4), (32, 1), (32, 2), (64, 1), (64, 2), (64, 4)]  # (prompts, sa
 EVAL_SEEDS = range(3)
 
 
-def evaluate_budget(cfg, prepared, policy, n_prompts: int, samples_per_prompt: int, eval_seed: int) -> dict:
-    budget_cfg = OmegaConf.merge(cfg, {"eval": {"samples_per_prompt": samples_per_prompt}})
-    budget_cfg.task_seed = cfg.task_seed + 1_000 * eval_seed  # only the evaluator's sampling seed reads it here
+def evaluate_budget(prepared, policy, n_prompts: int, samples_per_prompt: int, eval_seed: int) -> dict:
     ev = prepared.evaluator
-    evaluator = Evaluator(budget_cfg, prepared.models, ev.judge, prepared.eval_prompts[:n_prompts],
-                          builtin_task=prepared.builtin_task)
+    # Another sampling seed per repeat: the spread across repeats is the evaluation's own noise.
+    budget = dataclasses.replace(ev.settings, samples_per_prompt=samples_per_prompt,
+                                 seed=ev.settings.seed + 1_000 * eval_seed)
+    evaluator = Evaluator(budget, prepared.models, ev.judge, prepared.eval_prompts[:n_prompts],
+                          builtin_task=prepared.builtin_task, gold_reward=ev.gold_reward)
     m = evaluator.evaluate(policy).metrics
     return {"win_rate": m["eval/win_rate"], "width": m["eval/win_rate_ci_high"] - m["eval/win_rate_ci_low"],
             "seconds": m["eval/seconds"]}
@@ -50,7 +50,7 @@ def main(overrides: list[str]) -> None:
           f"{cfg.eval.max_new_tokens} new tokens per response")
     print(f"{'prompts':>7} {'samples':>7} {'pairs':>5} {'eval s':>7} {'CI width':>8} {'sd(win)':>7} {'1/(w^2 s)':>9}")
     for n_prompts, s in BUDGETS:
-        runs = [evaluate_budget(cfg, prepared, policy, n_prompts, s, k) for k in EVAL_SEEDS]
+        runs = [evaluate_budget(prepared, policy, n_prompts, s, k) for k in EVAL_SEEDS]
         seconds = statistics.mean(r["seconds"] for r in runs)
         width = statistics.mean(r["width"] for r in runs)
         spread = statistics.stdev(r["win_rate"] for r in runs)

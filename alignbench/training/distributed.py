@@ -32,6 +32,15 @@ def start_processes(device: str):
     return PartialState(cpu=pick_device(device).type == "cpu")
 
 
+def end_processes() -> None:
+    """Every rank leaves together and the group is taken down (no-op without a launcher): a rank that
+    exits while another still talks to it makes gloo abort the other, and a group left up makes
+    torch warn at exit."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def process_count() -> int:
     return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
