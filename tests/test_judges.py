@@ -136,3 +136,11 @@ def test_the_report_warns_about_a_blind_judge_and_a_biased_one():
                                      f"Warning: {judge_bias_caveat('ppo', 'reward_model', 'trained', 'model')}."]
     sure = {f"metrics.{k}": v for k, v in judge_accuracy(LengthJudge(), PAIRS).items()}
     assert judge_caveats(pd.DataFrame([{"method": "dpo", "params.judge.name": "gold", **sure}])) == []
+
+
+def test_the_length_caveat_is_the_builtin_gold_judges_only():
+    from alignbench.report.analysis import length_control_caveat
+
+    assert "peaks at the target length" in length_control_caveat(["gold"], ["builtin"])
+    assert length_control_caveat(["gold"], ["sentiment"]) is None  # VADER's gold has no length peak
+    assert length_control_caveat(["reward_model"], ["builtin"]) is None

@@ -180,9 +180,10 @@ def importance_caveat(method: str, n_complete: int) -> str | None:
             "noisy; read them as a rough hint.")
 
 
-def length_control_caveat(judges: list[str]) -> str | None:
-    """Why the length-controlled win rate misleads under the gold judge (None for other judges)."""
-    if "gold" not in judges:
+def length_control_caveat(judges: list[str], data_names: list[str]) -> str | None:
+    """Why the length-controlled win rate misleads under the built-in task's gold judge (None for other
+    judges, and for other tasks' gold rewards: the sentiment task's has no length term to peak)."""
+    if "gold" not in judges or "builtin" not in data_names:
         return None
     return ("The judge is the built-in task's gold reward, and length is one of its parts (a term that peaks at "
             "the target length): controlling for length removes real signal here: the length-controlled win "

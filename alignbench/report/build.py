@@ -283,7 +283,8 @@ def _statistics(samples: dict[str, pd.DataFrame], headline: list[dict], seed: in
 
 
 def _length_control_note(trials: pd.DataFrame, notes: dict) -> None:
-    caveat = length_control_caveat(sorted({str(j) for j in column(trials, "params.judge.name").dropna()}))
+    caveat = length_control_caveat(sorted({str(j) for j in column(trials, "params.judge.name").dropna()}),
+                                   sorted({str(d) for d in column(trials, "params.data.name").dropna()}))
     if caveat:
         notes["lc"].append(caveat)
 
