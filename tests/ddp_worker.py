@@ -73,7 +73,7 @@ def cache_check(rank: int, out: Path) -> dict:
 
 def main() -> None:
     check, out = sys.argv[1], Path(sys.argv[2])
-    from alignbench.training.distributed import start_processes
+    from alignbench.training.distributed import end_processes, start_processes
 
     state = start_processes("cpu")
     rank = state.process_index
@@ -81,10 +81,7 @@ def main() -> None:
               "cache": lambda: cache_check(rank, out)}[check]()
     result.update(rank=rank, processes=state.num_processes, backend=torch.distributed.get_backend())
     (out / f"{check}-{rank}.json").write_text(json.dumps(result))
-    # Leave together: a rank that exits while the other still holds gloo's connection can abort
-    # ("terminate called without an active exception") on a loaded machine.
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    end_processes()
 
 
 if __name__ == "__main__":

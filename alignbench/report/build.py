@@ -283,8 +283,10 @@ def _statistics(samples: dict[str, pd.DataFrame], headline: list[dict], seed: in
 
 
 def _length_control_note(trials: pd.DataFrame, notes: dict) -> None:
-    caveat = length_control_caveat(sorted({str(j) for j in column(trials, "params.judge.name").dropna()}),
-                                   sorted({str(d) for d in column(trials, "params.data.name").dropna()}))
+    def recorded(col: str) -> list[str]:
+        return sorted({str(v) for v in column(trials, col).dropna()})
+
+    caveat = length_control_caveat(recorded("params.judge.name"), recorded("params.data.name"))
     if caveat:
         notes["lc"].append(caveat)
 

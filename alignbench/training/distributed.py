@@ -34,8 +34,8 @@ def start_processes(device: str):
 
 def end_processes() -> None:
     """Every rank leaves together and the group is taken down (no-op without a launcher): a rank that
-    exits while another still talks to it makes gloo abort the other, and a group left up makes
-    torch warn at exit."""
+    exits while another still talks to it makes gloo abort the other ("terminate called without an
+    active exception", seen on a loaded machine), and a group left up makes torch warn at exit."""
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
